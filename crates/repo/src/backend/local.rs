@@ -1,0 +1,180 @@
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::{Backend, BackendError, Listed};
+
+/// A repository in a local directory.
+///
+/// Writes go to a hidden temporary file in the target directory, are synced, then renamed into
+/// place, so a crash leaves either the old state or the complete file. Hidden files (names starting
+/// with `.`) are never listed; `prune` removes leftovers of interrupted writes.
+pub struct LocalBackend {
+    root: PathBuf,
+    location: String,
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        let location = root.display().to_string();
+        LocalBackend { root, location }
+    }
+
+    fn io(&self, op: &'static str, path: &str, e: std::io::Error) -> BackendError {
+        if e.kind() == ErrorKind::NotFound {
+            return BackendError::NotFound {
+                location: self.location.clone(),
+                path: path.to_string(),
+            };
+        }
+        BackendError::Io {
+            location: self.location.clone(),
+            op,
+            path: path.to_string(),
+            message: e.to_string(),
+            retryable: matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::TimedOut),
+        }
+    }
+
+    fn walk_temporaries(&self) {
+        fn walk(dir: &Path) {
+            let Ok(rd) = fs::read_dir(dir) else { return };
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let p = e.path();
+                if name.to_string_lossy().starts_with(".tmp-") {
+                    let _ = fs::remove_file(&p);
+                } else if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    walk(&p);
+                }
+            }
+        }
+        walk(&self.root);
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn create(&self) -> Result<(), BackendError> {
+        for d in ["", "keys", "snapshots", "index", "data", "locks"] {
+            fs::create_dir_all(self.root.join(d)).map_err(|e| self.io("create", d, e))?;
+        }
+        Ok(())
+    }
+
+    fn read(&self, path: &str) -> Result<Vec<u8>, BackendError> {
+        fs::read(self.root.join(path)).map_err(|e| self.io("read", path, e))
+    }
+
+    fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        let mut f = File::open(self.root.join(path)).map_err(|e| self.io("open", path, e))?;
+        f.seek(SeekFrom::Start(offset)).map_err(|e| self.io("seek", path, e))?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact(&mut buf).map_err(|e| {
+            if e.kind() == ErrorKind::UnexpectedEof {
+                BackendError::Io {
+                    location: self.location.clone(),
+                    op: "read",
+                    path: path.to_string(),
+                    message: format!("file is truncated (wanted {len} bytes at offset {offset})"),
+                    retryable: false,
+                }
+            } else {
+                self.io("read", path, e)
+            }
+        })?;
+        Ok(buf)
+    }
+
+    fn write(&self, path: &str, data: &[u8]) -> Result<(), BackendError> {
+        let target = self.root.join(path);
+        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
+        let mut rnd = [0u8; 8];
+        crate::crypto::fill_random(&mut rnd);
+        let tmp = dir.join(format!(".tmp-{}", hex::encode(rnd)));
+        let write = |tmp: &Path| -> std::io::Result<()> {
+            let mut f = match File::create(tmp) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    fs::create_dir_all(&dir)?;
+                    File::create(tmp)?
+                }
+                Err(e) => return Err(e),
+            };
+            f.write_all(data)?;
+            f.sync_data()?;
+            fs::rename(tmp, &target)?;
+            sync_dir(&dir);
+            Ok(())
+        };
+        write(&tmp).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            self.io("write", path, e)
+        })
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<Listed>, BackendError> {
+        let mut out = Vec::new();
+        let base = self.root.join(dir);
+        let mut stack = vec![(base, String::new())];
+        while let Some((d, prefix)) = stack.pop() {
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.io("list", dir, e)),
+            };
+            for e in rd {
+                let e = e.map_err(|e| self.io("list", dir, e))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let md = match e.metadata() {
+                    Ok(m) => m,
+                    Err(err) if err.kind() == ErrorKind::NotFound => continue,
+                    Err(err) => return Err(self.io("list", dir, err)),
+                };
+                let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+                if md.is_dir() {
+                    stack.push((e.path(), rel));
+                } else {
+                    out.push(Listed { name: rel, size: md.len() });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn remove(&self, path: &str) -> Result<(), BackendError> {
+        match fs::remove_file(self.root.join(path)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io("remove", path, e)),
+        }
+    }
+
+    /// Deletes hidden temporary files left by writes that were interrupted (kill -9, power loss).
+    fn remove_temporaries(&self) {
+        self.walk_temporaries()
+    }
+
+    fn exists(&self, path: &str) -> Result<bool, BackendError> {
+        match fs::symlink_metadata(self.root.join(path)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.io("stat", path, e)),
+        }
+    }
+}
+

@@ -1,0 +1,83 @@
+//! Storage backends: where the repository's files live.
+//!
+//! A backend stores opaque files under slash-separated relative paths (`config`, `keys/ID`,
+//! `data/ab/ID`, ...). It knows nothing of encryption or formats. Guarantees every backend gives:
+//! a [`Backend::write`] is atomic (a reader sees the whole file or none of it, also after `kill -9`);
+//! [`Backend::list`] returns only complete files.
+
+mod local;
+mod s3;
+
+pub use local::LocalBackend;
+pub use s3::S3Backend;
+
+use std::sync::Arc;
+
+/// A failure of the storage underneath the repository.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The file does not exist. Not retryable.
+    #[error("{location}: {path} does not exist")]
+    NotFound { location: String, path: String },
+    /// An I/O or protocol error while doing `op` on `path`; `retryable` tells whether trying again may help.
+    #[error("{location}: cannot {op} {path}: {message}")]
+    Io {
+        location: String,
+        op: &'static str,
+        path: String,
+        message: String,
+        retryable: bool,
+    },
+    /// The repository location (path or URL) cannot be used at all.
+    #[error("invalid repository location {location:?}: {reason}")]
+    InvalidLocation { location: String, reason: String },
+}
+
+impl BackendError {
+    /// True when the file was not found.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BackendError::NotFound { .. })
+    }
+}
+
+/// A file in a listing: its path relative to the listed directory and its size in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub size: u64,
+}
+
+/// Where repository files are stored.
+pub trait Backend: Send + Sync {
+    /// The location as the user gave it (for messages).
+    fn location(&self) -> &str;
+    /// Prepares an empty repository location (directories, bucket). Idempotent.
+    fn create(&self) -> Result<(), BackendError>;
+    /// Reads a whole file.
+    fn read(&self, path: &str) -> Result<Vec<u8>, BackendError>;
+    /// Reads `len` bytes at `offset`; fewer bytes than asked is an error.
+    fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError>;
+    /// Writes a whole file atomically, replacing any file of that name.
+    fn write(&self, path: &str, data: &[u8]) -> Result<(), BackendError>;
+    /// Lists the files below `dir` (recursively), with paths relative to `dir`. A missing `dir` lists nothing.
+    fn list(&self, dir: &str) -> Result<Vec<Listed>, BackendError>;
+    /// Removes a file; removing a missing file is not an error.
+    fn remove(&self, path: &str) -> Result<(), BackendError>;
+    /// Whether a file exists.
+    fn exists(&self, path: &str) -> Result<bool, BackendError>;
+    /// Removes leftovers of interrupted writes, if the backend can have any. Only call this while
+    /// holding an exclusive lock.
+    fn remove_temporaries(&self) {}
+}
+
+/// Opens the backend for a repository location: a local path, `s3://BUCKET/PREFIX` (endpoint from
+/// `AWS_ENDPOINT_URL`, default AWS) or `s3:http(s)://HOST:PORT/BUCKET/PREFIX`.
+/// S3 credentials come from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, region from `AWS_REGION`
+/// or `AWS_DEFAULT_REGION` (default `us-east-1`).
+pub fn open_location(location: &str) -> Result<Arc<dyn Backend>, BackendError> {
+    if location.starts_with("s3:") {
+        Ok(Arc::new(S3Backend::from_location(location)?))
+    } else {
+        Ok(Arc::new(LocalBackend::new(location)))
+    }
+}
