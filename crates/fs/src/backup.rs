@@ -221,7 +221,6 @@ fn node_from_metadata(name: FileName, md: &fs::Metadata) -> Node {
     n.uid = md.uid();
     n.gid = md.gid();
     n.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-    n.atime_ns = md.atime() * 1_000_000_000 + md.atime_nsec();
     n.ctime_ns = md.ctime() * 1_000_000_000 + md.ctime_nsec();
     n.inode = md.ino();
     n.dev = md.dev();

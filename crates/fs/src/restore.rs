@@ -294,7 +294,8 @@ impl Engine<'_> {
 
     fn times(&self, path: &Path, n: &Node) {
         let t = Timestamps {
-            last_access: ts(n.atime_ns),
+            // Access times are not recorded (reading would change them); 0 means "use mtime".
+            last_access: ts(if n.atime_ns != 0 { n.atime_ns } else { n.mtime_ns }),
             last_modification: ts(n.mtime_ns),
         };
         if let Err(e) = rustix::fs::utimensat(CWD, path, &t, AtFlags::SYMLINK_NOFOLLOW) {

@@ -107,6 +107,7 @@ pub struct Node {
     pub uid: u32,
     pub gid: u32,
     pub mtime_ns: i64,
+    /// Not recorded by the `files` engine (0): restore then uses `mtime_ns`.
     #[serde(default)]
     pub atime_ns: i64,
     #[serde(default)]

@@ -212,9 +212,12 @@ impl Repository {
         &self.stats
     }
 
-    /// Takes a shared (`exclusive = false`) or exclusive lock; see [`crate::lock`].
+    /// Takes a shared (`exclusive = false`) or exclusive lock; see [`crate::lock`]. Once the lock
+    /// is held the index is reloaded, so whatever finished while this process waited is seen.
     pub fn lock(&self, exclusive: bool, command: &str, wait: Duration) -> Result<LockGuard, RepoError> {
-        lock::acquire(self.backend.clone(), &self.key, exclusive, command, wait)
+        let guard = lock::acquire(self.backend.clone(), &self.key, exclusive, command, wait)?;
+        self.refresh_index()?;
+        Ok(guard)
     }
 
     // ----- metadata files -------------------------------------------------------------------

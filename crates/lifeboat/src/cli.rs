@@ -1,0 +1,129 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Lifeboat: disaster recovery for containerized applications.
+#[derive(Parser, Debug)]
+#[command(name = "lifeboat", version, about, max_term_width = 110)]
+pub struct Cli {
+    /// Repository: a local path, s3://BUCKET/PREFIX (endpoint from AWS_ENDPOINT_URL) or
+    /// s3:http://HOST:PORT/BUCKET/PREFIX. Default: ~/.local/share/lifeboat/repo
+    #[arg(long, global = true, env = "LIFEBOAT_REPO")]
+    pub repo: Option<String>,
+    /// Read the repository password from this file (else from LIFEBOAT_PASSWORD)
+    #[arg(long, global = true, env = "LIFEBOAT_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Print results as JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Wait up to this many seconds for a conflicting lock to be released
+    #[arg(long, global = true, default_value_t = 0, value_name = "SECONDS")]
+    pub lock_wait: u64,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create, check and manage keys of a repository
+    #[command(subcommand)]
+    Repo(RepoCmd),
+    /// Back up data into the repository
+    #[command(subcommand)]
+    Backup(BackupCmd),
+    /// List snapshots
+    Snapshots,
+    /// Show one snapshot: its record and its top-level entries
+    Show {
+        /// Snapshot id (or a unique prefix of at least 4 digits), or `latest`
+        snapshot: String,
+        /// Also list every entry below the roots (path, type, size)
+        #[arg(long)]
+        recursive: bool,
+    },
+    /// Restore a snapshot
+    Restore {
+        /// Snapshot id (or a unique prefix), or `latest`
+        snapshot: String,
+        /// Where to: files:DIR
+        #[arg(long)]
+        to: String,
+    },
+    /// Remove snapshots according to a retention policy (data is freed by `prune`)
+    Forget(ForgetArgs),
+    /// Delete data no snapshot references, and duplicate copies
+    Prune {
+        /// Report what would be deleted, delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepoCmd {
+    /// Create a new repository protected by the password
+    Init,
+    /// Verify the repository's structure (and with --read-data every byte)
+    Check {
+        /// Also read, decrypt and verify every stored blob
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Manage key slots (passwords)
+    #[command(subcommand)]
+    Key(KeyCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Add a password (read from --new-password-file or LIFEBOAT_NEW_PASSWORD)
+    Add {
+        #[arg(long, env = "LIFEBOAT_NEW_PASSWORD_FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// List key slots
+    List,
+    /// Remove a key slot (by id prefix); the slot in use cannot be removed
+    Remove { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCmd {
+    /// Back up file trees (regular files, directories, links, devices, with all metadata)
+    Files {
+        /// Files and directories to back up
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Tag the snapshot (repeatable)
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Read every file, ignoring the previous snapshot's metadata
+        #[arg(long, conflicts_with = "parent")]
+        no_parent: bool,
+        /// Compare against this snapshot instead of the newest one of the same paths
+        #[arg(long)]
+        parent: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Run prune afterwards
+    #[arg(long)]
+    pub prune: bool,
+    /// Report what would be removed, remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}

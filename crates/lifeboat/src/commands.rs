@@ -1,0 +1,447 @@
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use lifeboat_fs::backup::{self, BackupOptions, Parent};
+use lifeboat_fs::restore;
+use lifeboat_model::NodeKind;
+use lifeboat_repo::check::{self, CheckProgress, Severity};
+use lifeboat_repo::forget::Policy;
+use lifeboat_repo::keys::KdfParams;
+use lifeboat_repo::{open_location, prune, RepoError, Repository};
+use serde_json::json;
+
+use crate::cli::{BackupCmd, Cli, Command, KeyCmd, RepoCmd};
+use crate::progress::{bytes, Ticker};
+
+struct Ctx {
+    location: String,
+    password_file: Option<PathBuf>,
+    json: bool,
+    lock_wait: Duration,
+}
+
+fn default_location() -> String {
+    let base = std::env::var("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".local/share"));
+    base.join("lifeboat/repo").display().to_string()
+}
+
+fn read_password(file: Option<&PathBuf>, env: &str, what: &str) -> Result<Vec<u8>> {
+    if let Some(f) = file {
+        let mut pw = std::fs::read(f).with_context(|| format!("cannot read {what} file {}", f.display()))?;
+        while pw.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+            pw.pop();
+        }
+        if pw.is_empty() {
+            bail!("{what} file {} is empty", f.display());
+        }
+        return Ok(pw);
+    }
+    match std::env::var_os(env) {
+        Some(p) if !p.is_empty() => Ok(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec()),
+        _ => bail!("no {what} given: set {env} or pass a password file"),
+    }
+}
+
+impl Ctx {
+    fn password(&self) -> Result<Vec<u8>> {
+        read_password(self.password_file.as_ref(), "LIFEBOAT_PASSWORD", "password")
+    }
+
+    fn open(&self) -> Result<Repository> {
+        let backend = open_location(&self.location)?;
+        let pw = self.password()?;
+        Ok(Repository::open(backend, &pw)?)
+    }
+
+    fn print(&self, value: serde_json::Value, human: impl FnOnce()) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&value).expect("serialisable"));
+        } else {
+            human();
+        }
+    }
+}
+
+/// Runs a command. `Ok(false)` means it ran but some items failed (listed already).
+pub fn run(args: Cli) -> Result<bool> {
+    let ctx = Ctx {
+        location: args.repo.clone().unwrap_or_else(default_location),
+        password_file: args.password_file.clone(),
+        json: args.json,
+        lock_wait: Duration::from_secs(args.lock_wait),
+    };
+    match args.command {
+        Command::Repo(RepoCmd::Init) => init(&ctx),
+        Command::Repo(RepoCmd::Check { read_data }) => check(&ctx, read_data),
+        Command::Repo(RepoCmd::Key(k)) => key(&ctx, k),
+        Command::Backup(BackupCmd::Files {
+            paths,
+            tags,
+            no_parent,
+            parent,
+        }) => backup_files(&ctx, paths, tags, no_parent, parent),
+        Command::Snapshots => snapshots(&ctx),
+        Command::Show { snapshot, recursive } => show(&ctx, &snapshot, recursive),
+        Command::Restore { snapshot, to } => restore_cmd(&ctx, &snapshot, &to),
+        Command::Forget(f) => forget(
+            &ctx,
+            Policy {
+                last: f.keep_last,
+                hourly: f.keep_hourly,
+                daily: f.keep_daily,
+                weekly: f.keep_weekly,
+                monthly: f.keep_monthly,
+                yearly: f.keep_yearly,
+            },
+            f.prune,
+            f.dry_run,
+        ),
+        Command::Prune { dry_run } => prune_cmd(&ctx, dry_run),
+    }
+}
+
+fn kdf() -> KdfParams {
+    KdfParams::default()
+}
+
+fn init(ctx: &Ctx) -> Result<bool> {
+    let pw = ctx.password()?;
+    let backend = open_location(&ctx.location)?;
+    let repo = Repository::init(backend, &pw, kdf())?;
+    ctx.print(json!({"location": repo.location(), "id": repo.config().id}), || {
+        println!("created repository {} at {}", repo.config().id.short(), repo.location())
+    });
+    Ok(true)
+}
+
+fn key(ctx: &Ctx, cmd: KeyCmd) -> Result<bool> {
+    let repo = ctx.open()?;
+    match cmd {
+        KeyCmd::Add { new_password_file } => {
+            let pw = read_password(new_password_file.as_ref(), "LIFEBOAT_NEW_PASSWORD", "new password")?;
+            let id = repo.add_key(&pw, kdf())?;
+            ctx.print(json!({"added": id}), || println!("added key slot {id}"));
+        }
+        KeyCmd::List => {
+            let keys = repo.list_keys()?;
+            ctx.print(serde_json::to_value(&keys)?, || {
+                println!("{:<2} {:<16} {:<25} {:<20} {}", "", "ID", "CREATED", "HOST", "ARGON2ID");
+                for k in &keys {
+                    println!(
+                        "{:<2} {:<16} {:<25} {:<20} m={} KiB t={}",
+                        if k.current { "*" } else { "" },
+                        &k.id[..16],
+                        k.created,
+                        format!("{}@{}", k.username, k.hostname),
+                        k.memory_kib,
+                        k.iterations
+                    );
+                }
+            });
+        }
+        KeyCmd::Remove { id } => {
+            let removed = repo.remove_key(&id)?;
+            ctx.print(json!({"removed": removed}), || println!("removed key slot {removed}"));
+        }
+    }
+    Ok(true)
+}
+
+fn backup_files(ctx: &Ctx, paths: Vec<PathBuf>, tags: Vec<String>, no_parent: bool, parent: Option<String>) -> Result<bool> {
+    // Every path must exist before anything is written.
+    for p in &paths {
+        std::fs::symlink_metadata(p).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => anyhow::anyhow!("cannot back up {}: no such file or directory", p.display()),
+            _ => anyhow::anyhow!("cannot back up {}: {e}", p.display()),
+        })?;
+    }
+    let repo = ctx.open()?;
+    let _lock = repo.lock(false, "backup files", ctx.lock_wait)?;
+    let parent = match (no_parent, parent) {
+        (true, _) => Parent::None,
+        (false, Some(q)) => Parent::Snapshot(repo.find_snapshot(&q)?.0),
+        (false, None) => Parent::Auto,
+    };
+    let progress = Arc::new(backup::Progress::default());
+    let p = progress.clone();
+    let ticker = Ticker::start(ctx.json, move || {
+        format!(
+            "{} files, {} dirs, {} read",
+            p.files.load(Relaxed),
+            p.dirs.load(Relaxed),
+            bytes(p.bytes_read.load(Relaxed))
+        )
+    });
+    let out = backup::backup(&repo, &BackupOptions { paths, tags, parent }, &progress)?;
+    drop(ticker);
+    let s = &out.snapshot.summary;
+    ctx.print(
+        json!({
+            "snapshot_id": out.snapshot_id,
+            "parent": out.snapshot.parent,
+            "files": s.files,
+            "dirs": s.dirs,
+            "other": s.other_nodes,
+            "files_read": s.files_read,
+            "files_unchanged": s.files_unchanged,
+            "bytes_total": s.bytes_total,
+            "bytes_read": s.bytes_read,
+            "blobs_added": s.blobs_added,
+            "bytes_added": s.bytes_added,
+            "seconds": s.seconds,
+            "errors": out.errors,
+        }),
+        || {
+            for e in &out.errors {
+                eprintln!("error: {}: {}", e.path, e.error);
+            }
+            println!(
+                "snapshot {} saved: {} files ({} read, {} unchanged), {} dirs, {} read, {} added to the repository, {:.2} s",
+                out.snapshot_id.short(),
+                s.files,
+                s.files_read,
+                s.files_unchanged,
+                s.dirs,
+                bytes(s.bytes_read),
+                bytes(s.bytes_added),
+                s.seconds
+            );
+            if !out.errors.is_empty() {
+                println!("{} items could not be backed up (listed above); the snapshot holds the rest", out.errors.len());
+            }
+        },
+    );
+    Ok(out.errors.is_empty())
+}
+
+fn snapshots(ctx: &Ctx) -> Result<bool> {
+    let repo = ctx.open()?;
+    let snaps = repo.snapshots()?;
+    let list: Vec<_> = snaps
+        .iter()
+        .map(|(id, s)| {
+            let mut v = serde_json::to_value(s).expect("serialisable");
+            v["id"] = json!(id);
+            v
+        })
+        .collect();
+    ctx.print(json!(list), || {
+        println!("{:<10} {:<21} {:<6} {:<16} {:>10}  PATHS", "ID", "TIME", "KIND", "HOST", "SIZE");
+        for (id, s) in &snaps {
+            println!(
+                "{:<10} {:<21} {:<6} {:<16} {:>10}  {}",
+                id.short(),
+                s.time
+                    .format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z"))
+                    .unwrap_or_default(),
+                s.kind,
+                s.hostname,
+                bytes(s.summary.bytes_total),
+                s.paths.join(" ")
+            );
+        }
+        println!("{} snapshots", snaps.len());
+    });
+    Ok(true)
+}
+
+fn show(ctx: &Ctx, query: &str, recursive: bool) -> Result<bool> {
+    let repo = ctx.open()?;
+    let (id, snap) = repo.find_snapshot(query)?;
+    let mut entries = Vec::new();
+    let mut stack = vec![(String::new(), snap.tree, 0usize)];
+    while let Some((prefix, tree_id, depth)) = stack.pop() {
+        let tree = repo.load_tree(&tree_id)?;
+        for n in tree.nodes.iter().rev() {
+            let path = format!("{prefix}/{}", n.name.lossy());
+            let descend = n.kind == NodeKind::Dir && (recursive || snap.paths.iter().any(|p| p.starts_with(&path) && p != &path));
+            if let (true, Some(sub)) = (descend, n.subtree) {
+                stack.push((path.clone(), sub, depth + 1));
+            }
+            entries.push((path, n.clone()));
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let listing: Vec<_> = entries
+        .iter()
+        .map(|(p, n)| json!({"path": p, "type": n.kind, "size": n.size, "mode": format!("{:o}", n.mode), "uid": n.uid, "gid": n.gid}))
+        .collect();
+    ctx.print(json!({"id": id, "snapshot": snap, "entries": listing}), || {
+        println!("snapshot {id}");
+        println!("  time     {}", snap.time);
+        println!("  kind     {}", snap.kind);
+        println!("  host     {} (user {})", snap.hostname, snap.username);
+        println!("  paths    {}", snap.paths.join(" "));
+        if let Some(p) = snap.parent {
+            println!("  parent   {}", p.short());
+        }
+        let s = &snap.summary;
+        println!(
+            "  content  {} files, {} dirs, {} others, {}; {} added in {:.2} s",
+            s.files,
+            s.dirs,
+            s.other_nodes,
+            bytes(s.bytes_total),
+            bytes(s.bytes_added),
+            s.seconds
+        );
+        for (p, n) in &entries {
+            println!("  {:<8} {:>6o} {:>10}  {p}", format!("{:?}", n.kind).to_lowercase(), n.mode, n.size);
+        }
+    });
+    Ok(true)
+}
+
+fn restore_cmd(ctx: &Ctx, query: &str, to: &str) -> Result<bool> {
+    let Some(dir) = to.strip_prefix("files:") else {
+        bail!("unsupported restore target {to:?}: use files:DIR");
+    };
+    if dir.is_empty() {
+        bail!("restore target files: needs a directory (files:DIR)");
+    }
+    let repo = ctx.open()?;
+    let _lock = repo.lock(false, "restore", ctx.lock_wait)?;
+    let (id, snap) = repo.find_snapshot(query)?;
+    let started = Instant::now();
+    let progress = Arc::new(restore::Progress::default());
+    let p = progress.clone();
+    let ticker = Ticker::start(ctx.json, move || {
+        format!("{} files, {} written", p.files.load(Relaxed), bytes(p.bytes.load(Relaxed)))
+    });
+    let out = restore::restore(&repo, &snap.tree, std::path::Path::new(dir), &progress)?;
+    drop(ticker);
+    let secs = started.elapsed().as_secs_f64();
+    ctx.print(
+        json!({"snapshot_id": id, "target": dir, "files": out.files, "dirs": out.dirs, "other": out.other,
+               "bytes": out.bytes, "seconds": secs, "errors": out.errors}),
+        || {
+            for e in &out.errors {
+                eprintln!("error: {}: {}", e.path, e.error);
+            }
+            println!(
+                "restored snapshot {} into {dir}: {} files, {} dirs, {} others, {} in {secs:.2} s",
+                id.short(),
+                out.files,
+                out.dirs,
+                out.other,
+                bytes(out.bytes)
+            );
+            if !out.errors.is_empty() {
+                println!("{} items could not be restored (listed above)", out.errors.len());
+            }
+        },
+    );
+    Ok(out.errors.is_empty())
+}
+
+fn check(ctx: &Ctx, read_data: bool) -> Result<bool> {
+    let repo = ctx.open()?;
+    let _lock = repo.lock(false, "check", ctx.lock_wait)?;
+    let progress = Arc::new(CheckProgress::default());
+    let p = progress.clone();
+    let ticker = Ticker::start(ctx.json, move || {
+        format!(
+            "packs read: {}/{}, {}",
+            p.packs_done.load(Relaxed),
+            p.packs_total.load(Relaxed),
+            bytes(p.bytes_done.load(Relaxed))
+        )
+    });
+    let report = check::check(&repo, read_data, &progress)?;
+    drop(ticker);
+    let errors = report.errors();
+    ctx.print(serde_json::to_value(&report)?, || {
+        for p in &report.problems {
+            let sev = if p.severity == Severity::Error { "error" } else { "warning" };
+            println!("{sev}: {}: {}", p.file, p.message);
+        }
+        println!(
+            "checked {} snapshots, {} index files, {} packs, {} blobs, {} trees{}: {}",
+            report.snapshots,
+            report.index_files,
+            report.packs,
+            report.blobs,
+            report.trees_checked,
+            if read_data {
+                format!(", read {} packs ({})", report.packs_read, bytes(report.bytes_read))
+            } else {
+                String::new()
+            },
+            if errors == 0 { "no errors".to_string() } else { format!("{errors} errors") }
+        );
+    });
+    if errors > 0 && !ctx.json {
+        eprintln!("lifeboat: error: the repository has {errors} errors (listed above)");
+    }
+    Ok(errors == 0)
+}
+
+fn forget(ctx: &Ctx, policy: Policy, then_prune: bool, dry_run: bool) -> Result<bool> {
+    let repo = ctx.open()?;
+    let _lock = repo.lock(true, "forget", ctx.lock_wait)?;
+    let snaps = repo.snapshots()?;
+    let decisions = policy.apply(&snaps)?;
+    if !dry_run {
+        for d in decisions.iter().filter(|d| !d.keep) {
+            repo.remove_snapshot(&d.id)?;
+        }
+    }
+    let removed = decisions.iter().filter(|d| !d.keep).count();
+    let pruned = if then_prune {
+        Some(prune::prune(&repo, dry_run)?)
+    } else {
+        None
+    };
+    ctx.print(json!({"dry_run": dry_run, "decisions": decisions, "prune": pruned}), || {
+        for d in &decisions {
+            println!(
+                "{} {}{}",
+                if d.keep { "keep  " } else { "remove" },
+                d.id.short(),
+                if d.keep { format!(" ({})", d.reasons.join(", ")) } else { String::new() }
+            );
+        }
+        println!(
+            "{} {} of {} snapshots",
+            if dry_run { "would remove" } else { "removed" },
+            removed,
+            decisions.len()
+        );
+        if let Some(r) = &pruned {
+            print_prune(r);
+        }
+    });
+    Ok(true)
+}
+
+fn print_prune(r: &prune::PruneReport) {
+    println!(
+        "{}{} packs deleted, {} repacked into {}, {} unindexed removed; {} unused blobs and {} duplicates dropped; {} -> {}",
+        if r.dry_run { "(dry run) " } else { "" },
+        r.packs_deleted,
+        r.packs_repacked,
+        r.packs_written,
+        r.packs_unindexed_deleted,
+        r.blobs_removed,
+        r.duplicates_removed,
+        bytes(r.bytes_before),
+        bytes(r.bytes_after)
+    );
+}
+
+fn prune_cmd(ctx: &Ctx, dry_run: bool) -> Result<bool> {
+    let repo = ctx.open()?;
+    let _lock = repo.lock(true, "prune", ctx.lock_wait)?;
+    let r = match prune::prune(&repo, dry_run) {
+        Ok(r) => r,
+        Err(e @ RepoError::Damaged { .. }) => bail!("prune refused: {e}"),
+        Err(e) => return Err(e.into()),
+    };
+    ctx.print(serde_json::to_value(&r)?, || print_prune(&r));
+    Ok(true)
+}
