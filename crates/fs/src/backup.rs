@@ -405,7 +405,8 @@ impl Engine<'_> {
             NodeKind::File => {
                 self.progress.files.fetch_add(1, Relaxed);
                 self.progress.bytes_total.fetch_add(node.size, Relaxed);
-                if let Some(p) = unchanged(parent, &node).filter(|p| p.content.iter().all(|id| self.repo.has_blob(id))) {
+                if let Some(p) = unchanged(parent, &node).filter(|p| p.content.iter().all(|id| self.repo.has_blob(id)))
+                {
                     node.content = p.content;
                     node.extents = p.extents;
                     self.progress.files_unchanged.fetch_add(1, Relaxed);
@@ -467,7 +468,11 @@ impl Engine<'_> {
 
     /// Reads a file into blobs. The outer error is fatal (repository), the inner one is this file's.
     #[allow(clippy::type_complexity)]
-    fn file(&self, path: &Path, md: &fs::Metadata) -> Result<io::Result<(Vec<Id>, Option<Vec<(u64, u64)>>)>, RepoError> {
+    fn file(
+        &self,
+        path: &Path,
+        md: &fs::Metadata,
+    ) -> Result<io::Result<(Vec<Id>, Option<Vec<(u64, u64)>>)>, RepoError> {
         let file = match open_for_reading(path) {
             Ok(f) => f,
             Err(e) => return Ok(Err(e)),
@@ -508,7 +513,8 @@ impl Engine<'_> {
 
     /// Splits a stream into content-defined chunks and stores them, several in parallel.
     fn chunk_and_save(&self, reader: Box<dyn Read + Send + '_>) -> Result<io::Result<Vec<Id>>, RepoError> {
-        let chunker = StreamCDC::with_level_and_seed(reader, self.min, self.avg, self.max, Normalization::Level1, self.seed);
+        let chunker =
+            StreamCDC::with_level_and_seed(reader, self.min, self.avg, self.max, Normalization::Level1, self.seed);
         let mut ids = Vec::new();
         let mut batch: Vec<Vec<u8>> = Vec::with_capacity(CHUNKS_IN_FLIGHT);
         let mut chunks = chunker.into_iter();

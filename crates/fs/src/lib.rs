@@ -39,4 +39,3 @@ pub struct ItemError {
     pub path: String,
     pub error: String,
 }
-

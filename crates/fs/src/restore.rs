@@ -131,7 +131,10 @@ impl Engine<'_> {
                     let mut links = self.links.lock().expect("poisoned");
                     if links.contains_key(&key) {
                         drop(links);
-                        self.deferred_links.lock().expect("poisoned").push((path.to_path_buf(), key));
+                        self.deferred_links
+                            .lock()
+                            .expect("poisoned")
+                            .push((path.to_path_buf(), key));
                         return Ok(());
                     }
                     links.insert(key, path.to_path_buf());
@@ -151,7 +154,8 @@ impl Engine<'_> {
                     _ => FileType::BlockDevice,
                 };
                 clear(path).and_then(|_| {
-                    rustix::fs::mknodat(CWD, path, ft, Mode::from_raw_mode(n.mode & 0o777), n.rdev).map_err(io::Error::from)
+                    rustix::fs::mknodat(CWD, path, ft, Mode::from_raw_mode(n.mode & 0o777), n.rdev)
+                        .map_err(io::Error::from)
                 })
             }
             NodeKind::Socket => {
@@ -172,7 +176,8 @@ impl Engine<'_> {
         if let Err(e) = fs::create_dir(path) {
             let is_dir = fs::symlink_metadata(path).map(|m| m.is_dir()).unwrap_or(false);
             if e.kind() != io::ErrorKind::AlreadyExists || !is_dir {
-                let fixed = e.kind() == io::ErrorKind::AlreadyExists && clear(path).and_then(|_| fs::create_dir(path)).is_ok();
+                let fixed =
+                    e.kind() == io::ErrorKind::AlreadyExists && clear(path).and_then(|_| fs::create_dir(path)).is_ok();
                 if !fixed {
                     self.item_error(path, e);
                     return Ok(());
@@ -211,7 +216,9 @@ impl Engine<'_> {
             Err(e @ (RepoError::DamagedBlob { .. } | RepoError::MissingBlob { .. })) => {
                 drop(f);
                 let _ = fs::remove_file(path);
-                Ok(Err(io::Error::other(format!("not restored, the repository data is damaged: {e}"))))
+                Ok(Err(io::Error::other(format!(
+                    "not restored, the repository data is damaged: {e}"
+                ))))
             }
             Err(e) => {
                 let _ = fs::remove_file(path);
@@ -230,7 +237,9 @@ impl Engine<'_> {
             let blobs: Vec<Vec<u8>> = if ids.len() == 1 {
                 vec![self.repo.load_blob(&ids[0])?]
             } else {
-                ids.par_iter().map(|id| self.repo.load_blob(id)).collect::<Result<_, _>>()?
+                ids.par_iter()
+                    .map(|id| self.repo.load_blob(id))
+                    .collect::<Result<_, _>>()?
             };
             for data in blobs {
                 let mut rest = data.as_slice();
@@ -320,8 +329,14 @@ impl Engine<'_> {
             if let Some(md) = before {
                 use std::os::unix::fs::MetadataExt;
                 let t = Timestamps {
-                    last_access: Timespec { tv_sec: md.atime(), tv_nsec: md.atime_nsec() },
-                    last_modification: Timespec { tv_sec: md.mtime(), tv_nsec: md.mtime_nsec() },
+                    last_access: Timespec {
+                        tv_sec: md.atime(),
+                        tv_nsec: md.atime_nsec(),
+                    },
+                    last_modification: Timespec {
+                        tv_sec: md.mtime(),
+                        tv_nsec: md.mtime_nsec(),
+                    },
                 };
                 let _ = rustix::fs::utimensat(CWD, parent, &t, AtFlags::SYMLINK_NOFOLLOW);
             }

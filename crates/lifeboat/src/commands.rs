@@ -24,9 +24,9 @@ struct Ctx {
 }
 
 fn default_location() -> String {
-    let base = std::env::var("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".local/share"));
+    let base = std::env::var("XDG_DATA_HOME").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".local/share")
+    });
     base.join("lifeboat/repo").display().to_string()
 }
 
@@ -130,7 +130,7 @@ fn key(ctx: &Ctx, cmd: KeyCmd) -> Result<bool> {
         KeyCmd::List => {
             let keys = repo.list_keys()?;
             ctx.print(serde_json::to_value(&keys)?, || {
-                println!("{:<2} {:<16} {:<25} {:<20} {}", "", "ID", "CREATED", "HOST", "ARGON2ID");
+                println!("   {:<16} {:<25} {:<20} ARGON2ID", "ID", "CREATED", "HOST");
                 for k in &keys {
                     println!(
                         "{:<2} {:<16} {:<25} {:<20} m={} KiB t={}",
@@ -152,11 +152,19 @@ fn key(ctx: &Ctx, cmd: KeyCmd) -> Result<bool> {
     Ok(true)
 }
 
-fn backup_files(ctx: &Ctx, paths: Vec<PathBuf>, tags: Vec<String>, no_parent: bool, parent: Option<String>) -> Result<bool> {
+fn backup_files(
+    ctx: &Ctx,
+    paths: Vec<PathBuf>,
+    tags: Vec<String>,
+    no_parent: bool,
+    parent: Option<String>,
+) -> Result<bool> {
     // Every path must exist before anything is written.
     for p in &paths {
         std::fs::symlink_metadata(p).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => anyhow::anyhow!("cannot back up {}: no such file or directory", p.display()),
+            std::io::ErrorKind::NotFound => {
+                anyhow::anyhow!("cannot back up {}: no such file or directory", p.display())
+            }
             _ => anyhow::anyhow!("cannot back up {}: {e}", p.display()),
         })?;
     }
@@ -231,13 +239,18 @@ fn snapshots(ctx: &Ctx) -> Result<bool> {
         })
         .collect();
     ctx.print(json!(list), || {
-        println!("{:<10} {:<21} {:<6} {:<16} {:>10}  PATHS", "ID", "TIME", "KIND", "HOST", "SIZE");
+        println!(
+            "{:<10} {:<21} {:<6} {:<16} {:>10}  PATHS",
+            "ID", "TIME", "KIND", "HOST", "SIZE"
+        );
         for (id, s) in &snaps {
             println!(
                 "{:<10} {:<21} {:<6} {:<16} {:>10}  {}",
                 id.short(),
                 s.time
-                    .format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z"))
+                    .format(time::macros::format_description!(
+                        "[year]-[month]-[day] [hour]:[minute]:[second]Z"
+                    ))
                     .unwrap_or_default(),
                 s.kind,
                 s.hostname,
@@ -259,7 +272,8 @@ fn show(ctx: &Ctx, query: &str, recursive: bool) -> Result<bool> {
         let tree = repo.load_tree(&tree_id)?;
         for n in tree.nodes.iter().rev() {
             let path = format!("{prefix}/{}", n.name.lossy());
-            let descend = n.kind == NodeKind::Dir && (recursive || snap.paths.iter().any(|p| p.starts_with(&path) && p != &path));
+            let descend =
+                n.kind == NodeKind::Dir && (recursive || snap.paths.iter().any(|p| p.starts_with(&path) && p != &path));
             if let (true, Some(sub)) = (descend, n.subtree) {
                 stack.push((path.clone(), sub, depth + 1));
             }
@@ -291,7 +305,12 @@ fn show(ctx: &Ctx, query: &str, recursive: bool) -> Result<bool> {
             s.seconds
         );
         for (p, n) in &entries {
-            println!("  {:<8} {:>6o} {:>10}  {p}", format!("{:?}", n.kind).to_lowercase(), n.mode, n.size);
+            println!(
+                "  {:<8} {:>6o} {:>10}  {p}",
+                format!("{:?}", n.kind).to_lowercase(),
+                n.mode,
+                n.size
+            );
         }
     });
     Ok(true)
@@ -311,7 +330,11 @@ fn restore_cmd(ctx: &Ctx, query: &str, to: &str) -> Result<bool> {
     let progress = Arc::new(restore::Progress::default());
     let p = progress.clone();
     let ticker = Ticker::start(ctx.json, move || {
-        format!("{} files, {} written", p.files.load(Relaxed), bytes(p.bytes.load(Relaxed)))
+        format!(
+            "{} files, {} written",
+            p.files.load(Relaxed),
+            bytes(p.bytes.load(Relaxed))
+        )
     });
     let out = restore::restore(&repo, &snap.tree, std::path::Path::new(dir), &progress)?;
     drop(ticker);
@@ -357,7 +380,11 @@ fn check(ctx: &Ctx, read_data: bool) -> Result<bool> {
     let errors = report.errors();
     ctx.print(serde_json::to_value(&report)?, || {
         for p in &report.problems {
-            let sev = if p.severity == Severity::Error { "error" } else { "warning" };
+            let sev = if p.severity == Severity::Error {
+                "error"
+            } else {
+                "warning"
+            };
             println!("{sev}: {}: {}", p.file, p.message);
         }
         println!(
@@ -372,7 +399,11 @@ fn check(ctx: &Ctx, read_data: bool) -> Result<bool> {
             } else {
                 String::new()
             },
-            if errors == 0 { "no errors".to_string() } else { format!("{errors} errors") }
+            if errors == 0 {
+                "no errors".to_string()
+            } else {
+                format!("{errors} errors")
+            }
         );
     });
     if errors > 0 && !ctx.json {
@@ -397,25 +428,32 @@ fn forget(ctx: &Ctx, policy: Policy, then_prune: bool, dry_run: bool) -> Result<
     } else {
         None
     };
-    ctx.print(json!({"dry_run": dry_run, "decisions": decisions, "prune": pruned}), || {
-        for d in &decisions {
+    ctx.print(
+        json!({"dry_run": dry_run, "decisions": decisions, "prune": pruned}),
+        || {
+            for d in &decisions {
+                println!(
+                    "{} {}{}",
+                    if d.keep { "keep  " } else { "remove" },
+                    d.id.short(),
+                    if d.keep {
+                        format!(" ({})", d.reasons.join(", "))
+                    } else {
+                        String::new()
+                    }
+                );
+            }
             println!(
-                "{} {}{}",
-                if d.keep { "keep  " } else { "remove" },
-                d.id.short(),
-                if d.keep { format!(" ({})", d.reasons.join(", ")) } else { String::new() }
+                "{} {} of {} snapshots",
+                if dry_run { "would remove" } else { "removed" },
+                removed,
+                decisions.len()
             );
-        }
-        println!(
-            "{} {} of {} snapshots",
-            if dry_run { "would remove" } else { "removed" },
-            removed,
-            decisions.len()
-        );
-        if let Some(r) = &pruned {
-            print_prune(r);
-        }
-    });
+            if let Some(r) = &pruned {
+                print_prune(r);
+            }
+        },
+    );
     Ok(true)
 }
 

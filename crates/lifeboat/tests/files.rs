@@ -42,7 +42,12 @@ fn rich_tree(src: &Path) -> bool {
     std::os::unix::fs::chown(src.join("plain.txt"), Some(1234), Some(5678)).unwrap();
     std::os::unix::fs::lchown(src.join("link"), Some(4321), Some(8765)).unwrap();
     // SELinux labels need a kernel with SELinux; elsewhere the attribute cannot be set at all.
-    let selinux = xattr::set(src.join("dir/empty"), "security.selinux", b"system_u:object_r:container_file_t:s0\0").is_ok();
+    let selinux = xattr::set(
+        src.join("dir/empty"),
+        "security.selinux",
+        b"system_u:object_r:container_file_t:s0\0",
+    )
+    .is_ok();
     // Times last (after every change inside the directories).
     assert!(sh(&format!(
         "touch -h -d '2001-02-03 04:05:06.123456789' '{}' '{}' '{}'",
@@ -66,13 +71,20 @@ fn round_trip_keeps_every_entry_and_its_metadata() {
     // Holes are not read or stored: far less than the 64 MiB apparent size was read.
     assert!(b["bytes_read"].as_u64().unwrap() < 8 << 20, "{b}");
     let out = t.path().join("out");
-    let r = json(repo, &["restore", "latest", "--to", &format!("files:{}", out.display())]);
+    let r = json(
+        repo,
+        &["restore", "latest", "--to", &format!("files:{}", out.display())],
+    );
     assert_eq!(r["errors"].as_array().unwrap().len(), 0, "{r}");
     assert_same_tree(&src, &restored(&out, &src));
     // The restored sparse file is sparse again.
     let md = fs::metadata(restored(&out, &src).join("sparse.img")).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert!(md.blocks() * 512 < 4 << 20, "restored sparse file uses {} blocks", md.blocks());
+    assert!(
+        md.blocks() * 512 < 4 << 20,
+        "restored sparse file uses {} blocks",
+        md.blocks()
+    );
     if !selinux {
         eprintln!("note: this kernel has no SELinux; security.selinux was not exercised here");
     }
@@ -105,7 +117,10 @@ fn unchanged_files_are_not_read_again_and_changes_add_only_their_chunks() {
     assert!(added < 3 * (8 << 20) / 2, "added {added} bytes for a 4 KiB change");
     assert!(added < first["bytes_added"].as_u64().unwrap() / 2);
     let out = t.path().join("out");
-    ok(repo, &["restore", "latest", "--to", &format!("files:{}", out.display())]);
+    ok(
+        repo,
+        &["restore", "latest", "--to", &format!("files:{}", out.display())],
+    );
     assert_same_tree(&src, &restored(&out, &src));
 }
 
@@ -124,7 +139,12 @@ fn snapshots_show_and_json_outputs() {
     assert_eq!(list[0]["id"], id.as_str());
     assert_eq!(list[0]["tags"][0], "nightly");
     let show = json(repo, &["show", &id[..8], "--recursive"]);
-    let paths: Vec<&str> = show["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> = show["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
     assert!(paths.iter().any(|p| p.ends_with("/d0/f0")), "{paths:?}");
     let human = ok(repo, &["snapshots"]);
     assert!(human.contains(&id[..8]));

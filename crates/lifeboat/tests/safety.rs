@@ -45,7 +45,10 @@ fn two_concurrent_backups_both_succeed_and_common_data_is_stored_once() {
     assert!(ob.status.success(), "{}", String::from_utf8_lossy(&ob.stderr));
     // Copies written by both at the very same moment are collapsed by prune.
     ok(&repo, &["prune"]);
-    let stored: u64 = pack_files(Path::new(&repo)).iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    let stored: u64 = pack_files(Path::new(&repo))
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
     let unique = du(&a.join("common")) + du(&a.join("own")) + du(&b.join("own"));
     assert!(
         (stored as f64) < unique as f64 * 1.05,
@@ -74,11 +77,11 @@ fn prune_during_a_backup_never_deletes_what_the_backup_references() {
     let t = tempfile::tempdir().unwrap();
     let repo = init(t.path());
     let src = t.path().join("src");
+    // Something for prune to delete: an older snapshot of the same path, with other data.
+    make_files(&src, 12, 10, 1 << 20);
+    ok(&repo, &["backup", "files", src.to_str().unwrap()]);
+    fs::remove_dir_all(&src).unwrap();
     make_files(&src, 11, 60, 1 << 20);
-    // Something for prune to delete: a forgotten snapshot of other data.
-    let old = t.path().join("old");
-    make_files(&old, 12, 10, 1 << 20);
-    ok(&repo, &["backup", "files", old.to_str().unwrap()]);
     let backup = spawn(&repo, &["backup", "files", src.to_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(150));
     // Without waiting, prune refuses clearly while the backup holds its lock ...
@@ -103,7 +106,10 @@ fn prune_during_a_backup_never_deletes_what_the_backup_references() {
 
 #[test]
 fn kill_9_during_backup_and_prune_leaves_a_consistent_repository() {
-    let seed = std::env::var("LIFEBOAT_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_1234_u64);
+    let seed = std::env::var("LIFEBOAT_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_1234_u64);
     eprintln!("kill seed {seed} (set LIFEBOAT_KILL_SEED to replay)");
     let mut rng = Rng(seed);
     let t = tempfile::tempdir().unwrap();
@@ -113,7 +119,10 @@ fn kill_9_during_backup_and_prune_leaves_a_consistent_repository() {
         let src = t.path().join(format!("src{round}"));
         make_files(&src, 100 + round, 30, 700_000);
         // One complete snapshot of this round's data, which must survive everything after it.
-        let id = json(&repo, &["backup", "files", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap().to_string();
+        let id = json(&repo, &["backup", "files", src.to_str().unwrap()])["snapshot_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         kept.push((id, src.clone()));
         // Change the data, then kill a backup of it at a random moment.
         make_files(&src.join("more"), 200 + round, 20, 700_000);
@@ -173,16 +182,26 @@ fn a_flipped_bit_in_a_pack_is_named_by_check_and_refused_by_restore() {
     ok(&repo, &["backup", "files", src.to_str().unwrap()]);
     // The largest pack holds file data (trees are small).
     let packs = pack_files(Path::new(&repo));
-    let victim = packs.iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap().clone();
+    let victim = packs
+        .iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap()
+        .clone();
     flip_bit(&victim, 12345);
     let name = victim.file_name().unwrap().to_str().unwrap().to_string();
     let check = run(&repo, &["repo", "check", "--read-data"]);
     assert!(!check.status.success());
     let out = String::from_utf8_lossy(&check.stdout);
-    assert!(out.contains(&name), "check does not name the damaged pack {name}:\n{out}");
+    assert!(
+        out.contains(&name),
+        "check does not name the damaged pack {name}:\n{out}"
+    );
     // Restore fails, and no file is left with wrong bytes.
     let target = t.path().join("out");
-    let r = run(&repo, &["restore", "latest", "--to", &format!("files:{}", target.display())]);
+    let r = run(
+        &repo,
+        &["restore", "latest", "--to", &format!("files:{}", target.display())],
+    );
     assert!(!r.status.success());
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(err.contains("damaged"), "{err}");
@@ -207,12 +226,25 @@ fn a_truncated_pack_and_damaged_metadata_files_are_named_by_check() {
     make_files(&src, 31, 8, 1 << 20);
     ok(&repo, &["backup", "files", src.to_str().unwrap()]);
     let r = Path::new(&repo);
-    let pack = pack_files(r).into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    let pack = pack_files(r)
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
     let len = fs::metadata(&pack).unwrap().len();
-    fs::OpenOptions::new().write(true).open(&pack).unwrap().set_len(len - 100).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
     let index = fs::read_dir(r.join("index")).unwrap().next().unwrap().unwrap().path();
     flip_bit(&index, 77);
-    let snap = fs::read_dir(r.join("snapshots")).unwrap().next().unwrap().unwrap().path();
+    let snap = fs::read_dir(r.join("snapshots"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     flip_bit(&snap, 40);
     let check = run(&repo, &["repo", "check"]);
     assert!(!check.status.success());
@@ -226,7 +258,10 @@ fn a_truncated_pack_and_damaged_metadata_files_are_named_by_check() {
     let deep = run(&repo, &["repo", "check", "--read-data"]);
     let out = String::from_utf8_lossy(&deep.stdout);
     let pname = pack.file_name().unwrap().to_str().unwrap();
-    assert!(out.contains(pname), "check --read-data does not name the truncated pack:\n{out}");
+    assert!(
+        out.contains(pname),
+        "check --read-data does not name the truncated pack:\n{out}"
+    );
     // prune refuses to run on a repository it cannot read completely, and deletes nothing.
     let before = repo_state(r);
     let p = run(&repo, &["prune"]);
@@ -243,7 +278,10 @@ fn wrong_password_missing_repository_and_missing_path_fail_cleanly_and_change_no
     ok(&repo, &["backup", "files", src.to_str().unwrap()]);
     let before = repo_state(Path::new(&repo));
 
-    let o = cmd(&repo, &["snapshots"]).env("LIFEBOAT_PASSWORD", "not it").output().unwrap();
+    let o = cmd(&repo, &["snapshots"])
+        .env("LIFEBOAT_PASSWORD", "not it")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -263,7 +301,10 @@ fn wrong_password_missing_repository_and_missing_path_fail_cleanly_and_change_no
     assert!(err.contains("no repository at"), "{err}");
     assert!(!nowhere.exists(), "a failed command created the repository directory");
 
-    let o = run(&repo, &["backup", "files", t.path().join("does-not-exist").to_str().unwrap()]);
+    let o = run(
+        &repo,
+        &["backup", "files", t.path().join("does-not-exist").to_str().unwrap()],
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -277,7 +318,11 @@ fn wrong_password_missing_repository_and_missing_path_fail_cleanly_and_change_no
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
 
-    assert_eq!(before, repo_state(Path::new(&repo)), "a failed command changed the repository");
+    assert_eq!(
+        before,
+        repo_state(Path::new(&repo)),
+        "a failed command changed the repository"
+    );
 }
 
 #[test]
@@ -286,7 +331,10 @@ fn key_slots_can_be_added_listed_and_removed() {
     let repo = init(t.path());
     let pwfile = t.path().join("new-pw");
     fs::write(&pwfile, "second password\n").unwrap();
-    ok(&repo, &["repo", "key", "add", "--new-password-file", pwfile.to_str().unwrap()]);
+    ok(
+        &repo,
+        &["repo", "key", "add", "--new-password-file", pwfile.to_str().unwrap()],
+    );
     let keys = json(&repo, &["repo", "key", "list"]);
     assert_eq!(keys.as_array().unwrap().len(), 2);
     let first = keys.as_array().unwrap().iter().find(|k| k["current"] == true).unwrap()["id"]
@@ -296,10 +344,20 @@ fn key_slots_can_be_added_listed_and_removed() {
     // The slot in use cannot be removed with its own password.
     assert!(!run(&repo, &["repo", "key", "remove", &first]).status.success());
     // The second password opens the repository and removes the first slot.
-    let o = cmd(&repo, &["--password-file", pwfile.to_str().unwrap(), "repo", "key", "remove", &first[..12]])
-        .env_remove("LIFEBOAT_PASSWORD")
-        .output()
-        .unwrap();
+    let o = cmd(
+        &repo,
+        &[
+            "--password-file",
+            pwfile.to_str().unwrap(),
+            "repo",
+            "key",
+            "remove",
+            &first[..12],
+        ],
+    )
+    .env_remove("LIFEBOAT_PASSWORD")
+    .output()
+    .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = run(&repo, &["snapshots"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("wrong password"));
@@ -315,12 +373,29 @@ fn forget_with_a_policy_then_prune_frees_space_and_keeps_the_rest_restorable() {
         make_files(&src, 50 + round, 6, 500_000);
         ok(&repo, &["backup", "files", src.to_str().unwrap()]);
     }
-    let before: u64 = pack_files(Path::new(&repo)).iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    let before: u64 = pack_files(Path::new(&repo))
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
     let o = json(&repo, &["forget", "--keep-last", "1", "--prune"]);
-    assert_eq!(o["decisions"].as_array().unwrap().iter().filter(|d| d["keep"] == false).count(), 3);
-    let after: u64 = pack_files(Path::new(&repo)).iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    assert_eq!(
+        o["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["keep"] == false)
+            .count(),
+        3
+    );
+    let after: u64 = pack_files(Path::new(&repo))
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
     assert!(after < before / 2, "prune freed too little: {before} -> {after}");
-    assert!(!run(&repo, &["forget"]).status.success(), "an empty policy must be refused");
+    assert!(
+        !run(&repo, &["forget"]).status.success(),
+        "an empty policy must be refused"
+    );
     ok(&repo, &["repo", "check", "--read-data"]);
     let out = t.path().join("out");
     restore_to(&repo, "latest", &out);

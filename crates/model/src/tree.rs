@@ -41,7 +41,10 @@ impl Serialize for FileName {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match std::str::from_utf8(&self.0) {
             Ok(t) => s.serialize_str(t),
-            Err(_) => NameRepr::Raw { b64: B64.encode(&self.0) }.serialize(s),
+            Err(_) => NameRepr::Raw {
+                b64: B64.encode(&self.0),
+            }
+            .serialize(s),
         }
     }
 }
@@ -195,7 +198,10 @@ mod tests {
             any::<u64>(),
             proptest::option::of(proptest::collection::vec((any::<u64>(), any::<u64>()), 0..4)),
             proptest::collection::vec(
-                (proptest::collection::vec(any::<u8>(), 1..10), proptest::collection::vec(any::<u8>(), 0..10)),
+                (
+                    proptest::collection::vec(any::<u8>(), 1..10),
+                    proptest::collection::vec(any::<u8>(), 0..10),
+                ),
                 0..3,
             ),
         )
@@ -207,7 +213,10 @@ mod tests {
                 n.extents = extents;
                 n.xattrs = xattrs
                     .into_iter()
-                    .map(|(k, v)| Xattr { name: FileName(k), value: v })
+                    .map(|(k, v)| Xattr {
+                        name: FileName(k),
+                        value: v,
+                    })
                     .collect();
                 n
             })

@@ -69,8 +69,11 @@ pub struct CheckProgress {
     pub bytes_done: AtomicU64,
 }
 
+/// The readable index files (name and packs) and the errors of the damaged ones.
+pub type IndexFiles = (Vec<(String, Vec<IndexPack>)>, Vec<RepoError>);
+
 /// Reads every index file in full. Returns the packs of all readable files and the damaged ones.
-pub fn read_all_index_files(repo: &Repository) -> Result<(Vec<(String, Vec<IndexPack>)>, Vec<RepoError>), RepoError> {
+pub fn read_all_index_files(repo: &Repository) -> Result<IndexFiles, RepoError> {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
     for l in repo.backend().list("index")? {
@@ -178,7 +181,10 @@ pub fn check(repo: &Repository, read_data: bool, progress: &CheckProgress) -> Re
             }
             Some(size) if *size != p.size => report.error(
                 pack_path(id),
-                format!("size {} differs from the indexed size {} (truncated or damaged)", size, p.size),
+                format!(
+                    "size {} differs from the indexed size {} (truncated or damaged)",
+                    size, p.size
+                ),
             ),
             _ => {}
         }
@@ -233,7 +239,9 @@ pub fn check(repo: &Repository, read_data: bool, progress: &CheckProgress) -> Re
     if read_data {
         read_all_packs(repo, &on_disk, &packs, progress, &mut report);
     }
-    report.problems.sort_by(|a, b| (a.severity as u8, &a.file).cmp(&(b.severity as u8, &b.file)));
+    report
+        .problems
+        .sort_by(|a, b| (a.severity as u8, &a.file).cmp(&(b.severity as u8, &b.file)));
     Ok(report)
 }
 
@@ -263,7 +271,10 @@ fn read_all_packs(
     progress.packs_total.store(ids.len() as u64, Ordering::Relaxed);
     let next = AtomicUsize::new(0);
     let problems = Mutex::new(Vec::new());
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(8);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
@@ -294,7 +305,9 @@ fn check_pack(repo: &Repository, id: &Id, indexed: Option<&IndexPack>) -> Vec<Pr
     };
     let mut out = Vec::new();
     if file_id(&bytes) != *id {
-        out.push(err("content does not match its name (hash mismatch: the file is damaged)".into()));
+        out.push(err(
+            "content does not match its name (hash mismatch: the file is damaged)".into(),
+        ));
     }
     let header = match parse_header(repo.key(), &bytes) {
         Ok(h) => h,

@@ -9,7 +9,6 @@ use std::cell::RefCell;
 use lifeboat_model::Id;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 
-
 /// Largest plaintext a sealed envelope may decompress to (guards against hostile sizes).
 pub const MAX_PLAINTEXT: usize = 256 << 20;
 const TAG_LEN: usize = 16;

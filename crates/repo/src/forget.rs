@@ -44,11 +44,15 @@ impl Policy {
                 "no --keep-* option given; refusing to remove every snapshot".into(),
             ));
         }
-        let mut groups: BTreeMap<(String, String, Vec<String>), Vec<&(Id, Snapshot)>> = BTreeMap::new();
+        type Group = (String, String, Vec<String>);
+        let mut groups: BTreeMap<Group, Vec<&(Id, Snapshot)>> = BTreeMap::new();
         for s in snapshots {
             let mut paths = s.1.paths.clone();
             paths.sort();
-            groups.entry((s.1.kind.clone(), s.1.hostname.clone(), paths)).or_default().push(s);
+            groups
+                .entry((s.1.kind.clone(), s.1.hostname.clone(), paths))
+                .or_default()
+                .push(s);
         }
         let mut out = Vec::new();
         for (_, mut group) in groups {
@@ -126,8 +130,17 @@ mod tests {
     fn daily_keeps_newest_per_day() {
         let day = 86400;
         let snaps = vec![snap(1, 10), snap(2, 20), snap(3, day + 5), snap(4, 2 * day + 5)];
-        let p = Policy { daily: 2, ..Default::default() };
-        let kept: Vec<u8> = p.apply(&snaps).unwrap().iter().filter(|d| d.keep).map(|d| d.id.0[0]).collect();
+        let p = Policy {
+            daily: 2,
+            ..Default::default()
+        };
+        let kept: Vec<u8> = p
+            .apply(&snaps)
+            .unwrap()
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| d.id.0[0])
+            .collect();
         assert_eq!(kept, vec![4, 3]);
     }
 

@@ -95,7 +95,9 @@ impl KeySlot {
     fn compute_checksum(&self) -> String {
         let mut copy = self.clone();
         copy.checksum.clear();
-        blake3::hash(&serde_json::to_vec(&copy).expect("serialisable")).to_hex().to_string()
+        blake3::hash(&serde_json::to_vec(&copy).expect("serialisable"))
+            .to_hex()
+            .to_string()
     }
 
     /// Parses a key slot file and verifies its checksum.
@@ -116,7 +118,9 @@ impl KeySlot {
     /// Unwraps the master key with `password`.
     pub fn unwrap(&self, password: &[u8]) -> Result<MasterKey, SlotError> {
         let salt = B64.decode(&self.salt).map_err(|e| SlotError::Damaged(e.to_string()))?;
-        let wrapped = B64.decode(&self.wrapped_key).map_err(|e| SlotError::Damaged(e.to_string()))?;
+        let wrapped = B64
+            .decode(&self.wrapped_key)
+            .map_err(|e| SlotError::Damaged(e.to_string()))?;
         let mut kek = derive(password, &salt, self.params)?;
         let raw = open_with(&kek, &wrapped).map_err(|_| SlotError::WrongPassword);
         kek.fill(0);

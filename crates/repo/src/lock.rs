@@ -173,13 +173,11 @@ pub fn acquire(
 
 fn refresh_loop(backend: &dyn Backend, key: &MasterKey, mut info: LockInfo, held: &Held) {
     let mut stop = held.stop.lock().expect("lock poisoned");
-    loop {
+    // `stop` is checked before every wait: the guard may be dropped before this thread first runs.
+    while !*stop {
         let (s, timeout) = held.cv.wait_timeout(stop, REFRESH).expect("lock poisoned");
         stop = s;
-        if *stop {
-            return;
-        }
-        if timeout.timed_out() {
+        if !*stop && timeout.timed_out() {
             info.time = OffsetDateTime::now_utc();
             if let Ok(new) = write_lock(backend, key, &info) {
                 let mut name = held.name.lock().expect("lock poisoned");
@@ -199,5 +197,44 @@ impl Drop for LockGuard {
         }
         let name = self.held.name.lock().expect("lock poisoned").clone();
         let _ = self.backend.remove(&lock_path(&name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LocalBackend;
+
+    fn setup() -> (tempfile::TempDir, Arc<dyn Backend>, MasterKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()));
+        backend.create().unwrap();
+        (dir, backend, MasterKey::generate())
+    }
+
+    /// Regression: a guard dropped before its refresher thread first waited left the refresher
+    /// asleep for the whole refresh period, so every short command hung for 5 minutes on exit.
+    #[test]
+    fn lock_guard_dropped_at_once_releases_without_waiting_for_the_refresh_period() {
+        let (_d, backend, key) = setup();
+        for _ in 0..50 {
+            drop(acquire(backend.clone(), &key, false, "test", Duration::ZERO).unwrap());
+        }
+        assert!(backend.list("locks").unwrap().is_empty());
+    }
+
+    #[test]
+    fn exclusive_conflicts_with_shared_and_names_the_holder() {
+        let (_d, backend, key) = setup();
+        let a = acquire(backend.clone(), &key, false, "backup files", Duration::ZERO).unwrap();
+        let b = acquire(backend.clone(), &key, false, "restore", Duration::ZERO).unwrap();
+        match acquire(backend.clone(), &key, true, "prune", Duration::ZERO) {
+            Err(RepoError::Locked { holder, .. }) => assert!(holder.contains("shared lock held by")),
+            other => panic!("expected Locked, got {:?}", other.map(|_| ())),
+        }
+        drop((a, b));
+        let x = acquire(backend.clone(), &key, true, "prune", Duration::ZERO).unwrap();
+        assert!(acquire(backend.clone(), &key, false, "backup files", Duration::ZERO).is_err());
+        drop(x);
     }
 }

@@ -69,7 +69,9 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError>
             failure.get_or_insert_with(|| RepoError::Damaged {
                 location: repo.location().to_string(),
                 path: format!("tree of snapshot {path}"),
-                reason: format!("{e}; run `lifeboat repo check` (prune removes nothing while a snapshot is unreadable)"),
+                reason: format!(
+                    "{e}; run `lifeboat repo check` (prune removes nothing while a snapshot is unreadable)"
+                ),
             });
         },
     );

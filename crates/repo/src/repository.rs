@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::backend::Backend;
-use crate::crypto::{fill_random, file_id, MasterKey};
+use crate::crypto::{file_id, fill_random, MasterKey};
 use crate::index::{IndexFile, IndexPack, Location, MemIndex};
 use crate::keys::{KdfParams, KeySlot, SlotError};
 use crate::lock::{self, LockGuard};
@@ -122,9 +122,15 @@ impl Repository {
         let mut name = [0u8; 32];
         fill_random(&mut name);
         let key_name = hex::encode(name);
-        backend.write(&format!("keys/{key_name}"), &serde_json::to_vec_pretty(&slot).expect("serialisable"))?;
+        backend.write(
+            &format!("keys/{key_name}"),
+            &serde_json::to_vec_pretty(&slot).expect("serialisable"),
+        )?;
         // The config is written last: its presence marks a complete repository.
-        backend.write("config", &key.seal(&serde_json::to_vec(&config).expect("serialisable"), false))?;
+        backend.write(
+            "config",
+            &key.seal(&serde_json::to_vec(&config).expect("serialisable"), false),
+        )?;
         Ok(Repository::assemble(backend, key, key_name, config))
     }
 
@@ -228,7 +234,11 @@ impl Repository {
         let path = format!("{dir}/{name}");
         let bytes = self.backend.read(&path)?;
         if file_id(&bytes).to_hex() != name {
-            return Err(damaged(&*self.backend, &path, "content does not match its name (hash mismatch)"));
+            return Err(damaged(
+                &*self.backend,
+                &path,
+                "content does not match its name (hash mismatch)",
+            ));
         }
         self.key.open(&bytes).map_err(|e| damaged(&*self.backend, &path, e))
     }
@@ -237,7 +247,9 @@ impl Repository {
         let sealed = self.key.seal(plain, true);
         let id = file_id(&sealed);
         self.backend.write(&format!("{dir}/{id}"), &sealed)?;
-        self.stats.bytes_written.fetch_add(sealed.len() as u64, Ordering::Relaxed);
+        self.stats
+            .bytes_written
+            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
         Ok(id)
     }
 
@@ -264,7 +276,11 @@ impl Repository {
         let listed = self.backend.list("index")?;
         let new: Vec<String> = {
             let loaded = self.loaded_index_files.lock().expect("poisoned");
-            listed.into_iter().map(|l| l.name).filter(|n| !loaded.contains(n)).collect()
+            listed
+                .into_iter()
+                .map(|l| l.name)
+                .filter(|n| !loaded.contains(n))
+                .collect()
         };
         for name in new {
             let file = match self.read_index_file(&name) {
@@ -286,19 +302,30 @@ impl Repository {
 
     /// Index files that could not be read (each error names its file).
     pub fn damaged_index_files(&self) -> Vec<String> {
-        self.damaged_index_files.lock().expect("poisoned").iter().map(|e| e.to_string()).collect()
+        self.damaged_index_files
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     /// Names of the index files loaded so far.
     pub fn index_file_names(&self) -> Vec<String> {
-        self.loaded_index_files.lock().expect("poisoned").iter().cloned().collect()
+        self.loaded_index_files
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     // ----- blobs ----------------------------------------------------------------------------
 
     /// Whether the repository (or this process, pending a flush) holds the blob.
     pub fn has_blob(&self, id: &Id) -> bool {
-        self.index.read().expect("poisoned").contains(id) || self.writer.lock().expect("poisoned").in_flight.contains(id)
+        self.index.read().expect("poisoned").contains(id)
+            || self.writer.lock().expect("poisoned").in_flight.contains(id)
     }
 
     /// Where a blob is stored, if it is in the index.
@@ -328,7 +355,9 @@ impl Repository {
         }
         let sealed = self.key.seal(data, true);
         self.stats.blobs_added.fetch_add(1, Ordering::Relaxed);
-        self.stats.raw_bytes_added.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.stats
+            .raw_bytes_added
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         let mut builder = self.writer.lock().expect("poisoned").pool.pop().unwrap_or_default();
         builder.add(kind, id, sealed, data.len());
         if builder.size() >= self.config.pack_size as usize {
@@ -359,7 +388,9 @@ impl Repository {
         }
         let (pack_id, bytes, entries) = builder.finish(&self.key);
         self.backend.write(&pack_path(&pack_id), &bytes)?;
-        self.stats.bytes_written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.stats
+            .bytes_written
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         self.index.write().expect("poisoned").add_pack(&pack_id, &entries);
         let to_index = {
             let mut w = self.writer.lock().expect("poisoned");
@@ -461,10 +492,13 @@ impl Repository {
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>, RepoError> {
         let mut out = Vec::new();
         for l in self.backend.list("snapshots")? {
-            let id: Id = l
-                .name
-                .parse()
-                .map_err(|_| damaged(&*self.backend, &format!("snapshots/{}", l.name), "not a snapshot file name"))?;
+            let id: Id = l.name.parse().map_err(|_| {
+                damaged(
+                    &*self.backend,
+                    &format!("snapshots/{}", l.name),
+                    "not a snapshot file name",
+                )
+            })?;
             match self.load_snapshot(&id) {
                 Ok(s) => out.push((id, s)),
                 // Removed by a concurrent forget between list and read.
@@ -480,7 +514,10 @@ impl Repository {
     pub fn find_snapshot(&self, query: &str) -> Result<(Id, Snapshot), RepoError> {
         let all = self.snapshots()?;
         if query == "latest" {
-            return all.into_iter().last().ok_or_else(|| RepoError::SnapshotNotFound { query: query.into() });
+            return all
+                .into_iter()
+                .last()
+                .ok_or_else(|| RepoError::SnapshotNotFound { query: query.into() });
         }
         if query.len() < 4 {
             return Err(RepoError::SnapshotNotFound { query: query.into() });
@@ -511,8 +548,10 @@ impl Repository {
         let mut name = [0u8; 32];
         fill_random(&mut name);
         let name = hex::encode(name);
-        self.backend
-            .write(&format!("keys/{name}"), &serde_json::to_vec_pretty(&slot).expect("serialisable"))?;
+        self.backend.write(
+            &format!("keys/{name}"),
+            &serde_json::to_vec_pretty(&slot).expect("serialisable"),
+        )?;
         Ok(name)
     }
 
@@ -532,14 +571,17 @@ impl Repository {
                 iterations: slot.params.iterations,
             });
         }
-        out.sort_by(|a, b| a.created.cmp(&b.created));
+        out.sort_by_key(|k| k.created);
         Ok(out)
     }
 
     /// Removes a key slot given by a unique id prefix. Refuses to remove the slot in use.
     pub fn remove_key(&self, prefix: &str) -> Result<String, RepoError> {
         let keys = self.list_keys()?;
-        let hits: Vec<&KeyInfo> = keys.iter().filter(|k| !prefix.is_empty() && k.id.starts_with(prefix)).collect();
+        let hits: Vec<&KeyInfo> = keys
+            .iter()
+            .filter(|k| !prefix.is_empty() && k.id.starts_with(prefix))
+            .collect();
         let k = match hits.as_slice() {
             [k] => *k,
             [] => return Err(RepoError::KeyNotFound { id: prefix.into() }),
@@ -553,8 +595,9 @@ impl Repository {
         if k.current {
             return Err(RepoError::KeyRemovalRefused {
                 id: k.id.clone(),
-                reason: "it is the key slot this password opened; open the repository with another password to remove it"
-                    .into(),
+                reason:
+                    "it is the key slot this password opened; open the repository with another password to remove it"
+                        .into(),
             });
         }
         self.backend.remove(&format!("keys/{}", k.id))?;

@@ -133,12 +133,21 @@ pub fn describe(root: &Path) -> BTreeMap<String, Entry> {
         } else {
             "other"
         };
-        let link_group = (ft.is_file() && md.nlink() > 1)
-            .then(|| inodes.entry((md.dev(), md.ino())).or_insert_with(|| rel.clone()).clone());
+        let link_group = (ft.is_file() && md.nlink() > 1).then(|| {
+            inodes
+                .entry((md.dev(), md.ino()))
+                .or_insert_with(|| rel.clone())
+                .clone()
+        });
         let mut xattrs: Vec<(String, Vec<u8>)> = xattr::list(&p)
             .map(|l| {
-                l.map(|n| (n.to_string_lossy().into_owned(), xattr::get(&p, &n).unwrap().unwrap_or_default()))
-                    .collect()
+                l.map(|n| {
+                    (
+                        n.to_string_lossy().into_owned(),
+                        xattr::get(&p, &n).unwrap().unwrap_or_default(),
+                    )
+                })
+                .collect()
             })
             .unwrap_or_default();
         xattrs.sort();
@@ -151,7 +160,9 @@ pub fn describe(root: &Path) -> BTreeMap<String, Entry> {
                 gid: md.gid(),
                 mtime: (md.mtime(), md.mtime_nsec()),
                 size: if ft.is_dir() { 0 } else { md.len() },
-                content: ft.is_file().then(|| blake3::hash(&fs::read(&p).unwrap()).to_hex().to_string()),
+                content: ft
+                    .is_file()
+                    .then(|| blake3::hash(&fs::read(&p).unwrap()).to_hex().to_string()),
                 target: ft.is_symlink().then(|| fs::read_link(&p).unwrap()),
                 rdev: md.rdev(),
                 xattrs,
@@ -181,7 +192,10 @@ pub fn restored(target: &Path, src: &Path) -> PathBuf {
 
 /// Total bytes of the files below `dir`.
 pub fn du(dir: &Path) -> u64 {
-    describe(dir).values().map(|e| if e.kind == "file" { e.size } else { 0 }).sum()
+    describe(dir)
+        .values()
+        .map(|e| if e.kind == "file" { e.size } else { 0 })
+        .sum()
 }
 
 pub fn pack_files(repo: &Path) -> Vec<PathBuf> {

@@ -144,11 +144,18 @@ impl Backend for LocalBackend {
                     Err(err) if err.kind() == ErrorKind::NotFound => continue,
                     Err(err) => return Err(self.io("list", dir, err)),
                 };
-                let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+                let rel = if prefix.is_empty() {
+                    name
+                } else {
+                    format!("{prefix}/{name}")
+                };
                 if md.is_dir() {
                     stack.push((e.path(), rel));
                 } else {
-                    out.push(Listed { name: rel, size: md.len() });
+                    out.push(Listed {
+                        name: rel,
+                        size: md.len(),
+                    });
                 }
             }
         }
@@ -177,4 +184,3 @@ impl Backend for LocalBackend {
         }
     }
 }
-

@@ -186,7 +186,10 @@ impl Backend for S3Backend {
                 location: self.location.clone(),
                 op: "read",
                 path: path.to_string(),
-                message: format!("file is truncated (wanted {len} bytes at offset {offset}, got {})", buf.len()),
+                message: format!(
+                    "file is truncated (wanted {len} bytes at offset {offset}, got {})",
+                    buf.len()
+                ),
                 retryable: false,
             });
         }
@@ -258,7 +261,10 @@ impl Backend for S3Backend {
     fn remove(&self, path: &str) -> Result<(), BackendError> {
         self.retry(|| {
             let key = self.key(path);
-            let url = self.bucket.delete_object(self.credentials.as_ref(), &key).sign(SIGN_FOR);
+            let url = self
+                .bucket
+                .delete_object(self.credentials.as_ref(), &key)
+                .sign(SIGN_FOR);
             match self.agent.delete(url.as_str()).call() {
                 Ok(_) | Err(ureq::Error::Status(404, _)) => Ok(()),
                 Err(e) => Err(self.err("remove", path, e)),

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs Lifeboat's whole test suite on a fresh Debian machine: installs what the tests need, then
+# formats, lints and tests the workspace. Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lifeboat-target}"
+
+need_apt=()
+command -v setfattr >/dev/null || need_apt+=(attr)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then echo "scripts/test.sh: missing ${need_apt[*]}; install them or run as root" >&2; exit 1; fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# A real S3 server for the S3 backend tests: moto's server, from PyPI (started by the tests on loopback).
+export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+if ! command -v moto_server >/dev/null; then
+  python3 -m pip install -q 'moto[server]' 2>&1 | grep -v "WARNING: Running pip as" || true
+  hash -r
+fi
+command -v moto_server >/dev/null || { echo "scripts/test.sh: moto_server is not on PATH after installing moto[server]" >&2; exit 1; }
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace -- --test-threads 2
