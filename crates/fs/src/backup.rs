@@ -7,7 +7,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use fastcdc::v2020::{Normalization, StreamCDC};
@@ -16,7 +15,7 @@ use lifeboat_repo::{BlobKind, RepoError, Repository};
 use rayon::prelude::*;
 use rustix::fs::{OFlags, SeekFrom};
 
-use crate::{FsError, ItemError};
+use crate::{FsError, ItemError, ItemErrors};
 
 /// Live counters, for progress display while a backup runs.
 #[derive(Debug, Default)]
@@ -66,7 +65,7 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 struct Engine<'a> {
     repo: &'a Repository,
     progress: &'a Progress,
-    errors: Mutex<Vec<ItemError>>,
+    errors: ItemErrors,
     min: u32,
     avg: u32,
     max: u32,
@@ -142,7 +141,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, progress: &Progress) -> R
     let engine = Engine {
         repo,
         progress,
-        errors: Mutex::new(Vec::new()),
+        errors: ItemErrors::default(),
         min: cfg.chunk_min,
         avg: cfg.chunk_avg,
         max: cfg.chunk_max,
@@ -154,8 +153,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, progress: &Progress) -> R
         .collect();
     let root = engine.build_level(Path::new("/"), &rel, parent_root.as_ref())?;
 
-    let mut errors = engine.errors.into_inner().expect("poisoned");
-    errors.sort_by(|a, b| a.path.cmp(&b.path));
+    let errors = engine.errors.into_sorted();
     let st = repo.stats();
     let summary = SnapshotSummary {
         files: progress.files.load(Relaxed),
@@ -310,10 +308,7 @@ fn open_for_reading(path: &Path) -> io::Result<File> {
 
 impl Engine<'_> {
     fn item_error(&self, path: &Path, e: impl ToString) {
-        self.errors.lock().expect("poisoned").push(ItemError {
-            path: path.display().to_string(),
-            error: e.to_string(),
-        });
+        self.errors.push(path, e);
     }
 
     /// Builds the tree for one level of the path hierarchy leading to the selected paths.
@@ -541,5 +536,70 @@ impl Engine<'_> {
             ids.extend(saved);
         }
         Ok(Ok(ids))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn normalize_is_lexical_and_absolute() {
+        assert_eq!(normalize(Path::new("/a/./b/../c")).unwrap(), PathBuf::from("/a/c"));
+        assert!(normalize(Path::new("rel")).unwrap().is_absolute());
+    }
+
+    #[test]
+    fn sparse_extents_and_reader_return_only_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse");
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        f.set_len(32 << 20).unwrap();
+        f.write_at(b"head", 0).unwrap();
+        f.write_at(b"middle", 20 << 20).unwrap();
+        f.sync_all().unwrap();
+        let x = data_extents(&f, 32 << 20).unwrap();
+        // Filesystems allocate in blocks: each extent covers its bytes, and the holes are left out.
+        assert!(x.len() >= 2 && x.iter().map(|e| e.1).sum::<u64>() < 1 << 20, "{x:?}");
+        assert!(x.iter().any(|&(o, l)| o <= 20 << 20 && o + l >= (20 << 20) + 6));
+        let mut data = Vec::new();
+        ExtentReader {
+            file: &f,
+            extents: &x,
+            index: 0,
+            within: 0,
+        }
+        .read_to_end(&mut data)
+        .unwrap();
+        assert_eq!(data.len() as u64, x.iter().map(|e| e.1).sum::<u64>());
+        assert!(data.windows(6).any(|w| w == b"middle"));
+    }
+
+    #[test]
+    fn unchanged_needs_equal_size_times_and_inode() {
+        let mut a = Node::new(FileName::from("f"), NodeKind::File);
+        a.size = 10;
+        a.mtime_ns = 5;
+        a.ctime_ns = 6;
+        a.inode = 7;
+        assert!(unchanged(Some(&a), &a).is_some());
+        for change in [
+            |n: &mut Node| n.size += 1,
+            |n: &mut Node| n.mtime_ns += 1,
+            |n: &mut Node| n.ctime_ns += 1,
+            |n: &mut Node| n.inode += 1,
+        ] {
+            let mut b = a.clone();
+            change(&mut b);
+            assert!(unchanged(Some(&a), &b).is_none());
+        }
+        assert!(unchanged(None, &a).is_none());
     }
 }

@@ -15,7 +15,8 @@
 pub mod backup;
 pub mod restore;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use lifeboat_repo::RepoError;
 
@@ -38,4 +39,24 @@ pub enum FsError {
 pub struct ItemError {
     pub path: String,
     pub error: String,
+}
+
+/// Collects the per-item failures of a parallel walk.
+#[derive(Default)]
+pub(crate) struct ItemErrors(Mutex<Vec<ItemError>>);
+
+impl ItemErrors {
+    pub(crate) fn push(&self, path: &Path, e: impl ToString) {
+        self.0.lock().expect("poisoned").push(ItemError {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        });
+    }
+
+    /// The failures, sorted by path.
+    pub(crate) fn into_sorted(self) -> Vec<ItemError> {
+        let mut v = self.0.into_inner().expect("poisoned");
+        v.sort_by(|a, b| a.path.cmp(&b.path));
+        v
+    }
 }

@@ -14,7 +14,7 @@ use lifeboat_repo::{RepoError, Repository};
 use rayon::prelude::*;
 use rustix::fs::{AtFlags, FileType, Gid, Mode, Timespec, Timestamps, Uid, CWD};
 
-use crate::{FsError, ItemError};
+use crate::{FsError, ItemError, ItemErrors};
 
 /// Live counters, for progress display while a restore runs.
 #[derive(Debug, Default)]
@@ -42,7 +42,7 @@ const BLOBS_IN_FLIGHT: usize = 4;
 struct Engine<'a> {
     repo: &'a Repository,
     progress: &'a Progress,
-    errors: Mutex<Vec<ItemError>>,
+    errors: ItemErrors,
     /// (dev, inode) of hard-linked files -> the path restored first.
     links: Mutex<HashMap<(u64, u64), PathBuf>>,
     /// Hard links to create once every file exists: (link path, (dev, inode)).
@@ -68,15 +68,14 @@ pub fn restore(repo: &Repository, root: &Id, target: &Path, progress: &Progress)
     let engine = Engine {
         repo,
         progress,
-        errors: Mutex::new(Vec::new()),
+        errors: ItemErrors::default(),
         links: Mutex::new(HashMap::new()),
         deferred_links: Mutex::new(Vec::new()),
         as_root: rustix::process::geteuid().is_root(),
     };
     engine.entries(target, tree.nodes)?;
     engine.finish_links();
-    let mut errors = engine.errors.into_inner().expect("poisoned");
-    errors.sort_by(|a, b| a.path.cmp(&b.path));
+    let errors = engine.errors.into_sorted();
     Ok(RestoreOutcome {
         files: progress.files.load(Relaxed),
         dirs: progress.dirs.load(Relaxed),
@@ -105,10 +104,7 @@ fn clear(path: &Path) -> io::Result<()> {
 
 impl Engine<'_> {
     fn item_error(&self, path: &Path, e: impl ToString) {
-        self.errors.lock().expect("poisoned").push(ItemError {
-            path: path.display().to_string(),
-            error: e.to_string(),
-        });
+        self.errors.push(path, e);
     }
 
     fn entries(&self, dir: &Path, nodes: Vec<Node>) -> Result<(), RepoError> {
