@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use fastcdc::v2020::{Normalization, StreamCDC};
+use fastcdc::v2020::{FastCDC, Normalization, StreamCDC};
 use lifeboat_model::{FileName, Id, Node, NodeKind, Snapshot, SnapshotSummary, Tree, Xattr};
 use lifeboat_repo::{BlobKind, RepoError, Repository};
 use rayon::prelude::*;
@@ -59,6 +59,11 @@ pub struct BackupOutcome {
     pub errors: Vec<ItemError>,
 }
 
+/// A file's data blobs, and its data extents when it is sparse.
+type FileContent = (Vec<Id>, Option<Vec<(u64, u64)>>);
+
+/// Files up to this size are read whole and chunked in memory; larger ones are streamed.
+const WHOLE_FILE_MAX: u64 = 16 << 20;
 /// Chunks of a large file processed in parallel at once (bounds memory to this many chunks).
 const CHUNKS_IN_FLIGHT: usize = 4;
 
@@ -462,12 +467,7 @@ impl Engine<'_> {
     }
 
     /// Reads a file into blobs. The outer error is fatal (repository), the inner one is this file's.
-    #[allow(clippy::type_complexity)]
-    fn file(
-        &self,
-        path: &Path,
-        md: &fs::Metadata,
-    ) -> Result<io::Result<(Vec<Id>, Option<Vec<(u64, u64)>>)>, RepoError> {
+    fn file(&self, path: &Path, md: &fs::Metadata) -> Result<io::Result<FileContent>, RepoError> {
         let file = match open_for_reading(path) {
             Ok(f) => f,
             Err(e) => return Ok(Err(e)),
@@ -481,17 +481,8 @@ impl Engine<'_> {
         } else {
             None
         };
-        if extents.is_none() && size < self.min as u64 {
-            let mut buf = Vec::with_capacity(size as usize + 1);
-            if let Err(e) = (&file).read_to_end(&mut buf) {
-                return Ok(Err(e));
-            }
-            self.progress.bytes_read.fetch_add(buf.len() as u64, Relaxed);
-            if buf.is_empty() {
-                return Ok(Ok((Vec::new(), None)));
-            }
-            let (id, _) = self.repo.save_blob(BlobKind::Data, &buf)?;
-            return Ok(Ok((vec![id], None)));
+        if extents.is_none() && size <= WHOLE_FILE_MAX {
+            return self.whole_file(&file, size);
         }
         let reader: Box<dyn Read + Send + '_> = match &extents {
             Some(x) => Box::new(ExtentReader {
@@ -504,6 +495,35 @@ impl Engine<'_> {
         };
         let ids = self.chunk_and_save(reader)?;
         Ok(ids.map(|ids| (ids, extents)))
+    }
+
+    /// Reads a file of known, moderate size into one buffer and chunks it in place (no copies of
+    /// the chunks, no chunker buffer). Cut points are identical to the streaming chunker's.
+    fn whole_file(&self, mut file: &File, size: u64) -> Result<io::Result<FileContent>, RepoError> {
+        let mut buf = Vec::with_capacity(size as usize + 1);
+        if let Err(e) = file.read_to_end(&mut buf) {
+            return Ok(Err(e));
+        }
+        self.progress.bytes_read.fetch_add(buf.len() as u64, Relaxed);
+        if buf.is_empty() {
+            return Ok(Ok((Vec::new(), None)));
+        }
+        let chunks: Vec<&[u8]> = if buf.len() < self.min as usize {
+            vec![&buf[..]]
+        } else {
+            FastCDC::with_level_and_seed(&buf, self.min, self.avg, self.max, Normalization::Level1, self.seed)
+                .map(|c| &buf[c.offset..c.offset + c.length])
+                .collect()
+        };
+        let ids = if chunks.len() == 1 {
+            vec![self.repo.save_blob(BlobKind::Data, chunks[0])?.0]
+        } else {
+            chunks
+                .par_iter()
+                .map(|c| self.repo.save_blob(BlobKind::Data, c).map(|(id, _)| id))
+                .collect::<Result<_, _>>()?
+        };
+        Ok(Ok((ids, None)))
     }
 
     /// Splits a stream into content-defined chunks and stores them, several in parallel.

@@ -12,6 +12,8 @@ use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_L
 /// Largest plaintext a sealed envelope may decompress to (guards against hostile sizes).
 pub const MAX_PLAINTEXT: usize = 256 << 20;
 const TAG_LEN: usize = 16;
+/// Size of the sample that decides whether a large blob is worth compressing.
+const SAMPLE: usize = 64 << 10;
 /// Bytes a sealed envelope adds to its payload: nonce, flag and tag.
 pub const SEAL_OVERHEAD: usize = NONCE_LEN + 1 + TAG_LEN;
 
@@ -82,11 +84,20 @@ impl MasterKey {
     }
 
     /// Compresses (when it helps and `compress` is set) and encrypts `data` into a sealed envelope.
+    ///
+    /// Large blobs whose first 64 KiB do not compress by at least 3% are stored uncompressed
+    /// without compressing the rest (random data, media, already-compressed files).
     pub fn seal(&self, data: &[u8], compress: bool) -> Vec<u8> {
         let compressed = if compress && data.len() > 64 {
             COMPRESSOR.with(|c| {
                 let mut c = c.borrow_mut();
                 let c = c.get_or_insert_with(|| zstd::bulk::Compressor::new(1).expect("zstd compressor"));
+                if data.len() > 4 * SAMPLE {
+                    let sample = c.compress(&data[..SAMPLE]).ok()?;
+                    if sample.len() * 100 > SAMPLE * 97 {
+                        return None;
+                    }
+                }
                 c.compress(data).ok().filter(|z| z.len() < data.len())
             })
         } else {
@@ -213,6 +224,22 @@ mod tests {
         let k = MasterKey::generate();
         let data = b"lifeboat ".repeat(1000);
         assert!(k.seal(&data, true).len() < data.len() / 10);
+    }
+
+    #[test]
+    fn incompressible_large_blobs_are_stored_raw_and_still_round_trip() {
+        let k = MasterKey::generate();
+        let mut data = Vec::new();
+        let mut x = 0x1234_5678_9abc_def0u64;
+        while data.len() < 1 << 20 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            data.extend_from_slice(&x.to_le_bytes());
+        }
+        let sealed = k.seal(&data, true);
+        assert_eq!(sealed.len(), data.len() + SEAL_OVERHEAD);
+        assert_eq!(k.open(&sealed).unwrap(), data);
     }
 
     #[test]
