@@ -159,15 +159,6 @@ fn backup_files(
     no_parent: bool,
     parent: Option<String>,
 ) -> Result<bool> {
-    // Every path must exist before anything is written.
-    for p in &paths {
-        std::fs::symlink_metadata(p).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                anyhow::anyhow!("cannot back up {}: no such file or directory", p.display())
-            }
-            _ => anyhow::anyhow!("cannot back up {}: {e}", p.display()),
-        })?;
-    }
     let repo = ctx.open()?;
     let _lock = repo.lock(false, "backup files", ctx.lock_wait)?;
     let parent = match (no_parent, parent) {
