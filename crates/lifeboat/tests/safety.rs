@@ -45,10 +45,7 @@ fn two_concurrent_backups_both_succeed_and_common_data_is_stored_once() {
     assert!(ob.status.success(), "{}", String::from_utf8_lossy(&ob.stderr));
     // Copies written by both at the very same moment are collapsed by prune.
     ok(&repo, &["prune"]);
-    let stored: u64 = pack_files(Path::new(&repo))
-        .iter()
-        .map(|p| fs::metadata(p).unwrap().len())
-        .sum();
+    let stored: u64 = stored_bytes(Path::new(&repo));
     let unique = du(&a.join("common")) + du(&a.join("own")) + du(&b.join("own"));
     assert!(
         (stored as f64) < unique as f64 * 1.05,
@@ -373,10 +370,7 @@ fn forget_with_a_policy_then_prune_frees_space_and_keeps_the_rest_restorable() {
         make_files(&src, 50 + round, 6, 500_000);
         ok(&repo, &["backup", "files", src.to_str().unwrap()]);
     }
-    let before: u64 = pack_files(Path::new(&repo))
-        .iter()
-        .map(|p| fs::metadata(p).unwrap().len())
-        .sum();
+    let before: u64 = stored_bytes(Path::new(&repo));
     let o = json(&repo, &["forget", "--keep-last", "1", "--prune"]);
     assert_eq!(
         o["decisions"]
@@ -387,10 +381,7 @@ fn forget_with_a_policy_then_prune_frees_space_and_keeps_the_rest_restorable() {
             .count(),
         3
     );
-    let after: u64 = pack_files(Path::new(&repo))
-        .iter()
-        .map(|p| fs::metadata(p).unwrap().len())
-        .sum();
+    let after: u64 = stored_bytes(Path::new(&repo));
     assert!(after < before / 2, "prune freed too little: {before} -> {after}");
     assert!(
         !run(&repo, &["forget"]).status.success(),

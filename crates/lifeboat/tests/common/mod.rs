@@ -212,6 +212,11 @@ pub fn pack_files(repo: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Total bytes of the repository's pack files.
+pub fn stored_bytes(repo: &Path) -> u64 {
+    pack_files(repo).iter().map(|p| fs::metadata(p).unwrap().len()).sum()
+}
+
 /// A digest of every file in the repository (to prove a failed command changed nothing).
 pub fn repo_state(repo: &Path) -> BTreeMap<String, String> {
     describe(repo)
