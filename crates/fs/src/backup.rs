@@ -9,12 +9,12 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use fastcdc::v2020::{FastCDC, Normalization, StreamCDC};
 use lifeboat_model::{FileName, Id, Node, NodeKind, Snapshot, SnapshotSummary, Tree, Xattr};
-use lifeboat_repo::{BlobKind, RepoError, Repository};
+use lifeboat_repo::{RepoError, Repository};
 use rayon::prelude::*;
 use rustix::fs::{OFlags, SeekFrom};
 
+use crate::chunk::Chunker;
 use crate::{FsError, ItemError, ItemErrors};
 
 /// Live counters, for progress display while a backup runs.
@@ -64,17 +64,12 @@ type FileContent = (Vec<Id>, Option<Vec<(u64, u64)>>);
 
 /// Files up to this size are read whole and chunked in memory; larger ones are streamed.
 const WHOLE_FILE_MAX: u64 = 16 << 20;
-/// Chunks of a large file processed in parallel at once (bounds memory to this many chunks).
-const CHUNKS_IN_FLIGHT: usize = 4;
 
 struct Engine<'a> {
     repo: &'a Repository,
     progress: &'a Progress,
     errors: ItemErrors,
-    min: u32,
-    avg: u32,
-    max: u32,
-    seed: u64,
+    chunker: Chunker<'a>,
 }
 
 /// Makes a path absolute and removes `.` and `..` lexically (symlinks are not resolved, so a
@@ -142,15 +137,11 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, progress: &Progress) -> R
         None => None,
     };
 
-    let cfg = repo.config();
     let engine = Engine {
         repo,
         progress,
         errors: ItemErrors::default(),
-        min: cfg.chunk_min,
-        avg: cfg.chunk_avg,
-        max: cfg.chunk_max,
-        seed: cfg.chunker_seed,
+        chunker: Chunker::new(repo),
     };
     let rel: Vec<Vec<OsString>> = paths
         .iter()
@@ -505,57 +496,14 @@ impl Engine<'_> {
             return Ok(Err(e));
         }
         self.progress.bytes_read.fetch_add(buf.len() as u64, Relaxed);
-        if buf.is_empty() {
-            return Ok(Ok((Vec::new(), None)));
-        }
-        let chunks: Vec<&[u8]> = if buf.len() < self.min as usize {
-            vec![&buf[..]]
-        } else {
-            FastCDC::with_level_and_seed(&buf, self.min, self.avg, self.max, Normalization::Level1, self.seed)
-                .map(|c| &buf[c.offset..c.offset + c.length])
-                .collect()
-        };
-        let ids = if chunks.len() == 1 {
-            vec![self.repo.save_blob(BlobKind::Data, chunks[0])?.0]
-        } else {
-            chunks
-                .par_iter()
-                .map(|c| self.repo.save_blob(BlobKind::Data, c).map(|(id, _)| id))
-                .collect::<Result<_, _>>()?
-        };
-        Ok(Ok((ids, None)))
+        Ok(Ok((self.chunker.save_slice(&buf)?, None)))
     }
 
     /// Splits a stream into content-defined chunks and stores them, several in parallel.
     fn chunk_and_save(&self, reader: Box<dyn Read + Send + '_>) -> Result<io::Result<Vec<Id>>, RepoError> {
-        let chunker =
-            StreamCDC::with_level_and_seed(reader, self.min, self.avg, self.max, Normalization::Level1, self.seed);
-        let mut ids = Vec::new();
-        let mut batch: Vec<Vec<u8>> = Vec::with_capacity(CHUNKS_IN_FLIGHT);
-        let mut chunks = chunker.into_iter();
-        loop {
-            batch.clear();
-            for c in chunks.by_ref() {
-                match c {
-                    Ok(c) => batch.push(c.data),
-                    Err(e) => return Ok(Err(io::Error::other(e.to_string()))),
-                }
-                if batch.len() == CHUNKS_IN_FLIGHT {
-                    break;
-                }
-            }
-            if batch.is_empty() {
-                break;
-            }
-            let read: usize = batch.iter().map(|b| b.len()).sum();
-            self.progress.bytes_read.fetch_add(read as u64, Relaxed);
-            let saved: Vec<Id> = batch
-                .par_iter()
-                .map(|data| self.repo.save_blob(BlobKind::Data, data).map(|(id, _)| id))
-                .collect::<Result<_, _>>()?;
-            ids.extend(saved);
-        }
-        Ok(Ok(ids))
+        self.chunker.save_stream(reader, &|n| {
+            self.progress.bytes_read.fetch_add(n, Relaxed);
+        })
     }
 }
 

@@ -12,7 +12,9 @@
 //! than be written with wrong bytes.
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod backup;
+pub mod chunk;
 pub mod restore;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,587 @@
+//! Tar streams to snapshot trees and back.
+//!
+//! Container engines hand out file trees as tar streams (Docker's archive endpoint, `kubectl exec
+//! tar`). [`tar_to_tree`] stores such a stream in the repository as an ordinary tree, chunked and
+//! deduplicated exactly like files read from disk, so a later backup of the same volume adds only
+//! the changed chunks. [`tree_to_tar`] writes a stored tree back out as a tar stream. Both run in
+//! bounded memory: small files are batched (at most [`BATCH_BYTES`]) and saved on all cores, large
+//! files stream through the chunker.
+//!
+//! [`TreeAssembler`] builds a tree from `(path, node)` pairs in any order; adapters also use it to
+//! store their object descriptions as small files.
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read, Write};
+use std::sync::atomic::Ordering::Relaxed;
+
+use lifeboat_model::{FileName, Id, Node, NodeKind, Tree};
+use lifeboat_repo::{RepoError, Repository};
+use rayon::prelude::*;
+
+use crate::backup::Progress;
+use crate::chunk::Chunker;
+use crate::{FsError, ItemError};
+
+/// Small files are collected up to this many bytes, then stored in parallel.
+pub const BATCH_BYTES: usize = 32 << 20;
+/// Files larger than this stream through the chunker instead of being batched.
+const WHOLE_FILE_MAX: u64 = 16 << 20;
+/// Blobs of one file fetched in parallel at once when writing a tar stream.
+const BLOBS_IN_FLIGHT: usize = 8;
+
+/// Builds a tree from nodes given by path, in any order, and stores it bottom-up.
+///
+/// Paths are relative, `/`-separated byte strings (`a/b/c`); the empty path is the root. Missing
+/// parent directories are created with mode 0755. Adding the same path twice keeps the last node.
+#[derive(Default)]
+pub struct TreeAssembler {
+    /// Directory path -> (its own node, its non-directory children by name).
+    dirs: BTreeMap<Vec<u8>, (Node, BTreeMap<Vec<u8>, Node>)>,
+}
+
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+fn dir_node(name: &[u8]) -> Node {
+    let mut n = Node::new(FileName(name.to_vec()), NodeKind::Dir);
+    n.mode = 0o755;
+    n
+}
+
+impl TreeAssembler {
+    pub fn new() -> Self {
+        let mut t = TreeAssembler::default();
+        t.dirs.insert(Vec::new(), (dir_node(b""), BTreeMap::new()));
+        t
+    }
+
+    fn ensure_dir(&mut self, path: &[u8]) -> &mut (Node, BTreeMap<Vec<u8>, Node>) {
+        if !self.dirs.contains_key(path) {
+            let (parent, name) = split(path);
+            self.ensure_dir(parent);
+            self.dirs.insert(path.to_vec(), (dir_node(name), BTreeMap::new()));
+        }
+        self.dirs.get_mut(path).expect("just inserted")
+    }
+
+    /// Adds a node at `path` (a directory's metadata when `node.kind` is `Dir`).
+    pub fn add(&mut self, path: &[u8], mut node: Node) {
+        let (parent, name) = split(path);
+        node.name = FileName(name.to_vec());
+        if node.kind == NodeKind::Dir {
+            node.subtree = None;
+            self.ensure_dir(path).0 = node;
+        } else {
+            self.ensure_dir(parent).1.insert(name.to_vec(), node);
+        }
+    }
+
+    /// Adds a regular file with `data` as its content (stored now), mode 0600, owned by root.
+    pub fn add_bytes(&mut self, chunker: &Chunker, path: &[u8], data: &[u8], mtime_ns: i64) -> Result<(), RepoError> {
+        let mut n = Node::new(FileName::default(), NodeKind::File);
+        n.mode = 0o600;
+        n.size = data.len() as u64;
+        n.mtime_ns = mtime_ns;
+        n.content = chunker.save_slice(data)?;
+        self.add(path, n);
+        Ok(())
+    }
+
+    /// The non-directory node at `path`, if added.
+    pub fn get_mut(&mut self, path: &[u8]) -> Option<&mut Node> {
+        let (parent, name) = split(path);
+        self.dirs.get_mut(parent)?.1.get_mut(name)
+    }
+
+    /// Every non-directory node (for fix-ups such as hard-link counts).
+    pub fn nodes_mut(&mut self) -> impl Iterator<Item = &mut Node> {
+        self.dirs.values_mut().flat_map(|(_, c)| c.values_mut())
+    }
+
+    /// Stores every directory, deepest first, and returns the root directory node with its subtree.
+    pub fn finish(mut self, repo: &Repository) -> Result<Node, RepoError> {
+        let mut paths: Vec<Vec<u8>> = self.dirs.keys().cloned().collect();
+        // Deepest first: a directory's subdirectories are stored before it.
+        paths.sort_by_key(|p| std::cmp::Reverse(if p.is_empty() { 0 } else { p.iter().filter(|&&b| b == b'/').count() + 1 }));
+        let mut done: HashMap<Vec<u8>, Vec<Node>> = HashMap::new();
+        for path in paths {
+            let (mut node, children) = self.dirs.remove(&path).expect("listed");
+            let mut tree = Tree {
+                nodes: children.into_values().collect(),
+            };
+            tree.nodes.extend(done.remove(&path).unwrap_or_default());
+            tree.sort();
+            node.subtree = Some(repo.save_tree(&tree)?.0);
+            if path.is_empty() {
+                return Ok(node);
+            }
+            done.entry(split(&path).0.to_vec()).or_default().push(node);
+        }
+        unreachable!("the root directory is always present")
+    }
+}
+
+/// The result of reading a tar stream into the repository.
+#[derive(Debug)]
+pub struct TarOutcome {
+    /// The top directory (metadata of the stripped prefix entry, if the stream had one) with its subtree.
+    pub root: Node,
+    /// Entries that were skipped (unsafe paths, unknown types, dangling hard links).
+    pub errors: Vec<ItemError>,
+}
+
+/// Cleans a tar path: drops `./` and empty components, strips `strip` leading components; `None`
+/// for a path with `..` or one that lies above the stripped prefix.
+fn clean_path(raw: &[u8], strip: usize) -> Option<Vec<u8>> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return None,
+            c => parts.push(c),
+        }
+    }
+    if parts.len() < strip {
+        return None;
+    }
+    Some(parts[strip..].join(&b'/'))
+}
+
+/// Reads a tar stream and stores its files as a tree, returning the top directory node.
+///
+/// `strip` leading path components are removed (an entry that *is* the stripped prefix gives the
+/// root's metadata). Regular files, directories, symlinks, hard links, fifos and device nodes are
+/// kept with mode, owner and mtime; hard links share content and a synthetic inode so a file
+/// restore recreates them. Unsafe paths are refused and listed in [`TarOutcome::errors`]. A
+/// truncated or malformed stream fails the whole call ([`FsError::BadSource`]).
+pub fn tar_to_tree(
+    repo: &Repository,
+    reader: impl Read,
+    strip: usize,
+    source: &str,
+    progress: &Progress,
+) -> Result<TarOutcome, FsError> {
+    let chunker = Chunker::new(repo);
+    let bad = |e: io::Error| FsError::BadSource {
+        path: source.into(),
+        reason: format!("reading the tar stream: {e}"),
+    };
+    let mut asm = TreeAssembler::new();
+    let mut errors = Vec::new();
+    let mut batch: Vec<(Vec<u8>, Node, Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let mut links: Vec<(Vec<u8>, Vec<u8>, Node)> = Vec::new();
+    let mut next_inode = 1u64;
+
+    let flush = |asm: &mut TreeAssembler, batch: &mut Vec<(Vec<u8>, Node, Vec<u8>)>| -> Result<(), RepoError> {
+        let saved: Vec<Vec<Id>> = batch.par_iter().map(|(_, _, data)| chunker.save_slice(data)).collect::<Result<_, _>>()?;
+        for ((path, mut node, _), content) in batch.drain(..).zip(saved) {
+            node.content = content;
+            asm.add(&path, node);
+        }
+        Ok(())
+    };
+
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let raw = entry.path_bytes().into_owned();
+        let Some(path) = clean_path(&raw, strip) else {
+            if clean_path(&raw, 0).is_some_and(|p| p.split(|&b| b == b'/').count() < strip) {
+                continue; // a directory above the prefix
+            }
+            errors.push(ItemError {
+                path: String::from_utf8_lossy(&raw).into_owned(),
+                error: "refusing an unsafe path in the tar stream".into(),
+            });
+            continue;
+        };
+        let h = entry.header();
+        let kind = match h.entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => NodeKind::File,
+            tar::EntryType::Directory => NodeKind::Dir,
+            tar::EntryType::Symlink => NodeKind::Symlink,
+            tar::EntryType::Link => NodeKind::File,
+            tar::EntryType::Char => NodeKind::Chardev,
+            tar::EntryType::Block => NodeKind::Blockdev,
+            tar::EntryType::Fifo => NodeKind::Fifo,
+            other => {
+                errors.push(ItemError {
+                    path: String::from_utf8_lossy(&raw).into_owned(),
+                    error: format!("unsupported tar entry type {other:?}"),
+                });
+                continue;
+            }
+        };
+        let mut node = Node::new(FileName::default(), kind);
+        node.mode = h.mode().map_err(bad)? & 0o7777;
+        node.uid = h.uid().map_err(bad)? as u32;
+        node.gid = h.gid().map_err(bad)? as u32;
+        node.mtime_ns = (h.mtime().map_err(bad)? as i64).saturating_mul(1_000_000_000);
+        if matches!(kind, NodeKind::Chardev | NodeKind::Blockdev) {
+            let major = h.device_major().map_err(bad)?.unwrap_or(0) as u64;
+            let minor = h.device_minor().map_err(bad)?.unwrap_or(0) as u64;
+            node.rdev = ((major & 0xfff) << 8) | (minor & 0xff) | ((minor & !0xff) << 12) | ((major & !0xfff) << 32);
+        }
+        if path.is_empty() && kind != NodeKind::Dir {
+            errors.push(ItemError {
+                path: String::from_utf8_lossy(&raw).into_owned(),
+                error: "the archive's top entry is not a directory".into(),
+            });
+            continue;
+        }
+        if h.entry_type() == tar::EntryType::Link {
+            let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+            match clean_path(&target, strip) {
+                Some(t) if !t.is_empty() => links.push((path, t, node)),
+                _ => errors.push(ItemError {
+                    path: String::from_utf8_lossy(&raw).into_owned(),
+                    error: "hard link to a path outside the archive".into(),
+                }),
+            }
+            continue;
+        }
+        match kind {
+            NodeKind::Dir => {
+                progress.dirs.fetch_add(1, Relaxed);
+                asm.add(&path, node);
+            }
+            NodeKind::Symlink => {
+                progress.other.fetch_add(1, Relaxed);
+                node.target = Some(FileName(entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default()));
+                asm.add(&path, node);
+            }
+            NodeKind::File => {
+                let size = entry.size();
+                node.size = size;
+                node.inode = next_inode;
+                next_inode += 1;
+                progress.files.fetch_add(1, Relaxed);
+                progress.files_read.fetch_add(1, Relaxed);
+                progress.bytes_total.fetch_add(size, Relaxed);
+                if size <= WHOLE_FILE_MAX {
+                    let mut data = Vec::with_capacity(size as usize);
+                    entry.read_to_end(&mut data).map_err(bad)?;
+                    progress.bytes_read.fetch_add(data.len() as u64, Relaxed);
+                    batch_bytes += data.len();
+                    batch.push((path, node, data));
+                    if batch_bytes >= BATCH_BYTES || batch.len() >= 4096 {
+                        flush(&mut asm, &mut batch)?;
+                        batch_bytes = 0;
+                    }
+                } else {
+                    let ids = chunker
+                        .save_stream(&mut entry, &|n| {
+                            progress.bytes_read.fetch_add(n, Relaxed);
+                        })?
+                        .map_err(bad)?;
+                    node.content = ids;
+                    asm.add(&path, node);
+                }
+            }
+            _ => {
+                progress.other.fetch_add(1, Relaxed);
+                asm.add(&path, node);
+            }
+        }
+    }
+    flush(&mut asm, &mut batch)?;
+
+    // Hard links share their target's content and inode; every member gets the group's link count.
+    let mut counts: HashMap<u64, u64> = HashMap::new();
+    for (path, target, mut node) in links {
+        let Some(t) = asm.get_mut(&target).filter(|t| t.kind == NodeKind::File).cloned() else {
+            errors.push(ItemError {
+                path: String::from_utf8_lossy(&path).into_owned(),
+                error: "hard link to a file that is not in the archive".into(),
+            });
+            continue;
+        };
+        node.size = t.size;
+        node.content = t.content;
+        node.inode = t.inode;
+        *counts.entry(t.inode).or_insert(1) += 1;
+        asm.add(&path, node);
+    }
+    for n in asm.nodes_mut() {
+        if n.kind == NodeKind::File {
+            n.nlink = counts.get(&n.inode).copied().unwrap_or(1);
+        }
+    }
+    let root = asm.finish(repo)?;
+    Ok(TarOutcome { root, errors })
+}
+
+/// Reads a file's blobs in order, fetching a few in parallel ahead of the writer.
+struct BlobReader<'a> {
+    repo: &'a Repository,
+    ids: &'a [Id],
+    next: usize,
+    ready: std::collections::VecDeque<Vec<u8>>,
+    pos: usize,
+}
+
+impl Read for BlobReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(front) = self.ready.front() {
+                if self.pos < front.len() {
+                    let n = (front.len() - self.pos).min(buf.len());
+                    buf[..n].copy_from_slice(&front[self.pos..self.pos + n]);
+                    self.pos += n;
+                    return Ok(n);
+                }
+                self.ready.pop_front();
+                self.pos = 0;
+                continue;
+            }
+            if self.next >= self.ids.len() {
+                return Ok(0);
+            }
+            let end = (self.next + BLOBS_IN_FLIGHT).min(self.ids.len());
+            let loaded: Vec<Vec<u8>> = self.ids[self.next..end]
+                .par_iter()
+                .map(|id| self.repo.load_blob(id))
+                .collect::<Result<_, _>>()
+                .map_err(io::Error::other)?;
+            self.next = end;
+            self.ready.extend(loaded);
+        }
+    }
+}
+
+/// Writes the tree below `root` (a directory node with a subtree) as a tar stream whose entries lie
+/// under `prefix` (the root itself is the entry `prefix/`). Ownership and modes are numeric; hard
+/// links are written once and linked after. Returns the number of content bytes written.
+///
+/// A damaged or missing blob fails the call with the repository's error: the stream then ends
+/// early, and the receiver must treat the transfer as failed.
+pub fn tree_to_tar(repo: &Repository, root: &Node, prefix: &str, writer: impl Write) -> Result<u64, FsError> {
+    let mut builder = tar::Builder::new(writer);
+    builder.mode(tar::HeaderMode::Complete);
+    let mut state = TarWriter {
+        repo,
+        links: HashMap::new(),
+        bytes: 0,
+    };
+    let io_err = |e: io::Error| match e.downcast::<RepoError>() {
+        Ok(r) => FsError::Repo(r),
+        Err(e) => FsError::BadTarget {
+            path: prefix.into(),
+            reason: format!("writing the tar stream: {e}"),
+        },
+    };
+    state.entry(&mut builder, prefix.trim_end_matches('/').as_bytes(), root).map_err(io_err)?;
+    builder.finish().map_err(io_err)?;
+    Ok(state.bytes)
+}
+
+struct TarWriter<'a> {
+    repo: &'a Repository,
+    /// (dev, inode) of a hard-link group -> the path written first.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    bytes: u64,
+}
+
+impl TarWriter<'_> {
+    fn entry<W: Write>(&mut self, b: &mut tar::Builder<W>, path: &[u8], n: &Node) -> io::Result<()> {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(n.mode);
+        h.set_uid(n.uid as u64);
+        h.set_gid(n.gid as u64);
+        h.set_mtime(n.mtime_ns.div_euclid(1_000_000_000).max(0) as u64);
+        h.set_size(0);
+        let p = std::str::from_utf8(path).map_err(|_| io::Error::other("a non-UTF-8 name cannot go into this tar stream"))?;
+        match n.kind {
+            NodeKind::Dir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                b.append_data(&mut h, format!("{p}/"), io::empty())?;
+                if let Some(sub) = n.subtree {
+                    let tree = self.repo.load_tree(&sub).map_err(io::Error::other)?;
+                    for c in &tree.nodes {
+                        if c.name.0.is_empty() || c.name.0.contains(&b'/') || c.name.0 == b"." || c.name.0 == b".." {
+                            continue;
+                        }
+                        let mut child = path.to_vec();
+                        child.push(b'/');
+                        child.extend_from_slice(&c.name.0);
+                        self.entry(b, &child, c)?;
+                    }
+                }
+            }
+            NodeKind::File => {
+                if n.nlink > 1 {
+                    if let Some(first) = self.links.get(&(n.dev, n.inode)) {
+                        h.set_entry_type(tar::EntryType::Link);
+                        let first = String::from_utf8_lossy(first).into_owned();
+                        return b.append_link(&mut h, p, first);
+                    }
+                    self.links.insert((n.dev, n.inode), path.to_vec());
+                }
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(n.size);
+                if n.extents.is_some() {
+                    // Sparse files are written out in full (holes as zeros).
+                    let mut data = vec![0u8; n.size as usize];
+                    let mut r = BlobReader {
+                        repo: self.repo,
+                        ids: &n.content,
+                        next: 0,
+                        ready: Default::default(),
+                        pos: 0,
+                    };
+                    for &(off, len) in n.extents.as_deref().unwrap_or_default() {
+                        r.read_exact(&mut data[off as usize..(off + len) as usize])?;
+                    }
+                    b.append_data(&mut h, p, data.as_slice())?;
+                } else {
+                    let r = BlobReader {
+                        repo: self.repo,
+                        ids: &n.content,
+                        next: 0,
+                        ready: Default::default(),
+                        pos: 0,
+                    };
+                    b.append_data(&mut h, p, r)?;
+                }
+                self.bytes += n.size;
+            }
+            NodeKind::Symlink => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                let t = n.target.as_ref().map(|t| t.lossy().into_owned()).unwrap_or_default();
+                b.append_link(&mut h, p, t)?;
+            }
+            NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => {
+                h.set_entry_type(match n.kind {
+                    NodeKind::Fifo => tar::EntryType::Fifo,
+                    NodeKind::Chardev => tar::EntryType::Char,
+                    _ => tar::EntryType::Block,
+                });
+                let major = ((n.rdev >> 8) & 0xfff) | ((n.rdev >> 32) & !0xfff);
+                let minor = (n.rdev & 0xff) | ((n.rdev >> 12) & !0xff);
+                h.set_device_major(major as u32)?;
+                h.set_device_minor(minor as u32)?;
+                b.append_data(&mut h, p, io::empty())?;
+            }
+            NodeKind::Socket => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_path_strips_and_refuses_escapes() {
+        assert_eq!(clean_path(b"v/a/b", 1), Some(b"a/b".to_vec()));
+        assert_eq!(clean_path(b"./v/./a//b/", 1), Some(b"a/b".to_vec()));
+        assert_eq!(clean_path(b"v", 1), Some(Vec::new()));
+        assert_eq!(clean_path(b"v/../etc/passwd", 1), None);
+        assert_eq!(clean_path(b"", 1), None);
+    }
+
+    fn repo(dir: &std::path::Path) -> Repository {
+        let backend = lifeboat_repo::open_location(dir.to_str().unwrap()).unwrap();
+        let kdf = lifeboat_repo::keys::KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        Repository::init(backend, b"pw", kdf).unwrap()
+    }
+
+    fn sample_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: Option<&str>| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_uid(999);
+            h.set_gid(998);
+            h.set_mtime(1_700_000_000);
+            h.set_size(data.len() as u64);
+            match link {
+                Some(t) => b.append_link(&mut h, path, t).unwrap(),
+                None => b.append_data(&mut h, path, data).unwrap(),
+            }
+        };
+        add("vol/", tar::EntryType::Directory, 0o700, b"", None);
+        add("vol/small.txt", tar::EntryType::Regular, 0o644, b"hello", None);
+        let big: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        add("vol/deep/dir/big.bin", tar::EntryType::Regular, 0o600, &big, None);
+        add("vol/hard", tar::EntryType::Link, 0o644, b"", Some("vol/small.txt"));
+        add("vol/sym", tar::EntryType::Symlink, 0o777, b"", Some("small.txt"));
+        // The tar crate refuses to write `..`; a hostile stream has it anyway.
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"vol/../escape");
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(1);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn tar_round_trip_keeps_files_links_and_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(&dir.path().join("repo"));
+        let input = sample_tar();
+        let out = tar_to_tree(&repo, input.as_slice(), 1, "test", &Progress::default()).unwrap();
+        repo.flush().unwrap();
+        assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
+        assert!(out.errors[0].path.contains("escape"));
+        assert_eq!(out.root.mode, 0o700);
+
+        let mut written = Vec::new();
+        tree_to_tar(&repo, &out.root, "again", &mut written).unwrap();
+        let mut seen = BTreeMap::new();
+        for e in tar::Archive::new(written.as_slice()).entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = String::from_utf8(e.path_bytes().into_owned()).unwrap();
+            let h = e.header().clone();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            let link = e.link_name_bytes().map(|l| String::from_utf8(l.into_owned()).unwrap());
+            seen.insert(path, (h.entry_type(), h.mode().unwrap(), h.uid().unwrap(), data, link));
+        }
+        let original: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        assert_eq!(seen["again/"].1, 0o700);
+        // Hard links: the first in name order carries the data, the other links to it.
+        assert_eq!(seen["again/hard"].3, b"hello");
+        assert_eq!(seen["again/hard"].2, 999);
+        assert_eq!(seen["again/small.txt"].0, tar::EntryType::Link);
+        assert_eq!(seen["again/small.txt"].4.as_deref(), Some("again/hard"));
+        assert!(seen["again/deep/dir/big.bin"].3 == original);
+        assert_eq!(seen["again/sym"].4.as_deref(), Some("small.txt"));
+        assert!(!seen.keys().any(|k| k.contains("escape")));
+
+        // The same stream again stores nothing new: every chunk deduplicates.
+        let before = repo.stats().blobs_added.load(Relaxed);
+        tar_to_tree(&repo, input.as_slice(), 1, "test", &Progress::default()).unwrap();
+        assert_eq!(repo.stats().blobs_added.load(Relaxed), before);
+    }
+
+    #[test]
+    fn truncated_tar_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(&dir.path().join("repo"));
+        let input = sample_tar();
+        let cut = &input[..input.len() / 2];
+        assert!(matches!(
+            tar_to_tree(&repo, cut, 1, "test", &Progress::default()),
+            Err(FsError::BadSource { .. })
+        ));
+    }
+
+    #[test]
+    fn split_parent_and_name() {
+        assert_eq!(split(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
+        assert_eq!(split(b"c"), (&b""[..], &b"c"[..]));
+    }
+}
