@@ -35,8 +35,11 @@ const BLOBS_IN_FLIGHT: usize = 8;
 #[derive(Default)]
 pub struct TreeAssembler {
     /// Directory path -> (its own node, its non-directory children by name).
-    dirs: BTreeMap<Vec<u8>, (Node, BTreeMap<Vec<u8>, Node>)>,
+    dirs: BTreeMap<Vec<u8>, DirEntries>,
 }
+
+/// A directory's own node and its non-directory children by name.
+type DirEntries = (Node, BTreeMap<Vec<u8>, Node>);
 
 fn split(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
@@ -58,7 +61,7 @@ impl TreeAssembler {
         t
     }
 
-    fn ensure_dir(&mut self, path: &[u8]) -> &mut (Node, BTreeMap<Vec<u8>, Node>) {
+    fn ensure_dir(&mut self, path: &[u8]) -> &mut DirEntries {
         if !self.dirs.contains_key(path) {
             let (parent, name) = split(path);
             self.ensure_dir(parent);
@@ -67,12 +70,12 @@ impl TreeAssembler {
         self.dirs.get_mut(path).expect("just inserted")
     }
 
-    /// Adds a node at `path` (a directory's metadata when `node.kind` is `Dir`).
+    /// Adds a node at `path`: a directory's metadata when `node.kind` is `Dir`, or, for a directory
+    /// node that already has a stored subtree, that whole stored directory (grafted as it is).
     pub fn add(&mut self, path: &[u8], mut node: Node) {
         let (parent, name) = split(path);
         node.name = FileName(name.to_vec());
-        if node.kind == NodeKind::Dir {
-            node.subtree = None;
+        if node.kind == NodeKind::Dir && node.subtree.is_none() {
             self.ensure_dir(path).0 = node;
         } else {
             self.ensure_dir(parent).1.insert(name.to_vec(), node);
@@ -105,7 +108,13 @@ impl TreeAssembler {
     pub fn finish(mut self, repo: &Repository) -> Result<Node, RepoError> {
         let mut paths: Vec<Vec<u8>> = self.dirs.keys().cloned().collect();
         // Deepest first: a directory's subdirectories are stored before it.
-        paths.sort_by_key(|p| std::cmp::Reverse(if p.is_empty() { 0 } else { p.iter().filter(|&&b| b == b'/').count() + 1 }));
+        paths.sort_by_key(|p| {
+            std::cmp::Reverse(if p.is_empty() {
+                0
+            } else {
+                p.iter().filter(|&&b| b == b'/').count() + 1
+            })
+        });
         let mut done: HashMap<Vec<u8>, Vec<Node>> = HashMap::new();
         for path in paths {
             let (mut node, children) = self.dirs.remove(&path).expect("listed");
@@ -177,7 +186,10 @@ pub fn tar_to_tree(
     let mut next_inode = 1u64;
 
     let flush = |asm: &mut TreeAssembler, batch: &mut Vec<(Vec<u8>, Node, Vec<u8>)>| -> Result<(), RepoError> {
-        let saved: Vec<Vec<Id>> = batch.par_iter().map(|(_, _, data)| chunker.save_slice(data)).collect::<Result<_, _>>()?;
+        let saved: Vec<Vec<Id>> = batch
+            .par_iter()
+            .map(|(_, _, data)| chunker.save_slice(data))
+            .collect::<Result<_, _>>()?;
         for ((path, mut node, _), content) in batch.drain(..).zip(saved) {
             node.content = content;
             asm.add(&path, node);
@@ -251,7 +263,9 @@ pub fn tar_to_tree(
             }
             NodeKind::Symlink => {
                 progress.other.fetch_add(1, Relaxed);
-                node.target = Some(FileName(entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default()));
+                node.target = Some(FileName(
+                    entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default(),
+                ));
                 asm.add(&path, node);
             }
             NodeKind::File => {
@@ -374,7 +388,9 @@ pub fn tree_to_tar(repo: &Repository, root: &Node, prefix: &str, writer: impl Wr
             reason: format!("writing the tar stream: {e}"),
         },
     };
-    state.entry(&mut builder, prefix.trim_end_matches('/').as_bytes(), root).map_err(io_err)?;
+    state
+        .entry(&mut builder, prefix.trim_end_matches('/').as_bytes(), root)
+        .map_err(io_err)?;
     builder.finish().map_err(io_err)?;
     Ok(state.bytes)
 }
@@ -394,7 +410,8 @@ impl TarWriter<'_> {
         h.set_gid(n.gid as u64);
         h.set_mtime(n.mtime_ns.div_euclid(1_000_000_000).max(0) as u64);
         h.set_size(0);
-        let p = std::str::from_utf8(path).map_err(|_| io::Error::other("a non-UTF-8 name cannot go into this tar stream"))?;
+        let p = std::str::from_utf8(path)
+            .map_err(|_| io::Error::other("a non-UTF-8 name cannot go into this tar stream"))?;
         match n.kind {
             NodeKind::Dir => {
                 h.set_entry_type(tar::EntryType::Directory);
@@ -512,7 +529,9 @@ mod tests {
         };
         add("vol/", tar::EntryType::Directory, 0o700, b"", None);
         add("vol/small.txt", tar::EntryType::Regular, 0o644, b"hello", None);
-        let big: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let big: Vec<u8> = (0..20u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         add("vol/deep/dir/big.bin", tar::EntryType::Regular, 0o600, &big, None);
         add("vol/hard", tar::EntryType::Link, 0o644, b"", Some("vol/small.txt"));
         add("vol/sym", tar::EntryType::Symlink, 0o777, b"", Some("small.txt"));
@@ -550,7 +569,9 @@ mod tests {
             let link = e.link_name_bytes().map(|l| String::from_utf8(l.into_owned()).unwrap());
             seen.insert(path, (h.entry_type(), h.mode().unwrap(), h.uid().unwrap(), data, link));
         }
-        let original: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let original: Vec<u8> = (0..20u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         assert_eq!(seen["again/"].1, 0o700);
         // Hard links: the first in name order carries the data, the other links to it.
         assert_eq!(seen["again/hard"].3, b"hello");

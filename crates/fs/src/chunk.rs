@@ -53,7 +53,10 @@ impl<'a> Chunker<'a> {
     pub fn save_slice(&self, buf: &[u8]) -> Result<Vec<Id>, RepoError> {
         let chunks = self.cut(buf);
         if chunks.len() <= 1 {
-            return chunks.iter().map(|c| self.repo.save_blob(BlobKind::Data, c).map(|(id, _)| id)).collect();
+            return chunks
+                .iter()
+                .map(|c| self.repo.save_blob(BlobKind::Data, c).map(|(id, _)| id))
+                .collect();
         }
         chunks
             .par_iter()

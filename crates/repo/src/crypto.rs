@@ -140,7 +140,7 @@ impl MasterKey {
 }
 
 /// Fills `buf` with random bytes from the system CSPRNG.
-pub(crate) fn fill_random(buf: &mut [u8]) {
+pub fn fill_random(buf: &mut [u8]) {
     use ring::rand::SecureRandom;
     ring::rand::SystemRandom::new()
         .fill(buf)

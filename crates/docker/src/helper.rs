@@ -1,0 +1,540 @@
+//! Lifeboat's own short-lived helpers on an engine: the helper image, volume access through the
+//! archive endpoint, reading Swarm secrets, and running commands in containers.
+//!
+//! The helper image is made from the running `lifeboat` binary itself and the shared libraries it
+//! has loaded (so no registry is needed and nothing else must be installed on the host). It is
+//! imported once per binary build (`lifeboat-helper:<hash>`). Assumes the engine runs Linux on the
+//! same CPU architecture as this binary.
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountType, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+    TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecFile, TaskSpecContainerSpecSecrets, TaskSpecPlacement,
+    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions, ListTasksOptions, RemoveContainerOptions,
+    UploadToContainerOptions,
+};
+use futures_util::StreamExt;
+use lifeboat_fs::archive::{tar_to_tree, tree_to_tar, TarOutcome};
+use lifeboat_fs::backup::Progress;
+use lifeboat_model::Node;
+use lifeboat_repo::Repository;
+
+use crate::{bridge, is_not_found, DockerError, Site, HELPER_LABEL};
+
+/// Where a helper container mounts the volume it reads or writes.
+const MOUNT: &str = "/lifeboat-volume";
+/// Directory of the secret files inside the secret helper's task.
+const SECRETS_DIR: &str = "/run/secrets";
+
+/// Files of an image: (path in the image, path on this machine).
+type ImageFiles = Vec<(PathBuf, PathBuf)>;
+
+/// The files of the helper image (the binary, its loader and its loaded libraries) and the
+/// library directories.
+fn helper_files() -> io::Result<(ImageFiles, Vec<String>)> {
+    let exe = std::env::current_exe()?;
+    let mut files = vec![(PathBuf::from("/lifeboat"), exe.clone())];
+    let mut dirs = Vec::new();
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let mut libs: Vec<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with('/') && p.contains(".so"))
+        .collect();
+    libs.sort();
+    libs.dedup();
+    for lib in libs {
+        let p = PathBuf::from(lib);
+        if let Some(parent) = p.parent() {
+            let d = parent.to_string_lossy().into_owned();
+            if !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+        files.push((p.clone(), p));
+    }
+    if let Some(interp) = elf_interpreter(&exe)? {
+        let real = std::fs::canonicalize(&interp)?;
+        files.push((interp, real));
+    }
+    Ok((files, dirs))
+}
+
+/// The program interpreter (dynamic loader) named in an ELF64 little-endian executable, if any.
+fn elf_interpreter(exe: &Path) -> io::Result<Option<PathBuf>> {
+    let mut f = std::fs::File::open(exe)?;
+    let mut head = [0u8; 64];
+    f.read_exact(&mut head)?;
+    if &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 {
+        return Ok(None);
+    }
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes(b[o..o + 2].try_into().expect("2 bytes")) as usize;
+    let phoff = u64_at(&head, 32);
+    let phentsize = u16_at(&head, 54);
+    let phnum = u16_at(&head, 56);
+    use std::io::{Seek, SeekFrom};
+    let mut ph = vec![0u8; phentsize * phnum];
+    f.seek(SeekFrom::Start(phoff))?;
+    f.read_exact(&mut ph)?;
+    for i in 0..phnum {
+        let e = &ph[i * phentsize..(i + 1) * phentsize];
+        if u32::from_le_bytes(e[..4].try_into().expect("4 bytes")) == 3 {
+            let (off, size) = (u64_at(e, 8), u64_at(e, 32) as usize);
+            let mut name = vec![0u8; size];
+            f.seek(SeekFrom::Start(off))?;
+            f.read_exact(&mut name)?;
+            let name = name.split(|&b| b == 0).next().unwrap_or_default();
+            return Ok(Some(PathBuf::from(String::from_utf8_lossy(name).into_owned())));
+        }
+    }
+    Ok(None)
+}
+
+/// The outcome of a command run in a container.
+#[derive(Debug)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Site {
+    /// Makes sure the helper image is on the engine and returns its name.
+    pub fn helper_image(&self) -> Result<String, DockerError> {
+        let fail = |e: io::Error| DockerError::Unsupported(format!("cannot build the helper image: {e}"));
+        let (files, dirs) = helper_files().map_err(fail)?;
+        let mut h = blake3::Hasher::new();
+        for (at, from) in &files {
+            let md = std::fs::metadata(from).map_err(fail)?;
+            h.update(
+                format!(
+                    "{}:{}:{}:{:?};",
+                    at.display(),
+                    from.display(),
+                    md.len(),
+                    md.modified().ok()
+                )
+                .as_bytes(),
+            );
+        }
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        let tag = h.finalize().to_hex()[..16].to_string();
+        let name = format!("lifeboat-helper:{tag}");
+        let present = self.block_on(self.docker.inspect_image(&name));
+        match present {
+            Ok(_) => return Ok(name),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(self.api_err("inspect the helper image")(e)),
+        }
+        let mut b = tar::Builder::new(Vec::new());
+        let mut made = std::collections::BTreeSet::new();
+        for (at, from) in &files {
+            let rel = at.strip_prefix("/").unwrap_or(at);
+            let mut dir = PathBuf::new();
+            for c in rel.parent().into_iter().flat_map(|p| p.components()) {
+                dir.push(c);
+                if made.insert(dir.clone()) {
+                    let mut hd = tar::Header::new_gnu();
+                    hd.set_entry_type(tar::EntryType::Directory);
+                    hd.set_mode(0o755);
+                    hd.set_size(0);
+                    b.append_data(&mut hd, &dir, io::empty()).map_err(fail)?;
+                }
+            }
+            let data = std::fs::read(from).map_err(fail)?;
+            let mut hd = tar::Header::new_gnu();
+            hd.set_entry_type(tar::EntryType::Regular);
+            hd.set_mode(0o755);
+            hd.set_size(data.len() as u64);
+            b.append_data(&mut hd, rel, data.as_slice()).map_err(fail)?;
+        }
+        let mut hd = tar::Header::new_gnu();
+        hd.set_entry_type(tar::EntryType::Directory);
+        hd.set_mode(0o1777);
+        hd.set_size(0);
+        b.append_data(&mut hd, "tmp", io::empty()).map_err(fail)?;
+        let rootfs = b.into_inner().map_err(fail)?;
+        let opts = CreateImageOptions {
+            from_src: Some("-".into()),
+            repo: Some("lifeboat-helper".into()),
+            tag: Some(tag),
+            changes: vec![
+                format!("ENV LD_LIBRARY_PATH={}", dirs.join(":")),
+                format!("LABEL {HELPER_LABEL}=1"),
+                "CMD [\"/lifeboat\", \"helper\", \"sleep\"]".into(),
+            ],
+            ..Default::default()
+        };
+        self.block_on(async {
+            let mut s = self
+                .docker
+                .create_image(Some(opts), Some(bollard::body_full(rootfs.into())), None);
+            while let Some(r) = s.next().await {
+                r.map_err(self.api_err("import the helper image"))?;
+            }
+            Ok::<_, DockerError>(())
+        })?;
+        Ok(name)
+    }
+
+    /// Creates (does not start) a helper container with `volume` mounted at [`MOUNT`].
+    fn volume_container(&self, image: &str, volume: &str, read_only: bool) -> Result<String, DockerError> {
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(vec!["/lifeboat".into(), "helper".into(), "sleep".into()]),
+            labels: Some([(HELPER_LABEL.to_string(), "1".to_string())].into()),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                mounts: Some(vec![Mount {
+                    target: Some(MOUNT.into()),
+                    source: Some(volume.into()),
+                    typ: Some(MountType::VOLUME),
+                    read_only: Some(read_only),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .block_on(self.docker.create_container(None::<CreateContainerOptions>, body))
+            .map_err(self.api_err(format!("create a helper container for volume {volume}")))?;
+        Ok(created.id)
+    }
+
+    fn remove_container_quietly(&self, id: &str) {
+        let _ = self.block_on(self.docker.remove_container(
+            id,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        ));
+    }
+
+    /// Reads a named volume's files into the repository (through the archive endpoint of a helper
+    /// container that mounts the volume read-only and never runs).
+    pub fn read_volume(&self, repo: &Repository, volume: &str, progress: &Progress) -> Result<TarOutcome, DockerError> {
+        let image = self.helper_image()?;
+        let id = self.volume_container(&image, volume, true)?;
+        let result = self.read_archive(repo, &id, volume, progress);
+        self.remove_container_quietly(&id);
+        result
+    }
+
+    fn read_archive(
+        &self,
+        repo: &Repository,
+        id: &str,
+        volume: &str,
+        progress: &Progress,
+    ) -> Result<TarOutcome, DockerError> {
+        let (tx, reader) = bridge::reader();
+        let mut stream = self.docker.download_from_container(
+            id,
+            Some(DownloadFromContainerOptions {
+                path: MOUNT.to_string(),
+            }),
+        );
+        let host = self.host.clone();
+        let what = format!("read volume {volume}");
+        let pump = self.rt.spawn(async move {
+            while let Some(item) = stream.next().await {
+                let item = item.map_err(|e| io::Error::other(format!("{host}: {what}: {}", crate::short_error(&e))));
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let out = tar_to_tree(repo, reader, 1, &format!("volume {volume}"), progress);
+        let _ = self.block_on(pump);
+        Ok(out?)
+    }
+
+    /// Writes a stored volume tree into the named volume (which must exist) through a helper
+    /// container's archive endpoint. Existing files of the same names are replaced; others stay.
+    pub fn write_volume(&self, repo: &Repository, volume: &str, root: &Node) -> Result<u64, DockerError> {
+        let image = self.helper_image()?;
+        let id = self.volume_container(&image, volume, false)?;
+        let (writer, rx) = bridge::writer();
+        let body = bollard::body_stream(tokio_stream_from(rx));
+        let docker = self.docker.clone();
+        let cid = id.clone();
+        let upload = self.rt.spawn(async move {
+            docker
+                .upload_to_container(
+                    &cid,
+                    Some(UploadToContainerOptions {
+                        path: "/".into(),
+                        ..Default::default()
+                    }),
+                    body,
+                )
+                .await
+        });
+        let written = tree_to_tar(repo, root, MOUNT.trim_start_matches('/'), writer);
+        let uploaded = self.block_on(upload);
+        self.remove_container_quietly(&id);
+        let bytes = written?;
+        match uploaded {
+            Ok(Ok(())) => Ok(bytes),
+            Ok(Err(e)) => Err(self.api_err(format!("write volume {volume}"))(e)),
+            Err(e) => Err(DockerError::Unsupported(format!("write volume {volume}: {e}"))),
+        }
+    }
+
+    /// Runs `cmd` in a running container and collects its output, giving up after `timeout`
+    /// (the command may then still be running in the container).
+    pub fn exec(&self, container: &str, cmd: Vec<String>, timeout: Duration) -> Result<ExecOutput, DockerError> {
+        let d = &self.docker;
+        let what = format!("run {:?} in container {container}", cmd.join(" "));
+        self.block_on(async {
+            let exec = d
+                .create_exec(
+                    container,
+                    CreateExecOptions {
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        cmd: Some(cmd),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(self.api_err(what.clone()))?;
+            let collect = async {
+                let mut out = ExecOutput {
+                    exit_code: -1,
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                };
+                if let StartExecResults::Attached { mut output, .. } =
+                    d.start_exec(&exec.id, None).await.map_err(self.api_err(what.clone()))?
+                {
+                    while let Some(msg) = output.next().await {
+                        match msg.map_err(self.api_err(what.clone()))? {
+                            bollard::container::LogOutput::StdErr { message } => out.stderr.extend_from_slice(&message),
+                            other => out.stdout.extend_from_slice(&other.into_bytes()),
+                        }
+                    }
+                }
+                let info = d.inspect_exec(&exec.id).await.map_err(self.api_err(what.clone()))?;
+                out.exit_code = info.exit_code.unwrap_or(-1);
+                Ok::<_, DockerError>(out)
+            };
+            tokio::time::timeout(timeout, collect)
+                .await
+                .map_err(|_| DockerError::Api {
+                    host: self.host.clone(),
+                    what: what.clone(),
+                    reason: format!("no result within {} s", timeout.as_secs()),
+                })?
+        })
+    }
+
+    /// Reads the values of Swarm secrets `(name, id)` with a short-lived helper service that mounts
+    /// them, running on this node. Returns the values by name; a secret that could not be read is
+    /// missing from the map. The service is removed whatever happens.
+    pub fn read_secrets(&self, secrets: &[(String, String)]) -> Result<BTreeMap<String, Vec<u8>>, DockerError> {
+        if secrets.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let image = self.helper_image()?;
+        let info = self.block_on(self.docker.info()).map_err(self.api_err("system info"))?;
+        let node_id = info.swarm.and_then(|s| s.node_id).unwrap_or_default();
+        let mut suffix = [0u8; 6];
+        lifeboat_repo::crypto::fill_random(&mut suffix);
+        let name = format!("lifeboat-secrets-{}", hex_of(&suffix));
+        let refs = secrets
+            .iter()
+            .enumerate()
+            .map(|(i, (sname, id))| TaskSpecContainerSpecSecrets {
+                file: Some(TaskSpecContainerSpecFile {
+                    name: Some(format!("lifeboat-{i}")),
+                    uid: Some("0".into()),
+                    gid: Some("0".into()),
+                    mode: Some(0o400),
+                }),
+                secret_id: Some(id.clone()),
+                secret_name: Some(sname.clone()),
+            })
+            .collect();
+        let spec = ServiceSpec {
+            name: Some(name.clone()),
+            labels: Some([(HELPER_LABEL.to_string(), "1".to_string())].into()),
+            task_template: Some(TaskSpec {
+                container_spec: Some(TaskSpecContainerSpec {
+                    image: Some(image),
+                    command: Some(vec!["/lifeboat".into(), "helper".into(), "sleep".into()]),
+                    secrets: Some(refs),
+                    stop_grace_period: Some(1_000_000_000),
+                    labels: Some([(HELPER_LABEL.to_string(), "1".to_string())].into()),
+                    ..Default::default()
+                }),
+                restart_policy: Some(TaskSpecRestartPolicy {
+                    condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
+                    ..Default::default()
+                }),
+                placement: Some(TaskSpecPlacement {
+                    constraints: Some(vec![format!("node.id=={node_id}")]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            mode: Some(ServiceSpecMode {
+                replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.block_on(self.docker.create_service(spec, None))
+            .map_err(self.api_err("create the secret helper service"))?;
+        let result = self.read_secret_files(&name, secrets);
+        let _ = self.block_on(self.docker.delete_service(&name));
+        result
+    }
+
+    fn read_secret_files(
+        &self,
+        service: &str,
+        secrets: &[(String, String)],
+    ) -> Result<BTreeMap<String, Vec<u8>>, DockerError> {
+        let container = self.wait_task_container(service, Duration::from_secs(60))?;
+        let out = self.exec(
+            &container,
+            vec![
+                "/lifeboat".into(),
+                "helper".into(),
+                "read-files".into(),
+                SECRETS_DIR.into(),
+            ],
+            Duration::from_secs(30),
+        )?;
+        if out.exit_code != 0 {
+            return Err(DockerError::Unsupported(format!(
+                "the secret helper failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let files: BTreeMap<String, String> = serde_json::from_slice(&out.stdout)
+            .map_err(|e| DockerError::Unsupported(format!("the secret helper answered badly: {e}")))?;
+        let mut values = BTreeMap::new();
+        for (i, (name, _)) in secrets.iter().enumerate() {
+            if let Some(v) = files.get(&format!("lifeboat-{i}")).and_then(|b| B64.decode(b).ok()) {
+                values.insert(name.clone(), v);
+            }
+        }
+        Ok(values)
+    }
+
+    /// Waits until the service's task runs on this engine and returns its container id.
+    fn wait_task_container(&self, service: &str, limit: Duration) -> Result<String, DockerError> {
+        let started = std::time::Instant::now();
+        loop {
+            let tasks = self
+                .block_on(self.docker.list_tasks(Some(ListTasksOptions {
+                    filters: Some([("service".to_string(), vec![service.to_string()])].into()),
+                })))
+                .map_err(self.api_err(format!("list the tasks of {service}")))?;
+            for t in &tasks {
+                let doc = crate::to_json(t);
+                let state = crate::str_at(&doc, "/Status/State").unwrap_or_default();
+                if state == "running" {
+                    if let Some(c) = crate::str_at(&doc, "/Status/ContainerStatus/ContainerID") {
+                        return Ok(c.to_string());
+                    }
+                }
+                if matches!(state, "failed" | "rejected") {
+                    return Err(DockerError::Unsupported(format!(
+                        "helper service {service} failed: {}",
+                        crate::str_at(&doc, "/Status/Err").unwrap_or(state)
+                    )));
+                }
+            }
+            if started.elapsed() > limit {
+                return Err(DockerError::Unsupported(format!(
+                    "helper service {service} did not start within {} s",
+                    limit.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A stream over a channel's items (what `tokio-stream`'s wrapper does, without the dependency).
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+) -> impl futures_util::Stream<Item = bytes::Bytes> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The helper program's side, run inside helper containers by `lifeboat helper ...`.
+pub mod inside {
+    use super::*;
+
+    /// Waits until the container is stopped.
+    pub fn sleep() -> ! {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+
+    /// Prints the regular files of `dir` as a JSON object `{name: base64}`.
+    pub fn read_files(dir: &Path) -> io::Result<String> {
+        let mut out = BTreeMap::new();
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            if e.file_type()?.is_file() || e.path().is_file() {
+                out.insert(
+                    e.file_name().to_string_lossy().into_owned(),
+                    B64.encode(std::fs::read(e.path())?),
+                );
+            }
+        }
+        Ok(serde_json::to_string(&out).expect("strings serialise"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helper_files_include_the_loader_and_libc() {
+        let (files, dirs) = helper_files().unwrap();
+        assert_eq!(files[0].0, PathBuf::from("/lifeboat"));
+        assert!(
+            files.iter().any(|(at, _)| at.to_string_lossy().contains("ld-linux")),
+            "{files:?}"
+        );
+        assert!(
+            files.iter().any(|(at, _)| at.to_string_lossy().contains("libc.so")),
+            "{files:?}"
+        );
+        assert!(!dirs.is_empty());
+    }
+
+    #[test]
+    fn read_files_encodes_every_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), b"\x00secret\xff").unwrap();
+        let json = inside::read_files(d.path()).unwrap();
+        let m: BTreeMap<String, String> = serde_json::from_str(&json).unwrap();
+        assert_eq!(B64.decode(&m["a"]).unwrap(), b"\x00secret\xff");
+    }
+}
