@@ -349,7 +349,13 @@ impl Site {
         if secrets.is_empty() {
             return Ok(BTreeMap::new());
         }
+        // By image id: Swarm then uses the local image instead of trying a registry first.
         let image = self.helper_image()?;
+        let image = self
+            .block_on(self.docker.inspect_image(&image))
+            .map_err(self.api_err("inspect the helper image"))?
+            .id
+            .unwrap_or(image);
         let info = self.block_on(self.docker.info()).map_err(self.api_err("system info"))?;
         let node_id = info.swarm.and_then(|s| s.node_id).unwrap_or_default();
         let mut suffix = [0u8; 6];

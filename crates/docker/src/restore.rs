@@ -255,7 +255,11 @@ pub fn restore(
     for kind in KINDS {
         for name in cap.kind(kind).keys() {
             if kind == "nodes" {
-                if swarm {
+                let labelled = cap.nodes[name]
+                    .pointer("/Spec/Labels")
+                    .and_then(Value::as_object)
+                    .is_some_and(|l| !l.is_empty());
+                if swarm && labelled {
                     steps.push(Step {
                         kind,
                         name: name.clone(),

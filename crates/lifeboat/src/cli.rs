@@ -42,13 +42,20 @@ pub enum Command {
         recursive: bool,
     },
     /// Restore a snapshot
-    Restore {
+    Restore(RestoreArgs),
+    /// Show what differs between a Docker snapshot and a live engine (drift), or another snapshot
+    Diff {
         /// Snapshot id (or a unique prefix), or `latest`
         snapshot: String,
-        /// Where to: files:DIR
+        /// `live`, or a second snapshot
+        other: String,
+        /// Docker engine to compare with (default: DOCKER_HOST, else the local socket)
         #[arg(long)]
-        to: String,
+        host: Option<String>,
     },
+    /// Lifeboat's helper program inside helper containers (not for direct use)
+    #[command(subcommand, hide = true)]
+    Helper(HelperCmd),
     /// Remove snapshots according to a retention policy (data is freed by `prune`)
     Forget(ForgetArgs),
     /// Delete data no snapshot references, and duplicate copies
@@ -104,6 +111,64 @@ pub enum BackupCmd {
         #[arg(long)]
         parent: Option<String>,
     },
+    /// Back up a Docker engine's applications: containers, Swarm services, stacks, configs,
+    /// secrets, networks, node labels and named volumes with their data
+    Docker {
+        /// Engine address: unix:///PATH or tcp://HOST:PORT (default: DOCKER_HOST, else the local socket)
+        #[arg(long)]
+        host: Option<String>,
+        /// Only containers and services with this label, KEY=VALUE or KEY (repeatable; all must match)
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+        /// Only this stack (com.docker.stack.namespace) or Compose project
+        #[arg(long)]
+        stack: Option<String>,
+        /// Do not read volume data (volumes are still described)
+        #[arg(long)]
+        no_volumes: bool,
+        /// Tag the snapshot (repeatable)
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id (or a unique prefix), or `latest`
+    pub snapshot: String,
+    /// Where to: files:DIR, or docker[:HOST] (default engine: DOCKER_HOST, else the local socket)
+    #[arg(long)]
+    pub to: String,
+    /// Docker: replicas of every replicated service; 0 defines everything and runs nothing
+    /// (containers are created, not started)
+    #[arg(long)]
+    pub replicas: Option<u64>,
+    /// Docker: prefix for the name of every restored object (references follow)
+    #[arg(long, default_value = "")]
+    pub name_prefix: String,
+    /// Docker: what to do with objects that already exist (default: refuse the restore)
+    #[arg(long, value_parser = ["skip", "update"])]
+    pub existing: Option<String>,
+    /// Docker: print every change that would be made, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Docker: a secret's value, NAME=@FILE (for secrets not captured at backup, or to override)
+    #[arg(long = "secret", value_name = "NAME=@FILE")]
+    pub secrets: Vec<String>,
+    /// Docker: a `docker save` archive that provides images missing on the target
+    #[arg(long, value_name = "FILE")]
+    pub load_images: Option<PathBuf>,
+    /// Docker: create volumes but do not write their data
+    #[arg(long)]
+    pub no_volume_data: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HelperCmd {
+    /// Wait until stopped
+    Sleep,
+    /// Print the files of a directory as JSON {name: base64}
+    ReadFiles { dir: PathBuf },
 }
 
 #[derive(Args, Debug)]

@@ -14,13 +14,14 @@ use lifeboat_repo::{open_location, prune, RepoError, Repository};
 use serde_json::json;
 
 use crate::cli::{BackupCmd, Cli, Command, KeyCmd, RepoCmd};
+use crate::docker_cmd;
 use crate::progress::{bytes, Ticker};
 
-struct Ctx {
+pub(crate) struct Ctx {
     location: String,
     password_file: Option<PathBuf>,
-    json: bool,
-    lock_wait: Duration,
+    pub(crate) json: bool,
+    pub(crate) lock_wait: Duration,
 }
 
 fn default_location() -> String {
@@ -52,13 +53,13 @@ impl Ctx {
         read_password(self.password_file.as_ref(), "LIFEBOAT_PASSWORD", "password")
     }
 
-    fn open(&self) -> Result<Repository> {
+    pub(crate) fn open(&self) -> Result<Repository> {
         let backend = open_location(&self.location)?;
         let pw = self.password()?;
         Ok(Repository::open(backend, &pw)?)
     }
 
-    fn print(&self, value: serde_json::Value, human: impl FnOnce()) {
+    pub(crate) fn print(&self, value: serde_json::Value, human: impl FnOnce()) {
         if self.json {
             println!("{}", serde_json::to_string_pretty(&value).expect("serialisable"));
         } else {
@@ -87,7 +88,22 @@ pub fn run(args: Cli) -> Result<bool> {
         }) => backup_files(&ctx, paths, tags, no_parent, parent),
         Command::Snapshots => snapshots(&ctx),
         Command::Show { snapshot, recursive } => show(&ctx, &snapshot, recursive),
-        Command::Restore { snapshot, to } => restore_cmd(&ctx, &snapshot, &to),
+        Command::Restore(r) => match r.to.strip_prefix("docker") {
+            Some(rest) if rest.is_empty() || rest.starts_with(':') => {
+                let host = rest.strip_prefix(':').filter(|h| !h.is_empty());
+                docker_cmd::restore(&ctx, &r, host)
+            }
+            _ => restore_cmd(&ctx, &r.snapshot, &r.to),
+        },
+        Command::Diff { snapshot, other, host } => docker_cmd::diff_cmd(&ctx, &snapshot, &other, host.as_deref()),
+        Command::Helper(h) => docker_cmd::helper(h),
+        Command::Backup(BackupCmd::Docker {
+            host,
+            labels,
+            stack,
+            no_volumes,
+            tags,
+        }) => docker_cmd::backup(&ctx, host, labels, stack, no_volumes, tags),
         Command::Forget(f) => forget(
             &ctx,
             Policy {
@@ -309,7 +325,7 @@ fn show(ctx: &Ctx, query: &str, recursive: bool) -> Result<bool> {
 
 fn restore_cmd(ctx: &Ctx, query: &str, to: &str) -> Result<bool> {
     let Some(dir) = to.strip_prefix("files:") else {
-        bail!("unsupported restore target {to:?}: use files:DIR");
+        bail!("unsupported restore target {to:?}: use files:DIR or docker[:HOST]");
     };
     if dir.is_empty() {
         bail!("restore target files: needs a directory (files:DIR)");

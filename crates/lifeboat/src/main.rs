@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod docker_cmd;
 mod progress;
 
 use std::io::IsTerminal;
