@@ -1,0 +1,190 @@
+//! The lab's sites as tests see them: `lab/lab env` must describe at least two Docker sites
+//! (`scripts/test.sh` starts them with `lab/lab up --docker 2`).
+#![allow(dead_code)]
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub struct Site {
+    pub name: String,
+    pub addr: String,
+    pub docker_host: String,
+}
+
+fn lab_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../lab/lab")
+}
+
+/// The Docker sites that are up, in order (a, b, ...). Fails the test with instructions when fewer
+/// than `n` are up.
+pub fn docker_sites(n: usize) -> Vec<Site> {
+    let out = Command::new(lab_script()).arg("env").output().expect("run lab/lab env");
+    assert!(
+        out.status.success(),
+        "lab/lab env failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut vars = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some((k, v)) = line.trim_start_matches("export ").split_once('=') {
+            vars.insert(k.to_string(), v.trim_matches('"').to_string());
+        }
+    }
+    let sites: Vec<Site> = vars
+        .get("LAB_SITES")
+        .map(|s| s.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| {
+            let up = s.to_uppercase();
+            Some(Site {
+                addr: vars.get(&format!("LAB_{up}_ADDR"))?.clone(),
+                docker_host: vars.get(&format!("LAB_{up}_DOCKER_HOST"))?.clone(),
+                name: s,
+            })
+        })
+        .collect();
+    assert!(
+        sites.len() >= n,
+        "these tests need {n} Docker lab sites; start them with `lab/lab up --docker {n}` (as root)"
+    );
+    sites
+}
+
+impl Site {
+    /// Runs the docker CLI against this site; returns (success, stdout, stderr).
+    pub fn docker_try(&self, args: &[&str]) -> (bool, String, String) {
+        let o = Command::new("docker")
+            .arg("-H")
+            .arg(&self.docker_host)
+            .args(args)
+            .output()
+            .expect("run docker");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    /// Runs the docker CLI and requires success; returns stdout trimmed.
+    pub fn docker(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.docker_try(args);
+        assert!(ok, "docker {args:?} on site {} failed: {err}", self.name);
+        out.trim().to_string()
+    }
+
+    /// Like [`Site::docker`] with data on stdin.
+    pub fn docker_stdin(&self, args: &[&str], input: &[u8]) -> String {
+        use std::io::Write;
+        let mut c = Command::new("docker")
+            .arg("-H")
+            .arg(&self.docker_host)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run docker");
+        c.stdin.take().unwrap().write_all(input).unwrap();
+        let o = c.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "docker {args:?} on site {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// Every object whose name starts with `prefix`: a comparable picture of what a test made.
+    pub fn objects(&self, prefix: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let swarm = self.docker(&["info", "--format", "{{.Swarm.ControlAvailable}}"]) == "true";
+        let mut lists: Vec<(&str, Vec<&str>)> = vec![
+            (
+                "container",
+                vec!["ps", "-a", "--format", "{{.Names}} {{.Image}} {{.State}}"],
+            ),
+            ("network", vec!["network", "ls", "--format", "{{.Name}} {{.Driver}}"]),
+            ("volume", vec!["volume", "ls", "--format", "{{.Name}} {{.Driver}}"]),
+        ];
+        if swarm {
+            lists.push((
+                "service",
+                vec!["service", "ls", "--format", "{{.Name}} {{.Image}} {{.Replicas}}"],
+            ));
+            lists.push(("config", vec!["config", "ls", "--format", "{{.Name}} {{.ID}}"]));
+            lists.push(("secret", vec!["secret", "ls", "--format", "{{.Name}} {{.ID}}"]));
+        }
+        for (kind, args) in lists {
+            for line in self.docker(&args).lines() {
+                let name = line.split_whitespace().next().unwrap_or_default();
+                if name.starts_with(prefix) {
+                    out.insert(format!("{kind} {name}"), line.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes every object whose name starts with `prefix` (services and containers first).
+    pub fn cleanup(&self, prefix: &str) {
+        let objs = self.objects(prefix);
+        for kind in ["service", "container", "config", "secret", "volume", "network"] {
+            let names: Vec<&str> = objs
+                .keys()
+                .filter_map(|k| k.strip_prefix(&format!("{kind} ")))
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            let mut args: Vec<&str> = match kind {
+                "container" => vec!["rm", "-f", "-v"],
+                "volume" => vec!["volume", "rm", "-f"],
+                other => vec![other, "rm"],
+            };
+            args.extend(names);
+            if kind == "volume" {
+                // Volumes of removed service tasks are released a moment later.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !self.docker_try(&args).0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            } else {
+                let _ = self.docker_try(&args);
+            }
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, or fails the test after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// An HTTP GET to a lab address (plain TCP, no proxy); `None` while it does not answer.
+pub fn http_get(addr: &str, port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&format!("{addr}:{port}").parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200")
+        .then(|| body.to_string())
+        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+}

@@ -1,0 +1,456 @@
+//! End-to-end tests of `backup docker` and `restore --to docker` on two real lab sites (each its own
+//! dockerd with Swarm in its own network namespace; `scripts/test.sh` starts them). Every test owns
+//! the objects whose names start with its prefix and removes them before and after.
+mod common;
+
+use std::time::Duration;
+
+use common::lab::{docker_sites, http_get, wait_for, Site};
+use common::{json, ok, run};
+
+fn new_repo() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo").display().to_string();
+    ok(&repo, &["repo", "init"]);
+    (dir, repo)
+}
+
+/// Removes the test's objects on every site now and when dropped (also when the test fails).
+struct Cleanup<'a>(&'a [Site], Vec<&'static str>);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for s in self.0 {
+            for p in &self.1 {
+                s.cleanup(p);
+            }
+        }
+    }
+}
+
+fn cleanup<'a>(sites: &'a [Site], prefixes: &[&'static str]) -> Cleanup<'a> {
+    let c = Cleanup(sites, prefixes.to_vec());
+    for s in sites {
+        for p in prefixes {
+            s.cleanup(p);
+        }
+    }
+    c
+}
+
+fn psql(site: &Site, container: &str, sql: &str) -> String {
+    site.docker(&["exec", container, "psql", "-U", "postgres", "-At", "-c", sql])
+}
+
+fn wait_postgres(site: &Site, container: &str) {
+    wait_for(
+        &format!("postgres in {container} on site {}", site.name),
+        Duration::from_secs(120),
+        || {
+            site.docker_try(&["exec", container, "pg_isready", "-U", "postgres"])
+                .0
+                .then_some(())
+        },
+    );
+}
+
+const CHECKSUM: &str = "select count(*) || ':' || md5(string_agg(id || '=' || v, ',' order by id)) from items";
+
+#[test]
+fn stack_with_config_secret_and_database_moves_to_another_site() {
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let _c = cleanup(&sites[..2], &["t1_"]);
+    let pw = format!("pw-{}", std::process::id());
+
+    a.docker(&["network", "create", "-d", "overlay", "--attachable", "t1_net"]);
+    a.docker_stdin(&["config", "create", "t1_conf", "-"], b"config for t1\n");
+    a.docker_stdin(&["secret", "create", "t1_pw", "-"], pw.as_bytes());
+    a.docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "t1_web",
+        "--label",
+        "com.docker.stack.namespace=t1",
+        "--network",
+        "t1_net",
+        "--config",
+        "src=t1_conf,target=/www/config.txt",
+        "--secret",
+        "t1_pw",
+        "--publish",
+        "mode=host,target=8080,published=18081",
+        "lifeboat-lab/web:1",
+        "/bin/sh",
+        "-c",
+        "cp /run/secrets/t1_pw /www/secret.txt; exec httpd -f -p 8080 -h /www",
+    ]);
+    a.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "t1_db",
+        "--label",
+        "com.docker.stack.namespace=t1",
+        "--label",
+        "io.lifeboat.hook.pre=psql -U postgres -c CHECKPOINT",
+        "--network",
+        "t1_net",
+        "-v",
+        "t1_dbdata:/var/lib/postgresql/data",
+        "lifeboat-lab/postgres:15",
+    ]);
+    wait_postgres(a, "t1_db");
+    psql(a, "t1_db", "create table items (id int primary key, v text)");
+    psql(
+        a,
+        "t1_db",
+        "insert into items select g, md5(g::text) from generate_series(1, 5000) g",
+    );
+    let sum_a = psql(a, "t1_db", CHECKSUM);
+    assert!(sum_a.starts_with("5000:"), "{sum_a}");
+    wait_for("the web service on site a", Duration::from_secs(120), || {
+        http_get(&a.addr, 18081, "/secret.txt")
+    });
+
+    let (_d, repo) = new_repo();
+    let first = json(&repo, &["backup", "docker", "--host", &a.docker_host, "--stack", "t1"]);
+    for (kind, n) in [
+        ("services", 1),
+        ("containers", 1),
+        ("networks", 1),
+        ("volumes", 1),
+        ("configs", 1),
+        ("secrets", 1),
+    ] {
+        assert_eq!(first["objects"][kind], n, "{kind}: {first}");
+    }
+    assert_eq!(first["errors"], serde_json::json!([]), "{first}");
+    assert_eq!(first["secrets_uncaptured"], serde_json::json!([]), "{first}");
+    let snap = first["snapshot_id"].as_str().unwrap().to_string();
+    // The secret is in the repository, encrypted: its bytes appear in no repository file.
+    for f in walk(std::path::Path::new(&repo)) {
+        let data = std::fs::read(&f).unwrap();
+        assert!(
+            !data.windows(pw.len()).any(|w| w == pw.as_bytes()),
+            "secret in plaintext in {}",
+            f.display()
+        );
+    }
+
+    let report = json(&repo, &["restore", &snap, "--to", &format!("docker:{}", b.docker_host)]);
+    assert_eq!(report["failed"], 0, "{report}");
+    let body = wait_for("the web service on site b", Duration::from_secs(120), || {
+        http_get(&b.addr, 18081, "/secret.txt")
+    });
+    assert_eq!(body, pw);
+    assert_eq!(
+        http_get(&b.addr, 18081, "/config.txt").as_deref(),
+        Some("config for t1\n")
+    );
+    wait_postgres(b, "t1_db");
+    assert_eq!(
+        psql(b, "t1_db", CHECKSUM),
+        sum_a,
+        "the database on b holds other rows than on a"
+    );
+
+    // A small change: the next backup adds only the changed chunks.
+    psql(a, "t1_db", "update items set v = 'changed' where id = 42");
+    let second = json(&repo, &["backup", "docker", "--host", &a.docker_host, "--stack", "t1"]);
+    let (added1, added2) = (
+        first["bytes_added"].as_u64().unwrap(),
+        second["bytes_added"].as_u64().unwrap(),
+    );
+    let read2 = second["bytes_read"].as_u64().unwrap();
+    eprintln!("first backup added {added1} bytes; after a one-row change: read {read2}, added {added2}");
+    assert!(read2 > 10 << 20, "the database volume was read again ({read2} bytes)");
+    assert!(
+        added2 * 10 < added1,
+        "a one-row change added {added2} bytes (first backup: {added1})"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn replicas_zero_defines_everything_and_runs_nothing_then_scales_up() {
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let _c = cleanup(&sites[..2], &["t2_", "standby-t2_"]);
+    a.docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "t2_web",
+        "--replicas",
+        "2",
+        "--label",
+        "com.docker.stack.namespace=t2",
+        "--mount",
+        "type=volume,source=t2_data,target=/data",
+        "lifeboat-lab/web:1",
+    ]);
+    a.docker(&[
+        "volume",
+        "create",
+        "--label",
+        "com.docker.stack.namespace=t2",
+        "t2_data",
+    ]);
+    a.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "t2_box",
+        "--label",
+        "com.docker.stack.namespace=t2",
+        "lifeboat-lab/web:1",
+    ]);
+    let (_d, repo) = new_repo();
+    let snap = json(&repo, &["backup", "docker", "--host", &a.docker_host, "--stack", "t2"]);
+    let snap = snap["snapshot_id"].as_str().unwrap();
+
+    let report = json(
+        &repo,
+        &[
+            "restore",
+            snap,
+            "--to",
+            &format!("docker:{}", b.docker_host),
+            "--replicas",
+            "0",
+            "--name-prefix",
+            "standby-",
+        ],
+    );
+    assert_eq!(report["failed"], 0, "{report}");
+    let objs = b.objects("standby-t2_");
+    assert_eq!(
+        objs["service standby-t2_web"].split_whitespace().nth(2),
+        Some("0/0"),
+        "{objs:?}"
+    );
+    assert!(objs["container standby-t2_box"].ends_with("created"), "{objs:?}");
+    assert!(objs.contains_key("volume standby-t2_data"), "{objs:?}");
+    // The service's mount follows the prefix.
+    let mounts = b.docker(&[
+        "service",
+        "inspect",
+        "standby-t2_web",
+        "--format",
+        "{{json .Spec.TaskTemplate.ContainerSpec.Mounts}}",
+    ]);
+    assert!(mounts.contains("standby-t2_data"), "{mounts}");
+
+    b.docker(&["service", "scale", "--detach", "standby-t2_web=1"]);
+    b.docker(&["start", "standby-t2_box"]);
+    wait_for("the scaled-up service on b", Duration::from_secs(120), || {
+        let o = b.objects("standby-t2_web");
+        (o.get("service standby-t2_web")?.split_whitespace().nth(2)? == "1/1").then_some(())
+    });
+    assert!(b.objects("standby-t2_box")["container standby-t2_box"].ends_with("running"));
+}
+
+#[test]
+fn preflight_refuses_before_any_change_and_skip_is_a_no_op() {
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let _c = cleanup(&sites[..2], &["t3_"]);
+    let image = "lifeboat-test/t3-only-a:1";
+    a.docker(&["tag", "lifeboat-lab/web:1", image]);
+    let _ = b.docker_try(&["rmi", image]);
+    a.docker(&[
+        "network",
+        "create",
+        "--label",
+        "com.docker.stack.namespace=t3",
+        "t3_net",
+    ]);
+    a.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "t3_app",
+        "--label",
+        "com.docker.stack.namespace=t3",
+        "--network",
+        "t3_net",
+        "--network-alias",
+        "app",
+        "-e",
+        "MODE=test",
+        "--restart",
+        "unless-stopped",
+        "-v",
+        "t3_vol:/data",
+        image,
+        "/bin/sh",
+        "-c",
+        "echo restored-data > /data/file; exec httpd -f -p 8080 -h /www",
+    ]);
+    wait_for("t3_app's data", Duration::from_secs(30), || {
+        a.docker_try(&["exec", "t3_app", "cat", "/data/file"]).0.then_some(())
+    });
+    let (dir, repo) = new_repo();
+    let snap = json(&repo, &["backup", "docker", "--host", &a.docker_host, "--stack", "t3"]);
+    let snap = snap["snapshot_id"].as_str().unwrap();
+    let to = format!("docker:{}", b.docker_host);
+    let before = b.objects("t3_");
+
+    // The image is missing on b: refused before any change (a dry run checks the same).
+    let o = run(&repo, &["restore", snap, "--to", &to, "--dry-run"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains(&format!("image {image} is not on")), "{err}");
+    assert_eq!(b.objects("t3_"), before, "a refused restore changed site b");
+
+    let archive = dir.path().join("images.tar");
+    let saved = std::process::Command::new("docker")
+        .args(["-H", &a.docker_host, "save", "-o", archive.to_str().unwrap(), image])
+        .status()
+        .unwrap();
+    assert!(saved.success());
+    let load = ["--load-images", archive.to_str().unwrap()];
+    let mut args = vec!["restore", snap, "--to", &to, "--dry-run"];
+    args.extend(load);
+    // Dry run: every change is listed, none is made.
+    let plan = json(&repo, &args);
+    let planned: Vec<String> = plan["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| format!("{} {} {} {}", i["status"], i["action"], i["kind"], i["name"]).replace('"', ""))
+        .collect();
+    assert_eq!(
+        planned,
+        [
+            format!("planned load image {image}"),
+            "planned create network t3_net".into(),
+            "planned create volume t3_vol".into(),
+            "planned create container t3_app".into(),
+        ]
+    );
+    assert_eq!(b.objects("t3_"), before, "a dry run changed site b");
+    assert!(
+        !b.docker_try(&["image", "inspect", image]).0,
+        "a dry run loaded an image"
+    );
+
+    let mut args = vec!["restore", snap, "--to", &to];
+    args.extend(load);
+    let report = json(&repo, &args);
+    assert_eq!(report["failed"], 0, "{report}");
+    let data = wait_for("t3_app on b", Duration::from_secs(30), || {
+        let (ok, out, _) = b.docker_try(&["exec", "t3_app", "cat", "/data/file"]);
+        ok.then_some(out)
+    });
+    assert_eq!(data, "restored-data\n");
+    let inspect = b.docker(&[
+        "inspect",
+        "t3_app",
+        "--format",
+        "{{.Config.Env}} {{.HostConfig.RestartPolicy.Name}} {{json .NetworkSettings.Networks.t3_net.Aliases}}",
+    ]);
+    assert!(
+        inspect.contains("MODE=test") && inspect.contains("unless-stopped") && inspect.contains("\"app\""),
+        "{inspect}"
+    );
+
+    // A second restore: refused without --existing, a no-op with --existing skip.
+    let after = b.objects("t3_");
+    let o = run(&repo, &["restore", snap, "--to", &to]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report = json(&repo, &["restore", snap, "--to", &to, "--existing", "skip"]);
+    for item in report["items"].as_array().unwrap() {
+        assert_eq!(item["action"], "skip", "{report}");
+    }
+    assert_eq!(b.objects("t3_"), after, "--existing skip changed site b");
+    let id_before = b.docker(&["inspect", "t3_app", "--format", "{{.Id}}"]);
+    json(&repo, &["restore", snap, "--to", &to, "--existing", "skip"]);
+    assert_eq!(b.docker(&["inspect", "t3_app", "--format", "{{.Id}}"]), id_before);
+    let _ = b.docker_try(&["rm", "-f", "t3_app"]);
+    let _ = b.docker_try(&["rmi", image]);
+    let _ = a.docker_try(&["rm", "-f", "t3_app"]);
+    let _ = a.docker_try(&["rmi", image]);
+}
+
+#[test]
+fn diff_shows_drift_between_a_snapshot_and_the_live_engine() {
+    let sites = docker_sites(1);
+    let a = &sites[0];
+    let _c = cleanup(&sites[..1], &["t4_"]);
+    a.docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "t4_web",
+        "--label",
+        "com.docker.stack.namespace=t4",
+        "-e",
+        "A=1",
+        "lifeboat-lab/web:1",
+    ]);
+    let (_d, repo) = new_repo();
+    json(
+        &repo,
+        &[
+            "backup",
+            "docker",
+            "--host",
+            &a.docker_host,
+            "--stack",
+            "t4",
+            "--no-volumes",
+        ],
+    );
+    let d = json(&repo, &["diff", "latest", "live", "--host", &a.docker_host]);
+    assert_eq!(d["differences"], serde_json::json!([]), "{d}");
+
+    a.docker(&["service", "update", "--detach", "--env-add", "B=2", "t4_web"]);
+    a.docker(&[
+        "network",
+        "create",
+        "--label",
+        "com.docker.stack.namespace=t4",
+        "t4_extra",
+    ]);
+    let d = json(&repo, &["diff", "latest", "live", "--host", &a.docker_host]);
+    let diffs = d["differences"].as_array().unwrap();
+    assert_eq!(diffs.len(), 2, "{d}");
+    assert_eq!(
+        (diffs[0]["kind"].as_str(), diffs[0]["change"].as_str()),
+        (Some("network"), Some("added"))
+    );
+    assert_eq!(
+        (diffs[1]["kind"].as_str(), diffs[1]["change"].as_str()),
+        (Some("service"), Some("changed"))
+    );
+    let fields: Vec<&str> = diffs[1]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(fields.contains(&"/TaskTemplate/ContainerSpec/Env"), "{fields:?}");
+}
