@@ -22,7 +22,7 @@ use crate::chunk::Chunker;
 use crate::{FsError, ItemError};
 
 /// Small files are collected up to this many bytes, then stored in parallel.
-pub const BATCH_BYTES: usize = 32 << 20;
+pub const BATCH_BYTES: usize = 16 << 20;
 /// Files larger than this stream through the chunker instead of being batched.
 const WHOLE_FILE_MAX: u64 = 16 << 20;
 /// Blobs of one file fetched in parallel at once when writing a tar stream.
@@ -180,23 +180,92 @@ pub fn tar_to_tree(
     };
     let mut asm = TreeAssembler::new();
     let mut errors = Vec::new();
-    let mut batch: Vec<(Vec<u8>, Node, Vec<u8>)> = Vec::new();
-    let mut batch_bytes = 0usize;
     let mut links: Vec<(Vec<u8>, Vec<u8>, Node)> = Vec::new();
-    let mut next_inode = 1u64;
 
-    let flush = |asm: &mut TreeAssembler, batch: &mut Vec<(Vec<u8>, Node, Vec<u8>)>| -> Result<(), RepoError> {
-        let saved: Vec<Vec<Id>> = batch
-            .par_iter()
-            .map(|(_, _, data)| chunker.save_slice(data))
-            .collect::<Result<_, _>>()?;
-        for ((path, mut node, _), content) in batch.drain(..).zip(saved) {
-            node.content = content;
-            asm.add(&path, node);
+    // Small files are stored in batches by a second thread (on rayon's pool) while this one goes on
+    // reading the stream: reading and storing overlap. At most one batch waits between them.
+    let (tx, rx) = crossbeam_channel::bounded::<Pending>(1);
+    let (read, saved) = std::thread::scope(|scope| {
+        let saver = scope.spawn(move || -> Result<Vec<(Vec<u8>, Node)>, RepoError> {
+            let mut done = Vec::new();
+            for batch in rx.iter() {
+                let saved: Vec<Vec<Id>> = batch
+                    .par_iter()
+                    .map(|(_, _, data)| chunker.save_slice(data))
+                    .collect::<Result<_, _>>()?;
+                for ((path, mut node, _), content) in batch.into_iter().zip(saved) {
+                    node.content = content;
+                    done.push((path, node));
+                }
+            }
+            Ok(done)
+        });
+        let read = read_entries(
+            &chunker,
+            reader,
+            strip,
+            progress,
+            &tx,
+            &mut asm,
+            &mut errors,
+            &mut links,
+            &bad,
+        );
+        drop(tx);
+        (read, saver.join().expect("the saver thread does not panic"))
+    });
+    // The saver's failure explains a stopped reader, so it comes first.
+    let saved = saved?;
+    read?;
+    for (path, node) in saved {
+        asm.add(&path, node);
+    }
+
+    // Hard links share their target's content and inode; every member gets the group's link count.
+    let mut counts: HashMap<u64, u64> = HashMap::new();
+    for (path, target, mut node) in links {
+        let Some(t) = asm.get_mut(&target).filter(|t| t.kind == NodeKind::File).cloned() else {
+            errors.push(ItemError {
+                path: String::from_utf8_lossy(&path).into_owned(),
+                error: "hard link to a file that is not in the archive".into(),
+            });
+            continue;
+        };
+        node.size = t.size;
+        node.content = t.content;
+        node.inode = t.inode;
+        *counts.entry(t.inode).or_insert(1) += 1;
+        asm.add(&path, node);
+    }
+    for n in asm.nodes_mut() {
+        if n.kind == NodeKind::File {
+            n.nlink = counts.get(&n.inode).copied().unwrap_or(1);
         }
-        Ok(())
-    };
+    }
+    let root = asm.finish(repo)?;
+    Ok(TarOutcome { root, errors })
+}
 
+/// Small files waiting to be stored: (path, node, content).
+type Pending = Vec<(Vec<u8>, Node, Vec<u8>)>;
+
+/// The reading side of [`tar_to_tree`]: walks the stream, hands small files to the saver in
+/// batches, stores large files itself (streaming) and records everything else in `asm`.
+#[allow(clippy::too_many_arguments)]
+fn read_entries(
+    chunker: &Chunker,
+    reader: impl Read,
+    strip: usize,
+    progress: &Progress,
+    tx: &crossbeam_channel::Sender<Pending>,
+    asm: &mut TreeAssembler,
+    errors: &mut Vec<ItemError>,
+    links: &mut Vec<(Vec<u8>, Vec<u8>, Node)>,
+    bad: &dyn Fn(io::Error) -> FsError,
+) -> Result<(), FsError> {
+    let mut batch: Pending = Vec::new();
+    let mut batch_bytes = 0usize;
+    let mut next_inode = 1u64;
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
@@ -283,7 +352,9 @@ pub fn tar_to_tree(
                     batch_bytes += data.len();
                     batch.push((path, node, data));
                     if batch_bytes >= BATCH_BYTES || batch.len() >= 4096 {
-                        flush(&mut asm, &mut batch)?;
+                        if tx.send(std::mem::take(&mut batch)).is_err() {
+                            return Ok(()); // the saver failed; its error is reported
+                        }
                         batch_bytes = 0;
                     }
                 } else {
@@ -302,85 +373,165 @@ pub fn tar_to_tree(
             }
         }
     }
-    flush(&mut asm, &mut batch)?;
-
-    // Hard links share their target's content and inode; every member gets the group's link count.
-    let mut counts: HashMap<u64, u64> = HashMap::new();
-    for (path, target, mut node) in links {
-        let Some(t) = asm.get_mut(&target).filter(|t| t.kind == NodeKind::File).cloned() else {
-            errors.push(ItemError {
-                path: String::from_utf8_lossy(&path).into_owned(),
-                error: "hard link to a file that is not in the archive".into(),
-            });
-            continue;
-        };
-        node.size = t.size;
-        node.content = t.content;
-        node.inode = t.inode;
-        *counts.entry(t.inode).or_insert(1) += 1;
-        asm.add(&path, node);
+    if !batch.is_empty() {
+        let _ = tx.send(batch);
     }
-    for n in asm.nodes_mut() {
-        if n.kind == NodeKind::File {
-            n.nlink = counts.get(&n.inode).copied().unwrap_or(1);
-        }
-    }
-    let root = asm.finish(repo)?;
-    Ok(TarOutcome { root, errors })
+    Ok(())
 }
 
-/// Reads a file's blobs in order, fetching a few in parallel ahead of the writer.
-struct BlobReader<'a> {
-    repo: &'a Repository,
-    ids: &'a [Id],
-    next: usize,
-    ready: std::collections::VecDeque<Vec<u8>>,
-    pos: usize,
+/// What the loader thread of [`tree_to_tar`] hands to the writer, in archive order.
+enum Item {
+    /// An entry; for a hard link already written, `link` names the first path.
+    Entry {
+        path: Vec<u8>,
+        node: Node,
+        link: Option<Vec<u8>>,
+    },
+    /// The next piece of the current file's content.
+    Data(Vec<u8>),
 }
 
-impl Read for BlobReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if let Some(front) = self.ready.front() {
-                if self.pos < front.len() {
-                    let n = (front.len() - self.pos).min(buf.len());
-                    buf[..n].copy_from_slice(&front[self.pos..self.pos + n]);
-                    self.pos += n;
-                    return Ok(n);
-                }
-                self.ready.pop_front();
-                self.pos = 0;
-                continue;
-            }
-            if self.next >= self.ids.len() {
-                return Ok(0);
-            }
-            let end = (self.next + BLOBS_IN_FLIGHT).min(self.ids.len());
-            let loaded: Vec<Vec<u8>> = self.ids[self.next..end]
-                .par_iter()
-                .map(|id| self.repo.load_blob(id))
-                .collect::<Result<_, _>>()
-                .map_err(io::Error::other)?;
-            self.next = end;
-            self.ready.extend(loaded);
-        }
-    }
-}
+/// Pieces of content queued between the loader and the writer (bounds memory to about this many blobs).
+const QUEUE: usize = 16;
 
 /// Writes the tree below `root` (a directory node with a subtree) as a tar stream whose entries lie
 /// under `prefix` (the root itself is the entry `prefix/`). Ownership and modes are numeric; hard
 /// links are written once and linked after. Returns the number of content bytes written.
 ///
-/// A damaged or missing blob fails the call with the repository's error: the stream then ends
-/// early, and the receiver must treat the transfer as failed.
+/// A loader thread reads and decrypts blobs (several in parallel) ahead of the writer, so loading
+/// and sending overlap. A damaged or missing blob fails the call with the repository's error: the
+/// stream then ends early, and the receiver must treat the transfer as failed.
 pub fn tree_to_tar(repo: &Repository, root: &Node, prefix: &str, writer: impl Write) -> Result<u64, FsError> {
-    let mut builder = tar::Builder::new(writer);
-    builder.mode(tar::HeaderMode::Complete);
-    let mut state = TarWriter {
-        repo,
-        links: HashMap::new(),
-        bytes: 0,
-    };
+    let (tx, rx) = crossbeam_channel::bounded::<Result<Item, RepoError>>(QUEUE);
+    let top = prefix.trim_end_matches('/').as_bytes().to_vec();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut links = HashMap::new();
+            if let Err(e) = load_entry(repo, &tx, &mut links, top, root) {
+                let _ = tx.send(Err(e));
+            }
+        });
+        // The receiver goes with the writer: if writing fails, the loader's sends fail and it stops.
+        write_tar(rx, prefix, writer)
+    })
+}
+
+/// Sends `node` (and everything below it) to the writer. Stops quietly when the writer is gone.
+fn load_entry(
+    repo: &Repository,
+    tx: &crossbeam_channel::Sender<Result<Item, RepoError>>,
+    links: &mut HashMap<(u64, u64), Vec<u8>>,
+    path: Vec<u8>,
+    n: &Node,
+) -> Result<bool, RepoError> {
+    let mut link = None;
+    if n.kind == NodeKind::File && n.nlink > 1 {
+        match links.get(&(n.dev, n.inode)) {
+            Some(first) => link = Some(first.clone()),
+            None => {
+                links.insert((n.dev, n.inode), path.clone());
+            }
+        }
+    }
+    let data = n.kind == NodeKind::File && link.is_none();
+    if tx
+        .send(Ok(Item::Entry {
+            path: path.clone(),
+            node: n.clone(),
+            link,
+        }))
+        .is_err()
+    {
+        return Ok(false);
+    }
+    if data {
+        let mut sparse = n.extents.as_ref().map(|_| vec![0u8; n.size as usize]);
+        let mut ext = n.extents.as_deref().unwrap_or_default().iter().copied();
+        let (mut at, mut left) = ext.next().unwrap_or((0, 0));
+        for ids in n.content.chunks(BLOBS_IN_FLIGHT) {
+            let loaded: Vec<Vec<u8>> = ids.par_iter().map(|id| repo.load_blob(id)).collect::<Result<_, _>>()?;
+            for blob in loaded {
+                match &mut sparse {
+                    // Sparse files are written out in full (holes as zeros).
+                    Some(buf) => {
+                        let mut rest = blob.as_slice();
+                        while !rest.is_empty() {
+                            while left == 0 {
+                                (at, left) = ext.next().unwrap_or((0, u64::MAX));
+                            }
+                            let take = (left as usize).min(rest.len());
+                            let end = (at as usize + take).min(buf.len());
+                            buf[at as usize..end].copy_from_slice(&rest[..end - at as usize]);
+                            (at, left, rest) = (at + take as u64, left - take as u64, &rest[take..]);
+                        }
+                    }
+                    None => {
+                        if tx.send(Ok(Item::Data(blob))).is_err() {
+                            return Ok(false);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(buf) = sparse {
+            if tx.send(Ok(Item::Data(buf))).is_err() {
+                return Ok(false);
+            }
+        }
+    }
+    if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree) {
+        let tree = repo.load_tree(&sub)?;
+        for c in &tree.nodes {
+            if c.name.0.is_empty() || c.name.0.contains(&b'/') || c.name.0 == b"." || c.name.0 == b".." {
+                continue;
+            }
+            let mut child = path.clone();
+            child.push(b'/');
+            child.extend_from_slice(&c.name.0);
+            if !load_entry(repo, tx, links, child, c)? {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Reads the content pieces of one file from the loader, up to `left` bytes.
+struct DataReader<'a> {
+    rx: &'a crossbeam_channel::Receiver<Result<Item, RepoError>>,
+    cur: Vec<u8>,
+    pos: usize,
+    left: u64,
+}
+
+impl Read for DataReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(Item::Data(d))) => (self.cur, self.pos) = (d, 0),
+                Ok(Err(e)) => return Err(io::Error::other(e)),
+                Ok(Ok(Item::Entry { .. })) | Err(_) => {
+                    return Err(io::Error::other("file content is shorter than its recorded size"))
+                }
+            }
+        }
+        let n = (self.cur.len() - self.pos).min(buf.len()).min(self.left as usize);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The writing side of [`tree_to_tar`].
+fn write_tar(
+    rx: crossbeam_channel::Receiver<Result<Item, RepoError>>,
+    prefix: &str,
+    writer: impl Write,
+) -> Result<u64, FsError> {
     let io_err = |e: io::Error| match e.downcast::<RepoError>() {
         Ok(r) => FsError::Repo(r),
         Err(e) => FsError::BadTarget {
@@ -388,90 +539,49 @@ pub fn tree_to_tar(repo: &Repository, root: &Node, prefix: &str, writer: impl Wr
             reason: format!("writing the tar stream: {e}"),
         },
     };
-    state
-        .entry(&mut builder, prefix.trim_end_matches('/').as_bytes(), root)
-        .map_err(io_err)?;
-    builder.finish().map_err(io_err)?;
-    Ok(state.bytes)
-}
-
-struct TarWriter<'a> {
-    repo: &'a Repository,
-    /// (dev, inode) of a hard-link group -> the path written first.
-    links: HashMap<(u64, u64), Vec<u8>>,
-    bytes: u64,
-}
-
-impl TarWriter<'_> {
-    fn entry<W: Write>(&mut self, b: &mut tar::Builder<W>, path: &[u8], n: &Node) -> io::Result<()> {
+    let mut b = tar::Builder::new(writer);
+    b.mode(tar::HeaderMode::Complete);
+    let mut bytes = 0u64;
+    while let Ok(item) = rx.recv() {
+        let (path, n, link) = match item? {
+            Item::Entry { path, node, link } => (path, node, link),
+            Item::Data(_) => return Err(io_err(io::Error::other("content without an entry"))),
+        };
         let mut h = tar::Header::new_gnu();
         h.set_mode(n.mode);
         h.set_uid(n.uid as u64);
         h.set_gid(n.gid as u64);
         h.set_mtime(n.mtime_ns.div_euclid(1_000_000_000).max(0) as u64);
         h.set_size(0);
-        let p = std::str::from_utf8(path)
-            .map_err(|_| io::Error::other("a non-UTF-8 name cannot go into this tar stream"))?;
-        match n.kind {
-            NodeKind::Dir => {
+        let p = std::str::from_utf8(&path)
+            .map_err(|_| io_err(io::Error::other("a non-UTF-8 name cannot go into this tar stream")))?;
+        let r = match (n.kind, link) {
+            (NodeKind::Dir, _) => {
                 h.set_entry_type(tar::EntryType::Directory);
-                b.append_data(&mut h, format!("{p}/"), io::empty())?;
-                if let Some(sub) = n.subtree {
-                    let tree = self.repo.load_tree(&sub).map_err(io::Error::other)?;
-                    for c in &tree.nodes {
-                        if c.name.0.is_empty() || c.name.0.contains(&b'/') || c.name.0 == b"." || c.name.0 == b".." {
-                            continue;
-                        }
-                        let mut child = path.to_vec();
-                        child.push(b'/');
-                        child.extend_from_slice(&c.name.0);
-                        self.entry(b, &child, c)?;
-                    }
-                }
+                b.append_data(&mut h, format!("{p}/"), io::empty())
             }
-            NodeKind::File => {
-                if n.nlink > 1 {
-                    if let Some(first) = self.links.get(&(n.dev, n.inode)) {
-                        h.set_entry_type(tar::EntryType::Link);
-                        let first = String::from_utf8_lossy(first).into_owned();
-                        return b.append_link(&mut h, p, first);
-                    }
-                    self.links.insert((n.dev, n.inode), path.to_vec());
-                }
+            (NodeKind::File, Some(first)) => {
+                h.set_entry_type(tar::EntryType::Link);
+                b.append_link(&mut h, p, String::from_utf8_lossy(&first).as_ref())
+            }
+            (NodeKind::File, None) => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(n.size);
-                if n.extents.is_some() {
-                    // Sparse files are written out in full (holes as zeros).
-                    let mut data = vec![0u8; n.size as usize];
-                    let mut r = BlobReader {
-                        repo: self.repo,
-                        ids: &n.content,
-                        next: 0,
-                        ready: Default::default(),
-                        pos: 0,
-                    };
-                    for &(off, len) in n.extents.as_deref().unwrap_or_default() {
-                        r.read_exact(&mut data[off as usize..(off + len) as usize])?;
-                    }
-                    b.append_data(&mut h, p, data.as_slice())?;
-                } else {
-                    let r = BlobReader {
-                        repo: self.repo,
-                        ids: &n.content,
-                        next: 0,
-                        ready: Default::default(),
-                        pos: 0,
-                    };
-                    b.append_data(&mut h, p, r)?;
-                }
-                self.bytes += n.size;
+                bytes += n.size;
+                let reader = DataReader {
+                    rx: &rx,
+                    cur: Vec::new(),
+                    pos: 0,
+                    left: n.size,
+                };
+                b.append_data(&mut h, p, reader)
             }
-            NodeKind::Symlink => {
+            (NodeKind::Symlink, _) => {
                 h.set_entry_type(tar::EntryType::Symlink);
                 let t = n.target.as_ref().map(|t| t.lossy().into_owned()).unwrap_or_default();
-                b.append_link(&mut h, p, t)?;
+                b.append_link(&mut h, p, t)
             }
-            NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => {
+            (NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev, _) => {
                 h.set_entry_type(match n.kind {
                     NodeKind::Fifo => tar::EntryType::Fifo,
                     NodeKind::Chardev => tar::EntryType::Char,
@@ -479,14 +589,16 @@ impl TarWriter<'_> {
                 });
                 let major = ((n.rdev >> 8) & 0xfff) | ((n.rdev >> 32) & !0xfff);
                 let minor = (n.rdev & 0xff) | ((n.rdev >> 12) & !0xff);
-                h.set_device_major(major as u32)?;
-                h.set_device_minor(minor as u32)?;
-                b.append_data(&mut h, p, io::empty())?;
+                h.set_device_major(major as u32)
+                    .and_then(|_| h.set_device_minor(minor as u32))
+                    .and_then(|_| b.append_data(&mut h, p, io::empty()))
             }
-            NodeKind::Socket => {}
-        }
-        Ok(())
+            (NodeKind::Socket, _) => Ok(()),
+        };
+        r.map_err(io_err)?;
     }
+    b.finish().map_err(io_err)?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -586,6 +698,32 @@ mod tests {
         let before = repo.stats().blobs_added.load(Relaxed);
         tar_to_tree(&repo, input.as_slice(), 1, "test", &Progress::default()).unwrap();
         assert_eq!(repo.stats().blobs_added.load(Relaxed), before);
+    }
+
+    #[test]
+    fn sparse_files_are_written_in_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(&dir.path().join("repo"));
+        let chunker = Chunker::new(&repo);
+        let mut asm = TreeAssembler::new();
+        let mut n = Node::new(FileName::default(), NodeKind::File);
+        n.mode = 0o644;
+        n.size = 10_000;
+        n.extents = Some(vec![(100, 3), (9_000, 2)]);
+        n.content = chunker.save_slice(b"abcde").unwrap();
+        asm.add(b"holes", n);
+        let root = asm.finish(&repo).unwrap();
+        repo.flush().unwrap();
+        let mut out = Vec::new();
+        tree_to_tar(&repo, &root, "v", &mut out).unwrap();
+        let mut ar = tar::Archive::new(out.as_slice());
+        let mut e = ar.entries().unwrap().nth(1).unwrap().unwrap();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        let mut want = vec![0u8; 10_000];
+        want[100..103].copy_from_slice(b"abc");
+        want[9_000..9_002].copy_from_slice(b"de");
+        assert!(data == want);
     }
 
     #[test]
