@@ -437,7 +437,7 @@ fn load_entry(
     if tx
         .send(Ok(Item::Entry {
             path: path.clone(),
-            node: n.clone(),
+            node: Box::new(n.clone()),
             link,
         }))
         .is_err()
