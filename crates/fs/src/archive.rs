@@ -384,7 +384,7 @@ enum Item {
     /// An entry; for a hard link already written, `link` names the first path.
     Entry {
         path: Vec<u8>,
-        node: Node,
+        node: Box<Node>,
         link: Option<Vec<u8>>,
     },
     /// The next piece of the current file's content.
