@@ -340,6 +340,13 @@ fn narrow(cap: &mut Capture, selection: &Selection, net_ids: &HashMap<String, St
     };
     cap.networks
         .retain(|k, v| nets.contains(k) || stack_labelled(v, "/Labels"));
+    for v in &vols {
+        if !cap.volumes.contains_key(v) {
+            cap.manifest.errors.push(format!(
+                "volume {v} is used but does not exist on this engine (another Swarm node?); not backed up"
+            ));
+        }
+    }
     cap.volumes
         .retain(|k, v| vols.contains(k) || stack_labelled(v, "/Labels"));
     cap.configs
