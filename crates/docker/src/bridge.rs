@@ -4,40 +4,48 @@ use std::io::{self, Read, Write};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-/// Chunks buffered between the network and the blocking side (bounds memory to about 64 × 32 KiB).
-const DEPTH: usize = 64;
+/// Batches buffered between the network and the blocking side (each at most 64 pieces of what the
+/// socket delivered, typically 16 to 64 KiB).
+const DEPTH: usize = 16;
 
-/// A blocking reader over chunks that an async task sends. An `Err` chunk ends the stream with
+/// A blocking reader over batches of chunks that an async task sends. An `Err` ends the stream with
 /// that error; a dropped sender is the end of the data.
 pub(crate) struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    current: Bytes,
+    rx: mpsc::Receiver<io::Result<Vec<Bytes>>>,
+    pending: std::collections::VecDeque<Bytes>,
 }
 
-pub(crate) fn reader() -> (mpsc::Sender<io::Result<Bytes>>, ChannelReader) {
+pub(crate) fn reader() -> (mpsc::Sender<io::Result<Vec<Bytes>>>, ChannelReader) {
     let (tx, rx) = mpsc::channel(DEPTH);
     (
         tx,
         ChannelReader {
             rx,
-            current: Bytes::new(),
+            pending: Default::default(),
         },
     )
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(b)) => self.current = b,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
+        loop {
+            match self.pending.front_mut() {
+                Some(b) if b.is_empty() => {
+                    self.pending.pop_front();
+                }
+                Some(b) => {
+                    let n = b.len().min(buf.len());
+                    buf[..n].copy_from_slice(&b[..n]);
+                    let _ = b.split_to(n);
+                    return Ok(n);
+                }
+                None => match self.rx.blocking_recv() {
+                    Some(Ok(batch)) => self.pending.extend(batch),
+                    Some(Err(e)) => return Err(e),
+                    None => return Ok(0),
+                },
             }
         }
-        let n = self.current.len().min(buf.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
-        Ok(n)
     }
 }
 
