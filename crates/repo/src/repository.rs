@@ -261,6 +261,8 @@ impl Repository {
 
     /// Writes an index file listing `packs`.
     pub fn write_index_file(&self, packs: Vec<IndexPack>) -> Result<Id, RepoError> {
+        // Every pack this index names must be durable before the index is.
+        self.backend.sync()?;
         let file = IndexFile { version: 1, packs };
         let id = self.write_named("index", &serde_json::to_vec(&file).expect("serialisable"))?;
         self.loaded_index_files.lock().expect("poisoned").insert(id.to_hex());
@@ -387,7 +389,8 @@ impl Repository {
             return Ok(());
         }
         let (pack_id, bytes, entries) = builder.finish(&self.key);
-        self.backend.write(&pack_path(&pack_id), &bytes)?;
+        // Durable before any index names it: `write_index_file` syncs first.
+        self.backend.write_deferred(&pack_path(&pack_id), &bytes)?;
         self.stats
             .bytes_written
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::{Backend, BackendError, Listed};
 
@@ -9,16 +10,62 @@ use super::{Backend, BackendError, Listed};
 /// Writes go to a hidden temporary file in the target directory, are synced, then renamed into
 /// place, so a crash leaves either the old state or the complete file. Hidden files (names starting
 /// with `.`) are never listed; `prune` removes leftovers of interrupted writes.
+///
+/// Deferred writes ([`Backend::write_deferred`], used for packs) are renamed into place unsynced and
+/// handed to a background thread that syncs them while the caller goes on; [`Backend::sync`] waits
+/// for that thread to catch up. The disk then writes packs while the next ones are being made.
 pub struct LocalBackend {
     root: PathBuf,
     location: String,
+    syncer: Mutex<Option<std::sync::mpsc::Sender<PathBuf>>>,
+    synced: Arc<(Mutex<SyncState>, Condvar)>,
+}
+
+#[derive(Default)]
+struct SyncState {
+    queued: u64,
+    done: u64,
+    /// The first failure: (path, message).
+    failed: Option<(String, String)>,
 }
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
         let location = root.display().to_string();
-        LocalBackend { root, location }
+        LocalBackend {
+            root,
+            location,
+            syncer: Mutex::new(None),
+            synced: Arc::new((Mutex::new(SyncState::default()), Condvar::new())),
+        }
+    }
+
+    /// Queues a renamed file for syncing, starting the syncing thread on first use.
+    fn queue_sync(&self, path: PathBuf) {
+        let mut tx = self.syncer.lock().expect("poisoned");
+        let tx = tx.get_or_insert_with(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+            let state = self.synced.clone();
+            std::thread::spawn(move || {
+                for p in rx {
+                    let r = File::open(&p).and_then(|f| f.sync_data());
+                    if let Some(dir) = p.parent() {
+                        sync_dir(dir);
+                    }
+                    let (m, cv) = &*state;
+                    let mut st = m.lock().expect("poisoned");
+                    st.done += 1;
+                    if let Err(e) = r {
+                        st.failed.get_or_insert((p.display().to_string(), e.to_string()));
+                    }
+                    cv.notify_all();
+                }
+            });
+            tx
+        });
+        self.synced.0.lock().expect("poisoned").queued += 1;
+        tx.send(path).expect("the syncing thread lives as long as the backend");
     }
 
     fn io(&self, op: &'static str, path: &str, e: std::io::Error) -> BackendError {
@@ -121,6 +168,50 @@ impl Backend for LocalBackend {
             let _ = fs::remove_file(&tmp);
             self.io("write", path, e)
         })
+    }
+
+    fn write_deferred(&self, path: &str, data: &[u8]) -> Result<(), BackendError> {
+        let target = self.root.join(path);
+        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
+        let mut rnd = [0u8; 8];
+        crate::crypto::fill_random(&mut rnd);
+        let tmp = dir.join(format!(".tmp-{}", hex::encode(rnd)));
+        let write = |tmp: &Path| -> std::io::Result<()> {
+            let mut f = match File::create(tmp) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    fs::create_dir_all(&dir)?;
+                    File::create(tmp)?
+                }
+                Err(e) => return Err(e),
+            };
+            f.write_all(data)?;
+            fs::rename(tmp, &target)
+        };
+        write(&tmp).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            self.io("write", path, e)
+        })?;
+        self.queue_sync(target);
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), BackendError> {
+        let (m, cv) = &*self.synced;
+        let mut st = m.lock().expect("poisoned");
+        while st.done < st.queued {
+            st = cv.wait(st).expect("poisoned");
+        }
+        match st.failed.take() {
+            Some((path, message)) => Err(BackendError::Io {
+                location: self.location.clone(),
+                op: "sync",
+                path,
+                message,
+                retryable: false,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn list(&self, dir: &str) -> Result<Vec<Listed>, BackendError> {

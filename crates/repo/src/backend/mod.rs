@@ -59,6 +59,16 @@ pub trait Backend: Send + Sync {
     fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError>;
     /// Writes a whole file atomically, replacing any file of that name.
     fn write(&self, path: &str, data: &[u8]) -> Result<(), BackendError>;
+    /// Writes a whole file atomically like [`Backend::write`], but may return before the data is
+    /// durable (its durability is [`Backend::sync`]'s job). For files that become reachable only
+    /// through a file written after `sync` (packs, named by an index file).
+    fn write_deferred(&self, path: &str, data: &[u8]) -> Result<(), BackendError> {
+        self.write(path, data)
+    }
+    /// Returns once every earlier [`Backend::write_deferred`] is durable, or fails naming the file.
+    fn sync(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// Lists the files below `dir` (recursively), with paths relative to `dir`. A missing `dir` lists nothing.
     fn list(&self, dir: &str) -> Result<Vec<Listed>, BackendError>;
     /// Removes a file; removing a missing file is not an error.
