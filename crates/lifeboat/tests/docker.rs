@@ -429,7 +429,15 @@ fn diff_shows_drift_between_a_snapshot_and_the_live_engine() {
     let d = json(&repo, &["diff", "latest", "live", "--host", &a.docker_host]);
     assert_eq!(d["differences"], serde_json::json!([]), "{d}");
 
-    a.docker(&["service", "update", "--detach", "--env-add", "B=2", "t4_web"]);
+    a.docker(&[
+        "service",
+        "update",
+        "--detach",
+        "--no-resolve-image",
+        "--env-add",
+        "B=2",
+        "t4_web",
+    ]);
     a.docker(&[
         "network",
         "create",
