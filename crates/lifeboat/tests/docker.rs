@@ -467,3 +467,90 @@ fn diff_shows_drift_between_a_snapshot_and_the_live_engine() {
         .collect();
     assert!(fields.contains(&"/TaskTemplate/ContainerSpec/Env"), "{fields:?}");
 }
+
+#[test]
+fn failing_hooks_follow_their_policy_and_existing_update_recreates() {
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let _c = cleanup(&sites[..2], &["t5_"]);
+    for (name, policy) in [("t5_fail", "fail"), ("t5_cont", "continue")] {
+        a.docker(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            &format!("t5={policy}"),
+            "--label",
+            "io.lifeboat.hook.pre=echo broken >&2; exit 3",
+            "--label",
+            &format!("io.lifeboat.hook.on-error={policy}"),
+            "--label",
+            "io.lifeboat.hook.post=touch /data/post-ran",
+            "-v",
+            &format!("{name}_vol:/data"),
+            "lifeboat-lab/web:1",
+        ]);
+    }
+    let (_d, repo) = new_repo();
+
+    // Policy fail: no snapshot, the message names the container and the hook's error.
+    let o = run(
+        &repo,
+        &["backup", "docker", "--host", &a.docker_host, "--label", "t5=fail"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("hook pre in container t5_fail failed") && err.contains("exit code 3"),
+        "{err}"
+    );
+    assert!(err.contains("broken"), "{err}");
+    assert_eq!(json(&repo, &["snapshots"]), serde_json::json!([]));
+
+    // Policy continue: the snapshot is written, the failure recorded, the post hook ran.
+    let o = run(
+        &repo,
+        &[
+            "--json",
+            "backup",
+            "docker",
+            "--host",
+            &a.docker_host,
+            "--label",
+            "t5=continue",
+        ],
+    );
+    assert!(
+        !o.status.success(),
+        "a recorded hook failure must show in the exit code"
+    );
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let errors = out["errors"].as_array().unwrap();
+    assert!(errors.iter().any(|e| e.as_str().unwrap().contains("t5_cont")), "{out}");
+    assert_eq!(out["objects"]["volumes"], 1);
+    assert!(
+        a.docker_try(&["exec", "t5_cont", "ls", "/data/post-ran"]).0,
+        "the post hook did not run"
+    );
+    let snap = out["snapshot_id"].as_str().unwrap();
+
+    // --existing update recreates the container from the snapshot.
+    let to = format!("docker:{}", b.docker_host);
+    json(&repo, &["restore", snap, "--to", &to]);
+    let first = b.docker(&["inspect", "t5_cont", "--format", "{{.Id}}"]);
+    let report = json(&repo, &["restore", snap, "--to", &to, "--existing", "update"]);
+    assert_eq!(report["failed"], 0, "{report}");
+    let actions: Vec<&str> = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["update", "update"], "{report}");
+    let second = b.docker(&["inspect", "t5_cont", "--format", "{{.Id}} {{.State.Running}}"]);
+    assert!(
+        !second.starts_with(&first) && second.ends_with("true"),
+        "{first} -> {second}"
+    );
+}
