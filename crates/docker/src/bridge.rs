@@ -88,6 +88,19 @@ impl Write for ChannelWriter {
     }
 }
 
+impl lifeboat_fs::archive::VecWrite for ChannelWriter {
+    fn write_vec(&mut self, data: Vec<u8>) -> io::Result<()> {
+        if data.len() < PIECE / 4 {
+            return self.write_all(&data);
+        }
+        // Large pieces travel as they are, after what is buffered.
+        self.flush()?;
+        self.tx
+            .blocking_send(Bytes::from(data))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the engine stopped reading the upload"))
+    }
+}
+
 impl Drop for ChannelWriter {
     fn drop(&mut self) {
         let _ = self.flush();

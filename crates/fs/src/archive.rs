@@ -401,7 +401,7 @@ const QUEUE: usize = 16;
 /// A loader thread reads and decrypts blobs (several in parallel) ahead of the writer, so loading
 /// and sending overlap. A damaged or missing blob fails the call with the repository's error: the
 /// stream then ends early, and the receiver must treat the transfer as failed.
-pub fn tree_to_tar(repo: &Repository, root: &Node, prefix: &str, writer: impl Write) -> Result<u64, FsError> {
+pub fn tree_to_tar(repo: &Repository, root: &Node, prefix: &str, writer: impl VecWrite) -> Result<u64, FsError> {
     let (tx, rx) = crossbeam_channel::bounded::<Result<Item, RepoError>>(QUEUE);
     let top = prefix.trim_end_matches('/').as_bytes().to_vec();
     std::thread::scope(|scope| {
@@ -526,11 +526,54 @@ impl Read for DataReader<'_> {
     }
 }
 
+/// A writer that can also take whole buffers by value, so large data need not be copied.
+pub trait VecWrite: Write {
+    /// Writes all of `data` (the default copies it through [`Write::write_all`]).
+    fn write_vec(&mut self, data: Vec<u8>) -> io::Result<()> {
+        self.write_all(&data)
+    }
+}
+
+impl VecWrite for Vec<u8> {}
+
+impl<W: VecWrite + ?Sized> VecWrite for &mut W {
+    fn write_vec(&mut self, data: Vec<u8>) -> io::Result<()> {
+        (**self).write_vec(data)
+    }
+}
+
+/// Writes a regular file's header, its content pieces by value, and the padding to 512 bytes.
+fn write_file_direct<W: VecWrite>(
+    rx: &crossbeam_channel::Receiver<Result<Item, RepoError>>,
+    w: &mut W,
+    h: &tar::Header,
+    size: u64,
+) -> io::Result<()> {
+    w.write_all(h.as_bytes())?;
+    let mut left = size;
+    while left > 0 {
+        let piece = match rx.recv() {
+            Ok(Ok(Item::Data(d))) => d,
+            Ok(Err(e)) => return Err(io::Error::other(e)),
+            Ok(Ok(Item::Entry { .. })) | Err(_) => {
+                return Err(io::Error::other("file content is shorter than its recorded size"))
+            }
+        };
+        if piece.len() as u64 > left {
+            return Err(io::Error::other("file content is longer than its recorded size"));
+        }
+        left -= piece.len() as u64;
+        w.write_vec(piece)?;
+    }
+    let pad = (512 - (size % 512) as usize) % 512;
+    w.write_all(&[0u8; 512][..pad])
+}
+
 /// The writing side of [`tree_to_tar`].
 fn write_tar(
     rx: crossbeam_channel::Receiver<Result<Item, RepoError>>,
     prefix: &str,
-    writer: impl Write,
+    writer: impl VecWrite,
 ) -> Result<u64, FsError> {
     let io_err = |e: io::Error| match e.downcast::<RepoError>() {
         Ok(r) => FsError::Repo(r),
@@ -568,13 +611,19 @@ fn write_tar(
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(n.size);
                 bytes += n.size;
-                let reader = DataReader {
-                    rx: &rx,
-                    cur: Vec::new(),
-                    pos: 0,
-                    left: n.size,
-                };
-                b.append_data(&mut h, p, reader)
+                if h.set_path(p).is_ok() {
+                    // The name fits the header: the blobs go to the writer as they are (no copy).
+                    h.set_cksum();
+                    write_file_direct(&rx, b.get_mut(), &h, n.size)
+                } else {
+                    let reader = DataReader {
+                        rx: &rx,
+                        cur: Vec::new(),
+                        pos: 0,
+                        left: n.size,
+                    };
+                    b.append_data(&mut h, p, reader)
+                }
             }
             (NodeKind::Symlink, _) => {
                 h.set_entry_type(tar::EntryType::Symlink);

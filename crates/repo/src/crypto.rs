@@ -112,12 +112,35 @@ impl MasterKey {
 
     /// Decrypts and decompresses a sealed envelope.
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
-        let mut plain = open_raw(&self.aead, sealed)?;
+        self.open_owned(sealed.to_vec())
+    }
+
+    /// Like [`MasterKey::open`], decrypting in the given buffer (no copy of the ciphertext; an
+    /// uncompressed payload is moved to the front of the same buffer).
+    pub fn open_owned(&self, mut sealed: Vec<u8>) -> Result<Vec<u8>, OpenError> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(OpenError::TooShort(sealed.len()));
+        }
+        let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().expect("nonce length");
+        let plain_len = self
+            .aead
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut sealed[NONCE_LEN..],
+            )
+            .map_err(|_| OpenError::Authentication)?
+            .len();
+        if plain_len == 0 {
+            return Err(OpenError::TooShort(sealed.len()));
+        }
+        let plain = &sealed[NONCE_LEN..NONCE_LEN + plain_len];
         let flag = plain[0];
         match flag {
             0 => {
-                plain.remove(0);
-                Ok(plain)
+                sealed.copy_within(NONCE_LEN + 1..NONCE_LEN + plain_len, 0);
+                sealed.truncate(plain_len - 1);
+                Ok(sealed)
             }
             1 => {
                 let frame = &plain[1..];

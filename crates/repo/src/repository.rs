@@ -440,18 +440,23 @@ impl Repository {
         })?;
         let path = pack_path(&loc.pack);
         let sealed = self.backend.read_range(&path, loc.offset, loc.length as u64)?;
-        self.open_blob(id, &path, &sealed)
+        self.open_blob_owned(id, &path, sealed)
     }
 
     /// Decrypts a sealed blob read from `path` and checks its id.
     pub fn open_blob(&self, id: &Id, path: &str, sealed: &[u8]) -> Result<Vec<u8>, RepoError> {
+        self.open_blob_owned(id, path, sealed.to_vec())
+    }
+
+    /// Like [`Repository::open_blob`], decrypting in the given buffer.
+    pub fn open_blob_owned(&self, id: &Id, path: &str, sealed: Vec<u8>) -> Result<Vec<u8>, RepoError> {
         let bad = |reason: String| RepoError::DamagedBlob {
             location: self.location().to_string(),
             id: *id,
             path: path.to_string(),
             reason,
         };
-        let plain = self.key.open(sealed).map_err(|e| bad(e.to_string()))?;
+        let plain = self.key.open_owned(sealed).map_err(|e| bad(e.to_string()))?;
         if self.key.blob_id(&plain) != *id {
             return Err(bad("content does not match its id".into()));
         }
