@@ -185,23 +185,34 @@ pub fn tar_to_tree(
     // Small files are stored in batches by a second thread (on rayon's pool) while this one goes on
     // reading the stream: reading and storing overlap. At most one batch waits between them.
     let (tx, rx) = crossbeam_channel::bounded::<Pending>(1);
+    let pool = BufferPool::default();
     let (read, saved) = std::thread::scope(|scope| {
+        let pool = &pool;
         let saver = scope.spawn(move || -> Result<Vec<(Vec<u8>, Node)>, RepoError> {
             let mut done = Vec::new();
             for batch in rx.iter() {
-                let saved: Vec<Vec<Id>> = batch
+                // Cut every file, then store all chunks of the batch in one flat parallel pass
+                // (one fork-join per batch, not one per file).
+                let cuts: Vec<Vec<&[u8]>> = batch.par_iter().map(|(_, _, data)| chunker.cut(data)).collect();
+                let flat: Vec<&[u8]> = cuts.iter().flatten().copied().collect();
+                let ids: Vec<Id> = flat
                     .par_iter()
-                    .map(|(_, _, data)| chunker.save_slice(data))
+                    .map(|c| chunker.save_chunk(c))
                     .collect::<Result<_, _>>()?;
-                for ((path, mut node, _), content) in batch.into_iter().zip(saved) {
-                    node.content = content;
+                let mut ids = ids.into_iter();
+                let counts: Vec<usize> = cuts.iter().map(Vec::len).collect();
+                drop(cuts);
+                for ((path, mut node, data), n) in batch.into_iter().zip(counts) {
+                    node.content = ids.by_ref().take(n).collect();
                     done.push((path, node));
+                    pool.put(data);
                 }
             }
             Ok(done)
         });
         let read = read_entries(
             &chunker,
+            pool,
             reader,
             strip,
             progress,
@@ -246,6 +257,39 @@ pub fn tar_to_tree(
     Ok(TarOutcome { root, errors })
 }
 
+/// Reusable file buffers: their memory is already initialised and mapped, so reading the next
+/// file into one costs neither zeroing nor page faults. Holds at most [`POOL_BYTES`].
+#[derive(Default)]
+struct BufferPool(std::sync::Mutex<Vec<Vec<u8>>>);
+
+const POOL_BYTES: usize = 64 << 20;
+
+impl BufferPool {
+    /// A buffer of exactly `len` bytes (contents unspecified).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.0.lock().expect("poisoned").pop().unwrap_or_default();
+        if buf.len() < len {
+            buf.resize(len, 0);
+        } else {
+            buf.truncate(len);
+        }
+        buf
+    }
+
+    fn put(&self, mut buf: Vec<u8>) {
+        let mut pool = self.0.lock().expect("poisoned");
+        let held: usize = pool.iter().map(Vec::len).sum();
+        if pool.len() < 256 && held + buf.capacity() <= POOL_BYTES {
+            // Keep the whole initialised length for the next `take`.
+            let cap = buf.capacity();
+            if buf.len() < cap {
+                buf.resize(cap, 0);
+            }
+            pool.push(buf);
+        }
+    }
+}
+
 /// Small files waiting to be stored: (path, node, content).
 type Pending = Vec<(Vec<u8>, Node, Vec<u8>)>;
 
@@ -254,6 +298,7 @@ type Pending = Vec<(Vec<u8>, Node, Vec<u8>)>;
 #[allow(clippy::too_many_arguments)]
 fn read_entries(
     chunker: &Chunker,
+    pool: &BufferPool,
     reader: impl Read,
     strip: usize,
     progress: &Progress,
@@ -346,8 +391,8 @@ fn read_entries(
                 progress.files_read.fetch_add(1, Relaxed);
                 progress.bytes_total.fetch_add(size, Relaxed);
                 if size <= WHOLE_FILE_MAX {
-                    let mut data = Vec::with_capacity(size as usize);
-                    entry.read_to_end(&mut data).map_err(bad)?;
+                    let mut data = pool.take(size as usize);
+                    entry.read_exact(&mut data).map_err(bad)?;
                     progress.bytes_read.fetch_add(data.len() as u64, Relaxed);
                     batch_bytes += data.len();
                     batch.push((path, node, data));

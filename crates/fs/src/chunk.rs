@@ -49,6 +49,11 @@ impl<'a> Chunker<'a> {
         }
     }
 
+    /// Stores one chunk (as cut by [`Chunker::cut`]) and returns its id.
+    pub fn save_chunk(&self, chunk: &[u8]) -> Result<Id, RepoError> {
+        self.repo.save_blob(BlobKind::Data, chunk).map(|(id, _)| id)
+    }
+
     /// Stores the chunks of `buf` (in parallel when there are several) and returns their ids in order.
     pub fn save_slice(&self, buf: &[u8]) -> Result<Vec<Id>, RepoError> {
         let chunks = self.cut(buf);

@@ -126,8 +126,17 @@ impl Backend for LocalBackend {
     fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
         let mut f = File::open(self.root.join(path)).map_err(|e| self.io("open", path, e))?;
         f.seek(SeekFrom::Start(offset)).map_err(|e| self.io("seek", path, e))?;
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact(&mut buf).map_err(|e| {
+        // read_to_end on a file reads into the spare capacity without zeroing it first.
+        let mut buf = Vec::with_capacity(len as usize);
+        let got = (&mut f).take(len).read_to_end(&mut buf);
+        let got = got.and_then(|n| {
+            if (n as u64) < len {
+                Err(std::io::Error::from(ErrorKind::UnexpectedEof))
+            } else {
+                Ok(n)
+            }
+        });
+        got.map_err(|e| {
             if e.kind() == ErrorKind::UnexpectedEof {
                 BackendError::Io {
                     location: self.location.clone(),
