@@ -84,6 +84,40 @@ impl LocalBackend {
         }
     }
 
+    /// Writes `data` to a hidden temporary file next to `path` and renames it into place; with
+    /// `durable`, the file is synced before and its directory after the rename. Returns the path.
+    fn write_atomic(&self, path: &str, data: &[u8], durable: bool) -> Result<PathBuf, BackendError> {
+        let target = self.root.join(path);
+        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
+        let mut rnd = [0u8; 8];
+        crate::crypto::fill_random(&mut rnd);
+        let tmp = dir.join(format!(".tmp-{}", hex::encode(rnd)));
+        let write = |tmp: &Path| -> std::io::Result<()> {
+            let mut f = match File::create(tmp) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    fs::create_dir_all(&dir)?;
+                    File::create(tmp)?
+                }
+                Err(e) => return Err(e),
+            };
+            f.write_all(data)?;
+            if durable {
+                f.sync_data()?;
+            }
+            fs::rename(tmp, &target)?;
+            if durable {
+                sync_dir(&dir);
+            }
+            Ok(())
+        };
+        write(&tmp).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            self.io("write", path, e)
+        })?;
+        Ok(target)
+    }
+
     fn walk_temporaries(&self) {
         fn walk(dir: &Path) {
             let Ok(rd) = fs::read_dir(dir) else { return };
@@ -153,54 +187,11 @@ impl Backend for LocalBackend {
     }
 
     fn write(&self, path: &str, data: &[u8]) -> Result<(), BackendError> {
-        let target = self.root.join(path);
-        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
-        let mut rnd = [0u8; 8];
-        crate::crypto::fill_random(&mut rnd);
-        let tmp = dir.join(format!(".tmp-{}", hex::encode(rnd)));
-        let write = |tmp: &Path| -> std::io::Result<()> {
-            let mut f = match File::create(tmp) {
-                Ok(f) => f,
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    fs::create_dir_all(&dir)?;
-                    File::create(tmp)?
-                }
-                Err(e) => return Err(e),
-            };
-            f.write_all(data)?;
-            f.sync_data()?;
-            fs::rename(tmp, &target)?;
-            sync_dir(&dir);
-            Ok(())
-        };
-        write(&tmp).map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            self.io("write", path, e)
-        })
+        self.write_atomic(path, data, true).map(|_| ())
     }
 
     fn write_deferred(&self, path: &str, data: &[u8]) -> Result<(), BackendError> {
-        let target = self.root.join(path);
-        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
-        let mut rnd = [0u8; 8];
-        crate::crypto::fill_random(&mut rnd);
-        let tmp = dir.join(format!(".tmp-{}", hex::encode(rnd)));
-        let write = |tmp: &Path| -> std::io::Result<()> {
-            let mut f = match File::create(tmp) {
-                Ok(f) => f,
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    fs::create_dir_all(&dir)?;
-                    File::create(tmp)?
-                }
-                Err(e) => return Err(e),
-            };
-            f.write_all(data)?;
-            fs::rename(tmp, &target)
-        };
-        write(&tmp).map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            self.io("write", path, e)
-        })?;
+        let target = self.write_atomic(path, data, false)?;
         self.queue_sync(target);
         Ok(())
     }
