@@ -1,0 +1,179 @@
+//! Which resources the API server serves: the classic discovery endpoints (`/api`, `/apis`, one
+//! call per group version), which every Kubernetes version has. A group whose discovery fails (an
+//! aggregated API whose backend is down) is skipped with a note instead of failing the backup.
+use futures_util::stream::{self, StreamExt};
+use kube::discovery::ApiResource;
+use serde::{Deserialize, Serialize};
+
+use crate::{Cluster, KubeError};
+
+/// One listable resource in its group's preferred version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    /// `""` for the legacy core group.
+    pub group: String,
+    pub version: String,
+    pub plural: String,
+    pub kind: String,
+    pub namespaced: bool,
+    pub verbs: Vec<String>,
+}
+
+impl Resource {
+    /// `core/v1/configmaps`, `apps/v1/deployments`: the resource's directory in a snapshot.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            if self.group.is_empty() { "core" } else { &self.group },
+            self.version,
+            self.plural
+        )
+    }
+
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    pub fn api_resource(&self) -> ApiResource {
+        ApiResource {
+            group: self.group.clone(),
+            version: self.version.clone(),
+            api_version: self.api_version(),
+            kind: self.kind.clone(),
+            plural: self.plural.clone(),
+        }
+    }
+
+    /// Whether `name` (plural, `plural.group`, kind, lower-case kind) names this resource.
+    pub fn matches(&self, name: &str) -> bool {
+        let n = name.to_ascii_lowercase();
+        n == self.plural
+            || n == self.kind.to_ascii_lowercase()
+            || (!self.group.is_empty()
+                && (n == format!("{}.{}", self.plural, self.group)
+                    || n == format!("{}.{}", self.kind.to_ascii_lowercase(), self.group)))
+    }
+
+    pub fn can(&self, verb: &str) -> bool {
+        self.verbs.iter().any(|v| v == verb)
+    }
+}
+
+/// Groups never read: `extensions` only re-serves objects of `networking.k8s.io` and `apps` under
+/// old versions (the same objects twice).
+const DUPLICATE_GROUPS: [&str; 1] = ["extensions"];
+
+/// Discovers every listable top-level resource (subresources left out), preferred versions only.
+/// Returns the resources and notes on groups that were skipped.
+pub fn discover(cluster: &Cluster) -> Result<(Vec<Resource>, Vec<String>), KubeError> {
+    let client = cluster.client();
+    cluster.block_on(async {
+        let mut out = Vec::new();
+        let mut skipped = Vec::new();
+        let core = client
+            .list_core_api_versions()
+            .await
+            .map_err(cluster.api_err("discovery of /api"))?;
+        let core_version = core.versions.first().cloned().unwrap_or_else(|| "v1".into());
+        let list = client
+            .list_core_api_resources(&core_version)
+            .await
+            .map_err(cluster.api_err(format!("discovery of /api/{core_version}")))?;
+        push_resources(&mut out, "", &core_version, list);
+
+        let groups = client
+            .list_api_groups()
+            .await
+            .map_err(cluster.api_err("discovery of /apis"))?;
+        let mut wanted = Vec::new();
+        for g in groups.groups {
+            if DUPLICATE_GROUPS.contains(&g.name.as_str()) {
+                skipped.push(format!("group {}: serves the same objects as newer groups", g.name));
+                continue;
+            }
+            let Some(pref) = g.preferred_version.or_else(|| g.versions.first().cloned()) else {
+                continue;
+            };
+            wanted.push((g.name, pref.version));
+        }
+        let fetched: Vec<_> = stream::iter(wanted)
+            .map(|(group, version)| async move {
+                let r = client.list_api_group_resources(&format!("{group}/{version}")).await;
+                (group, version, r)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        for (group, version, r) in fetched {
+            match r {
+                Ok(list) => push_resources(&mut out, &group, &version, list),
+                Err(e) => skipped.push(format!(
+                    "group {group}/{version}: discovery failed ({}); an aggregated API without a running backend?",
+                    crate::short_error(&e)
+                )),
+            }
+        }
+        out.sort_by_key(Resource::key);
+        skipped.sort();
+        Ok((out, skipped))
+    })
+}
+
+fn push_resources(
+    out: &mut Vec<Resource>,
+    group: &str,
+    version: &str,
+    list: k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList,
+) {
+    for r in list.resources {
+        if r.name.contains('/') || !r.verbs.iter().any(|v| v == "list") {
+            continue;
+        }
+        out.push(Resource {
+            group: group.to_string(),
+            version: version.to_string(),
+            plural: r.name,
+            kind: r.kind,
+            namespaced: r.namespaced,
+            verbs: r.verbs,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(group: &str, plural: &str, kind: &str) -> Resource {
+        Resource {
+            group: group.into(),
+            version: "v1".into(),
+            plural: plural.into(),
+            kind: kind.into(),
+            namespaced: true,
+            verbs: vec!["list".into()],
+        }
+    }
+
+    #[test]
+    fn names_match_plural_kind_and_group_forms() {
+        let d = res("apps", "deployments", "Deployment");
+        for n in [
+            "deployments",
+            "Deployment",
+            "deployment",
+            "deployments.apps",
+            "deployment.apps",
+        ] {
+            assert!(d.matches(n), "{n}");
+        }
+        assert!(!d.matches("deployments.extensions"));
+        assert_eq!(d.key(), "apps/v1/deployments");
+        assert_eq!(res("", "configmaps", "ConfigMap").key(), "core/v1/configmaps");
+        assert_eq!(res("", "configmaps", "ConfigMap").api_version(), "v1");
+    }
+}

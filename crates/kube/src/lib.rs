@@ -1,0 +1,206 @@
+//! Kubernetes adapter.
+//!
+//! Works through discovery and dynamic objects, not compiled-in types, so it serves every
+//! Kubernetes version a user runs (the lab runs 1.20) and every custom resource. [`Cluster`] is one
+//! API server reached through a kubeconfig context.
+//!
+//! A snapshot of kind `kube` is a tree:
+//! - `kube.json`: the [`Manifest`] (server version, selection, resources seen, what was skipped);
+//! - `resources/GROUP/VERSION/PLURAL/NAMESPACE/NAME.json` (`GROUP` is `core` for the legacy group,
+//!   `NAMESPACE` is `_cluster` for cluster-scoped objects): each object exactly as the API server
+//!   returned it, one blob each, so an unchanged object costs nothing in the next backup.
+//!
+//! The API is blocking: a [`Cluster`] owns a small tokio runtime.
+#![forbid(unsafe_code)]
+
+pub mod backup;
+pub mod discovery;
+pub mod restore;
+pub mod rules;
+
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Client;
+use serde::{Deserialize, Serialize};
+
+pub use backup::{backup, BackupOptions, BackupOutcome};
+pub use restore::{restore, RestoreOptions, RestoreReport};
+
+/// Errors of the Kubernetes adapter.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// The kubeconfig cannot be read or names no usable context.
+    #[error("kubeconfig: {0}")]
+    Config(String),
+    /// The API server cannot be reached (retry when it is). Nothing was changed.
+    #[error("cannot reach the Kubernetes API server of context {context}: {reason}")]
+    Unreachable { context: String, reason: String },
+    /// An API call failed; `what` names the resource or object.
+    #[error("Kubernetes API ({context}): {what}: {reason}")]
+    Api {
+        context: String,
+        what: String,
+        reason: String,
+    },
+    /// The options cannot be used (a bad selector, an unknown kind, a bad mapping).
+    #[error("{0}")]
+    BadOption(String),
+    /// The snapshot is not a Kubernetes snapshot or a document in it cannot be read.
+    #[error("snapshot {snapshot}: {reason}")]
+    BadSnapshot { snapshot: String, reason: String },
+    #[error(transparent)]
+    Repo(#[from] lifeboat_repo::RepoError),
+    #[error(transparent)]
+    Fs(#[from] lifeboat_fs::FsError),
+}
+
+/// What a Kubernetes snapshot records about where and how it was taken (`kube.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    /// The kubeconfig context.
+    pub context: String,
+    /// The API server's URL.
+    pub server: String,
+    /// The API server's version (`v1.20.2`).
+    pub server_version: String,
+    pub selection: Selection,
+    /// Resources backed up: `group/version/plural` with object counts.
+    pub resources: Vec<ResourceCount>,
+    /// Resources not backed up and why (aggregated APIs without a backend, excluded kinds ...).
+    pub skipped: Vec<String>,
+    /// Objects or resources that could not be read.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ResourceCount {
+    /// `group/version/plural` (`core/v1/configmaps`).
+    pub resource: String,
+    pub kind: String,
+    pub namespaced: bool,
+    pub objects: u64,
+}
+
+/// Which objects a backup takes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Selection {
+    /// Only these namespaces (empty: all but the system ones, see [`rules::SYSTEM_NAMESPACES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// A label selector (`app=web,tier!=db`), applied to namespaced objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<String>,
+    /// Only these kinds (`configmaps`, `ConfigMap`, `deployments.apps`); empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Never these kinds (on top of the default exclusions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+/// One Kubernetes API server.
+pub struct Cluster {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    context: String,
+    server: String,
+}
+
+impl Cluster {
+    /// Connects with a kubeconfig file (else `KUBECONFIG`, else `~/.kube/config`) and a context
+    /// (else the current one), and checks that the server answers.
+    pub fn connect(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> Result<Cluster, KubeError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| KubeError::Config(format!("cannot start the I/O runtime: {e}")))?;
+        let options = KubeConfigOptions {
+            context: context.map(str::to_string),
+            ..Default::default()
+        };
+        let config = rt.block_on(async {
+            match kubeconfig {
+                Some(path) => {
+                    let kc = Kubeconfig::read_from(path)
+                        .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?;
+                    kube::Config::from_custom_kubeconfig(kc, &options)
+                        .await
+                        .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))
+                }
+                None => kube::Config::from_kubeconfig(&options)
+                    .await
+                    .map_err(|e| KubeError::Config(e.to_string())),
+            }
+        })?;
+        let server = config.cluster_url.to_string();
+        let context = context.map(str::to_string).unwrap_or_else(|| "current".into());
+        let client = {
+            let _guard = rt.enter();
+            Client::try_from(config).map_err(|e| KubeError::Config(e.to_string()))?
+        };
+        let cluster = Cluster {
+            rt,
+            client,
+            context,
+            server,
+        };
+        cluster.block_on(async {
+            tokio::time::timeout(Duration::from_secs(15), cluster.client.apiserver_version())
+                .await
+                .map_err(|_| cluster.unreachable("no answer within 15 s".into()))?
+                .map_err(|e| cluster.unreachable(e.to_string()))
+        })?;
+        Ok(cluster)
+    }
+
+    fn unreachable(&self, reason: String) -> KubeError {
+        KubeError::Unreachable {
+            context: self.context.clone(),
+            reason: format!("{} ({reason})", self.server),
+        }
+    }
+
+    pub(crate) fn api_err(&self, what: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeError + '_ {
+        let what = what.into();
+        move |e| KubeError::Api {
+            context: self.context.clone(),
+            what,
+            reason: short_error(&e),
+        }
+    }
+
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+}
+
+/// The API server's own message for an error.
+pub(crate) fn short_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+        other => other.to_string(),
+    }
+}
+
+/// The HTTP status of an API error, if it is one.
+pub(crate) fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}

@@ -1,0 +1,350 @@
+//! `restore SNAPSHOT --to kube[:CONTEXT]`: the objects of a Kubernetes snapshot into a cluster.
+//!
+//! Order by dependency ([`rules::restore_rank`]): CRDs first, waited for until Established;
+//! namespaces; storage classes, PVs, PVCs; secrets and configmaps; service accounts; RBAC;
+//! services; workloads and custom resources; ingresses; admission webhooks and API services last,
+//! so a webhook whose backend is not running yet cannot block the rest. Every object is stripped
+//! of server-set fields first ([`rules::strip`]). One rejected object never stops the others: each
+//! result carries the API server's own message.
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::discovery::ApiResource;
+use lifeboat_model::{Id, Node, NodeKind, Tree};
+use lifeboat_repo::Repository;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{rules, status_code, Cluster, KubeError, Manifest};
+
+/// What to do with objects that already exist on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Existing {
+    /// Leave them and report them as `exists` (the default).
+    #[default]
+    Skip,
+    /// Replace them with the snapshot's version.
+    Update,
+}
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Old namespace -> new namespace.
+    pub namespace_map: BTreeMap<String, String>,
+    /// Old storage class -> new storage class.
+    pub storage_class_map: BTreeMap<String, String>,
+    /// Replicas for every Deployment, StatefulSet, ReplicaSet and ReplicationController.
+    pub replicas: Option<u64>,
+    pub existing: Existing,
+    /// Server-side dry run: the API server validates every object, nothing is stored.
+    pub dry_run: bool,
+}
+
+/// The outcome for one object.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ItemResult {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    /// `create` or `update`.
+    pub action: String,
+    /// `done`, `planned` (dry run), `exists` (left as it is) or `failed`.
+    pub status: String,
+    /// The API server's message, or a remark.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Every object's outcome, in restore order.
+#[derive(Debug, Default, Serialize)]
+pub struct RestoreReport {
+    pub items: Vec<ItemResult>,
+    pub failed: usize,
+}
+
+/// One stored object with the resource it belongs to.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub resource: ApiResource,
+    pub namespaced: bool,
+    pub object: Value,
+}
+
+/// A Kubernetes snapshot read back.
+pub struct Stored {
+    pub manifest: Manifest,
+    pub objects: Vec<StoredObject>,
+}
+
+fn read_file(repo: &Repository, n: &Node) -> Result<Vec<u8>, KubeError> {
+    let mut out = Vec::with_capacity(n.size as usize);
+    for id in &n.content {
+        out.extend_from_slice(&repo.load_blob(id)?);
+    }
+    Ok(out)
+}
+
+fn subtree(repo: &Repository, n: &Node) -> Result<Tree, KubeError> {
+    match n.subtree {
+        Some(id) if n.kind == NodeKind::Dir => Ok(repo.load_tree(&id)?),
+        _ => Ok(Tree::default()),
+    }
+}
+
+/// Reads every object of a Kubernetes snapshot.
+pub fn load(repo: &Repository, snapshot: &str, root: &Id) -> Result<Stored, KubeError> {
+    let bad = |reason: String| KubeError::BadSnapshot {
+        snapshot: snapshot.to_string(),
+        reason,
+    };
+    let tree = repo.load_tree(root)?;
+    let m = tree
+        .find(b"kube.json")
+        .ok_or_else(|| bad("it has no kube.json: not a Kubernetes snapshot".into()))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&read_file(repo, m)?).map_err(|e| bad(format!("kube.json: {e}")))?;
+    let mut objects = Vec::new();
+    if let Some(res) = tree.find(b"resources") {
+        for g in subtree(repo, res)?.nodes {
+            for v in subtree(repo, &g)?.nodes {
+                for p in subtree(repo, &v)?.nodes {
+                    let group = g.name.lossy().into_owned();
+                    let group = if group == "core" { String::new() } else { group };
+                    let version = v.name.lossy().into_owned();
+                    let plural = p.name.lossy().into_owned();
+                    for ns in subtree(repo, &p)?.nodes {
+                        let namespaced = ns.name.0 != b"_cluster";
+                        for f in subtree(repo, &ns)?.nodes {
+                            let data = read_file(repo, &f)?;
+                            let object: Value = serde_json::from_slice(&data)
+                                .map_err(|e| bad(format!("{}/{}/{}: {e}", plural, ns.name.lossy(), f.name.lossy())))?;
+                            let kind = object
+                                .get("kind")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_string();
+                            let api_version = if group.is_empty() {
+                                version.clone()
+                            } else {
+                                format!("{group}/{version}")
+                            };
+                            objects.push(StoredObject {
+                                resource: ApiResource {
+                                    group: group.clone(),
+                                    version: version.clone(),
+                                    api_version,
+                                    kind,
+                                    plural: plural.clone(),
+                                },
+                                namespaced,
+                                object,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(Stored { manifest, objects })
+}
+
+fn meta<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
+    obj.pointer(&format!("/metadata/{key}")).and_then(Value::as_str)
+}
+
+/// Restores `stored` into `cluster`.
+pub fn restore(cluster: &Cluster, stored: &Stored, opts: &RestoreOptions) -> Result<RestoreReport, KubeError> {
+    for (a, b) in &opts.namespace_map {
+        if a.is_empty() || b.is_empty() {
+            return Err(KubeError::BadOption(format!(
+                "--namespace-map {a}={b}: both names are needed"
+            )));
+        }
+    }
+    let mut objects: Vec<StoredObject> = stored.objects.clone();
+    for o in &mut objects {
+        let kind = o.resource.kind.clone();
+        rules::strip(&kind, &mut o.object);
+        rules::map_namespaces(&kind, &mut o.object, &opts.namespace_map);
+        rules::map_storage_classes(&kind, &mut o.object, &opts.storage_class_map);
+        if let Some(n) = opts.replicas {
+            rules::set_replicas(&kind, &mut o.object, n);
+        }
+    }
+    objects.sort_by_key(|o| {
+        (
+            rules::restore_rank(&o.resource.group, &o.resource.kind),
+            o.resource.group.clone(),
+            o.resource.plural.clone(),
+            meta(&o.object, "namespace").unwrap_or_default().to_string(),
+            meta(&o.object, "name").unwrap_or_default().to_string(),
+        )
+    });
+    // Namespaces and CRDs this restore creates: in a dry run, objects inside them cannot be
+    // checked by the server (they do not exist yet) and are reported as planned.
+    let planned_namespaces: BTreeSet<String> = objects
+        .iter()
+        .filter(|o| o.resource.kind == "Namespace")
+        .filter_map(|o| meta(&o.object, "name").map(str::to_string))
+        .collect();
+    let planned_groups: BTreeSet<String> = objects
+        .iter()
+        .filter(|o| o.resource.kind == "CustomResourceDefinition")
+        .filter_map(|o| {
+            o.object
+                .pointer("/spec/group")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect();
+
+    let mut report = RestoreReport::default();
+    let mut i = 0;
+    while i < objects.len() {
+        let rank = rules::restore_rank(&objects[i].resource.group, &objects[i].resource.kind);
+        let mut crds = Vec::new();
+        while i < objects.len() && rules::restore_rank(&objects[i].resource.group, &objects[i].resource.kind) == rank {
+            let o = &objects[i];
+            let item = apply(cluster, o, opts, &planned_namespaces, &planned_groups);
+            if item.status == "failed" {
+                report.failed += 1;
+            }
+            if o.resource.kind == "CustomResourceDefinition" && item.status == "done" {
+                crds.push(meta(&o.object, "name").unwrap_or_default().to_string());
+            }
+            report.items.push(item);
+            i += 1;
+        }
+        for crd in crds {
+            if let Err(e) = wait_established(cluster, &crd, Duration::from_secs(60)) {
+                report.items.push(ItemResult {
+                    api_version: "apiextensions.k8s.io/v1".into(),
+                    kind: "CustomResourceDefinition".into(),
+                    namespace: None,
+                    name: crd,
+                    action: "wait".into(),
+                    status: "failed".into(),
+                    message: Some(e),
+                });
+                report.failed += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn apply(
+    cluster: &Cluster,
+    o: &StoredObject,
+    opts: &RestoreOptions,
+    planned_namespaces: &BTreeSet<String>,
+    planned_groups: &BTreeSet<String>,
+) -> ItemResult {
+    let name = meta(&o.object, "name").unwrap_or_default().to_string();
+    let namespace = meta(&o.object, "namespace").map(str::to_string);
+    let mut item = ItemResult {
+        api_version: o.resource.api_version.clone(),
+        kind: o.resource.kind.clone(),
+        namespace: namespace.clone(),
+        name: name.clone(),
+        action: "create".into(),
+        status: String::new(),
+        message: None,
+    };
+    let api: Api<DynamicObject> = match (&namespace, o.namespaced) {
+        (Some(ns), true) => Api::namespaced_with(cluster.client().clone(), ns, &o.resource),
+        _ => Api::all_with(cluster.client().clone(), &o.resource),
+    };
+    let obj: DynamicObject = match serde_json::from_value(o.object.clone()) {
+        Ok(d) => d,
+        Err(e) => {
+            item.status = "failed".into();
+            item.message = Some(format!("the stored object cannot be read: {e}"));
+            return item;
+        }
+    };
+    let pp = PostParams {
+        dry_run: opts.dry_run,
+        field_manager: Some("lifeboat".into()),
+    };
+    let done = if opts.dry_run { "planned" } else { "done" };
+    match cluster.block_on(api.create(&pp, &obj)) {
+        Ok(_) => item.status = done.into(),
+        Err(e) if status_code(&e) == Some(409) => {
+            if opts.existing == Existing::Update {
+                item.action = "update".into();
+                match cluster.block_on(api.get(&name)) {
+                    Ok(live) => {
+                        let mut obj = obj.clone();
+                        obj.metadata.resource_version = live.metadata.resource_version.clone();
+                        match cluster.block_on(api.replace(&name, &pp, &obj)) {
+                            Ok(_) => item.status = done.into(),
+                            Err(e) => {
+                                item.status = "failed".into();
+                                item.message = Some(crate::short_error(&e));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        item.status = "failed".into();
+                        item.message = Some(crate::short_error(&e));
+                    }
+                }
+            } else {
+                item.status = "exists".into();
+                item.message = Some("already exists; left as it is (--existing update replaces it)".into());
+            }
+        }
+        Err(e)
+            if opts.dry_run
+                && status_code(&e) == Some(404)
+                && (namespace.as_ref().is_some_and(|n| planned_namespaces.contains(n))
+                    || planned_groups.contains(&o.resource.group)) =>
+        {
+            item.status = "planned".into();
+            item.message = Some("its namespace or resource type is created by this restore; checked then".into());
+        }
+        Err(e) => {
+            item.status = "failed".into();
+            item.message = Some(crate::short_error(&e));
+        }
+    }
+    item
+}
+
+/// Waits until a CRD reports `Established`.
+fn wait_established(cluster: &Cluster, name: &str, limit: Duration) -> Result<(), String> {
+    let ar = ApiResource {
+        group: "apiextensions.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "apiextensions.k8s.io/v1".into(),
+        kind: "CustomResourceDefinition".into(),
+        plural: "customresourcedefinitions".into(),
+    };
+    let api: Api<DynamicObject> = Api::all_with(cluster.client().clone(), &ar);
+    let started = Instant::now();
+    loop {
+        if let Ok(crd) = cluster.block_on(api.get(name)) {
+            let conds = crd
+                .data
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if conds.iter().any(|c| {
+                c.get("type").and_then(Value::as_str) == Some("Established")
+                    && c.get("status").and_then(Value::as_str) == Some("True")
+            }) {
+                return Ok(());
+            }
+        }
+        if started.elapsed() > limit {
+            return Err(format!("not Established within {} s", limit.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

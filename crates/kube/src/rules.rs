@@ -1,0 +1,427 @@
+//! What a backup leaves out, what a restore strips, the order a restore follows, and how
+//! namespaces are mapped. Pure functions on JSON objects, so they are tested without a cluster.
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::discovery::Resource;
+
+/// Namespaces left out unless selected with `-n`: they belong to the cluster, not to applications.
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+/// Resources never backed up (`group/plural`), and why. Documented in `docs/kubernetes.md`.
+pub const EXCLUDED_RESOURCES: [(&str, &str); 12] = [
+    ("core/events", "history, not state"),
+    ("events.k8s.io/events", "history, not state"),
+    ("core/nodes", "machines belong to the target cluster"),
+    ("core/componentstatuses", "reported by the control plane"),
+    ("coordination.k8s.io/leases", "leader election and node heartbeats"),
+    ("certificates.k8s.io/certificatesigningrequests", "transient requests"),
+    ("storage.k8s.io/csinodes", "per-node driver state"),
+    ("storage.k8s.io/volumeattachments", "per-node attachment state"),
+    ("metrics.k8s.io/pods", "live metrics"),
+    ("metrics.k8s.io/nodes", "live metrics"),
+    ("core/bindings", "a verb, not state"),
+    ("authorization.k8s.io/selfsubjectrulesreviews", "a query, not state"),
+];
+
+fn group_plural(r: &Resource) -> String {
+    format!("{}/{}", if r.group.is_empty() { "core" } else { &r.group }, r.plural)
+}
+
+/// Why a resource is excluded as a whole, if it is.
+pub fn excluded_resource(r: &Resource) -> Option<&'static str> {
+    let gp = group_plural(r);
+    EXCLUDED_RESOURCES.iter().find(|(k, _)| *k == gp).map(|(_, why)| *why)
+}
+
+fn labels(obj: &Value) -> Option<&Map<String, Value>> {
+    obj.pointer("/metadata/labels").and_then(Value::as_object)
+}
+
+fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
+    obj.pointer("/metadata/annotations")
+        .and_then(|a| a.get(key))
+        .and_then(Value::as_str)
+}
+
+fn name(obj: &Value) -> &str {
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// Whether an object has a controlling owner (a controller recreates it).
+pub fn controlled(obj: &Value) -> bool {
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|refs| refs.iter().any(|r| r.get("controller") == Some(&Value::Bool(true))))
+}
+
+/// Why one object is left out, if it is: what a restore must not recreate, because the target
+/// cluster makes it itself (controller-owned objects, service-account tokens, per-namespace
+/// defaults, the API server's own bootstrap objects).
+pub fn excluded_object(r: &Resource, obj: &Value) -> Option<&'static str> {
+    let gp = group_plural(r);
+    match gp.as_str() {
+        "core/pods" | "apps/replicasets" | "apps/controllerrevisions" | "batch/jobs" if controlled(obj) => {
+            Some("owned by a controller, which recreates it")
+        }
+        "core/secrets" if obj.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token") => {
+            Some("service-account token, minted by the target cluster")
+        }
+        "core/configmaps" if name(obj) == "kube-root-ca.crt" => Some("made in every namespace by the cluster"),
+        "core/serviceaccounts" if name(obj) == "default" => Some("made in every namespace by the cluster"),
+        "discovery.k8s.io/endpointslices"
+            if labels(obj)
+                .and_then(|l| l.get("endpointslice.kubernetes.io/managed-by"))
+                .and_then(Value::as_str)
+                .is_some_and(|m| m.ends_with(".k8s.io")) =>
+        {
+            Some("managed by the endpoint-slice controller")
+        }
+        "apiregistration.k8s.io/apiservices" if obj.pointer("/spec/service").is_none_or(Value::is_null) => {
+            Some("served by the API server itself")
+        }
+        "rbac.authorization.k8s.io/clusterroles"
+        | "rbac.authorization.k8s.io/clusterrolebindings"
+        | "rbac.authorization.k8s.io/roles"
+        | "rbac.authorization.k8s.io/rolebindings"
+            if labels(obj)
+                .and_then(|l| l.get("kubernetes.io/bootstrapping"))
+                .and_then(Value::as_str)
+                == Some("rbac-defaults") =>
+        {
+            Some("bootstrap RBAC of the API server")
+        }
+        "flowcontrol.apiserver.k8s.io/flowschemas" | "flowcontrol.apiserver.k8s.io/prioritylevelconfigurations"
+            if annotation(obj, "apf.kubernetes.io/autoupdate-spec") == Some("true") =>
+        {
+            Some("maintained by the API server")
+        }
+        "scheduling.k8s.io/priorityclasses" if name(obj).starts_with("system-") => Some("built into the cluster"),
+        "core/namespaces" if SYSTEM_NAMESPACES.contains(&name(obj)) || name(obj) == "default" => {
+            Some("exists in every cluster")
+        }
+        _ => None,
+    }
+}
+
+/// Endpoints of a Service with a selector are made by the endpoints controller; only endpoints of
+/// selector-less Services (set by hand) are kept. `services_with_selector` holds `namespace/name`.
+pub fn managed_endpoints(obj: &Value, services_with_selector: &std::collections::HashSet<String>) -> bool {
+    let ns = obj
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    services_with_selector.contains(&format!("{ns}/{}", name(obj)))
+}
+
+/// Removes what the API server sets, so the object can be created on another cluster.
+pub fn strip(kind: &str, obj: &mut Value) {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+            "generation",
+            "selfLink",
+            "ownerReferences",
+            "generateName",
+        ] {
+            m.remove(k);
+        }
+        if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
+            for k in [
+                "pv.kubernetes.io/bind-completed",
+                "pv.kubernetes.io/bound-by-controller",
+                "pv.kubernetes.io/provisioned-by",
+                "volume.beta.kubernetes.io/storage-provisioner",
+                "volume.kubernetes.io/storage-provisioner",
+                "deployment.kubernetes.io/revision",
+            ] {
+                a.remove(k);
+            }
+            if a.is_empty() {
+                m.remove("annotations");
+            }
+        }
+    }
+    if let Some(o) = obj.as_object_mut() {
+        o.remove("status");
+    }
+    match kind {
+        "Service" => {
+            let node_ports = matches!(spec_type(obj), Some("NodePort" | "LoadBalancer"));
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
+                if !headless {
+                    spec.remove("clusterIP");
+                    spec.remove("clusterIPs");
+                }
+                spec.remove("healthCheckNodePort");
+                if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+                    if !node_ports {
+                        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                            p.remove("nodePort");
+                        }
+                    }
+                }
+            }
+        }
+        "PersistentVolumeClaim" => {
+            // Bound again on the target: to the restored PV of the same name if there is one.
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("volumeName");
+            }
+        }
+        "PersistentVolume" => {
+            if let Some(c) = obj.pointer_mut("/spec/claimRef").and_then(Value::as_object_mut) {
+                c.remove("uid");
+                c.remove("resourceVersion");
+            }
+        }
+        "Pod" => {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("nodeName");
+            }
+        }
+        "Job" => {
+            // The controller-uid selector and labels are set by the API server.
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("selector");
+                if let Some(l) = spec
+                    .get_mut("template")
+                    .and_then(|t| t.pointer_mut("/metadata/labels"))
+                    .and_then(Value::as_object_mut)
+                {
+                    l.remove("controller-uid");
+                    l.remove("job-name");
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn spec_type(obj: &Value) -> Option<&str> {
+    obj.pointer("/spec/type").and_then(Value::as_str)
+}
+
+/// Restore order: lower first. Objects a later group refers to come earlier; admission webhooks
+/// and API services last, so they cannot block the restore of anything else.
+pub fn restore_rank(group: &str, kind: &str) -> u32 {
+    match (group, kind) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => 0,
+        ("", "Namespace") => 1,
+        ("storage.k8s.io", "StorageClass") => 2,
+        ("scheduling.k8s.io", "PriorityClass") => 2,
+        ("", "PersistentVolume") => 3,
+        ("", "PersistentVolumeClaim") => 4,
+        ("", "Secret") | ("", "ConfigMap") => 5,
+        ("", "ServiceAccount") => 6,
+        ("rbac.authorization.k8s.io", "ClusterRole") | ("rbac.authorization.k8s.io", "Role") => 7,
+        ("rbac.authorization.k8s.io", _) => 8,
+        ("", "LimitRange") | ("", "ResourceQuota") => 8,
+        ("", "Service") => 9,
+        ("", "Endpoints") | ("discovery.k8s.io", _) => 10,
+        ("networking.k8s.io", "Ingress") => 12,
+        ("admissionregistration.k8s.io", _) => 20,
+        ("apiregistration.k8s.io", "APIService") => 21,
+        _ => 11, // workloads and custom resources
+    }
+}
+
+/// Rewrites namespaces by `map` (old -> new): the object's own namespace, a Namespace's name,
+/// and the references that carry namespaces (RBAC subjects, webhook and API-service backends,
+/// CRD conversion webhooks, a PV's claim).
+pub fn map_namespaces(kind: &str, obj: &mut Value, map: &BTreeMap<String, String>) {
+    if map.is_empty() {
+        return;
+    }
+    let swap = |v: &mut Value| {
+        if let Some(new) = v.as_str().and_then(|s| map.get(s)) {
+            *v = Value::String(new.clone());
+        }
+    };
+    if let Some(ns) = obj.pointer_mut("/metadata/namespace") {
+        swap(ns);
+    }
+    match kind {
+        "Namespace" => {
+            if let Some(n) = obj.pointer_mut("/metadata/name") {
+                swap(n);
+            }
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            if let Some(subjects) = obj.get_mut("subjects").and_then(Value::as_array_mut) {
+                for s in subjects {
+                    if let Some(ns) = s.get_mut("namespace") {
+                        swap(ns);
+                    }
+                }
+            }
+        }
+        "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration" => {
+            if let Some(hooks) = obj.get_mut("webhooks").and_then(Value::as_array_mut) {
+                for h in hooks {
+                    if let Some(ns) = h.pointer_mut("/clientConfig/service/namespace") {
+                        swap(ns);
+                    }
+                }
+            }
+        }
+        "APIService" => {
+            if let Some(ns) = obj.pointer_mut("/spec/service/namespace") {
+                swap(ns);
+            }
+        }
+        "CustomResourceDefinition" => {
+            if let Some(ns) = obj.pointer_mut("/spec/conversion/webhook/clientConfig/service/namespace") {
+                swap(ns);
+            }
+        }
+        "PersistentVolume" => {
+            if let Some(ns) = obj.pointer_mut("/spec/claimRef/namespace") {
+                swap(ns);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Rewrites storage class names by `map` (PVCs, PVs and StorageClasses themselves).
+pub fn map_storage_classes(kind: &str, obj: &mut Value, map: &BTreeMap<String, String>) {
+    let ptr = match kind {
+        "PersistentVolumeClaim" | "PersistentVolume" => "/spec/storageClassName",
+        "StorageClass" => "/metadata/name",
+        _ => return,
+    };
+    if let Some(v) = obj.pointer_mut(ptr) {
+        if let Some(new) = v.as_str().and_then(|s| map.get(s)) {
+            *v = Value::String(new.clone());
+        }
+    }
+}
+
+/// Sets the replicas of scalable workloads.
+pub fn set_replicas(kind: &str, obj: &mut Value, replicas: u64) {
+    if matches!(
+        kind,
+        "Deployment" | "StatefulSet" | "ReplicaSet" | "ReplicationController"
+    ) {
+        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.insert("replicas".into(), Value::from(replicas));
+        }
+    }
+}
+
+/// The comparable form of an object: stripped, and without defaults that differ per cluster.
+pub fn normalize(kind: &str, obj: &Value) -> Value {
+    let mut v = obj.clone();
+    strip(kind, &mut v);
+    if let Some(a) = v.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        if a.is_empty() {
+            v["metadata"].as_object_mut().expect("metadata").remove("annotations");
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn res(group: &str, plural: &str) -> Resource {
+        Resource {
+            group: group.into(),
+            version: "v1".into(),
+            plural: plural.into(),
+            kind: String::new(),
+            namespaced: true,
+            verbs: vec![],
+        }
+    }
+
+    #[test]
+    fn controller_owned_and_cluster_made_objects_are_left_out() {
+        let owned =
+            json!({"metadata": {"name": "web-1", "ownerReferences": [{"controller": true, "kind": "ReplicaSet"}]}});
+        assert!(excluded_object(&res("", "pods"), &owned).is_some());
+        let bare = json!({"metadata": {"name": "debug"}});
+        assert!(excluded_object(&res("", "pods"), &bare).is_none());
+        let token = json!({"metadata": {"name": "t"}, "type": "kubernetes.io/service-account-token"});
+        assert!(excluded_object(&res("", "secrets"), &token).is_some());
+        let plain = json!({"metadata": {"name": "t"}, "type": "Opaque"});
+        assert!(excluded_object(&res("", "secrets"), &plain).is_none());
+        let local = json!({"metadata": {"name": "v1.apps"}, "spec": {"service": null}});
+        assert!(excluded_object(&res("apiregistration.k8s.io", "apiservices"), &local).is_some());
+        let remote = json!({"metadata": {"name": "v1beta1.metrics.k8s.io"}, "spec": {"service": {"name": "m", "namespace": "x"}}});
+        assert!(excluded_object(&res("apiregistration.k8s.io", "apiservices"), &remote).is_none());
+        assert!(excluded_resource(&res("", "events")).is_some());
+        assert!(excluded_resource(&res("", "configmaps")).is_none());
+    }
+
+    #[test]
+    fn strip_removes_server_fields_and_keeps_the_rest() {
+        let mut svc = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u", "resourceVersion": "7",
+                         "creationTimestamp": "t", "managedFields": [], "labels": {"app": "web"}},
+            "spec": {"clusterIP": "10.96.0.7", "clusterIPs": ["10.96.0.7"], "type": "ClusterIP",
+                     "ports": [{"port": 80, "nodePort": 30001}], "selector": {"app": "web"}},
+            "status": {"loadBalancer": {}}
+        });
+        strip("Service", &mut svc);
+        assert_eq!(
+            svc,
+            json!({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
+                   "spec": {"type": "ClusterIP", "ports": [{"port": 80}], "selector": {"app": "web"}}})
+        );
+        let mut headless = json!({"kind": "Service", "metadata": {}, "spec": {"clusterIP": "None"}});
+        strip("Service", &mut headless);
+        assert_eq!(headless["spec"]["clusterIP"], "None");
+    }
+
+    #[test]
+    fn namespace_map_rewrites_references() {
+        let map = BTreeMap::from([("shop".to_string(), "shop-dr".to_string())]);
+        let mut rb = json!({"kind": "RoleBinding", "metadata": {"name": "r", "namespace": "shop"},
+                            "subjects": [{"kind": "ServiceAccount", "name": "app", "namespace": "shop"},
+                                         {"kind": "ServiceAccount", "name": "x", "namespace": "other"}]});
+        map_namespaces("RoleBinding", &mut rb, &map);
+        assert_eq!(rb["metadata"]["namespace"], "shop-dr");
+        assert_eq!(rb["subjects"][0]["namespace"], "shop-dr");
+        assert_eq!(rb["subjects"][1]["namespace"], "other");
+        let mut ns = json!({"kind": "Namespace", "metadata": {"name": "shop"}});
+        map_namespaces("Namespace", &mut ns, &map);
+        assert_eq!(ns["metadata"]["name"], "shop-dr");
+        let mut hook = json!({"kind": "ValidatingWebhookConfiguration", "metadata": {"name": "h"},
+                              "webhooks": [{"clientConfig": {"service": {"name": "s", "namespace": "shop"}}}]});
+        map_namespaces("ValidatingWebhookConfiguration", &mut hook, &map);
+        assert_eq!(hook["webhooks"][0]["clientConfig"]["service"]["namespace"], "shop-dr");
+    }
+
+    #[test]
+    fn webhooks_come_after_everything_they_could_block() {
+        let webhook = restore_rank("admissionregistration.k8s.io", "ValidatingWebhookConfiguration");
+        for (g, k) in [
+            ("", "Namespace"),
+            ("apps", "Deployment"),
+            ("", "Service"),
+            ("example.com", "Widget"),
+        ] {
+            assert!(restore_rank(g, k) < webhook, "{k}");
+        }
+        assert!(
+            restore_rank("apiextensions.k8s.io", "CustomResourceDefinition") < restore_rank("example.com", "Widget")
+        );
+        assert!(restore_rank("", "Service") < restore_rank("networking.k8s.io", "Ingress"));
+    }
+}
