@@ -111,6 +111,30 @@ pub enum BackupCmd {
         #[arg(long)]
         parent: Option<String>,
     },
+    /// Back up a Kubernetes cluster's objects (every served resource, found by discovery)
+    Kube {
+        /// Kubeconfig file (default: KUBECONFIG, else ~/.kube/config)
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Context (default: the kubeconfig's current context)
+        #[arg(long)]
+        context: Option<String>,
+        /// Only these namespaces (repeatable); cluster-scoped objects they refer to come along
+        #[arg(short = 'n', long = "namespace")]
+        namespaces: Vec<String>,
+        /// Label selector for namespaced objects (app=web,tier!=db)
+        #[arg(short = 'l', long = "selector")]
+        selector: Option<String>,
+        /// Only these kinds (configmaps, Deployment, deployments.apps; repeatable or comma-separated)
+        #[arg(long, value_delimiter = ',')]
+        include: Vec<String>,
+        /// Never these kinds (repeatable or comma-separated)
+        #[arg(long, value_delimiter = ',')]
+        exclude: Vec<String>,
+        /// Tag the snapshot (repeatable)
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
     /// Back up a Docker engine's applications: containers, Swarm services, stacks, configs,
     /// secrets, networks, node labels and named volumes with their data
     Docker {
@@ -136,20 +160,31 @@ pub enum BackupCmd {
 pub struct RestoreArgs {
     /// Snapshot id (or a unique prefix), or `latest`
     pub snapshot: String,
-    /// Where to: files:DIR, or docker[:HOST] (default engine: DOCKER_HOST, else the local socket)
+    /// Where to: files:DIR, docker[:HOST] (default engine: DOCKER_HOST, else the local socket), or
+    /// kube[:CONTEXT]
     #[arg(long)]
     pub to: String,
-    /// Docker: replicas of every replicated service; 0 defines everything and runs nothing
-    /// (containers are created, not started)
+    /// Replicas of every replicated service or scalable workload; with Docker, 0 also leaves
+    /// containers created but not started
     #[arg(long)]
     pub replicas: Option<u64>,
+    /// Kubernetes: kubeconfig file (default: KUBECONFIG, else ~/.kube/config)
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes: restore namespace A as B, with the references that carry it (repeatable)
+    #[arg(long = "namespace-map", value_name = "A=B")]
+    pub namespace_map: Vec<String>,
+    /// Kubernetes: restore storage class A as B (repeatable)
+    #[arg(long = "storage-class-map", value_name = "A=B")]
+    pub storage_class_map: Vec<String>,
     /// Docker: prefix for the name of every restored object (references follow)
     #[arg(long, default_value = "")]
     pub name_prefix: String,
-    /// Docker: what to do with objects that already exist (default: refuse the restore)
+    /// What to do with objects that already exist (Docker default: refuse the restore; Kubernetes
+    /// default: leave them and report them)
     #[arg(long, value_parser = ["skip", "update"])]
     pub existing: Option<String>,
-    /// Docker: print every change that would be made, change nothing
+    /// Print every change that would be made, change nothing (Kubernetes: server-side dry run)
     #[arg(long)]
     pub dry_run: bool,
     /// Docker: a secret's value, NAME=@FILE (for secrets not captured at backup, or to override)

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::cli::{BackupCmd, Cli, Command, KeyCmd, RepoCmd};
 use crate::docker_cmd;
+use crate::kube_cmd;
 use crate::progress::{bytes, Ticker};
 
 pub(crate) struct Ctx {
@@ -93,8 +94,34 @@ pub fn run(args: Cli) -> Result<bool> {
                 let host = rest.strip_prefix(':').filter(|h| !h.is_empty());
                 docker_cmd::restore(&ctx, &r, host)
             }
-            _ => restore_cmd(&ctx, &r.snapshot, &r.to),
+            _ => match r.to.strip_prefix("kube") {
+                Some(rest) if rest.is_empty() || rest.starts_with(':') => {
+                    let context = rest.strip_prefix(':').filter(|c| !c.is_empty());
+                    kube_cmd::restore(&ctx, &r, context)
+                }
+                _ => restore_cmd(&ctx, &r.snapshot, &r.to),
+            },
         },
+        Command::Backup(BackupCmd::Kube {
+            kubeconfig,
+            context,
+            namespaces,
+            selector,
+            include,
+            exclude,
+            tags,
+        }) => kube_cmd::backup(
+            &ctx,
+            kubeconfig,
+            context,
+            lifeboat_kube::Selection {
+                namespaces,
+                label_selector: selector,
+                include,
+                exclude,
+            },
+            tags,
+        ),
         Command::Diff { snapshot, other, host } => docker_cmd::diff_cmd(&ctx, &snapshot, &other, host.as_deref()),
         Command::Helper(h) => docker_cmd::helper(h),
         Command::Backup(BackupCmd::Docker {
@@ -325,7 +352,7 @@ fn show(ctx: &Ctx, query: &str, recursive: bool) -> Result<bool> {
 
 fn restore_cmd(ctx: &Ctx, query: &str, to: &str) -> Result<bool> {
     let Some(dir) = to.strip_prefix("files:") else {
-        bail!("unsupported restore target {to:?}: use files:DIR or docker[:HOST]");
+        bail!("unsupported restore target {to:?}: use files:DIR, docker[:HOST] or kube[:CONTEXT]");
     };
     if dir.is_empty() {
         bail!("restore target files: needs a directory (files:DIR)");

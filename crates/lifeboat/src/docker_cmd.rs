@@ -102,6 +102,9 @@ fn load_docker(ctx: &Ctx, repo: &lifeboat_repo::Repository, query: &str) -> Resu
 }
 
 pub fn restore(ctx: &Ctx, args: &RestoreArgs, host: Option<&str>) -> Result<bool> {
+    if args.kubeconfig.is_some() || !args.namespace_map.is_empty() || !args.storage_class_map.is_empty() {
+        bail!("--kubeconfig, --namespace-map and --storage-class-map apply to --to kube only");
+    }
     let mut secrets = BTreeMap::new();
     for s in &args.secrets {
         let Some((name, file)) = s.split_once("=@") else {

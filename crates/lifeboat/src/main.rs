@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod docker_cmd;
+mod kube_cmd;
 mod progress;
 
 use std::io::IsTerminal;
