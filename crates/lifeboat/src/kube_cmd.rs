@@ -103,7 +103,7 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs, context: Option<&str>) -> Result<b
         || {
             for i in &report.items {
                 println!(
-                    "{:<8} {:<6} {}/{} {}{}",
+                    "{:<8} {:<6} {}/{}{}",
                     i.status,
                     i.action,
                     i.kind,
@@ -111,7 +111,6 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs, context: Option<&str>) -> Result<b
                         Some(ns) => format!("{ns}/{}", i.name),
                         None => i.name.clone(),
                     },
-                    "",
                     i.message.as_ref().map(|m| format!("  ({m})")).unwrap_or_default()
                 );
             }
