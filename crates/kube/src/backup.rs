@@ -167,7 +167,8 @@ pub fn backup(repo: &Repository, cluster: &Cluster, opts: &BackupOptions) -> Res
     }
     let mut chosen = Vec::new();
     for r in resources.iter().cloned() {
-        if let Some(why) = rules::excluded_resource(&r) {
+        let forced = sel.include.iter().any(|n| r.matches(n));
+        if let Some(why) = rules::excluded_resource(&r).filter(|_| !forced) {
             skipped.push(format!("{}: {why}", r.key()));
             continue;
         }

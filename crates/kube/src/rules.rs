@@ -10,7 +10,8 @@ use crate::discovery::Resource;
 pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
 /// Resources never backed up (`group/plural`), and why. Documented in `docs/kubernetes.md`.
-pub const EXCLUDED_RESOURCES: [(&str, &str); 12] = [
+/// `--include` naming one of them explicitly brings it back.
+pub const EXCLUDED_RESOURCES: [(&str, &str); 14] = [
     ("core/events", "history, not state"),
     ("events.k8s.io/events", "history, not state"),
     ("core/nodes", "machines belong to the target cluster"),
@@ -23,6 +24,14 @@ pub const EXCLUDED_RESOURCES: [(&str, &str); 12] = [
     ("metrics.k8s.io/nodes", "live metrics"),
     ("core/bindings", "a verb, not state"),
     ("authorization.k8s.io/selfsubjectrulesreviews", "a query, not state"),
+    (
+        "flowcontrol.apiserver.k8s.io/flowschemas",
+        "API server traffic settings of the target cluster",
+    ),
+    (
+        "flowcontrol.apiserver.k8s.io/prioritylevelconfigurations",
+        "API server traffic settings of the target cluster",
+    ),
 ];
 
 fn group_plural(r: &Resource) -> String {
@@ -100,6 +109,12 @@ pub fn excluded_object(r: &Resource, obj: &Value) -> Option<&'static str> {
             Some("maintained by the API server")
         }
         "scheduling.k8s.io/priorityclasses" if name(obj).starts_with("system-") => Some("built into the cluster"),
+        "core/services" | "core/endpoints" | "discovery.k8s.io/endpointslices"
+            if name(obj) == "kubernetes"
+                && obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some("default") =>
+        {
+            Some("the API server's own service")
+        }
         "core/namespaces" if SYSTEM_NAMESPACES.contains(&name(obj)) || name(obj) == "default" => {
             Some("exists in every cluster")
         }
