@@ -20,11 +20,11 @@ if ! command -v moto_server >/dev/null; then
 fi
 command -v moto_server >/dev/null || { echo "scripts/test.sh: moto_server is not on PATH after installing moto[server]" >&2; exit 1; }
 
-# Two real Docker sites (each its own dockerd with Swarm in its own network namespace) for the
-# Docker end-to-end tests. lab/lab installs what it needs (docker.io, debootstrap, ...) and builds
+# Two real sites (each its own network namespace with a dockerd and Swarm, and a Kubernetes 1.20
+# control plane with a kubelet on that dockerd) for the Docker and Kubernetes end-to-end tests. lab/lab installs what it needs (docker.io, debootstrap, ...) and builds
 # its images once (cached in /var/cache/lifeboat-lab); it needs root.
 if [ "$(id -u)" != 0 ]; then echo "scripts/test.sh: run as root (the lab starts network namespaces and daemons)" >&2; exit 1; fi
-lab/lab up --docker 2 >/dev/null
+lab/lab up --docker 2 --kube 2 >/dev/null
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -324,10 +324,8 @@ async fn list_resource(
     };
     for api in apis {
         let mut lp = ListParams::default().limit(PAGE);
-        if r.namespaced {
-            if let Some(l) = &sel.label_selector {
-                lp = lp.labels(l);
-            }
+        if let Some(l) = &sel.label_selector {
+            lp = lp.labels(l);
         }
         loop {
             let page = match api.list(&lp).await {

@@ -89,7 +89,8 @@ pub struct Selection {
     /// Only these namespaces (empty: all but the system ones, see [`rules::SYSTEM_NAMESPACES`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
-    /// A label selector (`app=web,tier!=db`), applied to namespaced objects.
+    /// A label selector (`app=web,tier!=db`), applied to every listed object (cluster-scoped ones
+    /// too); cluster-scoped objects taken because something in scope refers to them are not filtered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_selector: Option<String>,
     /// Only these kinds (`configmaps`, `ConfigMap`, `deployments.apps`); empty: all.

@@ -272,9 +272,17 @@ fn apply(
         field_manager: Some("lifeboat".into()),
     };
     let done = if opts.dry_run { "planned" } else { "done" };
-    match cluster.block_on(api.create(&pp, &obj)) {
+    let created = cluster.block_on(api.create(&pp, &obj));
+    // An admission webhook may reject a create before the API server notices that the object
+    // exists: a failed create of an existing object counts as "exists".
+    let exists = match &created {
+        Err(e) if status_code(e) == Some(409) => true,
+        Err(_) => matches!(cluster.block_on(api.get_opt(&name)), Ok(Some(_))),
+        Ok(_) => false,
+    };
+    match created {
         Ok(_) => item.status = done.into(),
-        Err(e) if status_code(&e) == Some(409) => {
+        Err(_) if exists => {
             if opts.existing == Existing::Update {
                 item.action = "update".into();
                 match cluster.block_on(api.get(&name)) {

@@ -204,6 +204,20 @@ pub fn strip(kind: &str, obj: &mut Value) {
                 spec.remove("nodeName");
             }
         }
+        "ServiceAccount" => {
+            // Token secrets are minted by each cluster; references to them do not travel.
+            let prefix = format!("{}-token-", name(obj));
+            if let Some(secrets) = obj.get_mut("secrets").and_then(Value::as_array_mut) {
+                secrets.retain(|s| {
+                    !s.get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| n.starts_with(&prefix))
+                });
+                if secrets.is_empty() {
+                    obj.as_object_mut().expect("object").remove("secrets");
+                }
+            }
+        }
         "Job" => {
             // The controller-uid selector and labels are set by the API server.
             if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {

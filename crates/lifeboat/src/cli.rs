@@ -122,7 +122,7 @@ pub enum BackupCmd {
         /// Only these namespaces (repeatable); cluster-scoped objects they refer to come along
         #[arg(short = 'n', long = "namespace")]
         namespaces: Vec<String>,
-        /// Label selector for namespaced objects (app=web,tier!=db)
+        /// Label selector (app=web,tier!=db) for every listed object
         #[arg(short = 'l', long = "selector")]
         selector: Option<String>,
         /// Only these kinds (configmaps, Deployment, deployments.apps; repeatable or comma-separated)

@@ -188,3 +188,96 @@ pub fn http_get(addr: &str, port: u16, path: &str) -> Option<String> {
         .then(|| body.to_string())
         .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
 }
+
+/// A Kubernetes lab site.
+pub struct KubeSite {
+    pub name: String,
+    pub addr: String,
+    pub kubeconfig: String,
+    pub context: String,
+}
+
+/// The Kubernetes sites that are up (`lab/lab up --kube N`); fails the test with instructions when
+/// fewer than `n` are.
+pub fn kube_sites(n: usize) -> Vec<KubeSite> {
+    let out = Command::new(lab_script()).arg("env").output().expect("run lab/lab env");
+    let mut vars = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some((k, v)) = line.trim_start_matches("export ").split_once('=') {
+            vars.insert(k.to_string(), v.trim_matches('"').to_string());
+        }
+    }
+    let sites: Vec<KubeSite> = vars
+        .get("LAB_KUBE_SITES")
+        .map(|s| s.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| {
+            let up = s.to_uppercase();
+            Some(KubeSite {
+                addr: vars.get(&format!("LAB_{up}_ADDR"))?.clone(),
+                kubeconfig: vars.get(&format!("LAB_{up}_KUBECONFIG"))?.clone(),
+                context: vars
+                    .get(&format!("LAB_{up}_KUBE_CONTEXT"))
+                    .cloned()
+                    .unwrap_or_else(|| s.clone()),
+                name: s,
+            })
+        })
+        .collect();
+    assert!(
+        sites.len() >= n,
+        "these tests need {n} Kubernetes lab sites; start them with `lab/lab up --kube {n}` (as root)"
+    );
+    sites
+}
+
+impl KubeSite {
+    /// Runs kubectl against this site; returns (success, stdout, stderr).
+    pub fn kubectl_try(&self, args: &[&str], input: Option<&str>) -> (bool, String, String) {
+        use std::io::Write;
+        let mut c = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        let mut stdin = c.stdin.take().unwrap();
+        if let Some(i) = input {
+            stdin.write_all(i.as_bytes()).unwrap();
+        }
+        drop(stdin);
+        let o = c.wait_with_output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    /// Runs kubectl and requires success; returns stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.kubectl_try(args, None);
+        assert!(ok, "kubectl {args:?} on site {} failed: {err}", self.name);
+        out
+    }
+
+    /// `kubectl apply -f -` of a YAML document.
+    pub fn apply(&self, yaml: &str) {
+        let (ok, _, err) = self.kubectl_try(&["apply", "-f", "-"], Some(yaml));
+        assert!(ok, "kubectl apply on site {} failed: {err}", self.name);
+    }
+
+    /// An object as JSON, if it exists.
+    pub fn get_json(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<serde_json::Value> {
+        let mut args = vec!["get", kind, name, "-o", "json"];
+        if let Some(ns) = namespace {
+            args.extend(["-n", ns]);
+        }
+        let (ok, out, _) = self.kubectl_try(&args, None);
+        ok.then(|| serde_json::from_str(&out).expect("kubectl prints JSON"))
+    }
+}

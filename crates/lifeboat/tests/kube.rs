@@ -1,0 +1,336 @@
+//! End-to-end tests of `backup kube` and `restore --to kube` on two real lab Kubernetes sites
+//! (etcd, kube-apiserver, controller-manager, scheduler and a kubelet each; `scripts/test.sh`
+//! starts them). The test owns everything named `k1...` and removes it before and after.
+mod common;
+
+use std::time::Duration;
+
+use common::lab::{kube_sites, wait_for, KubeSite};
+use common::{json, ok};
+use serde_json::Value;
+
+const SITE_A: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.k1.lifeboat.test, labels: {lifeboat-test: k1}}
+spec:
+  group: k1.lifeboat.test
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: k1-app, labels: {k1-guarded: "true", lifeboat-test: k1}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: k1-data, labels: {lifeboat-test: k1}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: k1-app, labels: {app: k1, lifeboat-test: k1}}
+data: {mode: production, "greeting.txt": "hello from a\n"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: db-password, namespace: k1-data, labels: {lifeboat-test: k1}}
+type: Opaque
+stringData: {password: k1-s3cret}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: k1-runner, namespace: k1-app, labels: {lifeboat-test: k1}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: k1-widget-reader, labels: {lifeboat-test: k1}}
+rules:
+- apiGroups: [k1.lifeboat.test]
+  resources: [widgets]
+  verbs: [get, list]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: k1-runner-reads, namespace: k1-app, labels: {lifeboat-test: k1}}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: k1-widget-reader}
+subjects:
+- {kind: ServiceAccount, name: k1-runner, namespace: k1-app}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: k1-app, labels: {lifeboat-test: k1}}
+spec:
+  selector: {app: k1-web}
+  ports: [{port: 8080, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: k1-app, labels: {lifeboat-test: k1}}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: k1-web}}
+  template:
+    metadata: {labels: {app: k1-web}}
+    spec:
+      serviceAccountName: k1-runner
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: lifeboat-lab/web:1
+        imagePullPolicy: Never
+        readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {name: k1-guard, labels: {lifeboat-test: k1}}
+webhooks:
+- name: guard.k1.lifeboat.test
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: Fail
+  clientConfig:
+    service: {name: guard-does-not-exist, namespace: k1-app, path: /validate}
+  namespaceSelector: {matchLabels: {k1-guarded: "true"}}
+  rules:
+  - {apiGroups: [""], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [configmaps, secrets]}
+"#;
+
+const WIDGETS: &str = r#"
+apiVersion: k1.lifeboat.test/v1
+kind: Widget
+metadata: {name: blue, namespace: k1-app, labels: {lifeboat-test: k1}}
+spec: {color: blue, size: 3}
+---
+apiVersion: k1.lifeboat.test/v1
+kind: Widget
+metadata: {name: red, namespace: k1-data, labels: {lifeboat-test: k1}}
+spec: {color: red, parts: [a, b]}
+"#;
+
+fn clean(site: &KubeSite) {
+    for ns in ["k1-app", "k1-data", "k1-app-dr", "k1-data-dr", "k1-dry"] {
+        let _ = site.kubectl_try(&["delete", "namespace", ns, "--wait=false", "--ignore-not-found"], None);
+    }
+    for (kind, name) in [
+        ("validatingwebhookconfiguration", "k1-guard"),
+        ("clusterrole", "k1-widget-reader"),
+        ("crd", "widgets.k1.lifeboat.test"),
+    ] {
+        let _ = site.kubectl_try(&["delete", kind, name, "--ignore-not-found"], None);
+    }
+    // Namespaces take a moment to go; a restore must not meet a terminating one.
+    for ns in ["k1-app", "k1-data", "k1-app-dr", "k1-data-dr", "k1-dry"] {
+        wait_for(
+            &format!("namespace {ns} to go on {}", site.name),
+            Duration::from_secs(120),
+            || site.get_json("namespace", None, ns).is_none().then_some(()),
+        );
+    }
+}
+
+struct Clean<'a>(&'a [KubeSite]);
+impl Drop for Clean<'_> {
+    fn drop(&mut self) {
+        for s in self.0 {
+            clean(s);
+        }
+    }
+}
+
+/// What must survive a move: the object without server-set fields, its namespace mapped.
+fn comparable(kind: &str, obj: &Value, ns_map: &[(&str, &str)]) -> Value {
+    let mut v = lifeboat_kube::rules::normalize(kind, obj);
+    let map = ns_map.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    lifeboat_kube::rules::map_namespaces(kind, &mut v, &map);
+    v
+}
+
+#[test]
+fn apps_with_crd_rbac_and_a_blocking_webhook_move_to_another_cluster() {
+    let sites = kube_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let _c = Clean(&sites[..2]);
+    clean(a);
+    clean(b);
+    a.apply(SITE_A);
+    wait_for("the Widget CRD on a", Duration::from_secs(60), || {
+        a.kubectl_try(&["apply", "-f", "-"], Some(WIDGETS)).0.then_some(())
+    });
+    wait_for("the web deployment on a", Duration::from_secs(120), || {
+        let d = a.get_json("deployment", Some("k1-app"), "web")?;
+        (d.pointer("/status/availableReplicas") == Some(&Value::from(1))).then_some(())
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo").display().to_string();
+    ok(&repo, &["repo", "init"]);
+    // Everything the test made carries the label; the selector applies to cluster-scoped objects too.
+    let backup = json(
+        &repo,
+        &[
+            "backup",
+            "kube",
+            "--kubeconfig",
+            &a.kubeconfig,
+            "-l",
+            "lifeboat-test=k1",
+        ],
+    );
+    assert_eq!(backup["errors"], serde_json::json!([]), "{backup}");
+    let snap = backup["snapshot_id"].as_str().unwrap().to_string();
+    // No plaintext secret in the repository.
+    for f in walk(dir.path()) {
+        let data = std::fs::read(&f).unwrap();
+        assert!(
+            !data.windows(9).any(|w| w == b"k1-s3cret"),
+            "secret in plaintext in {}",
+            f.display()
+        );
+    }
+
+    let to = format!("kube:{}", b.context);
+    let map = [
+        "--namespace-map",
+        "k1-app=k1-app-dr",
+        "--namespace-map",
+        "k1-data=k1-data-dr",
+    ];
+
+    // A dry run goes through the API server's validation and changes nothing.
+    let mut args = vec![
+        "restore",
+        &snap,
+        "--to",
+        &to,
+        "--kubeconfig",
+        &b.kubeconfig,
+        "--dry-run",
+    ];
+    args.extend(["--namespace-map", "k1-app=k1-dry", "--namespace-map", "k1-data=k1-dry"]);
+    let plan = json(&repo, &args);
+    assert_eq!(plan["failed"], 0, "{plan}");
+    assert!(
+        b.get_json("namespace", None, "k1-dry").is_none(),
+        "a dry run created a namespace"
+    );
+    assert!(
+        b.get_json("crd", None, "widgets.k1.lifeboat.test").is_none(),
+        "a dry run created the CRD"
+    );
+    assert!(b.get_json("validatingwebhookconfiguration", None, "k1-guard").is_none());
+
+    let mut args = vec!["restore", &snap, "--to", &to, "--kubeconfig", &b.kubeconfig];
+    args.extend(map);
+    let report = json(&repo, &args);
+    assert_eq!(
+        report["failed"], 0,
+        "the webhook or something else blocked the restore: {report}"
+    );
+    let kinds: Vec<&str> = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap())
+        .collect();
+    let crd_at = kinds.iter().position(|k| *k == "CustomResourceDefinition").unwrap();
+    let widget_at = kinds.iter().position(|k| *k == "Widget").unwrap();
+    let hook_at = kinds
+        .iter()
+        .position(|k| *k == "ValidatingWebhookConfiguration")
+        .unwrap();
+    assert!(
+        crd_at < widget_at && widget_at < hook_at && hook_at == kinds.len() - 1,
+        "{kinds:?}"
+    );
+
+    // Every object in scope is on b and equals the original after normalisation.
+    let ns_map = [("k1-app", "k1-app-dr"), ("k1-data", "k1-data-dr")];
+    let checks: [(&str, &str, Option<&str>, &str); 12] = [
+        ("crd", "CustomResourceDefinition", None, "widgets.k1.lifeboat.test"),
+        ("namespace", "Namespace", None, "k1-app"),
+        ("namespace", "Namespace", None, "k1-data"),
+        ("configmap", "ConfigMap", Some("k1-app"), "settings"),
+        ("secret", "Secret", Some("k1-data"), "db-password"),
+        ("serviceaccount", "ServiceAccount", Some("k1-app"), "k1-runner"),
+        ("clusterrole", "ClusterRole", None, "k1-widget-reader"),
+        ("rolebinding", "RoleBinding", Some("k1-app"), "k1-runner-reads"),
+        ("service", "Service", Some("k1-app"), "web"),
+        ("deployment", "Deployment", Some("k1-app"), "web"),
+        ("widgets.k1.lifeboat.test", "Widget", Some("k1-app"), "blue"),
+        (
+            "validatingwebhookconfiguration",
+            "ValidatingWebhookConfiguration",
+            None,
+            "k1-guard",
+        ),
+    ];
+    for (res, kind, ns, name) in checks {
+        let orig = a
+            .get_json(res, ns, name)
+            .unwrap_or_else(|| panic!("{res} {name} missing on a"));
+        let mapped_ns = ns.map(|n| ns_map.iter().find(|(x, _)| *x == n).unwrap().1);
+        let target_name = if kind == "Namespace" {
+            ns_map.iter().find(|(x, _)| *x == name).unwrap().1
+        } else {
+            name
+        };
+        let restored = b
+            .get_json(res, mapped_ns, target_name)
+            .unwrap_or_else(|| panic!("{res} {target_name} in {mapped_ns:?} missing on b"));
+        let (want, got) = (comparable(kind, &orig, &ns_map), comparable(kind, &restored, &[]));
+        if kind == "Deployment" {
+            // Compare what the user wrote, not the rollout state.
+            assert_eq!(want["spec"]["template"], got["spec"]["template"], "{kind} {name}");
+            assert_eq!(want["spec"]["replicas"], got["spec"]["replicas"]);
+        } else {
+            assert_eq!(want, got, "{kind} {name} differs after the move");
+        }
+    }
+    let red = b
+        .get_json("widgets.k1.lifeboat.test", Some("k1-data-dr"), "red")
+        .expect("widget red on b");
+    assert_eq!(red["spec"], serde_json::json!({"color": "red", "parts": ["a", "b"]}));
+    let rb = b.get_json("rolebinding", Some("k1-app-dr"), "k1-runner-reads").unwrap();
+    assert_eq!(
+        rb["subjects"][0]["namespace"], "k1-app-dr",
+        "RoleBinding subjects follow the namespace map"
+    );
+    let hook = b.get_json("validatingwebhookconfiguration", None, "k1-guard").unwrap();
+    assert_eq!(hook["webhooks"][0]["clientConfig"]["service"]["namespace"], "k1-app-dr");
+
+    // The workload runs on b.
+    wait_for("the web deployment on b", Duration::from_secs(120), || {
+        let d = b.get_json("deployment", Some("k1-app-dr"), "web")?;
+        (d.pointer("/status/availableReplicas") == Some(&Value::from(1))).then_some(())
+    });
+
+    // Restoring again leaves everything as it is and says so.
+    let mut args = vec!["restore", &snap, "--to", &to, "--kubeconfig", &b.kubeconfig];
+    args.extend(map);
+    let again = json(&repo, &args);
+    for item in again["items"].as_array().unwrap() {
+        assert_eq!(item["status"], "exists", "{item}");
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
