@@ -419,6 +419,34 @@ mod tests {
     }
 
     #[test]
+    fn openshift_project_annotations_are_kept_exactly() {
+        let ann = json!({
+            "openshift.io/sa.scc.uid-range": "1000650000/10000",
+            "openshift.io/sa.scc.supplemental-groups": "1000650000/10000",
+            "openshift.io/sa.scc.mcs": "s0:c26,c5",
+        });
+        let mut ns = json!({"apiVersion": "v1", "kind": "Namespace",
+                            "metadata": {"name": "shop", "uid": "x", "annotations": ann.clone()},
+                            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+        strip("Namespace", &mut ns);
+        map_namespaces(
+            "Namespace",
+            &mut ns,
+            &BTreeMap::from([("shop".into(), "shop-dr".into())]),
+        );
+        assert_eq!(ns["metadata"]["annotations"], ann);
+        assert_eq!(ns["metadata"]["name"], "shop-dr");
+    }
+
+    #[test]
+    fn service_account_token_references_do_not_travel() {
+        let mut sa = json!({"kind": "ServiceAccount", "metadata": {"name": "app"},
+                            "secrets": [{"name": "app-token-x1y2z"}, {"name": "registry-pull"}]});
+        strip("ServiceAccount", &mut sa);
+        assert_eq!(sa["secrets"], json!([{"name": "registry-pull"}]));
+    }
+
+    #[test]
     fn namespace_map_rewrites_references() {
         let map = BTreeMap::from([("shop".to_string(), "shop-dr".to_string())]);
         let mut rb = json!({"kind": "RoleBinding", "metadata": {"name": "r", "namespace": "shop"},

@@ -111,6 +111,24 @@ pub enum BackupCmd {
         #[arg(long)]
         parent: Option<String>,
     },
+    /// Take an etcd snapshot through etcd's maintenance API (its integrity hash checked)
+    Etcd {
+        /// etcd client URL (http://HOST:2379 or https://HOST:2379)
+        #[arg(long)]
+        endpoints: String,
+        /// CA certificate (PEM) for https
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// Client certificate (PEM)
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Client key (PEM)
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// Tag the snapshot (repeatable)
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
     /// Back up a Kubernetes cluster's objects (every served resource, found by discovery)
     Kube {
         /// Kubeconfig file (default: KUBECONFIG, else ~/.kube/config)

@@ -102,6 +102,22 @@ pub fn run(args: Cli) -> Result<bool> {
                 _ => restore_cmd(&ctx, &r.snapshot, &r.to),
             },
         },
+        Command::Backup(BackupCmd::Etcd {
+            endpoints,
+            cacert,
+            cert,
+            key,
+            tags,
+        }) => kube_cmd::backup_etcd(
+            &ctx,
+            lifeboat_etcd::Endpoint {
+                url: endpoints,
+                cacert,
+                cert,
+                key,
+            },
+            tags,
+        ),
         Command::Backup(BackupCmd::Kube {
             kubeconfig,
             context,

@@ -1,4 +1,4 @@
-//! `backup kube`, `restore --to kube`: argument handling and printing.
+//! `backup kube`, `restore --to kube`, `backup etcd`: argument handling and printing.
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -129,4 +129,28 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs, context: Option<&str>) -> Result<b
         },
     );
     Ok(report.failed == 0)
+}
+
+pub fn backup_etcd(ctx: &Ctx, endpoint: lifeboat_etcd::Endpoint, tags: Vec<String>) -> Result<bool> {
+    let repo = ctx.open()?;
+    let _lock = repo.lock(false, "backup etcd", ctx.lock_wait)?;
+    let out = lifeboat_etcd::backup(&repo, &endpoint, &tags)?;
+    let m = &out.manifest;
+    let s = &out.snapshot.summary;
+    ctx.print(
+        json!({"snapshot_id": out.snapshot_id, "manifest": m, "bytes_added": s.bytes_added, "seconds": s.seconds}),
+        || {
+            println!(
+                "snapshot {} saved from etcd {} ({}, revision {}): {} checked against its SHA-256, {} added to the repository, {:.2} s",
+                out.snapshot_id.short(),
+                m.endpoint,
+                m.version,
+                m.revision,
+                bytes(m.size),
+                bytes(s.bytes_added),
+                s.seconds
+            );
+        },
+    );
+    Ok(true)
 }

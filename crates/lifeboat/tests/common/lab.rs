@@ -195,6 +195,8 @@ pub struct KubeSite {
     pub addr: String,
     pub kubeconfig: String,
     pub context: String,
+    /// etcd's client URL.
+    pub etcd: String,
 }
 
 /// The Kubernetes sites that are up (`lab/lab up --kube N`); fails the test with instructions when
@@ -221,6 +223,7 @@ pub fn kube_sites(n: usize) -> Vec<KubeSite> {
                     .get(&format!("LAB_{up}_KUBE_CONTEXT"))
                     .cloned()
                     .unwrap_or_else(|| s.clone()),
+                etcd: vars.get(&format!("LAB_{up}_ETCD"))?.clone(),
                 name: s,
             })
         })
