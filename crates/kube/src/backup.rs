@@ -26,6 +26,10 @@ const PARALLEL: usize = 4;
 pub struct BackupOptions {
     pub selection: Selection,
     pub tags: Vec<String>,
+    /// Read the files of bound PersistentVolumeClaims in scope.
+    pub volumes: bool,
+    /// Image of the helper pods that read volumes (needs `sh`, `sleep`, `tar`).
+    pub helper_image: String,
 }
 
 /// The result of a backup.
@@ -59,6 +63,8 @@ struct Store<'a> {
     services_with_selector: Mutex<HashSet<String>>,
     errors: Mutex<Vec<String>>,
     skipped_objects: AtomicU64,
+    /// Bound claims in scope: (namespace, name).
+    claims: Mutex<Vec<(String, String)>>,
 }
 
 impl Store<'_> {
@@ -87,6 +93,29 @@ impl Store<'_> {
                 self.skipped_objects.fetch_add(1, Relaxed);
                 return Ok(false);
             }
+        }
+        let helper = obj
+            .pointer("/metadata/labels")
+            .and_then(|l| l.get(crate::HELPER_LABEL))
+            .is_some();
+        if r.group.is_empty()
+            && r.plural == "persistentvolumeclaims"
+            && obj.pointer("/status/phase").and_then(Value::as_str) == Some("Bound")
+            && !helper
+        {
+            self.claims
+                .lock()
+                .expect("poisoned")
+                .push((ns.clone().unwrap_or_default(), name.clone()));
+        }
+        if r.group.is_empty()
+            && r.plural == "pods"
+            && obj
+                .pointer("/metadata/labels")
+                .and_then(|l| l.get(crate::HELPER_LABEL))
+                .is_some()
+        {
+            return Ok(false);
         }
         self.note_references(r, &obj);
         let json = serde_json::to_vec_pretty(&obj).expect("JSON values serialise");
@@ -194,6 +223,7 @@ pub fn backup(repo: &Repository, cluster: &Cluster, opts: &BackupOptions) -> Res
         services_with_selector: Mutex::new(HashSet::new()),
         errors: Mutex::new(Vec::new()),
         skipped_objects: AtomicU64::new(0),
+        claims: Mutex::new(Vec::new()),
     };
 
     // Endpoints last: whether an Endpoints object is the controller's depends on its Service.
@@ -236,6 +266,35 @@ pub fn backup(repo: &Repository, cluster: &Cluster, opts: &BackupOptions) -> Res
                     .lock()
                     .expect("poisoned")
                     .push(format!("{gp}/{name}: {}", crate::short_error(&e))),
+            }
+        }
+    }
+    // Volume data of the bound claims in scope.
+    if opts.volumes {
+        let claims = store.claims.lock().expect("poisoned").clone();
+        let progress = lifeboat_fs::backup::Progress::default();
+        for (ns, claim) in claims {
+            match cluster.read_pvc(repo, &ns, &claim, &opts.helper_image, &progress) {
+                Ok(out) => {
+                    for e in out.errors {
+                        store
+                            .errors
+                            .lock()
+                            .expect("poisoned")
+                            .push(format!("claim {ns}/{claim}: {}: {}", e.path, e.error));
+                    }
+                    store
+                        .asm
+                        .lock()
+                        .expect("poisoned")
+                        .add(format!("volumes/{ns}/{claim}/data").as_bytes(), out.root);
+                }
+                Err(e @ KubeError::Repo(_)) => return Err(e),
+                Err(e) => store
+                    .errors
+                    .lock()
+                    .expect("poisoned")
+                    .push(format!("claim {ns}/{claim}: data not backed up: {e}")),
             }
         }
     }

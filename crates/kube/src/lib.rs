@@ -8,7 +8,9 @@
 //! - `kube.json`: the [`Manifest`] (server version, selection, resources seen, what was skipped);
 //! - `resources/GROUP/VERSION/PLURAL/NAMESPACE/NAME.json` (`GROUP` is `core` for the legacy group,
 //!   `NAMESPACE` is `_cluster` for cluster-scoped objects): each object exactly as the API server
-//!   returned it, one blob each, so an unchanged object costs nothing in the next backup.
+//!   returned it, one blob each, so an unchanged object costs nothing in the next backup;
+//! - `volumes/NAMESPACE/CLAIM/data/...`: the files of each bound PersistentVolumeClaim in scope,
+//!   read through a helper pod ([`volumes`]).
 //!
 //! The API is blocking: a [`Cluster`] owns a small tokio runtime.
 #![forbid(unsafe_code)]
@@ -17,6 +19,7 @@ pub mod backup;
 pub mod discovery;
 pub mod restore;
 pub mod rules;
+pub mod volumes;
 
 use std::time::Duration;
 
@@ -26,6 +29,9 @@ use serde::{Deserialize, Serialize};
 
 pub use backup::{backup, BackupOptions, BackupOutcome};
 pub use restore::{restore, RestoreOptions, RestoreReport};
+
+/// Label on the helper pods Lifeboat starts (never backed up, removed after use).
+pub const HELPER_LABEL: &str = "io.lifeboat.helper";
 
 /// Errors of the Kubernetes adapter.
 #[derive(Debug, thiserror::Error)]

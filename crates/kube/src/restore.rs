@@ -40,6 +40,10 @@ pub struct RestoreOptions {
     pub existing: Existing,
     /// Server-side dry run: the API server validates every object, nothing is stored.
     pub dry_run: bool,
+    /// Do not write volume data into restored claims.
+    pub no_volume_data: bool,
+    /// Image of the helper pods that write volumes (needs `sh`, `sleep`, `tar`).
+    pub helper_image: String,
 }
 
 /// The outcome for one object.
@@ -78,6 +82,8 @@ pub struct StoredObject {
 pub struct Stored {
     pub manifest: Manifest,
     pub objects: Vec<StoredObject>,
+    /// Volume data trees by (namespace, claim).
+    pub volume_data: BTreeMap<(String, String), Node>,
 }
 
 fn read_file(repo: &Repository, n: &Node) -> Result<Vec<u8>, KubeError> {
@@ -149,7 +155,21 @@ pub fn load(repo: &Repository, snapshot: &str, root: &Id) -> Result<Stored, Kube
             }
         }
     }
-    Ok(Stored { manifest, objects })
+    let mut volume_data = BTreeMap::new();
+    if let Some(vols) = tree.find(b"volumes") {
+        for ns in subtree(repo, vols)?.nodes {
+            for claim in subtree(repo, &ns)?.nodes {
+                if let Some(data) = subtree(repo, &claim)?.find(b"data").cloned() {
+                    volume_data.insert((ns.name.lossy().into_owned(), claim.name.lossy().into_owned()), data);
+                }
+            }
+        }
+    }
+    Ok(Stored {
+        manifest,
+        objects,
+        volume_data,
+    })
 }
 
 fn meta<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
@@ -157,7 +177,12 @@ fn meta<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 /// Restores `stored` into `cluster`.
-pub fn restore(cluster: &Cluster, stored: &Stored, opts: &RestoreOptions) -> Result<RestoreReport, KubeError> {
+pub fn restore(
+    repo: &Repository,
+    cluster: &Cluster,
+    stored: &Stored,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, KubeError> {
     for (a, b) in &opts.namespace_map {
         if a.is_empty() || b.is_empty() {
             return Err(KubeError::BadOption(format!(
@@ -207,6 +232,7 @@ pub fn restore(cluster: &Cluster, stored: &Stored, opts: &RestoreOptions) -> Res
     while i < objects.len() {
         let rank = rules::restore_rank(&objects[i].resource.group, &objects[i].resource.kind);
         let mut crds = Vec::new();
+        let mut claims = Vec::new();
         while i < objects.len() && rules::restore_rank(&objects[i].resource.group, &objects[i].resource.kind) == rank {
             let o = &objects[i];
             let item = apply(cluster, o, opts, &planned_namespaces, &planned_groups);
@@ -216,8 +242,54 @@ pub fn restore(cluster: &Cluster, stored: &Stored, opts: &RestoreOptions) -> Res
             if o.resource.kind == "CustomResourceDefinition" && item.status == "done" {
                 crds.push(meta(&o.object, "name").unwrap_or_default().to_string());
             }
+            if o.resource.kind == "PersistentVolumeClaim" && item.status == "done" {
+                claims.push(i);
+            }
             report.items.push(item);
             i += 1;
+        }
+        // Volume data goes into the new claims before any workload starts.
+        if !opts.no_volume_data && !opts.dry_run {
+            for j in claims {
+                let o = &stored.objects.iter().find(|s| {
+                    s.resource.kind == "PersistentVolumeClaim"
+                        && meta(&s.object, "name") == meta(&objects[j].object, "name")
+                        && opts
+                            .namespace_map
+                            .get(meta(&s.object, "namespace").unwrap_or_default())
+                            .map(String::as_str)
+                            .or(meta(&s.object, "namespace"))
+                            == meta(&objects[j].object, "namespace")
+                });
+                let Some(orig) = o else { continue };
+                let key = (
+                    meta(&orig.object, "namespace").unwrap_or_default().to_string(),
+                    meta(&orig.object, "name").unwrap_or_default().to_string(),
+                );
+                let Some(root) = stored.volume_data.get(&key) else {
+                    continue;
+                };
+                let ns = meta(&objects[j].object, "namespace").unwrap_or_default().to_string();
+                let name = key.1.clone();
+                let mut item = ItemResult {
+                    api_version: "v1".into(),
+                    kind: "PersistentVolumeClaim".into(),
+                    namespace: Some(ns.clone()),
+                    name: name.clone(),
+                    action: "data".into(),
+                    status: "done".into(),
+                    message: None,
+                };
+                match cluster.write_pvc(repo, &ns, &name, &opts.helper_image, root) {
+                    Ok(bytes) => item.message = Some(format!("{bytes} bytes of data written")),
+                    Err(e) => {
+                        item.status = "failed".into();
+                        item.message = Some(e.to_string());
+                        report.failed += 1;
+                    }
+                }
+                report.items.push(item);
+            }
         }
         for crd in crds {
             if let Err(e) = wait_established(cluster, &crd, Duration::from_secs(60)) {

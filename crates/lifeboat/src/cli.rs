@@ -149,6 +149,12 @@ pub enum BackupCmd {
         /// Never these kinds (repeatable or comma-separated)
         #[arg(long, value_delimiter = ',')]
         exclude: Vec<String>,
+        /// Do not read the files of PersistentVolumeClaims
+        #[arg(long)]
+        no_volumes: bool,
+        /// Image of the helper pods that read volumes (needs sh, sleep and tar)
+        #[arg(long, default_value = lifeboat_kube::volumes::DEFAULT_HELPER_IMAGE)]
+        helper_image: String,
         /// Tag the snapshot (repeatable)
         #[arg(long = "tag")]
         tags: Vec<String>,
@@ -211,9 +217,12 @@ pub struct RestoreArgs {
     /// Docker: a `docker save` archive that provides images missing on the target
     #[arg(long, value_name = "FILE")]
     pub load_images: Option<PathBuf>,
-    /// Docker: create volumes but do not write their data
+    /// Create volumes (Docker) or claims (Kubernetes) but do not write their data
     #[arg(long)]
     pub no_volume_data: bool,
+    /// Kubernetes: image of the helper pods that write volume data (needs sh, sleep and tar)
+    #[arg(long, default_value = lifeboat_kube::volumes::DEFAULT_HELPER_IMAGE)]
+    pub helper_image: String,
 }
 
 #[derive(Subcommand, Debug)]

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use lifeboat_kube::restore::{load, Existing};
-use lifeboat_kube::{Cluster, RestoreOptions, Selection};
+use lifeboat_kube::{Cluster, RestoreOptions};
 use serde_json::json;
 
 use crate::cli::RestoreArgs;
@@ -16,13 +16,12 @@ pub fn backup(
     ctx: &Ctx,
     kubeconfig: Option<PathBuf>,
     context: Option<String>,
-    selection: Selection,
-    tags: Vec<String>,
+    opts: lifeboat_kube::BackupOptions,
 ) -> Result<bool> {
     let repo = ctx.open()?;
     let cluster = Cluster::connect(kubeconfig.as_deref(), context.as_deref())?;
     let _lock = repo.lock(false, "backup kube", ctx.lock_wait)?;
-    let out = lifeboat_kube::backup(&repo, &cluster, &lifeboat_kube::BackupOptions { selection, tags })?;
+    let out = lifeboat_kube::backup(&repo, &cluster, &opts)?;
     let s = &out.snapshot.summary;
     let m = &out.manifest;
     ctx.print(
@@ -73,8 +72,8 @@ fn pairs(flag: &str, values: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 pub fn restore(ctx: &Ctx, args: &RestoreArgs, context: Option<&str>) -> Result<bool> {
-    if !args.name_prefix.is_empty() || !args.secrets.is_empty() || args.load_images.is_some() || args.no_volume_data {
-        bail!("--name-prefix, --secret, --load-images and --no-volume-data apply to --to docker only");
+    if !args.name_prefix.is_empty() || !args.secrets.is_empty() || args.load_images.is_some() {
+        bail!("--name-prefix, --secret and --load-images apply to --to docker only");
     }
     let opts = RestoreOptions {
         namespace_map: pairs("--namespace-map", &args.namespace_map)?,
@@ -85,6 +84,8 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs, context: Option<&str>) -> Result<b
             _ => Existing::Skip,
         },
         dry_run: args.dry_run,
+        no_volume_data: args.no_volume_data,
+        helper_image: args.helper_image.clone(),
     };
     let repo = ctx.open()?;
     let _lock = repo.lock(false, "restore", ctx.lock_wait)?;
@@ -95,7 +96,7 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs, context: Option<&str>) -> Result<b
     let stored = load(&repo, &id.to_string(), &snap.tree)?;
     let cluster = Cluster::connect(args.kubeconfig.as_deref(), context)?;
     let started = Instant::now();
-    let report = lifeboat_kube::restore(&cluster, &stored, &opts)?;
+    let report = lifeboat_kube::restore(&repo, &cluster, &stored, &opts)?;
     let secs = started.elapsed().as_secs_f64();
     ctx.print(
         json!({"snapshot_id": id, "context": cluster.context(), "dry_run": opts.dry_run, "items": report.items,

@@ -89,6 +89,32 @@ spec:
         imagePullPolicy: Never
         readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
 ---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data, namespace: k1-data, labels: {lifeboat-test: k1}}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: writer, namespace: k1-data, labels: {lifeboat-test: k1}}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: k1-writer}}
+  template:
+    metadata: {labels: {app: k1-writer}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: writer
+        image: lifeboat-lab/web:1
+        imagePullPolicy: Never
+        command: [/bin/sh, -c, "[ -f /data/blob ] || { echo k1 volume data > /data/hello.txt; /bin/busybox head -c 3000000 /dev/urandom > /data/blob; mkdir -p /data/sub; echo nested > /data/sub/n.txt; }; touch /data/ready; exec sleep 3600"]
+        volumeMounts: [{name: data, mountPath: /data}]
+      volumes:
+      - {name: data, persistentVolumeClaim: {claimName: data}}
+---
 apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingWebhookConfiguration
 metadata: {name: k1-guard, labels: {lifeboat-test: k1}}
@@ -170,21 +196,25 @@ fn apps_with_crd_rbac_and_a_blocking_webhook_move_to_another_cluster() {
         (d.pointer("/status/availableReplicas") == Some(&Value::from(1))).then_some(())
     });
 
+    let sum_a = wait_for("the writer's data on a", Duration::from_secs(120), || {
+        volume_sum(a, "k1-data")
+    });
+
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo").display().to_string();
     ok(&repo, &["repo", "init"]);
     // Everything the test made carries the label; the selector applies to cluster-scoped objects too.
-    let backup = json(
-        &repo,
-        &[
-            "backup",
-            "kube",
-            "--kubeconfig",
-            &a.kubeconfig,
-            "-l",
-            "lifeboat-test=k1",
-        ],
-    );
+    let helper = ["--helper-image", "lifeboat-lab/web:1"];
+    let mut args = vec![
+        "backup",
+        "kube",
+        "--kubeconfig",
+        &a.kubeconfig,
+        "-l",
+        "lifeboat-test=k1",
+    ];
+    args.extend(helper);
+    let backup = json(&repo, &args);
     assert_eq!(backup["errors"], serde_json::json!([]), "{backup}");
     let snap = backup["snapshot_id"].as_str().unwrap().to_string();
     // No plaintext secret in the repository.
@@ -230,7 +260,16 @@ fn apps_with_crd_rbac_and_a_blocking_webhook_move_to_another_cluster() {
 
     let mut args = vec!["restore", &snap, "--to", &to, "--kubeconfig", &b.kubeconfig];
     args.extend(map);
+    args.extend(helper);
     let report = json(&repo, &args);
+    let data_item = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["action"] == "data")
+        .unwrap_or_else(|| panic!("no volume data restored: {report}"))
+        .clone();
+    assert_eq!(data_item["status"], "done", "{data_item}");
     assert_eq!(
         report["failed"], 0,
         "the webhook or something else blocked the restore: {report}"
@@ -313,13 +352,45 @@ fn apps_with_crd_rbac_and_a_blocking_webhook_move_to_another_cluster() {
         (d.pointer("/status/availableReplicas") == Some(&Value::from(1))).then_some(())
     });
 
+    // The claim's files came along, byte for byte.
+    let sum_b = wait_for("the writer's data on b", Duration::from_secs(120), || {
+        volume_sum(b, "k1-data-dr")
+    });
+    assert_eq!(sum_b, sum_a, "the volume on b holds other data than on a");
+
     // Restoring again leaves everything as it is and says so.
-    let mut args = vec!["restore", &snap, "--to", &to, "--kubeconfig", &b.kubeconfig];
+    let mut args = vec![
+        "restore",
+        &snap,
+        "--to",
+        &to,
+        "--kubeconfig",
+        &b.kubeconfig,
+        "--no-volume-data",
+    ];
     args.extend(map);
     let again = json(&repo, &args);
     for item in again["items"].as_array().unwrap() {
         assert_eq!(item["status"], "exists", "{item}");
     }
+}
+
+/// A checksum of the writer's volume (every file's path and content), once the writer is ready.
+fn volume_sum(site: &KubeSite, ns: &str) -> Option<String> {
+    let pods = site.kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "pods",
+        "-l",
+        "app=k1-writer",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    let pod = pods.split_whitespace().next()?.to_string();
+    let script = "cd /data && [ -f ready ] && for f in hello.txt blob sub/n.txt; do echo \"$f $(/bin/busybox md5sum < $f)\"; done";
+    let (ok, out, _) = site.kubectl_try(&["-n", ns, "exec", &pod, "--", "/bin/sh", "-c", script], None);
+    (ok && out.lines().count() == 3).then_some(out)
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
