@@ -88,11 +88,7 @@ pub struct Stored {
 }
 
 fn read_file(repo: &Repository, n: &Node) -> Result<Vec<u8>, DockerError> {
-    let mut out = Vec::with_capacity(n.size as usize);
-    for id in &n.content {
-        out.extend_from_slice(&repo.load_blob(id)?);
-    }
-    Ok(out)
+    Ok(lifeboat_fs::archive::read_file(repo, n)?)
 }
 
 /// Reads a Docker snapshot's documents (not the volume data itself) from its root tree.

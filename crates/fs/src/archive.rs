@@ -133,6 +133,15 @@ impl TreeAssembler {
     }
 }
 
+/// The whole content of a stored (non-sparse) file node: for the small documents adapters store.
+pub fn read_file(repo: &Repository, n: &Node) -> Result<Vec<u8>, RepoError> {
+    let mut out = Vec::with_capacity(n.size as usize);
+    for id in &n.content {
+        out.extend_from_slice(&repo.load_blob(id)?);
+    }
+    Ok(out)
+}
+
 /// The result of reading a tar stream into the repository.
 #[derive(Debug)]
 pub struct TarOutcome {

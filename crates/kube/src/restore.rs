@@ -87,11 +87,7 @@ pub struct Stored {
 }
 
 fn read_file(repo: &Repository, n: &Node) -> Result<Vec<u8>, KubeError> {
-    let mut out = Vec::with_capacity(n.size as usize);
-    for id in &n.content {
-        out.extend_from_slice(&repo.load_blob(id)?);
-    }
-    Ok(out)
+    Ok(lifeboat_fs::archive::read_file(repo, n)?)
 }
 
 fn subtree(repo: &Repository, n: &Node) -> Result<Tree, KubeError> {
