@@ -187,6 +187,12 @@ pub fn restore(
         }
     }
     let mut objects: Vec<StoredObject> = stored.objects.clone();
+    // Volume data of claims, by their namespace on the target.
+    let volume_data: BTreeMap<(String, String), &Node> = stored
+        .volume_data
+        .iter()
+        .map(|((ns, name), root)| ((opts.namespace_map.get(ns).unwrap_or(ns).clone(), name.clone()), root))
+        .collect();
     for o in &mut objects {
         let kind = o.resource.kind.clone();
         rules::strip(&kind, &mut o.object);
@@ -247,26 +253,11 @@ pub fn restore(
         // Volume data goes into the new claims before any workload starts.
         if !opts.no_volume_data && !opts.dry_run {
             for j in claims {
-                let o = &stored.objects.iter().find(|s| {
-                    s.resource.kind == "PersistentVolumeClaim"
-                        && meta(&s.object, "name") == meta(&objects[j].object, "name")
-                        && opts
-                            .namespace_map
-                            .get(meta(&s.object, "namespace").unwrap_or_default())
-                            .map(String::as_str)
-                            .or(meta(&s.object, "namespace"))
-                            == meta(&objects[j].object, "namespace")
-                });
-                let Some(orig) = o else { continue };
-                let key = (
-                    meta(&orig.object, "namespace").unwrap_or_default().to_string(),
-                    meta(&orig.object, "name").unwrap_or_default().to_string(),
-                );
-                let Some(root) = stored.volume_data.get(&key) else {
+                let ns = meta(&objects[j].object, "namespace").unwrap_or_default().to_string();
+                let name = meta(&objects[j].object, "name").unwrap_or_default().to_string();
+                let Some(root) = volume_data.get(&(ns.clone(), name.clone())) else {
                     continue;
                 };
-                let ns = meta(&objects[j].object, "namespace").unwrap_or_default().to_string();
-                let name = key.1.clone();
                 let mut item = ItemResult {
                     api_version: "v1".into(),
                     kind: "PersistentVolumeClaim".into(),
