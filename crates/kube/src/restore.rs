@@ -18,6 +18,9 @@ use serde_json::Value;
 
 use crate::{rules, status_code, Cluster, KubeError, Manifest};
 
+/// Objects created at once within one restore rank.
+const PARALLEL: usize = 8;
+
 /// What to do with objects that already exist on the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Existing {
@@ -235,9 +238,28 @@ pub fn restore(
         let rank = rules::restore_rank(&objects[i].resource.group, &objects[i].resource.kind);
         let mut crds = Vec::new();
         let mut claims = Vec::new();
+        let start = i;
         while i < objects.len() && rules::restore_rank(&objects[i].resource.group, &objects[i].resource.kind) == rank {
-            let o = &objects[i];
-            let item = apply(cluster, o, opts, &planned_namespaces, &planned_groups);
+            i += 1;
+        }
+        // Objects of one rank do not depend on each other: they are created several at once.
+        let next = std::sync::atomic::AtomicUsize::new(start);
+        let results: Vec<std::sync::Mutex<Option<ItemResult>>> = (start..i).map(|_| Default::default()).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..PARALLEL.min(i - start) {
+                scope.spawn(|| loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if k >= i {
+                        break;
+                    }
+                    let item = apply(cluster, &objects[k], opts, &planned_namespaces, &planned_groups);
+                    *results[k - start].lock().expect("poisoned") = Some(item);
+                });
+            }
+        });
+        for (k, r) in (start..i).zip(results) {
+            let o = &objects[k];
+            let item = r.into_inner().expect("poisoned").expect("every object was applied");
             if item.status == "failed" {
                 report.failed += 1;
             }
@@ -245,10 +267,9 @@ pub fn restore(
                 crds.push(meta(&o.object, "name").unwrap_or_default().to_string());
             }
             if o.resource.kind == "PersistentVolumeClaim" && item.status == "done" {
-                claims.push(i);
+                claims.push(k);
             }
             report.items.push(item);
-            i += 1;
         }
         // Volume data goes into the new claims before any workload starts.
         if !opts.no_volume_data && !opts.dry_run {
