@@ -138,7 +138,6 @@ pub fn backup(
     asm.add_bytes(&chunker, b"docker.json", &manifest, now_ns)?;
     let root = asm.finish(repo)?;
 
-    let st = repo.stats();
     let mut snapshot = Snapshot {
         time: time::OffsetDateTime::now_utc(),
         kind: "docker".into(),
@@ -163,11 +162,7 @@ pub fn backup(
             errors: cap.manifest.errors.len() as u64,
         },
     };
-    repo.flush()?;
-    snapshot.summary.blobs_added = st.blobs_added.load(Relaxed);
-    snapshot.summary.bytes_added = st.bytes_written.load(Relaxed);
-    snapshot.summary.seconds = started.elapsed().as_secs_f64();
-    let snapshot_id = repo.save_snapshot(&snapshot)?;
+    let snapshot_id = repo.commit_snapshot(&mut snapshot, started)?;
     Ok(BackupOutcome {
         snapshot_id,
         snapshot,

@@ -127,6 +127,18 @@ pub fn predefined_network(name: &str, doc: &Value) -> bool {
     matches!(name, "bridge" | "host" | "none" | "docker_gwbridge") || doc.get("Ingress") == Some(&Value::Bool(true))
 }
 
+/// The network aliases of an endpoint that a user gave (the engine adds the container's short id).
+pub(crate) fn user_aliases(endpoint: &Value, container_id: &str) -> Vec<Value> {
+    endpoint
+        .get("Aliases")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|a| a.as_str().is_some_and(|a| !container_id.starts_with(a)))
+        .cloned()
+        .collect()
+}
+
 /// The named volumes a container's inspect document mounts.
 pub fn container_volumes(doc: &Value) -> Vec<String> {
     let mut out = Vec::new();

@@ -55,14 +55,7 @@ pub fn essence(kind: &str, doc: &Value) -> Value {
             let mut nets = Map::new();
             if let Some(n) = doc.pointer("/NetworkSettings/Networks").and_then(Value::as_object) {
                 for (name, ep) in n {
-                    let mut aliases: Vec<Value> = ep
-                        .get("Aliases")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .filter(|a| a.as_str().is_some_and(|a| !id.starts_with(a)))
-                        .cloned()
-                        .collect();
+                    let mut aliases = crate::capture::user_aliases(ep, id);
                     aliases.sort_by_key(|a| a.to_string());
                     nets.insert(name.clone(), json!({ "Aliases": aliases }));
                 }

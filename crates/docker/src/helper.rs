@@ -109,8 +109,26 @@ pub struct ExecOutput {
 }
 
 impl Site {
-    /// Makes sure the helper image is on the engine and returns its name.
+    /// Makes sure the helper image is on the engine and returns its id (`sha256:...`). The id, not
+    /// the name, lets Swarm use the local image instead of trying a registry first. Worked out once
+    /// per [`Site`].
     pub fn helper_image(&self) -> Result<String, DockerError> {
+        let mut cached = self.helper.lock().expect("poisoned");
+        if let Some(id) = &*cached {
+            return Ok(id.clone());
+        }
+        let name = self.import_helper_image()?;
+        let id = self
+            .block_on(self.docker.inspect_image(&name))
+            .map_err(self.api_err("inspect the helper image"))?
+            .id
+            .unwrap_or(name);
+        *cached = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Imports the helper image unless the engine has it; returns its name.
+    fn import_helper_image(&self) -> Result<String, DockerError> {
         let fail = |e: io::Error| DockerError::Unsupported(format!("cannot build the helper image: {e}"));
         let (files, dirs) = helper_files().map_err(fail)?;
         let mut h = blake3::Hasher::new();
@@ -367,13 +385,7 @@ impl Site {
         if secrets.is_empty() {
             return Ok(BTreeMap::new());
         }
-        // By image id: Swarm then uses the local image instead of trying a registry first.
         let image = self.helper_image()?;
-        let image = self
-            .block_on(self.docker.inspect_image(&image))
-            .map_err(self.api_err("inspect the helper image"))?
-            .id
-            .unwrap_or(image);
         let info = self.block_on(self.docker.info()).map_err(self.api_err("system info"))?;
         let node_id = info.swarm.and_then(|s| s.node_id).unwrap_or_default();
         let mut suffix = [0u8; 6];

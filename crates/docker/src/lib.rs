@@ -83,6 +83,8 @@ pub struct Site {
     rt: tokio::runtime::Runtime,
     docker: Docker,
     host: String,
+    /// The helper image's id, once it is known to be on the engine.
+    helper: std::sync::Mutex<Option<String>>,
 }
 
 /// The default engine address: `DOCKER_HOST`, else the local socket.
@@ -123,6 +125,7 @@ impl Site {
             rt,
             docker,
             host: host.to_string(),
+            helper: std::sync::Mutex::new(None),
         })
     }
 

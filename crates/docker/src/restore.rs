@@ -648,14 +648,7 @@ impl Ctx<'_> {
         let mut endpoints: Vec<(String, Value)> = Vec::new();
         if let Some(nets) = doc.pointer("/NetworkSettings/Networks").and_then(Value::as_object) {
             for (net, ep) in nets {
-                let aliases: Vec<Value> = ep
-                    .get("Aliases")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter(|a| a.as_str().is_some_and(|a| !id.starts_with(a)))
-                    .cloned()
-                    .collect();
+                let aliases = crate::capture::user_aliases(ep, id);
                 let mut e = Map::new();
                 if !aliases.is_empty() {
                     e.insert("Aliases".into(), Value::Array(aliases));

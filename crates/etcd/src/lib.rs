@@ -11,7 +11,6 @@
 
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -245,7 +244,6 @@ pub fn backup(repo: &Repository, ep: &Endpoint, tags: &[String]) -> Result<Backu
     let json = serde_json::to_vec_pretty(&manifest).expect("the manifest serialises");
     asm.add_bytes(&chunker, b"etcd.json", &json, now_ns)?;
     let root = asm.finish(repo)?;
-    let st = repo.stats();
     let mut snapshot = Snapshot {
         time: time::OffsetDateTime::now_utc(),
         kind: "etcd".into(),
@@ -265,11 +263,7 @@ pub fn backup(repo: &Repository, ep: &Endpoint, tags: &[String]) -> Result<Backu
             ..Default::default()
         },
     };
-    repo.flush()?;
-    snapshot.summary.blobs_added = st.blobs_added.load(Relaxed);
-    snapshot.summary.bytes_added = st.bytes_written.load(Relaxed);
-    snapshot.summary.seconds = started.elapsed().as_secs_f64();
-    let snapshot_id = repo.save_snapshot(&snapshot)?;
+    let snapshot_id = repo.commit_snapshot(&mut snapshot, started)?;
     Ok(BackupOutcome {
         snapshot_id,
         snapshot,

@@ -150,7 +150,6 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, progress: &Progress) -> R
     let root = engine.build_level(Path::new("/"), &rel, parent_root.as_ref())?;
 
     let errors = engine.errors.into_sorted();
-    let st = repo.stats();
     let summary = SnapshotSummary {
         files: progress.files.load(Relaxed),
         dirs: progress.dirs.load(Relaxed),
@@ -159,7 +158,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, progress: &Progress) -> R
         files_unchanged: progress.files_unchanged.load(Relaxed),
         bytes_total: progress.bytes_total.load(Relaxed),
         bytes_read: progress.bytes_read.load(Relaxed),
-        blobs_added: st.blobs_added.load(Relaxed),
+        blobs_added: 0,
         bytes_added: 0,
         seconds: 0.0,
         errors: errors.len() as u64,
@@ -176,12 +175,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, progress: &Progress) -> R
         program_version: concat!("lifeboat ", env!("CARGO_PKG_VERSION")).into(),
         summary,
     };
-    // Pending packs are written before the snapshot's figures are taken.
-    repo.flush()?;
-    snapshot.summary.blobs_added = st.blobs_added.load(Relaxed);
-    snapshot.summary.bytes_added = st.bytes_written.load(Relaxed);
-    snapshot.summary.seconds = started.elapsed().as_secs_f64();
-    let snapshot_id = repo.save_snapshot(&snapshot)?;
+    let snapshot_id = repo.commit_snapshot(&mut snapshot, started)?;
     Ok(BackupOutcome {
         snapshot_id,
         snapshot,

@@ -316,7 +316,6 @@ pub fn backup(repo: &Repository, cluster: &Cluster, opts: &BackupOptions) -> Res
     asm.add_bytes(&store.chunker, b"kube.json", &json, store.now_ns)?;
     let root = asm.finish(repo)?;
     let objects = store.objects.load(Relaxed);
-    let st = repo.stats();
     let mut snapshot = Snapshot {
         time: time::OffsetDateTime::now_utc(),
         kind: "kube".into(),
@@ -333,11 +332,7 @@ pub fn backup(repo: &Repository, cluster: &Cluster, opts: &BackupOptions) -> Res
             ..Default::default()
         },
     };
-    repo.flush()?;
-    snapshot.summary.blobs_added = st.blobs_added.load(Relaxed);
-    snapshot.summary.bytes_added = st.bytes_written.load(Relaxed);
-    snapshot.summary.seconds = started.elapsed().as_secs_f64();
-    let snapshot_id = repo.save_snapshot(&snapshot)?;
+    let snapshot_id = repo.commit_snapshot(&mut snapshot, started)?;
     Ok(BackupOutcome {
         snapshot_id,
         snapshot,

@@ -218,14 +218,8 @@ fn apps_with_crd_rbac_and_a_blocking_webhook_move_to_another_cluster() {
     assert_eq!(backup["errors"], serde_json::json!([]), "{backup}");
     let snap = backup["snapshot_id"].as_str().unwrap().to_string();
     // No plaintext secret in the repository.
-    for f in walk(dir.path()) {
-        let data = std::fs::read(&f).unwrap();
-        assert!(
-            !data.windows(9).any(|w| w == b"k1-s3cret"),
-            "secret in plaintext in {}",
-            f.display()
-        );
-    }
+    let leaks = common::files_containing(dir.path(), b"k1-s3cret");
+    assert!(leaks.is_empty(), "secret in plaintext in {leaks:?}");
 
     let to = format!("kube:{}", b.context);
     let map = [
@@ -391,19 +385,6 @@ fn volume_sum(site: &KubeSite, ns: &str) -> Option<String> {
     let script = "cd /data && [ -f ready ] && for f in hello.txt blob sub/n.txt; do echo \"$f $(/bin/busybox md5sum < $f)\"; done";
     let (ok, out, _) = site.kubectl_try(&["-n", ns, "exec", &pod, "--", "/bin/sh", "-c", script], None);
     (ok && out.lines().count() == 3).then_some(out)
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn free_port() -> u16 {

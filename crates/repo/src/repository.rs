@@ -489,6 +489,18 @@ impl Repository {
         self.write_named("snapshots", &serde_json::to_vec(snap).expect("serialisable"))
     }
 
+    /// Finishes a backup: flushes pending data, fills in the snapshot's `blobs_added`,
+    /// `bytes_added` (what this repository handle wrote) and `seconds` (since `started`), then
+    /// records it. Returns the snapshot id.
+    pub fn commit_snapshot(&self, snap: &mut Snapshot, started: std::time::Instant) -> Result<Id, RepoError> {
+        // Pending packs are written before the snapshot's figures are taken.
+        self.flush()?;
+        snap.summary.blobs_added = self.stats.blobs_added.load(Ordering::Relaxed);
+        snap.summary.bytes_added = self.stats.bytes_written.load(Ordering::Relaxed);
+        snap.summary.seconds = started.elapsed().as_secs_f64();
+        self.save_snapshot(snap)
+    }
+
     /// Reads one snapshot file.
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot, RepoError> {
         let name = id.to_hex();

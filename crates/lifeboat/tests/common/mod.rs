@@ -225,3 +225,17 @@ pub fn repo_state(repo: &Path) -> BTreeMap<String, String> {
         .filter_map(|(k, e)| e.content.map(|c| (k, c)))
         .collect()
 }
+
+/// The files below `dir` whose bytes contain `needle` (to prove a secret is stored encrypted only).
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_containing(&p, needle));
+        } else if fs::read(&p).unwrap().windows(needle.len()).any(|w| w == needle) {
+            out.push(p);
+        }
+    }
+    out
+}
