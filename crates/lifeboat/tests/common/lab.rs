@@ -16,9 +16,8 @@ fn lab_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../lab/lab")
 }
 
-/// The Docker sites that are up, in order (a, b, ...). Fails the test with instructions when fewer
-/// than `n` are up.
-pub fn docker_sites(n: usize) -> Vec<Site> {
+/// The variables `lab/lab env` prints.
+fn lab_env() -> BTreeMap<String, String> {
     let out = Command::new(lab_script()).arg("env").output().expect("run lab/lab env");
     assert!(
         out.status.success(),
@@ -31,10 +30,21 @@ pub fn docker_sites(n: usize) -> Vec<Site> {
             vars.insert(k.to_string(), v.trim_matches('"').to_string());
         }
     }
-    let sites: Vec<Site> = vars
-        .get("LAB_SITES")
-        .map(|s| s.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+    vars
+}
+
+/// The site names listed in `var` (`LAB_SITES`, `LAB_KUBE_SITES`).
+fn site_names(vars: &BTreeMap<String, String>, var: &str) -> Vec<String> {
+    vars.get(var)
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default()
+}
+
+/// The Docker sites that are up, in order (a, b, ...). Fails the test with instructions when fewer
+/// than `n` are up.
+pub fn docker_sites(n: usize) -> Vec<Site> {
+    let vars = lab_env();
+    let sites: Vec<Site> = site_names(&vars, "LAB_SITES")
         .into_iter()
         .filter_map(|s| {
             let up = s.to_uppercase();
@@ -202,17 +212,8 @@ pub struct KubeSite {
 /// The Kubernetes sites that are up (`lab/lab up --kube N`); fails the test with instructions when
 /// fewer than `n` are.
 pub fn kube_sites(n: usize) -> Vec<KubeSite> {
-    let out = Command::new(lab_script()).arg("env").output().expect("run lab/lab env");
-    let mut vars = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some((k, v)) = line.trim_start_matches("export ").split_once('=') {
-            vars.insert(k.to_string(), v.trim_matches('"').to_string());
-        }
-    }
-    let sites: Vec<KubeSite> = vars
-        .get("LAB_KUBE_SITES")
-        .map(|s| s.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .unwrap_or_default()
+    let vars = lab_env();
+    let sites: Vec<KubeSite> = site_names(&vars, "LAB_KUBE_SITES")
         .into_iter()
         .filter_map(|s| {
             let up = s.to_uppercase();
