@@ -395,7 +395,7 @@ async fn list_resource(
             };
             for obj in page.items {
                 let ns = obj.metadata.namespace.as_deref().unwrap_or_default();
-                if sel.namespaces.is_empty() && SYSTEM_NAMESPACES.contains(&ns) {
+                if sel.namespaces.is_empty() && !sel.all_namespaces && SYSTEM_NAMESPACES.contains(&ns) {
                     continue;
                 }
                 if store.put(&r, serde_json::to_value(&obj).expect("objects serialise"))? {

@@ -95,6 +95,11 @@ pub struct Selection {
     /// Only these namespaces (empty: all but the system ones, see [`rules::SYSTEM_NAMESPACES`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
+    /// With no `namespaces`: take the system namespaces too (`kube-system`, `kube-public`,
+    /// `kube-node-lease`), for applications that keep RBAC or service accounts there. Objects the
+    /// cluster makes itself are still left out by [`rules::excluded_object`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_namespaces: bool,
     /// A label selector (`app=web,tier!=db`), applied to every listed object (cluster-scoped ones
     /// too); cluster-scoped objects taken because something in scope refers to them are not filtered.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -59,7 +59,8 @@ pub struct ItemResult {
     pub name: String,
     /// `create` or `update`.
     pub action: String,
-    /// `done`, `planned` (dry run), `exists` (left as it is) or `failed`.
+    /// `done`, `planned` (dry run), `exists` (left as it is), `skipped` (not restored on purpose,
+    /// the message says why) or `failed`.
     pub status: String,
     /// The API server's message, or a remark.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,17 +74,45 @@ pub struct RestoreReport {
     pub failed: usize,
 }
 
-/// One stored object with the resource it belongs to.
+/// One stored object, not read yet: what it is and where its document is. A restore reads the
+/// documents of one rank at a time, so its memory does not grow with the snapshot.
 #[derive(Debug, Clone)]
 pub struct StoredObject {
     pub resource: ApiResource,
     pub namespaced: bool,
-    pub object: Value,
+    /// The namespace it was backed up from (`None` for cluster-scoped objects).
+    pub namespace: Option<String>,
+    pub name: String,
+    node: Node,
 }
 
-/// A Kubernetes snapshot read back.
+impl StoredObject {
+    /// Reads and parses the stored document.
+    pub fn read(&self, repo: &Repository) -> Result<Value, KubeError> {
+        serde_json::from_slice(&read_file(repo, &self.node)?).map_err(|e| KubeError::BadSnapshot {
+            snapshot: String::new(),
+            reason: format!("{}: {e}", self.path()),
+        })
+    }
+
+    fn path(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.resource.plural,
+            self.namespace.as_deref().unwrap_or("_cluster"),
+            self.name
+        )
+    }
+
+    fn rank(&self) -> u32 {
+        rules::restore_rank(&self.resource.group, &self.resource.kind)
+    }
+}
+
+/// A Kubernetes snapshot's table of contents.
 pub struct Stored {
     pub manifest: Manifest,
+    /// Every object, not read yet.
     pub objects: Vec<StoredObject>,
     /// Volume data trees by (namespace, claim).
     pub volume_data: BTreeMap<(String, String), Node>,
@@ -100,7 +129,8 @@ fn subtree(repo: &Repository, n: &Node) -> Result<Tree, KubeError> {
     }
 }
 
-/// Reads every object of a Kubernetes snapshot.
+/// Reads the table of contents of a Kubernetes snapshot: its manifest and where every object
+/// is. Object documents are read later, by [`restore`] or [`StoredObject::read`].
 pub fn load(repo: &Repository, snapshot: &str, root: &Id) -> Result<Stored, KubeError> {
     let bad = |reason: String| KubeError::BadSnapshot {
         snapshot: snapshot.to_string(),
@@ -112,42 +142,55 @@ pub fn load(repo: &Repository, snapshot: &str, root: &Id) -> Result<Stored, Kube
         .ok_or_else(|| bad("it has no kube.json: not a Kubernetes snapshot".into()))?;
     let manifest: Manifest =
         serde_json::from_slice(&read_file(repo, m)?).map_err(|e| bad(format!("kube.json: {e}")))?;
+    let kinds: BTreeMap<&str, &str> = manifest
+        .resources
+        .iter()
+        .map(|r| (r.resource.as_str(), r.kind.as_str()))
+        .collect();
     let mut objects = Vec::new();
     if let Some(res) = tree.find(b"resources") {
         for g in subtree(repo, res)?.nodes {
             for v in subtree(repo, &g)?.nodes {
                 for p in subtree(repo, &v)?.nodes {
                     let group = g.name.lossy().into_owned();
-                    let group = if group == "core" { String::new() } else { group };
                     let version = v.name.lossy().into_owned();
                     let plural = p.name.lossy().into_owned();
+                    let key = format!("{group}/{version}/{plural}");
+                    let group = if group == "core" { String::new() } else { group };
+                    let api_version = if group.is_empty() {
+                        version.clone()
+                    } else {
+                        format!("{group}/{version}")
+                    };
+                    let mut kind = kinds.get(key.as_str()).map(|k| k.to_string());
                     for ns in subtree(repo, &p)?.nodes {
                         let namespaced = ns.name.0 != b"_cluster";
                         for f in subtree(repo, &ns)?.nodes {
-                            let data = read_file(repo, &f)?;
-                            let object: Value = serde_json::from_slice(&data)
-                                .map_err(|e| bad(format!("{}/{}/{}: {e}", plural, ns.name.lossy(), f.name.lossy())))?;
-                            let kind = object
-                                .get("kind")
-                                .and_then(Value::as_str)
-                                .unwrap_or_default()
-                                .to_string();
-                            let api_version = if group.is_empty() {
-                                version.clone()
-                            } else {
-                                format!("{group}/{version}")
+                            let file = f.name.lossy();
+                            let Some(name) = file.strip_suffix(".json") else {
+                                return Err(bad(format!("{key}: {file} is not an object document")));
                             };
-                            objects.push(StoredObject {
+                            let mut o = StoredObject {
                                 resource: ApiResource {
                                     group: group.clone(),
                                     version: version.clone(),
-                                    api_version,
-                                    kind,
+                                    api_version: api_version.clone(),
+                                    kind: kind.clone().unwrap_or_default(),
                                     plural: plural.clone(),
                                 },
                                 namespaced,
-                                object,
-                            });
+                                namespace: namespaced.then(|| ns.name.lossy().into_owned()),
+                                name: name.to_string(),
+                                node: f.clone(),
+                            };
+                            if kind.is_none() {
+                                // Not in the manifest's list: the document says what it is.
+                                let doc = o.read(repo).map_err(|e| bad(e.to_string()))?;
+                                let k = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+                                o.resource.kind = k.to_string();
+                                kind = Some(k.to_string());
+                            }
+                            objects.push(o);
                         }
                     }
                 }
@@ -189,57 +232,68 @@ pub fn restore(
             )));
         }
     }
-    let mut objects: Vec<StoredObject> = stored.objects.clone();
+    let mapped_ns = |ns: &str| opts.namespace_map.get(ns).cloned().unwrap_or_else(|| ns.to_string());
     // Volume data of claims, by their namespace on the target.
     let volume_data: BTreeMap<(String, String), &Node> = stored
         .volume_data
         .iter()
-        .map(|((ns, name), root)| ((opts.namespace_map.get(ns).unwrap_or(ns).clone(), name.clone()), root))
+        .map(|((ns, name), root)| ((mapped_ns(ns), name.clone()), root))
         .collect();
-    for o in &mut objects {
-        let kind = o.resource.kind.clone();
-        rules::strip(&kind, &mut o.object);
-        rules::map_namespaces(&kind, &mut o.object, &opts.namespace_map);
-        rules::map_storage_classes(&kind, &mut o.object, &opts.storage_class_map);
-        if let Some(n) = opts.replicas {
-            rules::set_replicas(&kind, &mut o.object, n);
-        }
-    }
-    objects.sort_by_key(|o| {
+    let mut objects: Vec<&StoredObject> = stored.objects.iter().collect();
+    objects.sort_by_cached_key(|o| {
         (
-            rules::restore_rank(&o.resource.group, &o.resource.kind),
+            o.rank(),
             o.resource.group.clone(),
             o.resource.plural.clone(),
-            meta(&o.object, "namespace").unwrap_or_default().to_string(),
-            meta(&o.object, "name").unwrap_or_default().to_string(),
+            o.namespace.as_deref().map(mapped_ns).unwrap_or_default(),
+            o.name.clone(),
         )
     });
     // Namespaces and CRDs this restore creates: in a dry run, objects inside them cannot be
-    // checked by the server (they do not exist yet) and are reported as planned.
+    // checked by the server (they do not exist yet) and are reported as planned. Both are known
+    // from names alone (a CRD is named `plural.group`).
     let planned_namespaces: BTreeSet<String> = objects
         .iter()
         .filter(|o| o.resource.kind == "Namespace")
-        .filter_map(|o| meta(&o.object, "name").map(str::to_string))
+        .map(|o| mapped_ns(&o.name))
         .collect();
     let planned_groups: BTreeSet<String> = objects
         .iter()
         .filter(|o| o.resource.kind == "CustomResourceDefinition")
-        .filter_map(|o| {
-            o.object
-                .pointer("/spec/group")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
+        .filter_map(|o| o.name.split_once('.').map(|(_, g)| g.to_string()))
         .collect();
+    // Claims in the snapshot, by their source namespace. A volume a provisioner made for one of
+    // them is not restored: it belongs to the source's storage (a path or disk there, often pinned
+    // to a source node); the claim gets a new volume from the target's provisioner instead, and
+    // the claim's data is written into it.
+    let claims: BTreeSet<(String, String)> = objects
+        .iter()
+        .filter(|o| o.resource.kind == "PersistentVolumeClaim")
+        .map(|o| (o.namespace.clone().unwrap_or_default(), o.name.clone()))
+        .collect();
+    let prepare = |o: &StoredObject| -> Result<Result<Value, String>, KubeError> {
+        let mut v = o.read(repo)?;
+        let kind = &o.resource.kind;
+        if let Some(why) = provisioned_for_claim(kind, &v, &claims) {
+            return Ok(Err(why));
+        }
+        rules::strip(kind, &mut v);
+        rules::map_namespaces(kind, &mut v, &opts.namespace_map);
+        rules::map_storage_classes(kind, &mut v, &opts.storage_class_map);
+        if let Some(n) = opts.replicas {
+            rules::set_replicas(kind, &mut v, n);
+        }
+        Ok(Ok(v))
+    };
 
     let mut report = RestoreReport::default();
     let mut i = 0;
     while i < objects.len() {
-        let rank = rules::restore_rank(&objects[i].resource.group, &objects[i].resource.kind);
+        let rank = objects[i].rank();
         let mut crds = Vec::new();
         let mut claims = Vec::new();
         let start = i;
-        while i < objects.len() && rules::restore_rank(&objects[i].resource.group, &objects[i].resource.kind) == rank {
+        while i < objects.len() && objects[i].rank() == rank {
             i += 1;
         }
         // Objects of one rank do not depend on each other: they are created several at once.
@@ -252,19 +306,33 @@ pub fn restore(
                     if k >= i {
                         break;
                     }
-                    let item = apply(cluster, &objects[k], opts, &planned_namespaces, &planned_groups);
+                    let o = objects[k];
+                    let item = |action: &str, status: &str, message: String| ItemResult {
+                        api_version: o.resource.api_version.clone(),
+                        kind: o.resource.kind.clone(),
+                        namespace: o.namespace.as_deref().map(mapped_ns),
+                        name: o.name.clone(),
+                        action: action.into(),
+                        status: status.into(),
+                        message: Some(message),
+                    };
+                    let item = match prepare(o) {
+                        Ok(Ok(v)) => apply(cluster, o, v, opts, &planned_namespaces, &planned_groups),
+                        Ok(Err(why)) => item("create", "skipped", why),
+                        Err(e) => item("read", "failed", e.to_string()),
+                    };
                     *results[k - start].lock().expect("poisoned") = Some(item);
                 });
             }
         });
         for (k, r) in (start..i).zip(results) {
-            let o = &objects[k];
+            let o = objects[k];
             let item = r.into_inner().expect("poisoned").expect("every object was applied");
             if item.status == "failed" {
                 report.failed += 1;
             }
             if o.resource.kind == "CustomResourceDefinition" && item.status == "done" {
-                crds.push(meta(&o.object, "name").unwrap_or_default().to_string());
+                crds.push(o.name.clone());
             }
             if o.resource.kind == "PersistentVolumeClaim" && item.status == "done" {
                 claims.push(k);
@@ -274,8 +342,8 @@ pub fn restore(
         // Volume data goes into the new claims before any workload starts.
         if !opts.no_volume_data && !opts.dry_run {
             for j in claims {
-                let ns = meta(&objects[j].object, "namespace").unwrap_or_default().to_string();
-                let name = meta(&objects[j].object, "name").unwrap_or_default().to_string();
+                let ns = objects[j].namespace.as_deref().map(mapped_ns).unwrap_or_default();
+                let name = objects[j].name.clone();
                 let Some(root) = volume_data.get(&(ns.clone(), name.clone())) else {
                     continue;
                 };
@@ -317,15 +385,30 @@ pub fn restore(
     Ok(report)
 }
 
+/// Why a PersistentVolume is not restored, if it was made by a provisioner for a claim that is
+/// restored too (see [`restore`]).
+fn provisioned_for_claim(kind: &str, pv: &Value, claims: &BTreeSet<(String, String)>) -> Option<String> {
+    if kind != "PersistentVolume" {
+        return None;
+    }
+    let by = meta(pv, "annotations/pv.kubernetes.io~1provisioned-by")?;
+    let claim = pv.pointer("/spec/claimRef")?;
+    let (ns, name) = (claim.get("namespace")?.as_str()?, claim.get("name")?.as_str()?);
+    claims.contains(&(ns.to_string(), name.to_string())).then(|| {
+        format!("made by {by} for claim {ns}/{name}, which gets a new volume from the target's provisioner")
+    })
+}
+
 fn apply(
     cluster: &Cluster,
     o: &StoredObject,
+    object: Value,
     opts: &RestoreOptions,
     planned_namespaces: &BTreeSet<String>,
     planned_groups: &BTreeSet<String>,
 ) -> ItemResult {
-    let name = meta(&o.object, "name").unwrap_or_default().to_string();
-    let namespace = meta(&o.object, "namespace").map(str::to_string);
+    let name = meta(&object, "name").unwrap_or_default().to_string();
+    let namespace = meta(&object, "namespace").map(str::to_string);
     let mut item = ItemResult {
         api_version: o.resource.api_version.clone(),
         kind: o.resource.kind.clone(),
@@ -339,7 +422,7 @@ fn apply(
         (Some(ns), true) => Api::namespaced_with(cluster.client().clone(), ns, &o.resource),
         _ => Api::all_with(cluster.client().clone(), &o.resource),
     };
-    let obj: DynamicObject = match serde_json::from_value(o.object.clone()) {
+    let obj: DynamicObject = match serde_json::from_value(object) {
         Ok(d) => d,
         Err(e) => {
             item.status = "failed".into();
@@ -434,5 +517,26 @@ fn wait_established(cluster: &Cluster, name: &str, limit: Duration) -> Result<()
             return Err(format!("not Established within {} s", limit.as_secs()));
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_provisioned_volume_of_a_restored_claim_is_left_to_the_targets_provisioner() {
+        let claims: BTreeSet<(String, String)> = [("shop".to_string(), "data".to_string())].into();
+        let pv = |ann: Value, ns: &str| {
+            json!({"kind": "PersistentVolume", "metadata": {"name": "pvc-1", "annotations": ann},
+                   "spec": {"claimRef": {"namespace": ns, "name": "data"}, "hostPath": {"path": "/x"}}})
+        };
+        let provisioned = json!({"pv.kubernetes.io/provisioned-by": "lab/hostpath"});
+        let why = provisioned_for_claim("PersistentVolume", &pv(provisioned.clone(), "shop"), &claims).unwrap();
+        assert!(why.contains("shop/data") && why.contains("lab/hostpath"), "{why}");
+        // A volume made by hand, or for a claim not in the snapshot, is restored.
+        assert_eq!(provisioned_for_claim("PersistentVolume", &pv(json!({}), "shop"), &claims), None);
+        assert_eq!(provisioned_for_claim("PersistentVolume", &pv(provisioned, "other"), &claims), None);
     }
 }

@@ -140,6 +140,9 @@ pub enum BackupCmd {
         /// Only these namespaces (repeatable); cluster-scoped objects they refer to come along
         #[arg(short = 'n', long = "namespace")]
         namespaces: Vec<String>,
+        /// Every namespace, the system ones (kube-system, kube-public, kube-node-lease) too
+        #[arg(short = 'A', long, conflicts_with = "namespaces")]
+        all_namespaces: bool,
         /// Label selector (app=web,tier!=db) for every listed object
         #[arg(short = 'l', long = "selector")]
         selector: Option<String>,

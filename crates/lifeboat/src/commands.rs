@@ -122,6 +122,7 @@ pub fn run(args: Cli) -> Result<bool> {
             kubeconfig,
             context,
             namespaces,
+            all_namespaces,
             selector,
             include,
             exclude,
@@ -135,6 +136,7 @@ pub fn run(args: Cli) -> Result<bool> {
             lifeboat_kube::BackupOptions {
                 selection: lifeboat_kube::Selection {
                     namespaces,
+                    all_namespaces,
                     label_selector: selector,
                     include,
                     exclude,
