@@ -1,6 +1,8 @@
 //! Which resources the API server serves: the classic discovery endpoints (`/api`, `/apis`, one
 //! call per group version), which every Kubernetes version has. A group whose discovery fails (an
 //! aggregated API whose backend is down) is skipped with a note instead of failing the backup.
+use std::collections::BTreeSet;
+
 use futures_util::stream::{self, StreamExt};
 use kube::discovery::ApiResource;
 use serde::{Deserialize, Serialize};
@@ -67,7 +69,8 @@ impl Resource {
 /// old versions (the same objects twice).
 const DUPLICATE_GROUPS: [&str; 1] = ["extensions"];
 
-/// Discovers every listable top-level resource (subresources left out), preferred versions only.
+/// Discovers every listable top-level resource (subresources left out), each in its group's
+/// preferred version if served there, else in the first other version that serves it.
 /// Returns the resources and notes on groups that were skipped.
 pub fn discover(cluster: &Cluster) -> Result<(Vec<Resource>, Vec<String>), KubeError> {
     let client = cluster.client();
@@ -89,30 +92,49 @@ pub fn discover(cluster: &Cluster) -> Result<(Vec<Resource>, Vec<String>), KubeE
             .list_api_groups()
             .await
             .map_err(cluster.api_err("discovery of /apis"))?;
+        // Every version of every group, the preferred one first: a resource served only in an
+        // older version (CronJob in batch/v1beta1 on Kubernetes 1.20) is taken from there.
         let mut wanted = Vec::new();
         for g in groups.groups {
             if DUPLICATE_GROUPS.contains(&g.name.as_str()) {
                 skipped.push(format!("group {}: serves the same objects as newer groups", g.name));
                 continue;
             }
-            let Some(pref) = g.preferred_version.or_else(|| g.versions.first().cloned()) else {
-                continue;
-            };
-            wanted.push((g.name, pref.version));
+            let mut versions: Vec<String> = g.preferred_version.iter().map(|p| p.version.clone()).collect();
+            for v in g.versions {
+                if !versions.contains(&v.version) {
+                    versions.push(v.version);
+                }
+            }
+            for (rank, version) in versions.into_iter().enumerate() {
+                wanted.push((g.name.clone(), rank, version));
+            }
         }
-        let fetched: Vec<_> = stream::iter(wanted)
-            .map(|(group, version)| async move {
+        let mut fetched: Vec<_> = stream::iter(wanted)
+            .map(|(group, rank, version)| async move {
                 let r = client.list_api_group_resources(&format!("{group}/{version}")).await;
-                (group, version, r)
+                (group, rank, version, r)
             })
             .buffer_unordered(8)
             .collect()
             .await;
-        for (group, version, r) in fetched {
+        fetched.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let mut failed_groups = BTreeSet::new();
+        for (group, rank, version, r) in fetched {
+            if failed_groups.contains(&group) {
+                continue;
+            }
             match r {
                 Ok(list) => push_resources(&mut out, &group, &version, list),
+                Err(e) if rank == 0 => {
+                    failed_groups.insert(group.clone());
+                    skipped.push(format!(
+                        "group {group}/{version}: discovery failed ({}); an aggregated API without a running backend?",
+                        crate::short_error(&e)
+                    ))
+                }
                 Err(e) => skipped.push(format!(
-                    "group {group}/{version}: discovery failed ({}); an aggregated API without a running backend?",
+                    "group {group}/{version}: discovery failed ({}); resources served only in this version are left out",
                     crate::short_error(&e)
                 )),
             }
@@ -131,6 +153,10 @@ fn push_resources(
 ) {
     for r in list.resources {
         if r.name.contains('/') || !r.verbs.iter().any(|v| v == "list") {
+            continue;
+        }
+        // Served in a version taken before (the preferred one, or a newer one).
+        if out.iter().any(|o| o.group == group && o.plural == r.name) {
             continue;
         }
         out.push(Resource {
@@ -175,5 +201,29 @@ mod tests {
         assert_eq!(d.key(), "apps/v1/deployments");
         assert_eq!(res("", "configmaps", "ConfigMap").key(), "core/v1/configmaps");
         assert_eq!(res("", "configmaps", "ConfigMap").api_version(), "v1");
+    }
+
+    fn list(version: &str, names: &[(&str, &str)]) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList {
+        serde_json::from_value(serde_json::json!({
+            "groupVersion": format!("batch/{version}"),
+            "resources": names.iter().map(|(n, k)| serde_json::json!({
+                "name": n, "singularName": "", "namespaced": true, "kind": k, "verbs": ["list", "get"]
+            })).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_resource_served_only_in_an_older_version_is_taken_from_there() {
+        let mut out = Vec::new();
+        push_resources(&mut out, "batch", "v1", list("v1", &[("jobs", "Job"), ("jobs/status", "Job")]));
+        push_resources(
+            &mut out,
+            "batch",
+            "v1beta1",
+            list("v1beta1", &[("jobs", "Job"), ("cronjobs", "CronJob")]),
+        );
+        let keys: Vec<String> = out.iter().map(Resource::key).collect();
+        assert_eq!(keys, ["batch/v1/jobs", "batch/v1beta1/cronjobs"]);
     }
 }
