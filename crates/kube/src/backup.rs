@@ -65,6 +65,8 @@ struct Store<'a> {
     skipped_objects: AtomicU64,
     /// Bound claims in scope: (namespace, name).
     claims: Mutex<Vec<(String, String)>>,
+    /// Running pods in scope that ask for backup hooks.
+    hooks: Mutex<Vec<crate::hooks::PodHook>>,
 }
 
 impl Store<'_> {
@@ -73,6 +75,11 @@ impl Store<'_> {
         if let Some(o) = obj.as_object_mut() {
             o.insert("apiVersion".into(), Value::String(r.api_version()));
             o.insert("kind".into(), Value::String(r.kind.clone()));
+        }
+        if r.group.is_empty() && r.plural == "pods" {
+            if let Some(h) = crate::hooks::from_pod(&obj)? {
+                self.hooks.lock().expect("poisoned").push(h);
+            }
         }
         if rules::excluded_object(r, &obj).is_some() {
             self.skipped_objects.fetch_add(1, Relaxed);
@@ -224,6 +231,7 @@ pub fn backup(repo: &Repository, cluster: &Cluster, opts: &BackupOptions) -> Res
         errors: Mutex::new(Vec::new()),
         skipped_objects: AtomicU64::new(0),
         claims: Mutex::new(Vec::new()),
+        hooks: Mutex::new(Vec::new()),
     };
 
     // Endpoints last: whether an Endpoints object is the controller's depends on its Service.
@@ -269,9 +277,28 @@ pub fn backup(repo: &Repository, cluster: &Cluster, opts: &BackupOptions) -> Res
             }
         }
     }
-    // Volume data of the bound claims in scope.
+    // Volume data of the bound claims in scope, between the pods' pre and post hooks.
     if opts.volumes {
-        let claims = store.claims.lock().expect("poisoned").clone();
+        let hooks = store.hooks.lock().expect("poisoned").clone();
+        let mut pre_done = Vec::new();
+        let mut failure = None;
+        for h in &hooks {
+            match cluster.run_hook(h, "pre") {
+                Ok(note) => {
+                    store.errors.lock().expect("poisoned").extend(note);
+                    pre_done.push(h);
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let claims = if failure.is_none() {
+            store.claims.lock().expect("poisoned").clone()
+        } else {
+            Vec::new()
+        };
         let progress = lifeboat_fs::backup::Progress::default();
         for (ns, claim) in claims {
             match cluster.read_pvc(repo, &ns, &claim, &opts.helper_image, &progress) {
@@ -289,13 +316,27 @@ pub fn backup(repo: &Repository, cluster: &Cluster, opts: &BackupOptions) -> Res
                         .expect("poisoned")
                         .add(format!("volumes/{ns}/{claim}/data").as_bytes(), out.root);
                 }
-                Err(e @ KubeError::Repo(_)) => return Err(e),
+                Err(e @ KubeError::Repo(_)) => {
+                    failure = Some(e);
+                    break;
+                }
                 Err(e) => store
                     .errors
                     .lock()
                     .expect("poisoned")
                     .push(format!("claim {ns}/{claim}: data not backed up: {e}")),
             }
+        }
+        for h in pre_done {
+            match cluster.run_hook(h, "post") {
+                Ok(note) => store.errors.lock().expect("poisoned").extend(note),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
     }
     counts.retain(|c| c.objects > 0);

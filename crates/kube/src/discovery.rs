@@ -69,6 +69,10 @@ impl Resource {
 /// old versions (the same objects twice).
 const DUPLICATE_GROUPS: [&str; 1] = ["extensions"];
 
+/// How long one discovery call may take: an aggregated API whose backend hangs must not stall
+/// the backup (its group is skipped with a note).
+const DISCOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Discovers every listable top-level resource (subresources left out), each in its group's
 /// preferred version if served there, else in the first other version that serves it.
 /// Returns the resources and notes on groups that were skipped.
@@ -112,7 +116,11 @@ pub fn discover(cluster: &Cluster) -> Result<(Vec<Resource>, Vec<String>), KubeE
         }
         let mut fetched: Vec<_> = stream::iter(wanted)
             .map(|(group, rank, version)| async move {
-                let r = client.list_api_group_resources(&format!("{group}/{version}")).await;
+                let gv = format!("{group}/{version}");
+                let r = match tokio::time::timeout(DISCOVERY_TIMEOUT, client.list_api_group_resources(&gv)).await {
+                    Ok(r) => r.map_err(|e| crate::short_error(&e)),
+                    Err(_) => Err(format!("no answer within {} s", DISCOVERY_TIMEOUT.as_secs())),
+                };
                 (group, rank, version, r)
             })
             .buffer_unordered(8)
@@ -129,13 +137,11 @@ pub fn discover(cluster: &Cluster) -> Result<(Vec<Resource>, Vec<String>), KubeE
                 Err(e) if rank == 0 => {
                     failed_groups.insert(group.clone());
                     skipped.push(format!(
-                        "group {group}/{version}: discovery failed ({}); an aggregated API without a running backend?",
-                        crate::short_error(&e)
+                        "group {group}/{version}: discovery failed ({e}); an aggregated API without a running backend?"
                     ))
                 }
                 Err(e) => skipped.push(format!(
-                    "group {group}/{version}: discovery failed ({}); resources served only in this version are left out",
-                    crate::short_error(&e)
+                    "group {group}/{version}: discovery failed ({e}); resources served only in this version are left out"
                 )),
             }
         }
@@ -216,7 +222,12 @@ mod tests {
     #[test]
     fn a_resource_served_only_in_an_older_version_is_taken_from_there() {
         let mut out = Vec::new();
-        push_resources(&mut out, "batch", "v1", list("v1", &[("jobs", "Job"), ("jobs/status", "Job")]));
+        push_resources(
+            &mut out,
+            "batch",
+            "v1",
+            list("v1", &[("jobs", "Job"), ("jobs/status", "Job")]),
+        );
         push_resources(
             &mut out,
             "batch",

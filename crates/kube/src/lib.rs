@@ -17,6 +17,7 @@
 
 pub mod backup;
 pub mod discovery;
+pub mod hooks;
 pub mod restore;
 pub mod rules;
 pub mod volumes;
@@ -52,6 +53,13 @@ pub enum KubeError {
     /// The options cannot be used (a bad selector, an unknown kind, a bad mapping).
     #[error("{0}")]
     BadOption(String),
+    /// A backup hook failed with policy `fail` (or is misconfigured): no snapshot was written.
+    #[error("hook {phase} in pod {pod}: {reason}")]
+    Hook {
+        pod: String,
+        phase: &'static str,
+        reason: String,
+    },
     /// The snapshot is not a Kubernetes snapshot or a document in it cannot be read.
     #[error("snapshot {snapshot}: {reason}")]
     BadSnapshot { snapshot: String, reason: String },

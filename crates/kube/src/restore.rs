@@ -394,9 +394,9 @@ fn provisioned_for_claim(kind: &str, pv: &Value, claims: &BTreeSet<(String, Stri
     let by = meta(pv, "annotations/pv.kubernetes.io~1provisioned-by")?;
     let claim = pv.pointer("/spec/claimRef")?;
     let (ns, name) = (claim.get("namespace")?.as_str()?, claim.get("name")?.as_str()?);
-    claims.contains(&(ns.to_string(), name.to_string())).then(|| {
-        format!("made by {by} for claim {ns}/{name}, which gets a new volume from the target's provisioner")
-    })
+    claims
+        .contains(&(ns.to_string(), name.to_string()))
+        .then(|| format!("made by {by} for claim {ns}/{name}, which gets a new volume from the target's provisioner"))
 }
 
 fn apply(
@@ -536,7 +536,13 @@ mod tests {
         let why = provisioned_for_claim("PersistentVolume", &pv(provisioned.clone(), "shop"), &claims).unwrap();
         assert!(why.contains("shop/data") && why.contains("lab/hostpath"), "{why}");
         // A volume made by hand, or for a claim not in the snapshot, is restored.
-        assert_eq!(provisioned_for_claim("PersistentVolume", &pv(json!({}), "shop"), &claims), None);
-        assert_eq!(provisioned_for_claim("PersistentVolume", &pv(provisioned, "other"), &claims), None);
+        assert_eq!(
+            provisioned_for_claim("PersistentVolume", &pv(json!({}), "shop"), &claims),
+            None
+        );
+        assert_eq!(
+            provisioned_for_claim("PersistentVolume", &pv(provisioned, "other"), &claims),
+            None
+        );
     }
 }

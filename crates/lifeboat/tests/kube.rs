@@ -115,6 +115,18 @@ spec:
       volumes:
       - {name: data, persistentVolumeClaim: {claimName: data}}
 ---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: k1-hookfail
+  namespace: k1-data
+  labels: {lifeboat-test: k1-fail}
+  annotations: {io.lifeboat.hook.pre: "echo broken database >&2; exit 3"}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: main, image: lifeboat-lab/web:1, imagePullPolicy: Never, command: [sleep, "3600"]}
+---
 apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingWebhookConfiguration
 metadata: {name: k1-guard, labels: {lifeboat-test: k1}}
@@ -217,6 +229,42 @@ fn apps_with_crd_rbac_and_a_blocking_webhook_move_to_another_cluster() {
     let backup = json(&repo, &args);
     assert_eq!(backup["errors"], serde_json::json!([]), "{backup}");
     let snap = backup["snapshot_id"].as_str().unwrap().to_string();
+    // The writer's post hook ran once the volume was read.
+    let writer = a.kubectl(&["-n", "k1-data", "get", "pods", "-l", "app=k1-writer", "-o", "name"]);
+    a.kubectl(&[
+        "-n",
+        "k1-data",
+        "exec",
+        writer.trim(),
+        "--",
+        "test",
+        "-f",
+        "/tmp/hook-post-ran",
+    ]);
+    // A failing pre hook with policy fail stops the backup: no snapshot, the pod and stderr named.
+    wait_for("the hooked pod on a", Duration::from_secs(60), || {
+        let p = a.get_json("pod", Some("k1-data"), "k1-hookfail")?;
+        (p.pointer("/status/phase") == Some(&Value::from("Running"))).then_some(())
+    });
+    let failed = common::run(
+        &repo,
+        &[
+            "backup",
+            "kube",
+            "--kubeconfig",
+            &a.kubeconfig,
+            "-l",
+            "lifeboat-test=k1-fail",
+        ],
+    );
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "a failing pre hook let the backup through");
+    assert!(
+        err.contains("k1-data/k1-hookfail") && err.contains("broken database"),
+        "{err}"
+    );
+    let snaps = json(&repo, &["snapshots"]);
+    assert_eq!(snaps.as_array().map(Vec::len), Some(1), "{snaps}");
     // No plaintext secret in the repository.
     let leaks = common::files_containing(dir.path(), b"k1-s3cret");
     assert!(leaks.is_empty(), "secret in plaintext in {leaks:?}");
@@ -351,6 +399,18 @@ fn apps_with_crd_rbac_and_a_blocking_webhook_move_to_another_cluster() {
         volume_sum(b, "k1-data-dr")
     });
     assert_eq!(sum_b, sum_a, "the volume on b holds other data than on a");
+    // The pre hook ran before the volume was read: its file came along.
+    let writer_b = b.kubectl(&["-n", "k1-data-dr", "get", "pods", "-l", "app=k1-writer", "-o", "name"]);
+    let pre = b.kubectl(&[
+        "-n",
+        "k1-data-dr",
+        "exec",
+        writer_b.trim(),
+        "--",
+        "cat",
+        "/data/hook-pre.txt",
+    ]);
+    assert_eq!(pre.trim(), "pre-hook ran");
 
     // Restoring again leaves everything as it is and says so.
     let mut args = vec![

@@ -111,7 +111,12 @@ fn create(site: &KubeSite, objs: &[&Value]) {
         .filter(|l| !l.contains("AlreadyExists") && !l.contains("already exists"))
         .filter(|l| !l.contains("couldn't get resource list") && !l.contains("memcache.go"))
         .collect();
-    assert!(real.is_empty(), "creating the corpus on {} failed:\n{}", site.name, real.join("\n"));
+    assert!(
+        real.is_empty(),
+        "creating the corpus on {} failed:\n{}",
+        site.name,
+        real.join("\n")
+    );
 }
 
 fn is_hazard_last(kind: &str) -> bool {
@@ -128,23 +133,44 @@ fn clean(site: &KubeSite, objects: &[Value]) {
         &["delete", "apiservice", "v1beta1.metrics.k8s.io", "--ignore-not-found"],
         None,
     );
-    let first: Vec<&Value> = objects.iter().filter(|o| is_hazard_last(o["kind"].as_str().unwrap())).collect();
+    let first: Vec<&Value> = objects
+        .iter()
+        .filter(|o| is_hazard_last(o["kind"].as_str().unwrap()))
+        .collect();
     let _ = site.kubectl_try(&["delete", "--ignore-not-found", "-f", "-"], Some(&list(&first)));
-    let rest: Vec<&Value> = objects.iter().rev().filter(|o| o["kind"] != "CustomResourceDefinition").collect();
+    let rest: Vec<&Value> = objects
+        .iter()
+        .rev()
+        .filter(|o| o["kind"] != "CustomResourceDefinition")
+        .collect();
     let _ = site.kubectl_try(
         &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
         Some(&list(&rest)),
     );
-    let crds: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "CustomResourceDefinition").collect();
+    let crds: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "CustomResourceDefinition")
+        .collect();
     let _ = site.kubectl_try(&["delete", "--ignore-not-found", "-f", "-"], Some(&list(&crds)));
     // Claims a StatefulSet made from its templates outlive it.
     for sts in objects.iter().filter(|o| o["kind"] == "StatefulSet") {
-        let ns = sts.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+        let ns = sts
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
         let sts_name = sts["metadata"]["name"].as_str().unwrap();
-        for t in sts.pointer("/spec/volumeClaimTemplates").and_then(Value::as_array).into_iter().flatten() {
+        for t in sts
+            .pointer("/spec/volumeClaimTemplates")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let prefix = format!("{}-{sts_name}-", t["metadata"]["name"].as_str().unwrap());
             let (_, names, _) = site.kubectl_try(&["-n", ns, "get", "pvc", "-o", "name"], None);
-            for n in names.lines().filter(|n| n.trim_start_matches("persistentvolumeclaim/").starts_with(&prefix)) {
+            for n in names
+                .lines()
+                .filter(|n| n.trim_start_matches("persistentvolumeclaim/").starts_with(&prefix))
+            {
                 let _ = site.kubectl_try(&["-n", ns, "delete", n, "--ignore-not-found"], None);
             }
         }
@@ -189,11 +215,7 @@ fn objects_on(site: &KubeSite, resources: &[String], cluster_kinds: &BTreeSet<St
 }
 
 /// The differences between `want` (from a) and `got` (from b) for every corpus key.
-fn differences(
-    keys: &[Key],
-    a: &BTreeMap<Key, Value>,
-    b: &BTreeMap<Key, Value>,
-) -> Vec<String> {
+fn differences(keys: &[Key], a: &BTreeMap<Key, Value>, b: &BTreeMap<Key, Value>) -> Vec<String> {
     let mut diffs = Vec::new();
     for k in keys {
         let (Some(want), Some(got)) = (a.get(k), b.get(k)) else {
@@ -241,8 +263,11 @@ fn published_manifests_of_seven_projects_move_to_an_empty_cluster() {
     create(a, &by_kind(&is_hazard_last));
 
     let served = served_kinds(a);
-    let cluster_kinds: BTreeSet<String> =
-        served.iter().filter(|(_, (_, ns))| !ns).map(|(k, _)| k.clone()).collect();
+    let cluster_kinds: BTreeSet<String> = served
+        .iter()
+        .filter(|(_, (_, ns))| !ns)
+        .map(|(k, _)| k.clone())
+        .collect();
     let mut keys: Vec<Key> = objects.iter().map(|o| key(o, &cluster_kinds)).collect();
     keys.sort();
     keys.dedup();

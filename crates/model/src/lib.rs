@@ -6,6 +6,7 @@
 //! documented in `docs/repository-format.md`, so changing a field is a format change.
 #![forbid(unsafe_code)]
 
+pub mod hook;
 mod id;
 mod snapshot;
 mod tree;
