@@ -278,11 +278,33 @@ pub fn backup(repo: &Repository, cluster: &Cluster, opts: &BackupOptions) -> Res
         }
     }
     // Volume data of the bound claims in scope, between the pods' pre and post hooks.
+    let mut hooks_ran = Vec::new();
     if opts.volumes {
-        let hooks = store.hooks.lock().expect("poisoned").clone();
+        let (hooks, idle): (Vec<_>, Vec<_>) = store
+            .hooks
+            .lock()
+            .expect("poisoned")
+            .clone()
+            .into_iter()
+            .partition(|h| h.phase == "Running");
+        for h in idle {
+            store.errors.lock().expect("poisoned").push(format!(
+                "pod {}/{} asks for backup hooks but is not running (phase {:?}): its hooks did not run",
+                h.namespace, h.pod, h.phase
+            ));
+        }
         let mut pre_done = Vec::new();
         let mut failure = None;
+        let mut ran = |h: &crate::hooks::PodHook, phase: &str| {
+            if h.spec.command(phase).is_some() {
+                hooks_ran.push(format!(
+                    "{phase} pod {}/{} container {}",
+                    h.namespace, h.pod, h.container
+                ));
+            }
+        };
         for h in &hooks {
+            ran(h, "pre");
             match cluster.run_hook(h, "pre") {
                 Ok(note) => {
                     store.errors.lock().expect("poisoned").extend(note);
@@ -328,6 +350,7 @@ pub fn backup(repo: &Repository, cluster: &Cluster, opts: &BackupOptions) -> Res
             }
         }
         for h in pre_done {
+            ran(h, "post");
             match cluster.run_hook(h, "post") {
                 Ok(note) => store.errors.lock().expect("poisoned").extend(note),
                 Err(e) => {
@@ -351,6 +374,7 @@ pub fn backup(repo: &Repository, cluster: &Cluster, opts: &BackupOptions) -> Res
         resources: counts,
         skipped,
         errors: store.errors.lock().expect("poisoned").clone(),
+        hooks: hooks_ran,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("the manifest serialises");
     let mut asm = store.asm.into_inner().expect("poisoned");

@@ -3,7 +3,8 @@
 //! pod template of its Deployment or StatefulSet); the keys and their meaning are
 //! [`lifeboat_model::hook`]'s, with `io.lifeboat.hook.container` choosing the container.
 //!
-//! Only running pods in the backup's scope are hooked. A command that exceeds its timeout is
+//! Only running pods in the backup's scope are hooked; a pod that asks for hooks but does not run
+//! is recorded in the snapshot's errors. A command that exceeds its timeout is
 //! reported as failed; the API gives no way to stop it, so it may go on running in the container.
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams};
@@ -20,6 +21,8 @@ pub struct PodHook {
     pub pod: String,
     pub container: String,
     pub spec: HookSpec,
+    /// The pod's phase; hooks run only in `Running` pods.
+    pub phase: String,
 }
 
 impl PodHook {
@@ -28,7 +31,7 @@ impl PodHook {
     }
 }
 
-/// The hooks a pod document asks for; `None` when it asks for none or does not run.
+/// The hooks a pod document asks for; `None` when it asks for none.
 pub fn from_pod(pod: &Value) -> Result<Option<PodHook>, KubeError> {
     let ann = pod.pointer("/metadata/annotations").and_then(Value::as_object);
     let get = |k: &str| ann.and_then(|a| a.get(k)).and_then(Value::as_str);
@@ -42,9 +45,6 @@ pub fn from_pod(pod: &Value) -> Result<Option<PodHook>, KubeError> {
     let Some(spec) = HookSpec::parse(get).map_err(bad)? else {
         return Ok(None);
     };
-    if pod.pointer("/status/phase").and_then(Value::as_str) != Some("Running") {
-        return Ok(None);
-    }
     let containers: Vec<&str> = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -66,6 +66,7 @@ pub fn from_pod(pod: &Value) -> Result<Option<PodHook>, KubeError> {
         pod: name,
         container,
         spec,
+        phase: str_at("/status/phase"),
     }))
 }
 
@@ -142,7 +143,7 @@ mod tests {
     }
 
     #[test]
-    fn running_pods_with_hook_annotations_are_hooked_in_the_chosen_container() {
+    fn pods_with_hook_annotations_are_hooked_in_the_chosen_container() {
         let h = from_pod(&pod(json!({PRE: "sync"}), "Running")).unwrap().unwrap();
         assert_eq!(
             (h.namespace.as_str(), h.pod.as_str(), h.container.as_str()),
@@ -152,7 +153,8 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.container, "sidecar");
-        assert_eq!(from_pod(&pod(json!({PRE: "sync"}), "Pending")).unwrap(), None);
+        let h = from_pod(&pod(json!({PRE: "sync"}), "Pending")).unwrap().unwrap();
+        assert_eq!(h.phase, "Pending");
         assert_eq!(from_pod(&pod(json!({}), "Running")).unwrap(), None);
     }
 

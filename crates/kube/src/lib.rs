@@ -86,6 +86,9 @@ pub struct Manifest {
     pub skipped: Vec<String>,
     /// Objects or resources that could not be read.
     pub errors: Vec<String>,
+    /// Backup hooks that ran (`pre pod NS/NAME container C`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -141,22 +144,21 @@ impl Cluster {
             context: context.map(str::to_string),
             ..Default::default()
         };
-        let config = rt.block_on(async {
-            match kubeconfig {
-                Some(path) => {
-                    let kc = Kubeconfig::read_from(path)
-                        .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?;
-                    kube::Config::from_custom_kubeconfig(kc, &options)
-                        .await
-                        .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))
-                }
-                None => kube::Config::from_kubeconfig(&options)
-                    .await
-                    .map_err(|e| KubeError::Config(e.to_string())),
+        let kc = match kubeconfig {
+            Some(path) => {
+                Kubeconfig::read_from(path).map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?
             }
-        })?;
+            None => Kubeconfig::read().map_err(|e| KubeError::Config(e.to_string()))?,
+        };
+        let current = kc.current_context.clone();
+        let config = rt
+            .block_on(kube::Config::from_custom_kubeconfig(kc, &options))
+            .map_err(|e| KubeError::Config(e.to_string()))?;
         let server = config.cluster_url.to_string();
-        let context = context.map(str::to_string).unwrap_or_else(|| "current".into());
+        let context = context
+            .map(str::to_string)
+            .or(current)
+            .unwrap_or_else(|| "current".into());
         let client = {
             let _guard = rt.enter();
             Client::try_from(config).map_err(|e| KubeError::Config(e.to_string()))?

@@ -34,6 +34,7 @@ pub fn backup(
             "resources": m.resources,
             "skipped": m.skipped,
             "errors": m.errors,
+            "hooks": m.hooks,
             "blobs_added": s.blobs_added,
             "bytes_added": s.bytes_added,
             "seconds": s.seconds,

@@ -103,7 +103,11 @@ spec:
   replicas: 1
   selector: {matchLabels: {app: k1-writer}}
   template:
-    metadata: {labels: {app: k1-writer}}
+    metadata:
+      labels: {app: k1-writer, lifeboat-test: k1}
+      annotations:
+        io.lifeboat.hook.pre: "[ -f /data/ready ] && echo pre-hook ran > /data/hook-pre.txt"
+        io.lifeboat.hook.post: "echo > /tmp/hook-post-ran"
     spec:
       terminationGracePeriodSeconds: 1
       containers:
@@ -229,7 +233,13 @@ fn apps_with_crd_rbac_and_a_blocking_webhook_move_to_another_cluster() {
     let backup = json(&repo, &args);
     assert_eq!(backup["errors"], serde_json::json!([]), "{backup}");
     let snap = backup["snapshot_id"].as_str().unwrap().to_string();
-    // The writer's post hook ran once the volume was read.
+    // The writer's hooks ran, the post hook once the volume was read.
+    let hooks = backup["hooks"].to_string();
+    assert!(
+        hooks.contains("pre pod k1-data/writer-") && hooks.contains("post pod k1-data/writer-"),
+        "{hooks}: {}",
+        a.kubectl(&["get", "pods", "-A", "--show-labels", "-o", "wide"])
+    );
     let writer = a.kubectl(&["-n", "k1-data", "get", "pods", "-l", "app=k1-writer", "-o", "name"]);
     a.kubectl(&[
         "-n",
@@ -237,9 +247,9 @@ fn apps_with_crd_rbac_and_a_blocking_webhook_move_to_another_cluster() {
         "exec",
         writer.trim(),
         "--",
-        "test",
-        "-f",
-        "/tmp/hook-post-ran",
+        "sh",
+        "-c",
+        "[ -f /tmp/hook-post-ran ]",
     ]);
     // A failing pre hook with policy fail stops the backup: no snapshot, the pod and stderr named.
     wait_for("the hooked pod on a", Duration::from_secs(60), || {
@@ -407,8 +417,9 @@ fn apps_with_crd_rbac_and_a_blocking_webhook_move_to_another_cluster() {
         "exec",
         writer_b.trim(),
         "--",
-        "cat",
-        "/data/hook-pre.txt",
+        "sh",
+        "-c",
+        "read l < /data/hook-pre.txt; echo $l",
     ]);
     assert_eq!(pre.trim(), "pre-hook ran");
 
