@@ -1,0 +1,248 @@
+//! DR plans: the YAML document that says which applications run where, how they are backed up,
+//! how their health is judged, how traffic reaches them and how a failover is verified.
+//! `docs/plan-reference.md` documents every field.
+//!
+//! [`Plan::parse`] guarantees that a plan it returns is complete and consistent: every site an app
+//! names exists, a `dr` app has a standby other than its primary, durations and thresholds are
+//! positive, names are unique. Every problem is reported with the file, line and field, all at
+//! once ([`PlanError::Invalid`]), so a plan is fixed in one pass. It does not check that sites,
+//! DNS servers or URLs are reachable; `lifeboat plan check` does that.
+#![forbid(unsafe_code)]
+
+mod duration;
+mod model;
+
+pub use duration::parse_duration;
+pub use model::*;
+
+use serde_saphyr::Spanned;
+
+/// Why a plan cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The file cannot be read.
+    #[error("{file}: {reason}")]
+    Read { file: String, reason: String },
+    /// Not YAML, or a field has the wrong type, is unknown, or is missing.
+    #[error("{file}:{line}:{column}: {message}")]
+    Syntax {
+        file: String,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+    /// Well-formed, but inconsistent: every problem found, each with its place.
+    #[error("{file}: the plan is not valid:\n{}", problems.iter().map(|p| format!("  line {}: {}: {}", p.line, p.field, p.message)).collect::<Vec<_>>().join("\n"))]
+    Invalid { file: String, problems: Vec<Problem> },
+}
+
+/// One inconsistency in a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: u64,
+    /// Where in the plan, as a path (`apps[0].standby`).
+    pub field: String,
+    pub message: String,
+}
+
+impl Plan {
+    /// Reads and validates a plan file.
+    pub fn load(path: &std::path::Path) -> Result<Plan, PlanError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| PlanError::Read {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        Plan::parse(&file, &text)
+    }
+
+    /// Parses and validates plan text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Plan, PlanError> {
+        let plan: Plan = serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            PlanError::Syntax {
+                file: file.to_string(),
+                line,
+                column,
+                message: first_line(&e.to_string()),
+            }
+        })?;
+        let problems = plan.problems();
+        if problems.is_empty() {
+            Ok(plan)
+        } else {
+            Err(PlanError::Invalid {
+                file: file.to_string(),
+                problems,
+            })
+        }
+    }
+
+    /// The app named `name`.
+    pub fn app(&self, name: &str) -> Option<&App> {
+        self.apps.iter().find(|a| a.name.value == name)
+    }
+
+    fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.api_version.value != API_VERSION {
+            push(
+                &mut out,
+                line(&self.api_version),
+                "apiVersion".into(),
+                format!("{:?} is not {API_VERSION:?}", self.api_version.value),
+            );
+        }
+        if self.kind.value != KIND {
+            push(
+                &mut out,
+                line(&self.kind),
+                "kind".into(),
+                format!("{:?} is not {KIND:?}", self.kind.value),
+            );
+        }
+        if self.sites.is_empty() {
+            push(&mut out, 0, "sites".into(), "a plan needs at least one site".into());
+        }
+        if self.apps.is_empty() {
+            push(&mut out, 0, "apps".into(), "a plan needs at least one app".into());
+        }
+        let site_names: Vec<&str> = self.sites.keys().map(String::as_str).collect();
+        let mut seen = Vec::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            let f = |field: &str| format!("apps[{i}].{field}");
+            if seen.contains(&app.name.value.as_str()) {
+                push(
+                    &mut out,
+                    line(&app.name),
+                    f("name"),
+                    format!("{:?} is used by two apps", app.name.value),
+                );
+            }
+            seen.push(&app.name.value);
+            if !is_name(&app.name.value) {
+                push(
+                    &mut out,
+                    line(&app.name),
+                    f("name"),
+                    "use lower-case letters, digits and '-' (it names snapshots and journals)".into(),
+                );
+            }
+            let site_ref = |s: &Spanned<String>, field: &str, out: &mut Vec<Problem>| {
+                if !site_names.contains(&s.value.as_str()) {
+                    out.push(Problem {
+                        line: line(s),
+                        field: f(field),
+                        message: format!("no site {:?} (sites: {})", s.value, site_names.join(", ")),
+                    });
+                }
+            };
+            site_ref(&app.primary, "primary", &mut out);
+            match (&app.profile, &app.standby) {
+                (Profile::Dr, None) => out.push(Problem {
+                    line: line(&app.name),
+                    field: f("standby"),
+                    message: "profile dr needs a standby site".into(),
+                }),
+                (_, Some(s)) => {
+                    site_ref(s, "standby", &mut out);
+                    if s.value == app.primary.value {
+                        out.push(Problem {
+                            line: line(s),
+                            field: f("standby"),
+                            message: "the standby must be another site than the primary".into(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+            if let Some(o) = &app.objectives {
+                for (name, d) in [("objectives.rto", &o.rto), ("objectives.rpo", &o.rpo)] {
+                    if let Some(d) = d {
+                        if d.value.0.is_zero() {
+                            out.push(Problem {
+                                line: line(d),
+                                field: f(name),
+                                message: "must be more than 0".into(),
+                            });
+                        }
+                    }
+                }
+            }
+            for (j, h) in app.health.iter().enumerate() {
+                let hf = |field: &str| f(&format!("health[{j}].{field}"));
+                for (name, v) in [
+                    ("failure_threshold", &h.failure_threshold),
+                    ("success_threshold", &h.success_threshold),
+                ] {
+                    if v.value == 0 {
+                        out.push(Problem {
+                            line: line(v),
+                            field: hf(name),
+                            message: "must be at least 1".into(),
+                        });
+                    }
+                }
+                if h.interval.value.0.is_zero() {
+                    out.push(Problem {
+                        line: line(&h.interval),
+                        field: hf("interval"),
+                        message: "must be more than 0".into(),
+                    });
+                }
+                match (&h.probe.http, &h.probe.tcp) {
+                    (None, None) | (Some(_), Some(_)) => out.push(Problem {
+                        line: line(&h.interval),
+                        field: hf("http|tcp"),
+                        message: "a probe is either http or tcp".into(),
+                    }),
+                    (Some(http), None) if !(http.url.starts_with("http://") || http.url.starts_with("https://")) => out
+                        .push(Problem {
+                            line: line(&h.interval),
+                            field: hf("http.url"),
+                            message: format!("{:?} is not an http(s) URL", http.url),
+                        }),
+                    _ => {}
+                }
+            }
+            if let Some(b) = &app.backup {
+                if b.every.value.0.is_zero() {
+                    out.push(Problem {
+                        line: line(&b.every),
+                        field: f("backup.every"),
+                        message: "must be more than 0".into(),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+fn push(out: &mut Vec<Problem>, line: u64, field: String, message: String) {
+    out.push(Problem { line, field, message });
+}
+
+fn line<T>(s: &Spanned<T>) -> u64 {
+    s.referenced.line()
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+}
+
+/// The parser's message without its own `error: line L column C: ` prefix (the error carries both).
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    match line.strip_prefix("error: line ").and_then(|r| r.split_once(": ")) {
+        Some((_, msg)) => msg.to_string(),
+        None => line.trim_start_matches("error: ").to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

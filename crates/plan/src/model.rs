@@ -1,0 +1,251 @@
+//! The plan's fields. `docs/plan-reference.md` describes each one; unknown fields are errors.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub use crate::duration::Dur;
+
+pub const API_VERSION: &str = "lifeboat.dev/v1";
+pub const KIND: &str = "DRPlan";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    #[serde(rename = "apiVersion")]
+    pub api_version: Spanned<String>,
+    pub kind: Spanned<String>,
+    pub metadata: Metadata,
+    /// Where backups go: a path or `s3://...` (as `--repo`).
+    pub repository: String,
+    /// Sites by name.
+    pub sites: BTreeMap<String, Site>,
+    pub apps: Vec<App>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+}
+
+/// A place applications run: a Docker engine or Swarm, or a Kubernetes cluster.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Site {
+    Docker {
+        /// `unix:///PATH` or `tcp://HOST:PORT`; default: `DOCKER_HOST`, else the local socket.
+        #[serde(default)]
+        host: Option<String>,
+    },
+    Kubernetes {
+        #[serde(default)]
+        kubeconfig: Option<PathBuf>,
+        #[serde(default)]
+        context: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// One site; backups only.
+    SingleSite,
+    /// Active on several sites at once; traffic spread, no failover of data.
+    MultiSite,
+    /// Primary and standby; failover and failback.
+    #[default]
+    Dr,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StandbyMode {
+    /// Deployed on the standby at zero replicas, volume data staged after every backup.
+    Hot,
+    /// Restored from the repository at failover.
+    #[default]
+    Cold,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub profile: Profile,
+    pub primary: Spanned<String>,
+    #[serde(default)]
+    pub standby: Option<Spanned<String>>,
+    #[serde(default)]
+    pub standby_mode: StandbyMode,
+    #[serde(default)]
+    pub select: Select,
+    #[serde(default)]
+    pub objectives: Option<Objectives>,
+    #[serde(default)]
+    pub backup: Option<BackupPolicy>,
+    #[serde(default)]
+    pub health: Vec<Health>,
+    #[serde(default)]
+    pub traffic: Option<Traffic>,
+    #[serde(default)]
+    pub verify: Vec<Check>,
+}
+
+/// What belongs to the app. Docker: `labels` and/or `stack`; Kubernetes: `namespaces` and/or
+/// `labels` (as a selector).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Select {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub stack: Option<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Objectives {
+    #[serde(default)]
+    pub rto: Option<Spanned<Dur>>,
+    #[serde(default)]
+    pub rpo: Option<Spanned<Dur>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupPolicy {
+    pub every: Spanned<Dur>,
+    #[serde(default)]
+    pub keep: Keep,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Keep {
+    #[serde(default)]
+    pub last: Option<u32>,
+    #[serde(default)]
+    pub hourly: Option<u32>,
+    #[serde(default)]
+    pub daily: Option<u32>,
+    #[serde(default)]
+    pub weekly: Option<u32>,
+    #[serde(default)]
+    pub monthly: Option<u32>,
+}
+
+/// A health probe with its thresholds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    #[serde(flatten)]
+    pub probe: Probe,
+    #[serde(default = "one_second")]
+    pub interval: Spanned<Dur>,
+    #[serde(default = "two_seconds")]
+    pub timeout: Dur,
+    #[serde(default = "three")]
+    pub failure_threshold: Spanned<u32>,
+    #[serde(default = "one")]
+    pub success_threshold: Spanned<u32>,
+}
+
+/// One of `http` or `tcp`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    #[serde(default)]
+    pub http: Option<HttpProbe>,
+    #[serde(default)]
+    pub tcp: Option<TcpProbe>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbe {
+    /// `{site}` is replaced by the address of the site being probed.
+    pub url: String,
+    /// Accepted status codes (default: 200-399).
+    #[serde(default)]
+    pub expect_status: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProbe {
+    /// `HOST:PORT`; `{site}` as for http.
+    pub address: String,
+}
+
+/// How clients reach the app.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Traffic {
+    /// RFC 2136 update signed with TSIG.
+    Dns {
+        server: String,
+        zone: String,
+        name: String,
+        #[serde(default = "five")]
+        ttl: u32,
+        /// A file with the TSIG key (`name`, `algorithm`, `secret`), never the secret inline.
+        tsig_key: PathBuf,
+        /// The address the name points to for each site.
+        primary: String,
+        standby: String,
+    },
+    /// HAProxy's runtime API: one server enabled, the other put in maintenance.
+    Haproxy {
+        /// `unix:///PATH` or `tcp://HOST:PORT` of the runtime API.
+        socket: String,
+        backend: String,
+        primary: String,
+        standby: String,
+    },
+    /// An HTTP POST with an HMAC-SHA256-signed body.
+    Webhook {
+        url: String,
+        /// A file holding the signing secret.
+        secret_file: PathBuf,
+    },
+}
+
+/// A check that the recovered app works.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    #[serde(default)]
+    pub http: Option<HttpCheck>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    pub url: String,
+    #[serde(default)]
+    pub expect_body_contains: Option<String>,
+}
+
+fn one_second() -> Spanned<Dur> {
+    unknown(Dur(std::time::Duration::from_secs(1)))
+}
+fn two_seconds() -> Dur {
+    Dur(std::time::Duration::from_secs(2))
+}
+fn three() -> Spanned<u32> {
+    unknown(3)
+}
+fn one() -> Spanned<u32> {
+    unknown(1)
+}
+fn five() -> u32 {
+    5
+}
+fn unknown<T>(v: T) -> Spanned<T> {
+    Spanned::new(v, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)
+}

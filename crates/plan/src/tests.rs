@@ -1,0 +1,109 @@
+use super::*;
+
+const GOOD: &str = r#"
+apiVersion: lifeboat.dev/v1
+kind: DRPlan
+metadata: {name: shop}
+repository: /var/lib/lifeboat/repo
+sites:
+  east: {docker: {host: "unix:///run/east.sock"}}
+  west: {kubernetes: {kubeconfig: /etc/lifeboat/west.kubeconfig, context: west}}
+apps:
+  - name: shop
+    profile: dr
+    primary: east
+    standby: west
+    standby_mode: hot
+    select: {labels: {app: shop}}
+    objectives: {rto: 60s, rpo: 5m}
+    backup: {every: 1m, keep: {hourly: 24, daily: 7}}
+    health:
+      - http: {url: "http://{site}:8080/healthz"}
+        interval: 1s
+        failure_threshold: 3
+        success_threshold: 2
+    traffic:
+      dns: {server: "10.77.0.53:53", zone: example.test., name: shop, tsig_key: /etc/lifeboat/tsig.key,
+            primary: 10.77.1.2, standby: 10.77.2.2}
+    verify: [{http: {url: "http://{site}:8080/items", expect_body_contains: widget}}]
+"#;
+
+#[test]
+fn the_design_example_parses_with_every_field() {
+    let p = Plan::parse("shop.yaml", GOOD).unwrap();
+    assert_eq!(p.metadata.name, "shop");
+    assert_eq!(
+        p.sites["east"],
+        Site::Docker {
+            host: Some("unix:///run/east.sock".into())
+        }
+    );
+    let a = p.app("shop").unwrap();
+    assert_eq!((a.profile, a.standby_mode), (Profile::Dr, StandbyMode::Hot));
+    assert_eq!(
+        a.objectives.as_ref().unwrap().rpo.as_ref().unwrap().value.0.as_secs(),
+        300
+    );
+    assert_eq!(a.backup.as_ref().unwrap().keep.daily, Some(7));
+    let h = &a.health[0];
+    assert_eq!((h.failure_threshold.value, h.success_threshold.value), (3, 2));
+    assert!(matches!(a.traffic, Some(Traffic::Dns { ttl: 5, .. })));
+}
+
+#[test]
+fn a_typo_is_named_with_its_line() {
+    let bad = GOOD.replace("standby_mode: hot", "standby_mod: hot");
+    let e = Plan::parse("shop.yaml", &bad).unwrap_err();
+    let PlanError::Syntax { line, message, .. } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(*line, 14, "{e}");
+    assert!(message.contains("standby_mod"), "{e}");
+    assert!(e.to_string().starts_with("shop.yaml:14:5: unknown field"), "{e}");
+}
+
+#[test]
+fn a_bad_duration_is_named() {
+    let e = Plan::parse("p.yaml", &GOOD.replace("rpo: 5m", "rpo: 5 minutes")).unwrap_err();
+    assert!(
+        e.to_string().contains("5 minutes") && e.to_string().contains("p.yaml:16:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_inconsistency_is_reported_at_once_with_line_and_field() {
+    let bad = GOOD
+        .replace("standby: west", "standby: north")
+        .replace("failure_threshold: 3", "failure_threshold: 0")
+        .replace("kind: DRPlan", "kind: Plan");
+    let e = Plan::parse("p.yaml", &bad).unwrap_err();
+    let PlanError::Invalid { problems, .. } = &e else {
+        panic!("{e}")
+    };
+    let got: Vec<(u64, &str)> = problems.iter().map(|p| (p.line, p.field.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (3, "kind"),
+            (13, "apps[0].standby"),
+            (21, "apps[0].health[0].failure_threshold")
+        ],
+        "{e}"
+    );
+    assert!(e.to_string().contains("no site \"north\" (sites: east, west)"), "{e}");
+}
+
+#[test]
+fn a_dr_app_needs_another_site_as_standby() {
+    let e = Plan::parse("p.yaml", &GOOD.replace("standby: west", "standby: east")).unwrap_err();
+    assert!(e.to_string().contains("another site"), "{e}");
+    let e = Plan::parse("p.yaml", &GOOD.replace("    standby: west\n", "")).unwrap_err();
+    assert!(e.to_string().contains("needs a standby"), "{e}");
+}
+
+#[test]
+fn not_yaml_is_a_syntax_error() {
+    let e = Plan::parse("p.yaml", "apps: [\n").unwrap_err();
+    assert!(matches!(e, PlanError::Syntax { .. }), "{e}");
+}
