@@ -205,6 +205,27 @@ impl Plan {
                     _ => {}
                 }
             }
+            let uses_site = app.health.iter().any(|h| {
+                h.probe.http.as_ref().is_some_and(|p| p.url.contains("{site}"))
+                    || h.probe.tcp.as_ref().is_some_and(|p| p.address.contains("{site}"))
+            }) || app
+                .verify
+                .iter()
+                .any(|c| c.http.as_ref().is_some_and(|h| h.url.contains("{site}")));
+            if uses_site {
+                for s in std::iter::once(&app.primary).chain(app.standby.as_ref()) {
+                    if self.sites.get(&s.value).is_some_and(|site| site.address().is_none()) {
+                        out.push(Problem {
+                            line: line(s),
+                            field: format!("sites.{}.address", s.value),
+                            message: format!(
+                                "app {:?} probes {{site}}, but site {:?} has no address (set it, or use a tcp:// host)",
+                                app.name.value, s.value
+                            ),
+                        });
+                    }
+                }
+            }
             if let Some(b) = &app.backup {
                 if b.every.value.0.is_zero() {
                     out.push(Problem {

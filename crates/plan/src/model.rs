@@ -22,6 +22,18 @@ pub struct Plan {
     /// Sites by name.
     pub sites: BTreeMap<String, Site>,
     pub apps: Vec<App>,
+    /// A second prober (`lifeboat watch --witness`) must confirm a failure before `watch` fails over.
+    #[serde(default)]
+    pub witness: Option<Witness>,
+}
+
+/// The witness rule: `watch` fails over only when the witness reported the primary failing within
+/// `max_age`; a silent or stale witness, or one that still sees the primary healthy, stops it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Witness {
+    #[serde(default = "ten_seconds")]
+    pub max_age: Dur,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,13 +50,33 @@ pub enum Site {
         /// `unix:///PATH` or `tcp://HOST:PORT`; default: `DOCKER_HOST`, else the local socket.
         #[serde(default)]
         host: Option<String>,
+        /// What `{site}` becomes in probe and check URLs (default: the host of a `tcp://` engine).
+        #[serde(default)]
+        address: Option<String>,
     },
     Kubernetes {
         #[serde(default)]
         kubeconfig: Option<PathBuf>,
         #[serde(default)]
         context: Option<String>,
+        /// What `{site}` becomes in probe and check URLs.
+        #[serde(default)]
+        address: Option<String>,
     },
+}
+
+impl Site {
+    /// What `{site}` stands for on this site, if known.
+    pub fn address(&self) -> Option<String> {
+        match self {
+            Site::Docker { address: Some(a), .. } | Site::Kubernetes { address: Some(a), .. } => Some(a.clone()),
+            Site::Docker { host: Some(h), .. } => {
+                let rest = h.strip_prefix("tcp://").or_else(|| h.strip_prefix("http://"))?;
+                Some(rest.rsplit_once(':').map_or(rest, |(host, _)| host).to_string())
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -242,6 +274,9 @@ fn three() -> Spanned<u32> {
 }
 fn one() -> Spanned<u32> {
     unknown(1)
+}
+fn ten_seconds() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
 }
 fn five() -> u32 {
     5

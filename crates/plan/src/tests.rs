@@ -6,8 +6,8 @@ kind: DRPlan
 metadata: {name: shop}
 repository: /var/lib/lifeboat/repo
 sites:
-  east: {docker: {host: "unix:///run/east.sock"}}
-  west: {kubernetes: {kubeconfig: /etc/lifeboat/west.kubeconfig, context: west}}
+  east: {docker: {host: "unix:///run/east.sock", address: 10.77.1.2}}
+  west: {kubernetes: {kubeconfig: /etc/lifeboat/west.kubeconfig, context: west, address: 10.77.2.2}}
 apps:
   - name: shop
     profile: dr
@@ -35,9 +35,11 @@ fn the_design_example_parses_with_every_field() {
     assert_eq!(
         p.sites["east"],
         Site::Docker {
-            host: Some("unix:///run/east.sock".into())
+            host: Some("unix:///run/east.sock".into()),
+            address: Some("10.77.1.2".into()),
         }
     );
+    assert!(p.witness.is_none());
     let a = p.app("shop").unwrap();
     assert_eq!((a.profile, a.standby_mode), (Profile::Dr, StandbyMode::Hot));
     assert_eq!(
@@ -106,4 +108,27 @@ fn a_dr_app_needs_another_site_as_standby() {
 fn not_yaml_is_a_syntax_error() {
     let e = Plan::parse("p.yaml", "apps: [\n").unwrap_err();
     assert!(matches!(e, PlanError::Syntax { .. }), "{e}");
+}
+
+#[test]
+fn a_site_address_comes_from_a_tcp_host_or_must_be_given_when_probes_use_it() {
+    let tcp = Site::Docker {
+        host: Some("tcp://10.77.1.2:2375".into()),
+        address: None,
+    };
+    assert_eq!(tcp.address().as_deref(), Some("10.77.1.2"));
+    let bad = GOOD.replace(", address: 10.77.1.2", "");
+    let e = Plan::parse("shop.yaml", &bad).unwrap_err();
+    let PlanError::Invalid { problems, .. } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(problems.len(), 1, "{e}");
+    assert_eq!(problems[0].field, "sites.east.address");
+    assert_eq!(problems[0].line, 12, "the line of the app's primary: {e}");
+}
+
+#[test]
+fn a_witness_has_a_default_max_age() {
+    let p = Plan::parse("shop.yaml", &format!("{GOOD}witness: {{}}\n")).unwrap();
+    assert_eq!(p.witness.unwrap().max_age.0.as_secs(), 10);
 }
