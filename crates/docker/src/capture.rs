@@ -31,7 +31,7 @@ impl Selection {
         self.labels.is_empty() && self.stack.is_none()
     }
 
-    fn matches(&self, labels: Option<&serde_json::Map<String, Value>>) -> bool {
+    pub(crate) fn matches(&self, labels: Option<&serde_json::Map<String, Value>>) -> bool {
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         if let Some(stack) = &self.stack {
             if get(STACK_LABEL) != Some(stack) && get(COMPOSE_LABEL) != Some(stack) {
@@ -168,7 +168,7 @@ pub fn service_volumes(doc: &Value) -> Vec<String> {
     out
 }
 
-fn labels_of<'a>(doc: &'a Value, pointer: &str) -> Option<&'a serde_json::Map<String, Value>> {
+pub(crate) fn labels_of<'a>(doc: &'a Value, pointer: &str) -> Option<&'a serde_json::Map<String, Value>> {
     doc.pointer(pointer).and_then(Value::as_object)
 }
 

@@ -22,6 +22,7 @@
 pub mod backup;
 mod bridge;
 pub mod capture;
+pub mod control;
 pub mod diff;
 pub mod helper;
 pub mod hooks;
@@ -34,6 +35,7 @@ use serde_json::Value;
 
 pub use backup::{backup, BackupOptions, BackupOutcome};
 pub use capture::{Capture, Manifest, Selection};
+pub use control::{Change, Workload};
 pub use restore::{restore, Existing, ItemResult, RestoreOptions, RestoreReport};
 
 /// Label on every container and service Lifeboat creates for its own work; such objects are never

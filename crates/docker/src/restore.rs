@@ -24,6 +24,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::capture::{Capture, Manifest, KINDS};
+use crate::control::PREFIX_LABEL;
 use crate::{is_not_found, str_at, to_json, DockerError, Site};
 
 /// What to do with objects that already exist on the target.
@@ -617,6 +618,13 @@ impl Ctx<'_> {
             let image = self.image(image);
             cfg.insert("Image".into(), json!(image));
         }
+        if !self.opts.name_prefix.is_empty() {
+            let labels = cfg.entry("Labels").or_insert_with(|| json!({}));
+            if !labels.is_object() {
+                *labels = json!({});
+            }
+            labels[PREFIX_LABEL] = json!(self.opts.name_prefix);
+        }
         let mut host = doc.get("HostConfig").cloned().unwrap_or(json!({}));
         if let Some(binds) = host.get_mut("Binds").and_then(Value::as_array_mut) {
             for b in binds {
@@ -764,9 +772,21 @@ impl Ctx<'_> {
                 }
             }
         }
+        if !self.opts.name_prefix.is_empty() || self.opts.replicas.is_some() {
+            if !spec.get("Labels").is_some_and(Value::is_object) {
+                spec["Labels"] = json!({});
+            }
+        }
+        if !self.opts.name_prefix.is_empty() {
+            spec["Labels"][PREFIX_LABEL] = json!(self.opts.name_prefix);
+        }
         if let Some(r) = self.opts.replicas {
             if let Some(rep) = spec.pointer_mut("/Mode/Replicated") {
+                let was = rep.get("Replicas").and_then(Value::as_u64).unwrap_or(1);
                 rep["Replicas"] = json!(r);
+                if r == 0 && was > 0 {
+                    spec["Labels"][crate::control::REPLICAS_LABEL] = json!(was.to_string());
+                }
             } else {
                 note = Some("global service: --replicas does not apply".to_string());
             }

@@ -67,6 +67,7 @@ fn process_alive(pid: u32) -> bool {
 }
 
 struct Held {
+    dir: String,
     name: Mutex<String>,
     stop: Mutex<bool>,
     cv: Condvar,
@@ -79,23 +80,20 @@ pub struct LockGuard {
     refresher: Option<std::thread::JoinHandle<()>>,
 }
 
-fn lock_path(name: &str) -> String {
-    format!("locks/{name}")
-}
-
-fn write_lock(backend: &dyn Backend, key: &MasterKey, info: &LockInfo) -> Result<String, RepoError> {
+fn write_lock(backend: &dyn Backend, key: &MasterKey, dir: &str, info: &LockInfo) -> Result<String, RepoError> {
     let mut rnd = [0u8; 32];
     fill_random(&mut rnd);
     let name = Id(rnd).to_hex();
     let sealed = key.seal(&serde_json::to_vec(info).expect("serialisable"), false);
-    backend.write(&lock_path(&name), &sealed)?;
+    backend.write(&format!("{dir}/{name}"), &sealed)?;
     Ok(name)
 }
 
 /// Reads every lock other than `own`; removes stale locks of dead local processes.
-fn others(backend: &dyn Backend, key: &MasterKey, own: &str) -> Result<Vec<LockInfo>, RepoError> {
+fn others(backend: &dyn Backend, key: &MasterKey, dir: &str, own: &str) -> Result<Vec<LockInfo>, RepoError> {
+    let lock_path = |name: &str| format!("{dir}/{name}");
     let mut out = Vec::new();
-    for l in backend.list("locks")? {
+    for l in backend.list(dir)? {
         if l.name == own {
             continue;
         }
@@ -119,10 +117,24 @@ fn others(backend: &dyn Backend, key: &MasterKey, own: &str) -> Result<Vec<LockI
     Ok(out)
 }
 
-/// Takes a lock, waiting up to `wait` for conflicting locks to go away.
+/// Takes a repository lock (in `locks/`), waiting up to `wait` for conflicting locks to go away.
 pub fn acquire(
     backend: Arc<dyn Backend>,
     key: &MasterKey,
+    exclusive: bool,
+    command: &str,
+    wait: Duration,
+) -> Result<LockGuard, RepoError> {
+    acquire_in(backend, key, "locks", exclusive, command, wait)
+}
+
+/// Takes a lock among the lock files of `dir` only, by the same protocol: locks in different
+/// directories never conflict. DR operations use one directory per app, so two failovers of one
+/// app exclude each other while other apps and backups go on.
+pub fn acquire_in(
+    backend: Arc<dyn Backend>,
+    key: &MasterKey,
+    dir: &str,
     exclusive: bool,
     command: &str,
     wait: Duration,
@@ -137,13 +149,14 @@ pub fn acquire(
     };
     loop {
         info.time = OffsetDateTime::now_utc();
-        let name = write_lock(&*backend, key, &info)?;
-        let conflicts: Vec<LockInfo> = others(&*backend, key, &name)?
+        let name = write_lock(&*backend, key, dir, &info)?;
+        let conflicts: Vec<LockInfo> = others(&*backend, key, dir, &name)?
             .into_iter()
             .filter(|o| exclusive || o.exclusive)
             .collect();
         if conflicts.is_empty() {
             let held = Arc::new(Held {
+                dir: dir.to_string(),
                 name: Mutex::new(name),
                 stop: Mutex::new(false),
                 cv: Condvar::new(),
@@ -158,7 +171,7 @@ pub fn acquire(
                 refresher: Some(refresher),
             });
         }
-        backend.remove(&lock_path(&name))?;
+        backend.remove(&format!("{dir}/{name}"))?;
         if start.elapsed() >= wait {
             return Err(RepoError::Locked {
                 location: backend.location().to_string(),
@@ -179,10 +192,10 @@ fn refresh_loop(backend: &dyn Backend, key: &MasterKey, mut info: LockInfo, held
         stop = s;
         if !*stop && timeout.timed_out() {
             info.time = OffsetDateTime::now_utc();
-            if let Ok(new) = write_lock(backend, key, &info) {
+            if let Ok(new) = write_lock(backend, key, &held.dir, &info) {
                 let mut name = held.name.lock().expect("lock poisoned");
                 let old = std::mem::replace(&mut *name, new);
-                let _ = backend.remove(&lock_path(&old));
+                let _ = backend.remove(&format!("{}/{old}", held.dir));
             }
         }
     }
@@ -196,7 +209,7 @@ impl Drop for LockGuard {
             let _ = t.join();
         }
         let name = self.held.name.lock().expect("lock poisoned").clone();
-        let _ = self.backend.remove(&lock_path(&name));
+        let _ = self.backend.remove(&format!("{}/{name}", self.held.dir));
     }
 }
 
@@ -236,5 +249,42 @@ mod tests {
         let x = acquire(backend.clone(), &key, true, "prune", Duration::ZERO).unwrap();
         assert!(acquire(backend.clone(), &key, false, "backup files", Duration::ZERO).is_err());
         drop(x);
+    }
+
+    #[test]
+    fn locks_in_different_directories_do_not_conflict() {
+        let (_d, backend, key) = setup();
+        let a = acquire_in(
+            backend.clone(),
+            &key,
+            "dr/shop/web/lock",
+            true,
+            "failover",
+            Duration::ZERO,
+        )
+        .unwrap();
+        let b = acquire_in(
+            backend.clone(),
+            &key,
+            "dr/shop/db/lock",
+            true,
+            "failover",
+            Duration::ZERO,
+        )
+        .unwrap();
+        let repo = acquire(backend.clone(), &key, true, "prune", Duration::ZERO).unwrap();
+        match acquire_in(
+            backend.clone(),
+            &key,
+            "dr/shop/web/lock",
+            true,
+            "failover",
+            Duration::ZERO,
+        ) {
+            Err(RepoError::Locked { holder, .. }) => assert!(holder.contains("`failover`"), "{holder}"),
+            other => panic!("expected Locked, got {:?}", other.map(|_| ())),
+        }
+        drop((a, b, repo));
+        assert!(backend.list("dr/shop/web/lock").unwrap().is_empty());
     }
 }

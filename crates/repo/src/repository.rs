@@ -226,6 +226,55 @@ impl Repository {
         Ok(guard)
     }
 
+    // ----- DR state files ---------------------------------------------------------------------
+
+    /// Writes the DR state file `dr/PATH` (sealed and compressed with the master key), replacing
+    /// its earlier content. On a local repository the replacement is atomic (write, sync, rename);
+    /// on S3 a PUT is atomic per object. Used for failover journals and app state, which change in
+    /// place, unlike the content-addressed files.
+    pub fn write_state(&self, path: &str, plain: &[u8]) -> Result<(), RepoError> {
+        let sealed = self.key.seal(plain, true);
+        self.backend.write(&format!("dr/{path}"), &sealed)?;
+        Ok(())
+    }
+
+    /// Reads and decrypts `dr/PATH`; `None` when there is no such file.
+    pub fn read_state(&self, path: &str) -> Result<Option<Vec<u8>>, RepoError> {
+        let full = format!("dr/{path}");
+        let bytes = match self.backend.read(&full) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        self.key
+            .open_owned(bytes)
+            .map(Some)
+            .map_err(|e| damaged(&*self.backend, &full, e))
+    }
+
+    /// The names of the state files under `dr/DIR` (relative to it).
+    pub fn list_state(&self, dir: &str) -> Result<Vec<String>, RepoError> {
+        Ok(self
+            .backend
+            .list(&format!("dr/{dir}"))?
+            .into_iter()
+            .map(|l| l.name)
+            .collect())
+    }
+
+    /// Takes the exclusive lock of `dr/DIR/lock` (see [`lock::acquire_in`]): one holder at a time
+    /// per directory, independent of the repository lock.
+    pub fn lock_state(&self, dir: &str, command: &str, wait: Duration) -> Result<LockGuard, RepoError> {
+        lock::acquire_in(
+            self.backend.clone(),
+            &self.key,
+            &format!("dr/{dir}/lock"),
+            true,
+            command,
+            wait,
+        )
+    }
+
     // ----- metadata files -------------------------------------------------------------------
 
     /// Reads and decrypts a content-addressed metadata file (`index/ID`, `snapshots/ID`), checking

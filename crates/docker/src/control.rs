@@ -1,0 +1,291 @@
+//! Starting, stopping and removing an application's workloads: what a failover does to the primary
+//! (fence) and the standby (start), and what a drill removes when it is done.
+//!
+//! Workloads are the containers and Swarm services a [`Selection`] covers. Containers and services
+//! that a restore made under a name prefix carry [`PREFIX_LABEL`] and are left out unless that
+//! prefix is asked for, so a drill's copy is never started or stopped with production.
+use bollard::models::ServiceSpec;
+use bollard::query_parameters::{
+    ListContainersOptions, ListServicesOptions, RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+    UpdateServiceOptions,
+};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::capture::labels_of;
+use crate::{is_not_found, str_at, to_json, DockerError, Selection, Site, HELPER_LABEL};
+
+/// Label a prefixed restore puts on containers and services: the prefix.
+pub const PREFIX_LABEL: &str = "io.lifeboat.prefix";
+/// Label on a Swarm service scaled to zero by Lifeboat: the replicas it had.
+pub const REPLICAS_LABEL: &str = "io.lifeboat.replicas";
+
+/// One container or service and what was done to it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Change {
+    /// `container` or `service`.
+    pub kind: &'static str,
+    pub name: String,
+    /// `stopped`, `started`, `scaled to N`, `already stopped`, `already running`, `removed`.
+    pub action: String,
+}
+
+/// A workload the selection covers, as it is now.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Workload {
+    pub kind: &'static str,
+    pub name: String,
+    /// Containers: running. Services: more than zero replicas wanted.
+    pub running: bool,
+    /// The image it runs.
+    pub image: String,
+    /// CPU (in cores) and memory (bytes) it asks for, summed over replicas; 0 when unlimited.
+    pub cpus: f64,
+    pub memory: u64,
+}
+
+impl Site {
+    /// The workloads `selection` covers; with `prefix`, only those a restore made under that prefix.
+    pub fn workloads(&self, selection: &Selection, prefix: Option<&str>) -> Result<Vec<Workload>, DockerError> {
+        Ok(self
+            .workload_docs(selection, prefix)?
+            .into_iter()
+            .map(|(kind, name, doc)| workload(kind, name, &doc))
+            .collect())
+    }
+
+    fn workload_docs(
+        &self,
+        selection: &Selection,
+        prefix: Option<&str>,
+    ) -> Result<Vec<(&'static str, String, Value)>, DockerError> {
+        let d = &self.docker;
+        let keep = |labels: Option<&serde_json::Map<String, Value>>| {
+            let own = labels.and_then(|l| l.get(PREFIX_LABEL)).and_then(Value::as_str);
+            !labels.is_some_and(|l| l.contains_key(HELPER_LABEL) || l.contains_key("com.docker.swarm.task.id"))
+                && own == prefix
+                && selection.matches(labels)
+        };
+        self.block_on(async {
+            let mut out = Vec::new();
+            let list = d
+                .list_containers(Some(ListContainersOptions {
+                    all: true,
+                    ..Default::default()
+                }))
+                .await
+                .map_err(self.api_err("list containers"))?;
+            for c in list {
+                let id = c.id.clone().unwrap_or_default();
+                let doc = match d.inspect_container(&id, None).await {
+                    Ok(doc) => to_json(&doc),
+                    Err(e) if is_not_found(&e) => continue,
+                    Err(e) => return Err(self.api_err(format!("inspect container {id}"))(e)),
+                };
+                if keep(labels_of(&doc, "/Config/Labels")) {
+                    let name = str_at(&doc, "/Name").unwrap_or(&id).trim_start_matches('/').to_string();
+                    out.push(("container", name, doc));
+                }
+            }
+            let info = d.info().await.map_err(self.api_err("system info"))?;
+            if crate::swarm_manager(&info) {
+                for s in d
+                    .list_services(None::<ListServicesOptions>)
+                    .await
+                    .map_err(self.api_err("list services"))?
+                {
+                    let doc = to_json(&s);
+                    if keep(labels_of(&doc, "/Spec/Labels")) {
+                        let name = str_at(&doc, "/Spec/Name").unwrap_or_default().to_string();
+                        out.push(("service", name, doc));
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Stops every workload of `selection` (not prefixed): containers are stopped (10 s grace),
+    /// replicated services scaled to zero with their replica count kept in [`REPLICAS_LABEL`].
+    /// Idempotent: what is already stopped is reported so and left alone.
+    pub fn stop_workloads(&self, selection: &Selection, prefix: Option<&str>) -> Result<Vec<Change>, DockerError> {
+        let mut out = Vec::new();
+        for (kind, name, doc) in self.workload_docs(selection, prefix)? {
+            let w = workload(kind, name.clone(), &doc);
+            let action = if !w.running {
+                "already stopped".to_string()
+            } else if kind == "container" {
+                self.block_on(self.docker.stop_container(
+                    &name,
+                    Some(StopContainerOptions {
+                        t: Some(10),
+                        ..Default::default()
+                    }),
+                ))
+                .map_err(self.api_err(format!("stop container {name}")))?;
+                "stopped".to_string()
+            } else {
+                let was = replicas(&doc).unwrap_or(0);
+                self.scale_service(&name, &doc, 0, Some(was))?;
+                format!("scaled {was} to 0")
+            };
+            out.push(Change { kind, name, action });
+        }
+        Ok(out)
+    }
+
+    /// Starts every workload of `selection`: stopped containers are started, services scaled to
+    /// the replicas in [`REPLICAS_LABEL`] (1 without it). Idempotent.
+    pub fn start_workloads(&self, selection: &Selection, prefix: Option<&str>) -> Result<Vec<Change>, DockerError> {
+        let mut out = Vec::new();
+        for (kind, name, doc) in self.workload_docs(selection, prefix)? {
+            let w = workload(kind, name.clone(), &doc);
+            let action = if w.running {
+                "already running".to_string()
+            } else if kind == "container" {
+                self.block_on(self.docker.start_container(&name, None::<StartContainerOptions>))
+                    .map_err(self.api_err(format!("start container {name}")))?;
+                "started".to_string()
+            } else {
+                let want = str_at(&doc, &format!("/Spec/Labels/{}", REPLICAS_LABEL.replace('/', "~1")))
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(1);
+                self.scale_service(&name, &doc, want, None)?;
+                format!("scaled to {want}")
+            };
+            out.push(Change { kind, name, action });
+        }
+        Ok(out)
+    }
+
+    /// Removes every workload made under `prefix` and the volumes, networks, configs and secrets
+    /// named with it (a drill's copy). Production objects, which carry no prefix, are never touched.
+    pub fn remove_prefixed(&self, prefix: &str) -> Result<Vec<Change>, DockerError> {
+        if prefix.is_empty() {
+            return Err(DockerError::Unsupported(
+                "removing by prefix needs a non-empty prefix".into(),
+            ));
+        }
+        let mut out = Vec::new();
+        for (kind, name, _) in self.workload_docs(&Selection::default(), Some(prefix))? {
+            if kind == "container" {
+                self.block_on(self.docker.remove_container(
+                    &name,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                ))
+                .map_err(self.api_err(format!("remove container {name}")))?;
+            } else {
+                self.block_on(self.docker.delete_service(&name))
+                    .map_err(self.api_err(format!("remove service {name}")))?;
+            }
+            out.push(Change {
+                kind,
+                name,
+                action: "removed".into(),
+            });
+        }
+        let d = &self.docker;
+        let volumes = self
+            .block_on(d.list_volumes(None::<bollard::query_parameters::ListVolumesOptions>))
+            .map_err(self.api_err("list volumes"))?;
+        for v in volumes.volumes.unwrap_or_default() {
+            if v.name.starts_with(prefix) {
+                self.block_on(d.remove_volume(&v.name, None::<bollard::query_parameters::RemoveVolumeOptions>))
+                    .map_err(self.api_err(format!("remove volume {}", v.name)))?;
+                out.push(Change {
+                    kind: "volume",
+                    name: v.name,
+                    action: "removed".into(),
+                });
+            }
+        }
+        let networks = self
+            .block_on(d.list_networks(None::<bollard::query_parameters::ListNetworksOptions>))
+            .map_err(self.api_err("list networks"))?;
+        for n in networks {
+            let name = n.name.unwrap_or_default();
+            if name.starts_with(prefix) {
+                self.block_on(d.remove_network(&name))
+                    .map_err(self.api_err(format!("remove network {name}")))?;
+                out.push(Change {
+                    kind: "network",
+                    name,
+                    action: "removed".into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// CPUs and memory (bytes) of the engine's host.
+    pub fn capacity(&self) -> Result<(f64, u64), DockerError> {
+        let info = self.block_on(self.docker.info()).map_err(self.api_err("system info"))?;
+        Ok((info.ncpu.unwrap_or(0) as f64, info.mem_total.unwrap_or(0).max(0) as u64))
+    }
+
+    fn scale_service(&self, name: &str, doc: &Value, replicas: u64, keep: Option<u64>) -> Result<(), DockerError> {
+        let mut spec = doc.get("Spec").cloned().unwrap_or(json!({}));
+        let Some(rep) = spec.pointer_mut("/Mode/Replicated") else {
+            return Err(DockerError::Unsupported(format!(
+                "service {name} is global: it cannot be scaled; stop its nodes instead"
+            )));
+        };
+        rep["Replicas"] = json!(replicas);
+        if !spec.get("Labels").is_some_and(Value::is_object) {
+            spec["Labels"] = json!({});
+        }
+        if let Some(k) = keep {
+            spec["Labels"][REPLICAS_LABEL] = json!(k.to_string());
+        }
+        let spec: ServiceSpec = serde_json::from_value(spec)
+            .map_err(|e| DockerError::Unsupported(format!("service {name}: its spec does not round-trip: {e}")))?;
+        let version = doc.pointer("/Version/Index").and_then(Value::as_u64).unwrap_or(0) as i32;
+        self.block_on(self.docker.update_service(
+            name,
+            spec,
+            UpdateServiceOptions {
+                version,
+                ..Default::default()
+            },
+            None,
+        ))
+        .map_err(self.api_err(format!("scale service {name}")))?;
+        Ok(())
+    }
+}
+
+fn replicas(doc: &Value) -> Option<u64> {
+    doc.pointer("/Spec/Mode/Replicated/Replicas").and_then(Value::as_u64)
+}
+
+fn workload(kind: &'static str, name: String, doc: &Value) -> Workload {
+    if kind == "container" {
+        let host = doc.get("HostConfig");
+        let num = |k: &str| host.and_then(|h| h.get(k)).and_then(Value::as_u64).unwrap_or(0);
+        Workload {
+            kind,
+            name,
+            running: doc.pointer("/State/Running") == Some(&Value::Bool(true)),
+            image: str_at(doc, "/Config/Image").unwrap_or_default().to_string(),
+            cpus: num("NanoCpus") as f64 / 1e9,
+            memory: num("Memory"),
+        }
+    } else {
+        let n = replicas(doc).unwrap_or(1);
+        let res = doc.pointer("/Spec/TaskTemplate/Resources/Reservations");
+        let num = |k: &str| res.and_then(|r| r.get(k)).and_then(Value::as_u64).unwrap_or(0);
+        Workload {
+            kind,
+            name,
+            running: replicas(doc).is_none_or(|r| r > 0),
+            image: str_at(doc, "/Spec/TaskTemplate/ContainerSpec/Image")
+                .unwrap_or_default()
+                .to_string(),
+            cpus: (num("NanoCPUs") * n) as f64 / 1e9,
+            memory: num("MemoryBytes") * n,
+        }
+    }
+}
