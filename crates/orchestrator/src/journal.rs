@@ -1,0 +1,222 @@
+//! What the orchestrator remembers, kept in the repository (sealed like everything else there):
+//! each app's state (`dr/PLAN/APP/state`) and one journal per operation (`dr/PLAN/APP/ops/ID`).
+//!
+//! A journal is rewritten after every step starts and after it ends, so after a crash it tells
+//! which steps finished (never repeated) and which one was under way (repeated: every step is
+//! idempotent). See docs/dr.md.
+use lifeboat_repo::Repository;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::OrchestratorError;
+
+/// Where an app stands, across operations.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AppState {
+    /// The site that serves the app now (the plan's primary until a failover finishes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<String>,
+    /// Sites fenced by a failover and not brought back by a failback.
+    #[serde(default)]
+    pub fenced: Vec<Fence>,
+    /// The snapshot whose volume data was last written to a hot standby, and where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<Staged>,
+    /// The operation under way (a crash leaves it here; the same command resumes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<String>,
+    /// The last operation that finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
+}
+
+/// A fenced site.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Fence {
+    pub site: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The site could not be reached: it is recorded as fenced and never started automatically.
+    pub unreachable: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Staged {
+    pub site: String,
+    pub snapshot: String,
+}
+
+/// The kind of an operation.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Failover,
+    Failback,
+    Drill,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Failover => "failover",
+            Kind::Failback => "failback",
+            Kind::Drill => "drill",
+        }
+    }
+}
+
+/// A snapshot an operation recovers from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecoveryPoint {
+    pub snapshot: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// Taken by this operation after fencing (nothing was written after it).
+    pub final_backup: bool,
+}
+
+/// One step of an operation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepRecord {
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished: Option<OffsetDateTime>,
+    /// `done`, `skipped` or `failed` once finished.
+    #[serde(default)]
+    pub outcome: String,
+    #[serde(default)]
+    pub detail: String,
+    /// How many times the step was started (more than 1 after a resume).
+    #[serde(default = "one")]
+    pub attempts: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// An operation's journal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Operation {
+    pub id: String,
+    pub plan: String,
+    pub app: String,
+    pub kind: Kind,
+    pub from: String,
+    pub to: String,
+    /// When the operation was asked for (or, from `watch`, when the first failed probe was seen).
+    #[serde(with = "time::serde::rfc3339")]
+    pub trigger: OffsetDateTime,
+    /// Why: `manual`, `health`, `drill`.
+    pub reason: String,
+    /// When `watch` decided (after the failure threshold), if it did.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub detected: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_point: Option<RecoveryPoint>,
+    pub steps: Vec<StepRecord>,
+    /// `running`, `done` or `failed`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How many times the operation was resumed after an interruption.
+    #[serde(default)]
+    pub resumed: u32,
+}
+
+impl Operation {
+    /// The finished step named `name`, if any.
+    pub fn finished(&self, name: &str) -> Option<&StepRecord> {
+        self.steps.iter().find(|s| s.name == name && s.finished.is_some())
+    }
+
+    /// Seconds from the trigger to the end of step `name`.
+    pub fn seconds_to(&self, name: &str) -> Option<f64> {
+        let end = self.finished(name)?.finished?;
+        Some((end - self.trigger).as_seconds_f64())
+    }
+
+    /// The achieved RPO: the trigger time minus the recovery point's time (0 when the recovery
+    /// point was taken after the trigger, by a final backup).
+    pub fn rpo_seconds(&self) -> Option<f64> {
+        let rp = self.recovery_point.as_ref()?;
+        Some((self.trigger - rp.time).as_seconds_f64().max(0.0))
+    }
+}
+
+/// The repository paths of a plan's app.
+pub struct Store<'a> {
+    pub repo: &'a Repository,
+    pub plan: String,
+    pub app: String,
+}
+
+impl Store<'_> {
+    pub fn dir(&self) -> String {
+        format!("{}/{}", self.plan, self.app)
+    }
+
+    pub fn state(&self) -> Result<AppState, OrchestratorError> {
+        self.read(&format!("{}/state", self.dir())).map(Option::unwrap_or_default)
+    }
+
+    pub fn save_state(&self, s: &AppState) -> Result<(), OrchestratorError> {
+        self.write(&format!("{}/state", self.dir()), s)
+    }
+
+    pub fn operation(&self, id: &str) -> Result<Option<Operation>, OrchestratorError> {
+        self.read(&format!("{}/ops/{id}", self.dir()))
+    }
+
+    pub fn save_operation(&self, op: &Operation) -> Result<(), OrchestratorError> {
+        self.write(&format!("{}/ops/{}", self.dir(), op.id), op)
+    }
+
+    /// Every operation of the app, oldest first.
+    pub fn operations(&self) -> Result<Vec<Operation>, OrchestratorError> {
+        let mut ids = self.repo.list_state(&format!("{}/ops", self.dir()))?;
+        ids.sort();
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(op) = self.operation(&id)? {
+                out.push(op);
+            }
+        }
+        Ok(out)
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Option<T>, OrchestratorError> {
+        match self.repo.read_state(path)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| OrchestratorError::Journal {
+                    path: format!("dr/{path}"),
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
+    fn write<T: Serialize>(&self, path: &str, v: &T) -> Result<(), OrchestratorError> {
+        let bytes = serde_json::to_vec_pretty(v).expect("serialisable");
+        Ok(self.repo.write_state(path, &bytes)?)
+    }
+}
+
+/// A new operation id: UTC time and 4 hex digits from the nanoseconds and the process id (sorts
+/// by time; two operations of one app never start in the same process and nanosecond).
+pub fn new_id(now: OffsetDateTime) -> String {
+    let r = (now.nanosecond() ^ std::process::id()) & 0xffff;
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{}",
+        now.year(),
+        now.month() as u8,
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        format!("{r:04x}")
+    )
+}

@@ -1,0 +1,77 @@
+//! DR plans carried out: backups by plan, journaled failover and failback, the health watch with
+//! its hysteresis and witness, drills with their reports, runbooks and the preflight check.
+//!
+//! Guarantees: every failover, failback and drill step is journaled in the repository before and
+//! after it runs, so a crash at any point is resumed by running the same command again, without
+//! repeating a step that finished ([`ops`]); two operations on one app never run at once (a lock
+//! per app in the repository); a primary that cannot be reached is recorded as fenced and never
+//! started by Lifeboat on its own. Assumes: the repository is shared by every Lifeboat process
+//! that acts on the plan. Platforms: Docker engines; Kubernetes sites in plans are refused with
+//! [`OrchestratorError::Unsupported`] for now.
+#![forbid(unsafe_code)]
+
+pub mod check;
+pub mod journal;
+pub mod ops;
+pub mod platform;
+pub mod probe;
+pub mod report;
+pub mod runbook;
+pub mod watch;
+
+use std::time::Duration;
+
+/// Errors of DR operations. Each names the app, site or step concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    /// The plan has no such app.
+    #[error("plan {plan} has no app {app:?} (apps: {})", known.join(", "))]
+    NoApp { plan: String, app: String, known: Vec<String> },
+    /// The app's profile is not `dr` (or it has no standby): it cannot fail over.
+    #[error("app {app} has no standby (profile dr with a standby site is needed to fail over)")]
+    NotDr { app: String },
+    /// A site could not be reached. Retrying makes sense once it is reachable.
+    #[error("site {site} cannot be reached: {reason}")]
+    Unreachable { site: String, reason: String },
+    /// A site answered, but refused or failed an action.
+    #[error("site {site}: {reason}")]
+    Site { site: String, reason: String },
+    /// This kind of site cannot do this yet.
+    #[error("site {site}: {what} is not supported yet")]
+    Unsupported { site: String, what: String },
+    /// The repository failed (this includes "locked": another operation on the app is running).
+    #[error(transparent)]
+    Repo(#[from] lifeboat_repo::RepoError),
+    /// A journal or state file is damaged.
+    #[error("{path}: {reason}")]
+    Journal { path: String, reason: String },
+    /// There is no snapshot of the app to recover from.
+    #[error("app {app} has no backup in the repository (run `lifeboat backup --plan PLAN --app {app}` first)")]
+    NoRecoveryPoint { app: String },
+    /// The recovered app did not pass its health probes in time. Traffic was not switched.
+    #[error("app {app} at {address} was not healthy within {waited:?}; last failure: {last}")]
+    Unhealthy {
+        app: String,
+        address: String,
+        waited: Duration,
+        last: String,
+    },
+    /// Switching traffic failed; the message says where traffic is.
+    #[error("app {app}: traffic switch failed: {reason}")]
+    Traffic { app: String, reason: String },
+    /// Verification checks failed after the switch.
+    #[error("app {app}: verification failed: {}", failures.join("; "))]
+    Verify { app: String, failures: Vec<String> },
+    /// The operation cannot go on as asked; nothing further was changed.
+    #[error("{reason}")]
+    Refused { reason: String },
+    /// A step failed; the operation stays open and the same command resumes it from that step.
+    #[error("{kind} of {app} stopped at step {step} (operation {id}): {reason}\n(fix the cause and run the same command again: it resumes from this step)")]
+    Step {
+        kind: &'static str,
+        app: String,
+        step: String,
+        id: String,
+        reason: String,
+    },
+}

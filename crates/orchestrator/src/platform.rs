@@ -1,0 +1,178 @@
+//! What the orchestrator asks of a site, for one app: the [`Platform`] trait and its Docker
+//! implementation. Kubernetes sites are not implemented yet: [`connect`] says so.
+use std::sync::Arc;
+
+use lifeboat_docker::{Existing, RestoreOptions, Selection, Site as DockerSite};
+use lifeboat_plan::{App, Plan, Site};
+use lifeboat_repo::Repository;
+use time::OffsetDateTime;
+
+use crate::OrchestratorError;
+
+/// A running or stopped copy of an app on one site.
+pub trait Platform: Send + Sync {
+    /// Backs the app up; the snapshot's id and time.
+    fn backup(&self, repo: &Repository, tags: Vec<String>) -> Result<(String, OffsetDateTime), OrchestratorError>;
+    /// Stops the app's workloads (under `prefix`, or the unprefixed production ones). Idempotent.
+    fn stop(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError>;
+    /// Starts them. Idempotent.
+    fn start(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError>;
+    /// Restores `snapshot` here with nothing started, replacing what exists (idempotent), under
+    /// `prefix` (empty: the production names). A summary.
+    fn stage(&self, repo: &Repository, snapshot: &str, prefix: &str) -> Result<String, OrchestratorError>;
+    /// Names of the app's workloads (under `prefix`) that run now.
+    fn running(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError>;
+    /// Removes everything made under `prefix`.
+    fn remove(&self, prefix: &str) -> Result<Vec<String>, OrchestratorError>;
+}
+
+/// Opens `site` of `plan` for `app`. [`OrchestratorError::Unreachable`] when it cannot be reached.
+pub type Connector = dyn Fn(&str, &App) -> Result<Arc<dyn Platform>, OrchestratorError> + Send + Sync;
+
+/// The connector for real sites.
+pub fn connector(plan: &Plan) -> Arc<Connector> {
+    let sites = plan.sites.clone();
+    Arc::new(move |name: &str, app: &App| {
+        let site = sites.get(name).ok_or_else(|| OrchestratorError::Refused {
+            reason: format!("no site {name:?} in the plan"),
+        })?;
+        match site {
+            Site::Docker { host, .. } => {
+                let host = host.clone().unwrap_or_else(lifeboat_docker::default_host);
+                let d = DockerSite::connect(&host).map_err(|e| OrchestratorError::Unreachable {
+                    site: name.to_string(),
+                    reason: e.to_string(),
+                })?;
+                Ok(Arc::new(Docker {
+                    name: name.to_string(),
+                    site: d,
+                    selection: selection(app),
+                }) as Arc<dyn Platform>)
+            }
+            Site::Kubernetes { .. } => Err(OrchestratorError::Unsupported {
+                site: name.to_string(),
+                what: "DR operations on Kubernetes sites (back them up with `lifeboat backup kube`)".into(),
+            }),
+        }
+    })
+}
+
+/// The Docker selection of an app: its labels and stack.
+pub fn selection(app: &App) -> Selection {
+    Selection {
+        labels: app.select.labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        stack: app.select.stack.clone(),
+    }
+}
+
+struct Docker {
+    name: String,
+    site: DockerSite,
+    selection: Selection,
+}
+
+impl Docker {
+    fn err(&self) -> impl Fn(lifeboat_docker::DockerError) -> OrchestratorError + '_ {
+        |e| match e {
+            lifeboat_docker::DockerError::Unreachable { reason, .. } => OrchestratorError::Unreachable {
+                site: self.name.clone(),
+                reason,
+            },
+            e => OrchestratorError::Site {
+                site: self.name.clone(),
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+fn describe(changes: Vec<lifeboat_docker::Change>) -> Vec<String> {
+    changes
+        .into_iter()
+        .map(|c| format!("{} {}: {}", c.kind, c.name, c.action))
+        .collect()
+}
+
+impl Platform for Docker {
+    fn backup(&self, repo: &Repository, tags: Vec<String>) -> Result<(String, OffsetDateTime), OrchestratorError> {
+        let _lock = repo
+            .lock(false, "backup --plan", std::time::Duration::from_secs(60))
+            .map_err(OrchestratorError::Repo)?;
+        let opts = lifeboat_docker::BackupOptions {
+            selection: self.selection.clone(),
+            volumes: true,
+            tags,
+        };
+        let out = lifeboat_docker::backup(repo, &self.site, &opts, &Default::default()).map_err(self.err())?;
+        if let Some(e) = out.capture.manifest.errors.first() {
+            return Err(OrchestratorError::Site {
+                site: self.name.clone(),
+                reason: format!(
+                    "backup {} is incomplete: {e} ({} problems)",
+                    out.snapshot_id.short(),
+                    out.capture.manifest.errors.len()
+                ),
+            });
+        }
+        Ok((out.snapshot_id.to_hex(), out.snapshot.time))
+    }
+
+    fn stop(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
+        self.site
+            .stop_workloads(&self.selection, prefix)
+            .map(describe)
+            .map_err(self.err())
+    }
+
+    fn start(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
+        self.site
+            .start_workloads(&self.selection, prefix)
+            .map(describe)
+            .map_err(self.err())
+    }
+
+    fn stage(&self, repo: &Repository, snapshot: &str, prefix: &str) -> Result<String, OrchestratorError> {
+        let _lock = repo
+            .lock(false, "restore (DR)", std::time::Duration::from_secs(60))
+            .map_err(OrchestratorError::Repo)?;
+        let (id, snap) = repo.find_snapshot(snapshot)?;
+        let stored = lifeboat_docker::restore::load(repo, &id.to_hex(), &snap.tree).map_err(self.err())?;
+        let opts = RestoreOptions {
+            replicas: Some(0),
+            name_prefix: prefix.to_string(),
+            existing: Existing::Update,
+            ..Default::default()
+        };
+        let report = lifeboat_docker::restore(repo, &self.site, &stored, &opts).map_err(self.err())?;
+        if report.failed > 0 {
+            let first = report.items.iter().find(|i| i.status == "failed");
+            return Err(OrchestratorError::Site {
+                site: self.name.clone(),
+                reason: format!(
+                    "restore of {} failed for {} objects; first: {}",
+                    id.short(),
+                    report.failed,
+                    first
+                        .map(|i| format!("{} {}: {}", i.kind, i.name, i.detail.clone().unwrap_or_default()))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+        Ok(format!("{} objects restored from {}", report.items.len(), id.short()))
+    }
+
+    fn running(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
+        Ok(self
+            .site
+            .workloads(&self.selection, prefix)
+            .map_err(self.err())?
+            .into_iter()
+            .filter(|w| w.running)
+            .map(|w| format!("{} {}", w.kind, w.name))
+            .collect())
+    }
+
+    fn remove(&self, prefix: &str) -> Result<Vec<String>, OrchestratorError> {
+        self.site.remove_prefixed(prefix).map(describe).map_err(self.err())
+    }
+}

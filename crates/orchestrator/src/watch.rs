@@ -1,0 +1,385 @@
+//! The health watch: probes each app where it is active, judges with hysteresis, and fails over
+//! once after `failure_threshold` consecutive failures, never on flapping below it.
+//!
+//! With a witness rule in the plan, a failover also needs the witness (another `lifeboat watch
+//! --witness`, run where it sees the primary by another path) to have reported the primary
+//! failing within `max_age`. A silent witness, a stale one, or one that still sees the primary
+//! healthy stops the failover: a partition between this watcher and the primary alone never
+//! makes two active sites. The witness reports through the repository
+//! (`dr/PLAN/APP/witness`), which both can reach.
+//!
+//! Time comes from tokio's clock, so the logic is tested on a paused clock.
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// A boxed future, for the traits below.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a run of probe results means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// No change of judgement.
+    None,
+    /// `failure_threshold` failures in a row while up.
+    WentDown,
+    /// `success_threshold` successes in a row while down.
+    WentUp,
+}
+
+/// Hysteresis over consecutive probe results. Starts up.
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    failure_threshold: u32,
+    success_threshold: u32,
+    failures: u32,
+    successes: u32,
+    down: bool,
+}
+
+impl Monitor {
+    pub fn new(failure_threshold: u32, success_threshold: u32) -> Monitor {
+        Monitor {
+            failure_threshold: failure_threshold.max(1),
+            success_threshold: success_threshold.max(1),
+            failures: 0,
+            successes: 0,
+            down: false,
+        }
+    }
+
+    /// Takes one probe result.
+    pub fn observe(&mut self, ok: bool) -> Transition {
+        if ok {
+            self.failures = 0;
+            self.successes += 1;
+            if self.down && self.successes >= self.success_threshold {
+                self.down = false;
+                return Transition::WentUp;
+            }
+        } else {
+            self.successes = 0;
+            self.failures += 1;
+            if !self.down && self.failures >= self.failure_threshold {
+                self.down = true;
+                return Transition::WentDown;
+            }
+        }
+        Transition::None
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down
+    }
+
+    /// Failures in a row so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// One app as the watch sees it.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    pub app: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+}
+
+/// Probes an app where it is active now.
+pub trait Prober: Send + Sync {
+    fn probe(&self, app: &str) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// The witness's opinion.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The witness also sees the primary failing.
+    Agrees,
+    /// The witness sees the primary healthy (a partition, not a failure).
+    Disagrees(String),
+    /// No recent report.
+    Silent(String),
+}
+
+/// Asks the witness.
+pub trait Witness: Send + Sync {
+    fn verdict(&self, app: &str) -> BoxFuture<'_, Verdict>;
+}
+
+/// Starts a failover; `first_failure` is when the failing run began, `detected` when the
+/// threshold was reached. The result is a line for the log.
+pub trait Trigger: Send + Sync {
+    fn failover(&self, app: &str, first_failure: OffsetDateTime, detected: OffsetDateTime)
+        -> BoxFuture<'_, Result<String, String>>;
+}
+
+/// What the watch reports as it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Failing { app: String, failures: u32, error: String },
+    Down { app: String },
+    Up { app: String },
+    WitnessRefused { app: String, why: String },
+    FailedOver { app: String, detail: String },
+    FailoverFailed { app: String, error: String },
+}
+
+/// Watches one app until it has failed over (then returns) or forever.
+pub async fn watch_app(
+    w: Watched,
+    prober: Arc<dyn Prober>,
+    witness: Option<Arc<dyn Witness>>,
+    trigger: Arc<dyn Trigger>,
+    events: Arc<dyn Fn(Event) + Send + Sync>,
+) {
+    let mut monitor = Monitor::new(w.failure_threshold, w.success_threshold);
+    let mut tick = tokio::time::interval(w.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first_failure = None;
+    loop {
+        tick.tick().await;
+        let result = match tokio::time::timeout(w.timeout, prober.probe(&w.app)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", w.timeout)),
+        };
+        let ok = result.is_ok();
+        if !ok && first_failure.is_none() {
+            first_failure = Some(OffsetDateTime::now_utc());
+        }
+        if ok && !monitor.is_down() {
+            first_failure = None;
+        }
+        let t = monitor.observe(ok);
+        if let Err(error) = &result {
+            events(Event::Failing {
+                app: w.app.clone(),
+                failures: monitor.failures(),
+                error: error.clone(),
+            });
+        }
+        match t {
+            Transition::WentUp => {
+                first_failure = None;
+                events(Event::Up { app: w.app.clone() });
+            }
+            Transition::WentDown => events(Event::Down { app: w.app.clone() }),
+            Transition::None => {}
+        }
+        // Down and still failing: fail over, if the witness agrees (asked again each round).
+        if monitor.is_down() && !ok {
+            if let Some(wit) = &witness {
+                match wit.verdict(&w.app).await {
+                    Verdict::Agrees => {}
+                    Verdict::Disagrees(why) | Verdict::Silent(why) => {
+                        events(Event::WitnessRefused {
+                            app: w.app.clone(),
+                            why,
+                        });
+                        continue;
+                    }
+                }
+            }
+            let detected = OffsetDateTime::now_utc();
+            let first = first_failure.unwrap_or(detected);
+            match trigger.failover(&w.app, first, detected).await {
+                Ok(detail) => {
+                    events(Event::FailedOver {
+                        app: w.app.clone(),
+                        detail,
+                    });
+                    return;
+                }
+                Err(error) => events(Event::FailoverFailed {
+                    app: w.app.clone(),
+                    error,
+                }),
+            }
+        }
+    }
+}
+
+/// What a witness writes for each app it watches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WitnessReport {
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// The site it probed.
+    pub site: String,
+    /// Its judgement, with the same hysteresis as the watch.
+    pub down: bool,
+    pub failures: u32,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl WitnessReport {
+    /// The verdict this report gives about `site` at `now`, given `max_age`.
+    pub fn verdict(report: Option<&WitnessReport>, site: &str, now: OffsetDateTime, max_age: Duration) -> Verdict {
+        let Some(r) = report else {
+            return Verdict::Silent("the witness has not reported".into());
+        };
+        let age = (now - r.time).as_seconds_f64();
+        if age > max_age.as_secs_f64() {
+            return Verdict::Silent(format!("the witness's last report is {age:.0} s old (max {max_age:?})"));
+        }
+        if r.site != site {
+            return Verdict::Silent(format!("the witness watches {}, not {site}", r.site));
+        }
+        if r.down {
+            Verdict::Agrees
+        } else {
+            Verdict::Disagrees(format!("the witness still sees {site} healthy ({} failures in a row)", r.failures))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    struct Script {
+        results: Vec<bool>,
+        next: AtomicUsize,
+    }
+    impl Prober for Script {
+        fn probe(&self, _: &str) -> BoxFuture<'_, Result<(), String>> {
+            let i = self.next.fetch_add(1, Ordering::SeqCst);
+            // After the script, the last result repeats.
+            let ok = *self.results.get(i).or(self.results.last()).unwrap();
+            Box::pin(async move { if ok { Ok(()) } else { Err("refused".into()) } })
+        }
+    }
+    struct Count {
+        calls: AtomicUsize,
+        at: Mutex<Option<tokio::time::Instant>>,
+    }
+    impl Trigger for Count {
+        fn failover(&self, _: &str, _: OffsetDateTime, _: OffsetDateTime) -> BoxFuture<'_, Result<String, String>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            *self.at.lock().unwrap() = Some(tokio::time::Instant::now());
+            Box::pin(async { Ok("failed over".to_string()) })
+        }
+    }
+    struct Fixed(Verdict);
+    impl Witness for Fixed {
+        fn verdict(&self, _: &str) -> BoxFuture<'_, Verdict> {
+            let v = self.0.clone();
+            Box::pin(async move { v })
+        }
+    }
+
+    fn watched() -> Watched {
+        Watched {
+            app: "web".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            failure_threshold: 3,
+            success_threshold: 1,
+        }
+    }
+
+    /// Runs the watch for `secs` of (paused) time; the number of failovers and when the first came.
+    async fn run(results: Vec<bool>, witness: Option<Verdict>, secs: u64) -> (usize, Option<Duration>, Vec<Event>) {
+        let prober = Arc::new(Script {
+            results,
+            next: AtomicUsize::new(0),
+        });
+        let trigger = Arc::new(Count {
+            calls: AtomicUsize::new(0),
+            at: Mutex::new(None),
+        });
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let ev = events.clone();
+        let start = tokio::time::Instant::now();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(secs),
+            watch_app(
+                watched(),
+                prober,
+                witness.map(|v| Arc::new(Fixed(v)) as Arc<dyn Witness>),
+                trigger.clone(),
+                Arc::new(move |e| ev.lock().unwrap().push(e)),
+            ),
+        )
+        .await;
+        let at = trigger.at.lock().unwrap().map(|t| t - start);
+        let events = events.lock().unwrap().clone();
+        (trigger.calls.load(Ordering::SeqCst), at, events)
+    }
+
+    #[test]
+    fn hysteresis_needs_consecutive_results() {
+        let mut m = Monitor::new(3, 2);
+        assert_eq!(m.observe(false), Transition::None);
+        assert_eq!(m.observe(false), Transition::None);
+        assert_eq!(m.observe(true), Transition::None);
+        assert_eq!(m.observe(false), Transition::None);
+        assert_eq!(m.observe(false), Transition::None);
+        assert_eq!(m.observe(false), Transition::WentDown);
+        assert_eq!(m.observe(false), Transition::None, "down once, not again");
+        assert_eq!(m.observe(true), Transition::None);
+        assert_eq!(m.observe(false), Transition::None);
+        assert_eq!(m.observe(true), Transition::None);
+        assert_eq!(m.observe(true), Transition::WentUp);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flapping_below_the_threshold_never_fails_over() {
+        // Two failures, one success, over and over for 10 minutes.
+        let pattern: Vec<bool> = (0..600).map(|i| i % 3 == 2).collect();
+        let (n, _, events) = run(pattern, None, 600).await;
+        assert_eq!(n, 0);
+        assert!(events.iter().any(|e| matches!(e, Event::Failing { failures: 2, .. })));
+        assert!(!events.iter().any(|e| matches!(e, Event::Down { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sustained_failure_fails_over_exactly_once_after_the_threshold() {
+        let (n, at, _) = run(vec![true, true, false], None, 600).await;
+        assert_eq!(n, 1);
+        // Probes at 0 and 1 s pass; failures at 2, 3 and 4 s: the third failure decides.
+        assert_eq!(at, Some(Duration::from_secs(4)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_witness_that_still_sees_the_primary_stops_the_failover() {
+        let (n, _, events) = run(vec![false], Some(Verdict::Disagrees("healthy".into())), 120).await;
+        assert_eq!(n, 0);
+        assert!(events.iter().any(|e| matches!(e, Event::WitnessRefused { .. })));
+        let (n, _, _) = run(vec![false], Some(Verdict::Silent("no report".into())), 120).await;
+        assert_eq!(n, 0, "a silent witness does not agree");
+        let (n, _, _) = run(vec![false], Some(Verdict::Agrees), 120).await;
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_witness_report_is_read_by_age_site_and_judgement() {
+        let now = OffsetDateTime::now_utc();
+        let r = WitnessReport {
+            time: now - Duration::from_secs(3),
+            site: "a".into(),
+            down: true,
+            failures: 4,
+            error: None,
+        };
+        let max = Duration::from_secs(10);
+        assert_eq!(WitnessReport::verdict(Some(&r), "a", now, max), Verdict::Agrees);
+        assert!(matches!(WitnessReport::verdict(Some(&r), "b", now, max), Verdict::Silent(_)));
+        assert!(matches!(
+            WitnessReport::verdict(Some(&r), "a", now + Duration::from_secs(20), max),
+            Verdict::Silent(_)
+        ));
+        let up = WitnessReport { down: false, ..r };
+        assert!(matches!(WitnessReport::verdict(Some(&up), "a", now, max), Verdict::Disagrees(_)));
+        assert!(matches!(WitnessReport::verdict(None, "a", now, max), Verdict::Silent(_)));
+    }
+}
