@@ -9,9 +9,18 @@ need_apt=()
 command -v setfattr >/dev/null || need_apt+=(attr)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+# The lab's traffic servers (BIND 9, HAProxy) and the DNS tools the traffic tests check with (dig, nsupdate).
+command -v named >/dev/null || need_apt+=(bind9)
+command -v haproxy >/dev/null || need_apt+=(haproxy)
+command -v dig >/dev/null && command -v nsupdate >/dev/null || need_apt+=(dnsutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "scripts/test.sh: missing ${need_apt[*]}; install them or run as root" >&2; exit 1; fi
+  # bind9 and haproxy would start machine-wide services when installed; the lab runs its own
+  # (a policy-rc.d saying "no" for the time of the install, unless the machine has one).
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; made_policy=1; fi
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  if [ "$made_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 # A real S3 server for the S3 backend tests: moto's server, from PyPI (started by the tests on loopback).
 export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
@@ -22,10 +31,11 @@ fi
 command -v moto_server >/dev/null || { echo "scripts/test.sh: moto_server is not on PATH after installing moto[server]" >&2; exit 1; }
 
 # Two real sites (each its own network namespace with a dockerd and Swarm, and a Kubernetes 1.20
-# control plane with a kubelet on that dockerd) for the Docker and Kubernetes end-to-end tests. lab/lab installs what it needs (docker.io, debootstrap, ...) and builds
+# control plane with a kubelet on that dockerd) for the Docker and Kubernetes end-to-end tests, and the
+# traffic servers (BIND 9 on 127.0.0.1:5353, HAProxy) for the traffic tests. lab/lab installs what it needs (docker.io, debootstrap, ...) and builds
 # its images once (cached in /var/cache/lifeboat-lab); it needs root.
 if [ "$(id -u)" != 0 ]; then echo "scripts/test.sh: run as root (the lab starts network namespaces and daemons)" >&2; exit 1; fi
-lab/lab up --docker 2 --kube 2 >/dev/null
+lab/lab up --docker 2 --kube 2 --dns --haproxy >/dev/null
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
