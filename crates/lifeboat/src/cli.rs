@@ -28,9 +28,49 @@ pub enum Command {
     /// Create, check and manage keys of a repository
     #[command(subcommand)]
     Repo(RepoCmd),
-    /// Back up data into the repository
+    /// Back up data into the repository (`backup --plan PLAN`: every app of a DR plan)
+    Backup(BackupArgs),
+    /// DR plans: preflight check
     #[command(subcommand)]
-    Backup(BackupCmd),
+    Plan(PlanCmd),
+    /// Write a Markdown runbook for recovering the plan's apps by hand
+    Runbook {
+        plan: PathBuf,
+        /// Write to this file instead of stdout
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Move apps to their standby site: fence, data, start, health, traffic, verify (journaled; run
+    /// again after an interruption to resume)
+    Failover(OpArgs),
+    /// Move apps back to their primary site, with the data written on the standby
+    Failback(OpArgs),
+    /// Watch the apps' health and fail over after `failure_threshold` consecutive failures
+    Watch {
+        plan: PathBuf,
+        /// Only this app
+        #[arg(long)]
+        app: Option<String>,
+        /// Be the witness: probe and report to the repository, never fail over
+        #[arg(long)]
+        witness: bool,
+    },
+    /// Recover into an isolated copy, verify it, measure RTO and RPO, tear it down, and report
+    Drill {
+        plan: PathBuf,
+        /// Only this app (default: every dr app)
+        #[arg(long)]
+        app: Option<String>,
+        /// Recover on this site (default: the app's standby)
+        #[arg(long)]
+        site: Option<String>,
+        /// Write the report here: NAME.md, NAME.json, NAME.xml (JUnit) and NAME.html
+        #[arg(long, value_name = "PATH")]
+        report: Option<PathBuf>,
+        /// Longest wait for the copy to become healthy, in seconds
+        #[arg(long, default_value_t = 300)]
+        health_timeout: u64,
+    },
     /// List snapshots
     Snapshots,
     /// Show one snapshot: its record and its top-level entries
@@ -92,6 +132,42 @@ pub enum KeyCmd {
     List,
     /// Remove a key slot (by id prefix); the slot in use cannot be removed
     Remove { id: String },
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub cmd: Option<BackupCmd>,
+    /// Back up every app of this DR plan from where it is active (and stage hot standbys)
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// With --plan: only this app
+    #[arg(long, requires = "plan")]
+    pub app: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PlanCmd {
+    /// Preflight: sites, repository, recovery point age, images, capacity, drift, traffic router
+    Check { plan: PathBuf },
+}
+
+#[derive(Args, Debug)]
+pub struct OpArgs {
+    pub plan: PathBuf,
+    /// Only this app (default: every dr app of the plan)
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Do not take a last backup of the side being left (recover from the latest backup)
+    #[arg(long)]
+    pub no_final_backup: bool,
+    /// Failback: go on although the standby cannot be reached, losing its writes since its last backup
+    #[arg(long)]
+    pub accept_data_loss: bool,
+    /// Longest wait for the app to become healthy, in seconds
+    #[arg(long, default_value_t = 300)]
+    pub health_timeout: u64,
 }
 
 #[derive(Subcommand, Debug)]

@@ -13,8 +13,9 @@ use lifeboat_repo::keys::KdfParams;
 use lifeboat_repo::{open_location, prune, RepoError, Repository};
 use serde_json::json;
 
-use crate::cli::{BackupCmd, Cli, Command, KeyCmd, RepoCmd};
+use crate::cli::{BackupArgs, BackupCmd, Cli, Command, KeyCmd, PlanCmd, RepoCmd};
 use crate::docker_cmd;
+use crate::dr_cmd;
 use crate::kube_cmd;
 use crate::progress::{bytes, Ticker};
 
@@ -55,7 +56,12 @@ impl Ctx {
     }
 
     pub(crate) fn open(&self) -> Result<Repository> {
-        let backend = open_location(&self.location)?;
+        self.open_at(&self.location)
+    }
+
+    /// Opens the repository at `location` (a plan's) with this invocation's password.
+    pub(crate) fn open_at(&self, location: &str) -> Result<Repository> {
+        let backend = open_location(location)?;
         let pw = self.password()?;
         Ok(Repository::open(backend, &pw)?)
     }
@@ -81,11 +87,15 @@ pub fn run(args: Cli) -> Result<bool> {
         Command::Repo(RepoCmd::Init) => init(&ctx),
         Command::Repo(RepoCmd::Check { read_data }) => check(&ctx, read_data),
         Command::Repo(RepoCmd::Key(k)) => key(&ctx, k),
-        Command::Backup(BackupCmd::Files {
-            paths,
-            tags,
-            no_parent,
-            parent,
+        Command::Backup(BackupArgs {
+            cmd:
+                Some(BackupCmd::Files {
+                    paths,
+                    tags,
+                    no_parent,
+                    parent,
+                }),
+            ..
         }) => backup_files(&ctx, paths, tags, no_parent, parent),
         Command::Snapshots => snapshots(&ctx),
         Command::Show { snapshot, recursive } => show(&ctx, &snapshot, recursive),
@@ -102,12 +112,16 @@ pub fn run(args: Cli) -> Result<bool> {
                 _ => restore_cmd(&ctx, &r.snapshot, &r.to),
             },
         },
-        Command::Backup(BackupCmd::Etcd {
-            endpoints,
-            cacert,
-            cert,
-            key,
-            tags,
+        Command::Backup(BackupArgs {
+            cmd:
+                Some(BackupCmd::Etcd {
+                    endpoints,
+                    cacert,
+                    cert,
+                    key,
+                    tags,
+                }),
+            ..
         }) => kube_cmd::backup_etcd(
             &ctx,
             lifeboat_etcd::Endpoint {
@@ -118,17 +132,21 @@ pub fn run(args: Cli) -> Result<bool> {
             },
             tags,
         ),
-        Command::Backup(BackupCmd::Kube {
-            kubeconfig,
-            context,
-            namespaces,
-            all_namespaces,
-            selector,
-            include,
-            exclude,
-            no_volumes,
-            helper_image,
-            tags,
+        Command::Backup(BackupArgs {
+            cmd:
+                Some(BackupCmd::Kube {
+                    kubeconfig,
+                    context,
+                    namespaces,
+                    all_namespaces,
+                    selector,
+                    include,
+                    exclude,
+                    no_volumes,
+                    helper_image,
+                    tags,
+                }),
+            ..
         }) => kube_cmd::backup(
             &ctx,
             kubeconfig,
@@ -148,12 +166,16 @@ pub fn run(args: Cli) -> Result<bool> {
         ),
         Command::Diff { snapshot, other, host } => docker_cmd::diff_cmd(&ctx, &snapshot, &other, host.as_deref()),
         Command::Helper(h) => docker_cmd::helper(h),
-        Command::Backup(BackupCmd::Docker {
-            host,
-            labels,
-            stack,
-            no_volumes,
-            tags,
+        Command::Backup(BackupArgs {
+            cmd:
+                Some(BackupCmd::Docker {
+                    host,
+                    labels,
+                    stack,
+                    no_volumes,
+                    tags,
+                }),
+            ..
         }) => docker_cmd::backup(&ctx, host, labels, stack, no_volumes, tags),
         Command::Forget(f) => forget(
             &ctx,
@@ -169,6 +191,28 @@ pub fn run(args: Cli) -> Result<bool> {
             f.dry_run,
         ),
         Command::Prune { dry_run } => prune_cmd(&ctx, dry_run),
+        Command::Backup(BackupArgs {
+            cmd: None,
+            plan: Some(plan),
+            app,
+        }) => dr_cmd::backup(&ctx, &plan, app.as_deref()),
+        Command::Backup(BackupArgs {
+            cmd: None, plan: None, ..
+        }) => {
+            bail!("say what to back up: a subcommand (files, docker, kube, etcd) or --plan PLAN")
+        }
+        Command::Plan(PlanCmd::Check { plan }) => dr_cmd::check(&ctx, &plan),
+        Command::Runbook { plan, output } => dr_cmd::runbook(&ctx, &plan, output.as_deref()),
+        Command::Failover(a) => dr_cmd::switch(&ctx, &a, lifeboat_orchestrator::journal::Kind::Failover),
+        Command::Failback(a) => dr_cmd::switch(&ctx, &a, lifeboat_orchestrator::journal::Kind::Failback),
+        Command::Watch { plan, app, witness } => dr_cmd::watch(&ctx, &plan, app.as_deref(), witness),
+        Command::Drill {
+            plan,
+            app,
+            site,
+            report,
+            health_timeout,
+        } => dr_cmd::drill(&ctx, &plan, app.as_deref(), site, report.as_deref(), health_timeout),
     }
 }
 

@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod docker_cmd;
+mod dr_cmd;
 mod kube_cmd;
 mod progress;
 

@@ -1,1 +1,329 @@
-//! (work in progress)
+//! `plan check`: the preflight. For the repository and each app: sites reachable, age of the last
+//! recovery point against the RPO, every image present on the standby, standby capacity against
+//! what the apps ask for, drift between primary and a hot standby, traffic router reachable.
+//! Checks only read; nothing is changed.
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use lifeboat_plan::{App, Plan, Profile, StandbyMode};
+use lifeboat_repo::Repository;
+use lifeboat_traffic::{Route, Router};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::journal::Store;
+use crate::ops::latest_recovery_point;
+use crate::platform::{Connector, Platform};
+use crate::OrchestratorError;
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One line of the preflight.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    pub check: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+fn line(app: Option<&str>, check: &str, status: Status, detail: impl Into<String>) -> CheckResult {
+    CheckResult {
+        app: app.map(str::to_string),
+        check: check.into(),
+        status,
+        detail: detail.into(),
+    }
+}
+
+type RouterFn<'a> = dyn Fn(&App) -> Result<Option<Box<dyn Router>>, OrchestratorError> + Sync + 'a;
+
+/// Runs every check.
+pub fn run(
+    plan: &Plan,
+    repo: Result<&Repository, String>,
+    connect: &Arc<Connector>,
+    router: &RouterFn,
+) -> Vec<CheckResult> {
+    let mut out = Vec::new();
+    let repo = match repo {
+        Ok(r) => {
+            out.push(line(None, "repository", Status::Ok, format!("{} opened", r.location())));
+            Some(r)
+        }
+        Err(e) => {
+            out.push(line(None, "repository", Status::Fail, e));
+            None
+        }
+    };
+    // What each site would run if every primary were gone: (cpus, memory, app names).
+    let mut load: BTreeMap<String, (f64, u64, Vec<String>)> = BTreeMap::new();
+    let mut platforms: BTreeMap<(String, String), Option<Arc<dyn Platform>>> = BTreeMap::new();
+    for app in &plan.apps {
+        let a = app.name.value.as_str();
+        let mut site = |name: &str, out: &mut Vec<CheckResult>| -> Option<Arc<dyn Platform>> {
+            platforms
+                .entry((a.to_string(), name.to_string()))
+                .or_insert_with(|| match connect(name, app) {
+                    Ok(p) => {
+                        out.push(line(Some(a), &format!("site {name}"), Status::Ok, "reachable"));
+                        Some(p)
+                    }
+                    Err(e) => {
+                        out.push(line(Some(a), &format!("site {name}"), Status::Fail, e.to_string()));
+                        None
+                    }
+                })
+                .clone()
+        };
+        let primary = site(&app.primary.value, &mut out);
+        let standby_name = app
+            .standby
+            .as_ref()
+            .filter(|_| app.profile == Profile::Dr)
+            .map(|s| s.value.clone());
+        let standby = standby_name.as_deref().and_then(|s| site(s, &mut out));
+
+        // Recovery point age.
+        if let Some(repo) = repo {
+            let rpo = app.objectives.as_ref().and_then(|o| o.rpo.as_ref()).map(|d| d.value.0);
+            match latest_recovery_point(repo, &plan.metadata.name, a) {
+                Ok(Some(rp)) => {
+                    let age = (OffsetDateTime::now_utc() - rp.time).as_seconds_f64().max(0.0);
+                    let (status, detail) = match rpo {
+                        Some(r) if age > r.as_secs_f64() => (
+                            Status::Fail,
+                            format!(
+                                "last backup {} is {age:.0} s old, more than the RPO {r:?}",
+                                &rp.snapshot[..8]
+                            ),
+                        ),
+                        Some(r) => (
+                            Status::Ok,
+                            format!("last backup {} is {age:.0} s old (RPO {r:?})", &rp.snapshot[..8]),
+                        ),
+                        None => (
+                            Status::Warn,
+                            format!(
+                                "last backup {} is {age:.0} s old; the plan sets no RPO",
+                                &rp.snapshot[..8]
+                            ),
+                        ),
+                    };
+                    out.push(line(Some(a), "recovery point", status, detail));
+                }
+                Ok(None) => out.push(line(
+                    Some(a),
+                    "recovery point",
+                    Status::Fail,
+                    format!("no backup yet (lifeboat backup --plan PLAN --app {a})"),
+                )),
+                Err(e) => out.push(line(Some(a), "recovery point", Status::Fail, e.to_string())),
+            }
+            let st = Store {
+                repo,
+                plan: plan.metadata.name.clone(),
+                app: a.to_string(),
+            };
+            match st.state() {
+                Ok(s) => {
+                    if let Some(r) = &s.running {
+                        out.push(line(
+                            Some(a),
+                            "operations",
+                            Status::Fail,
+                            format!("operation {r} is unfinished: run the same command again to complete it"),
+                        ));
+                    }
+                    if let Some(act) = &s.active {
+                        if *act != app.primary.value {
+                            out.push(line(
+                                Some(a),
+                                "active site",
+                                Status::Warn,
+                                format!("running on {act} after a failover"),
+                            ));
+                        }
+                    }
+                }
+                Err(e) => out.push(line(Some(a), "operations", Status::Fail, e.to_string())),
+            }
+        }
+
+        let (Some(sb_name), Some(primary)) = (standby_name.as_deref(), primary.as_ref()) else {
+            continue;
+        };
+        let workloads = match primary.workloads() {
+            Ok(w) => w,
+            Err(e) => {
+                out.push(line(Some(a), "workloads", Status::Fail, e.to_string()));
+                continue;
+            }
+        };
+        if workloads.is_empty() {
+            out.push(line(
+                Some(a),
+                "workloads",
+                Status::Fail,
+                format!("the selection finds nothing on {}", app.primary.value),
+            ));
+        }
+        let e = load.entry(sb_name.to_string()).or_default();
+        e.0 += workloads.iter().map(|w| w.cpus).sum::<f64>();
+        e.1 += workloads.iter().map(|w| w.memory).sum::<u64>();
+        e.2.push(a.to_string());
+
+        if let Some(standby) = &standby {
+            // Images.
+            let images: BTreeSet<&str> = workloads.iter().map(|w| w.image.as_str()).collect();
+            let mut missing = Vec::new();
+            for i in &images {
+                match standby.has_image(i) {
+                    Ok(true) => {}
+                    Ok(false) => missing.push(i.to_string()),
+                    Err(e) => missing.push(format!("{i} ({e})")),
+                }
+            }
+            out.push(if missing.is_empty() {
+                line(
+                    Some(a),
+                    "images on standby",
+                    Status::Ok,
+                    format!("{} images present on {sb_name}", images.len()),
+                )
+            } else {
+                line(
+                    Some(a),
+                    "images on standby",
+                    Status::Fail,
+                    format!("missing on {sb_name}: {}", missing.join(", ")),
+                )
+            });
+            // Drift (hot standby only: a cold one holds nothing until failover).
+            if app.standby_mode == StandbyMode::Hot {
+                match (primary.essence(), standby.essence()) {
+                    (Ok(p), Ok(s)) => {
+                        let mut d = Vec::new();
+                        for (k, v) in &p {
+                            match s.get(k) {
+                                None => d.push(format!("{k} missing on {sb_name}")),
+                                Some(w) if w != v => d.push(format!("{k} differs")),
+                                _ => {}
+                            }
+                        }
+                        d.extend(
+                            s.keys()
+                                .filter(|k| !p.contains_key(*k))
+                                .map(|k| format!("{k} only on {sb_name}")),
+                        );
+                        out.push(if d.is_empty() {
+                            line(
+                                Some(a),
+                                "drift",
+                                Status::Ok,
+                                format!("{} objects identical on {sb_name}", p.len()),
+                            )
+                        } else {
+                            line(
+                                Some(a),
+                                "drift",
+                                Status::Fail,
+                                format!("{} (lifeboat backup --plan stages the standby again)", d.join("; ")),
+                            )
+                        });
+                    }
+                    (Err(e), _) | (_, Err(e)) => out.push(line(Some(a), "drift", Status::Fail, e.to_string())),
+                }
+            }
+        }
+        // Traffic router.
+        match router(app) {
+            Ok(None) => out.push(line(
+                Some(a),
+                "traffic",
+                Status::Warn,
+                "no traffic section: clients are moved by hand",
+            )),
+            Ok(Some(r)) => out.push(match r.current() {
+                Ok(Route::On(side)) => line(
+                    Some(a),
+                    "traffic",
+                    Status::Ok,
+                    format!("{}: traffic on the {side}", r.describe()),
+                ),
+                Ok(Route::Unknown(why)) => line(Some(a), "traffic", Status::Warn, format!("{}: {why}", r.describe())),
+                Err(e) => line(Some(a), "traffic", Status::Fail, format!("{}: {e}", r.describe())),
+            }),
+            Err(e) => out.push(line(Some(a), "traffic", Status::Fail, e.to_string())),
+        }
+    }
+    // Capacity: each standby must hold what it would run with every primary gone.
+    for (site, (cpus, mem, apps)) in load {
+        let Some(p) = platforms
+            .iter()
+            .find(|((_, s), p)| *s == site && p.is_some())
+            .and_then(|(_, p)| p.clone())
+        else {
+            continue;
+        };
+        match p.capacity() {
+            Ok((have_cpu, have_mem)) => {
+                let detail = format!(
+                    "{} would need {cpus:.2} CPUs and {} MiB for {}; it has {have_cpu:.0} CPUs and {} MiB",
+                    site,
+                    mem >> 20,
+                    apps.join(", "),
+                    have_mem >> 20
+                );
+                let status = if cpus > have_cpu || mem > have_mem {
+                    Status::Fail
+                } else if cpus == 0.0 && mem == 0 {
+                    Status::Warn
+                } else {
+                    Status::Ok
+                };
+                let detail = if status == Status::Warn {
+                    format!("{detail} (no workload sets CPU or memory limits: the fit cannot be judged)")
+                } else {
+                    detail
+                };
+                out.push(line(None, &format!("capacity {site}"), status, detail));
+            }
+            Err(e) => out.push(line(None, &format!("capacity {site}"), Status::Fail, e.to_string())),
+        }
+    }
+    out
+}
+
+/// The results as a text table.
+pub fn table(results: &[CheckResult]) -> String {
+    let w1 = results
+        .iter()
+        .map(|r| r.app.as_deref().unwrap_or("-").len())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    let w2 = results.iter().map(|r| r.check.len()).max().unwrap_or(5).max(5);
+    let mut s = format!("{:<w1$}  {:<w2$}  {:<6}  detail\n", "app", "check", "status");
+    for r in results {
+        let st = match r.status {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        s += &format!(
+            "{:<w1$}  {:<w2$}  {st:<6}  {}\n",
+            r.app.as_deref().unwrap_or("-"),
+            r.check,
+            r.detail
+        );
+    }
+    s
+}

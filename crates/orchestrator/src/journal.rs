@@ -159,7 +159,8 @@ impl Store<'_> {
     }
 
     pub fn state(&self) -> Result<AppState, OrchestratorError> {
-        self.read(&format!("{}/state", self.dir())).map(Option::unwrap_or_default)
+        self.read(&format!("{}/state", self.dir()))
+            .map(Option::unwrap_or_default)
     }
 
     pub fn save_state(&self, s: &AppState) -> Result<(), OrchestratorError> {

@@ -26,7 +26,11 @@ use std::time::Duration;
 pub enum OrchestratorError {
     /// The plan has no such app.
     #[error("plan {plan} has no app {app:?} (apps: {})", known.join(", "))]
-    NoApp { plan: String, app: String, known: Vec<String> },
+    NoApp {
+        plan: String,
+        app: String,
+        known: Vec<String>,
+    },
     /// The app's profile is not `dr` (or it has no standby): it cannot fail over.
     #[error("app {app} has no standby (profile dr with a standby site is needed to fail over)")]
     NotDr { app: String },

@@ -110,7 +110,11 @@ fn store<'a>(env: &Env<'a>, app: &App) -> Store<'a> {
 }
 
 /// The newest snapshot of `app` in the repository (tags `plan=` and `app=`).
-pub fn latest_recovery_point(repo: &Repository, plan: &str, app: &str) -> Result<Option<RecoveryPoint>, OrchestratorError> {
+pub fn latest_recovery_point(
+    repo: &Repository,
+    plan: &str,
+    app: &str,
+) -> Result<Option<RecoveryPoint>, OrchestratorError> {
     let (p, a) = (format!("plan={plan}"), format!("app={app}"));
     Ok(repo
         .snapshots()?
@@ -228,7 +232,11 @@ fn begin<'a, 'e>(
             kind.as_str(),
             op.id,
             op.steps.iter().filter(|s| s.finished.is_some()).count(),
-            if kind == Kind::Drill { DRILL_STEPS.len() } else { FAILOVER_STEPS.len() }
+            if kind == Kind::Drill {
+                DRILL_STEPS.len()
+            } else {
+                FAILOVER_STEPS.len()
+            }
         ));
         store.save_operation(&op)?;
         return Ok(Runner { env, store, op });
@@ -305,11 +313,18 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         }
         Err(e) => Err(e),
     })?;
-    let fenced_unreachable = run.op.finished("fence").is_some_and(|s| s.detail.contains("cannot be reached"));
+    let fenced_unreachable = run
+        .op
+        .finished("fence")
+        .is_some_and(|s| s.detail.contains("cannot be reached"));
     if !state.fenced.iter().any(|f| f.site == from) {
         state.fenced.push(Fence {
             site: from.clone(),
-            at: run.op.finished("fence").and_then(|s| s.finished).unwrap_or_else(OffsetDateTime::now_utc),
+            at: run
+                .op
+                .finished("fence")
+                .and_then(|s| s.finished)
+                .unwrap_or_else(OffsetDateTime::now_utc),
             unreachable: fenced_unreachable,
         });
         st.save_state(&state)?;
@@ -319,19 +334,30 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
     let op_tag = format!("op={}", run.op.id);
     run.step("final-backup", |op| {
         if fenced_unreachable {
-            return Ok(("skipped", format!("{from} cannot be reached: the latest backup is the recovery point")));
+            return Ok((
+                "skipped",
+                format!("{from} cannot be reached: the latest backup is the recovery point"),
+            ));
         }
         if !opts.final_backup {
             return Ok(("skipped", "turned off: the latest backup is the recovery point".into()));
         }
         // A crash after the snapshot was written but before this step was journaled left it.
-        if let Some((id, s)) = env.repo.snapshots()?.into_iter().find(|(_, s)| s.tags.contains(&op_tag)) {
+        if let Some((id, s)) = env
+            .repo
+            .snapshots()?
+            .into_iter()
+            .find(|(_, s)| s.tags.contains(&op_tag))
+        {
             op.recovery_point = Some(RecoveryPoint {
                 snapshot: id.to_hex(),
                 time: s.time,
                 final_backup: true,
             });
-            return Ok(("done", format!("snapshot {} (taken before an interruption)", id.short())));
+            return Ok((
+                "done",
+                format!("snapshot {} (taken before an interruption)", id.short()),
+            ));
         }
         let p = match source.take() {
             Some(p) => p,
@@ -360,13 +386,23 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
     };
     run.step("data", |op| {
         if op.recovery_point.is_none() {
-            op.recovery_point = Some(latest_recovery_point(env.repo, &op.plan, &op.app)?.ok_or_else(|| {
-                OrchestratorError::NoRecoveryPoint { app: op.app.clone() }
-            })?);
+            op.recovery_point = Some(
+                latest_recovery_point(env.repo, &op.plan, &op.app)?
+                    .ok_or_else(|| OrchestratorError::NoRecoveryPoint { app: op.app.clone() })?,
+            );
         }
         let rp = op.recovery_point.clone().expect("set above");
-        if hot && state.staged == Some(Staged { site: to.clone(), snapshot: rp.snapshot.clone() }) {
-            return Ok(("skipped", format!("hot standby: snapshot {} is already staged on {to}", &rp.snapshot[..8])));
+        if hot
+            && state.staged
+                == Some(Staged {
+                    site: to.clone(),
+                    snapshot: rp.snapshot.clone(),
+                })
+        {
+            return Ok((
+                "skipped",
+                format!("hot standby: snapshot {} is already staged on {to}", &rp.snapshot[..8]),
+            ));
         }
         let done = connect_target()?.stage(env.repo, &rp.snapshot, "")?;
         state.staged = Some(Staged {
@@ -496,7 +532,12 @@ pub fn drill(env: &Env, app_name: &str, opts: &Options) -> Result<Operation, Orc
         Ok(("done", format!("{} objects removed", removed.len())))
     });
     let mut op = run.op;
-    op.status = if result.is_ok() && teardown.is_ok() { "done" } else { "failed" }.into();
+    op.status = if result.is_ok() && teardown.is_ok() {
+        "done"
+    } else {
+        "failed"
+    }
+    .into();
     if let Err(e) = result.and(teardown) {
         op.error = Some(e.to_string());
     }
@@ -540,7 +581,10 @@ fn wait_healthy(app: &App, address: &str, limit: Duration) -> Result<(&'static s
                 if streak >= need {
                     return Ok((
                         "done",
-                        format!("healthy after {:.1} s ({need} passing probe rounds)", start.elapsed().as_secs_f64()),
+                        format!(
+                            "healthy after {:.1} s ({need} passing probe rounds)",
+                            start.elapsed().as_secs_f64()
+                        ),
                     ));
                 }
             }

@@ -24,6 +24,14 @@ pub trait Platform: Send + Sync {
     fn running(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError>;
     /// Removes everything made under `prefix`.
     fn remove(&self, prefix: &str) -> Result<Vec<String>, OrchestratorError>;
+    /// The app's production workloads here.
+    fn workloads(&self) -> Result<Vec<lifeboat_docker::Workload>, OrchestratorError>;
+    /// Whether an image is present here.
+    fn has_image(&self, image: &str) -> Result<bool, OrchestratorError>;
+    /// CPUs and memory (bytes) of the site.
+    fn capacity(&self) -> Result<(f64, u64), OrchestratorError>;
+    /// What a user chose of each object of the app ("KIND/NAME" to its settings), for drift.
+    fn essence(&self) -> Result<std::collections::BTreeMap<String, serde_json::Value>, OrchestratorError>;
 }
 
 /// Opens `site` of `plan` for `app`. [`OrchestratorError::Unreachable`] when it cannot be reached.
@@ -174,5 +182,42 @@ impl Platform for Docker {
 
     fn remove(&self, prefix: &str) -> Result<Vec<String>, OrchestratorError> {
         self.site.remove_prefixed(prefix).map(describe).map_err(self.err())
+    }
+
+    fn workloads(&self) -> Result<Vec<lifeboat_docker::Workload>, OrchestratorError> {
+        self.site.workloads(&self.selection, None).map_err(self.err())
+    }
+
+    fn has_image(&self, image: &str) -> Result<bool, OrchestratorError> {
+        self.site.image_exists(image).map_err(self.err())
+    }
+
+    fn capacity(&self) -> Result<(f64, u64), OrchestratorError> {
+        self.site.capacity().map_err(self.err())
+    }
+
+    fn essence(&self) -> Result<std::collections::BTreeMap<String, serde_json::Value>, OrchestratorError> {
+        let cap = self.site.capture(&self.selection).map_err(self.err())?;
+        let mut out = std::collections::BTreeMap::new();
+        for kind in ["containers", "services"] {
+            for (name, doc) in cap.kind(kind) {
+                // A prefixed copy (a drill's) is not the app.
+                if doc.pointer("/Config/Labels/io.lifeboat.prefix").is_some()
+                    || doc.pointer("/Spec/Labels/io.lifeboat.prefix").is_some()
+                {
+                    continue;
+                }
+                let mut e = lifeboat_docker::diff::essence(kind, doc);
+                // Replicas differ by design between an active site and a hot standby.
+                if let Some(m) = e.pointer_mut("/Spec/Mode/Replicated").and_then(|v| v.as_object_mut()) {
+                    m.remove("Replicas");
+                }
+                if let Some(l) = e.pointer_mut("/Spec/Labels").and_then(|v| v.as_object_mut()) {
+                    l.remove(lifeboat_docker::control::REPLICAS_LABEL);
+                }
+                out.insert(format!("{kind}/{name}"), e);
+            }
+        }
+        Ok(out)
     }
 }

@@ -59,9 +59,7 @@ pub fn verify(c: &Check, address: &str) -> Result<String, String> {
         return Err(format!("GET {url}: status {status}"));
     }
     match &http.expect_body_contains {
-        Some(want) if !body.contains(want.as_str()) => {
-            Err(format!("GET {url}: the answer does not contain {want:?}"))
-        }
+        Some(want) if !body.contains(want.as_str()) => Err(format!("GET {url}: the answer does not contain {want:?}")),
         Some(want) => Ok(format!("GET {url}: {status}, contains {want:?}")),
         None => Ok(format!("GET {url}: {status}")),
     }

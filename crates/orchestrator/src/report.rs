@@ -1,1 +1,367 @@
-//! (work in progress)
+//! Timelines and reports of operations: text for the terminal, JSON, and the drill report as
+//! Markdown, JSON, JUnit XML (one test case per app and step, for a CD pipeline stage) and HTML
+//! with a timeline chart (inline SVG, no scripts, no external assets).
+use lifeboat_plan::Plan;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::journal::Operation;
+
+fn secs(op: &Operation, t: OffsetDateTime) -> f64 {
+    (t - op.trigger).as_seconds_f64()
+}
+
+/// The step whose end counts as "recovered": traffic switched if it was, else healthy.
+fn recovered_step(op: &Operation) -> Option<&'static str> {
+    ["traffic", "health", "verify", "start"]
+        .into_iter()
+        .find(|s| op.finished(s).is_some_and(|r| r.outcome == "done"))
+}
+
+/// RTO achieved: trigger to recovered (see [`recovered_step`]).
+pub fn rto_seconds(op: &Operation) -> Option<f64> {
+    if op.kind == crate::journal::Kind::Drill {
+        return op.seconds_to("health");
+    }
+    recovered_step(op).and_then(|s| op.seconds_to(s))
+}
+
+/// A few lines for the terminal.
+pub fn timeline_text(op: &Operation) -> String {
+    let mut s = format!(
+        "{} {} of {}: {} -> {} ({}), trigger {}\n",
+        op.kind.as_str(),
+        op.id,
+        op.app,
+        op.from,
+        op.to,
+        op.status,
+        op.trigger
+    );
+    if let Some(d) = op.detected {
+        s += &format!("  {:>7.2} s  detected (failure threshold reached)\n", secs(op, d));
+    }
+    for st in &op.steps {
+        let end = st
+            .finished
+            .map(|f| format!("{:>7.2} s", secs(op, f)))
+            .unwrap_or_else(|| "      - ".into());
+        s += &format!("  {end}  {:<13} {:<8} {}\n", st.name, st.outcome, st.detail);
+    }
+    if let Some(r) = rto_seconds(op) {
+        s += &format!("  RTO achieved: {r:.2} s\n");
+    }
+    if let Some(r) = op.rpo_seconds() {
+        let rp = op.recovery_point.as_ref().expect("rpo implies a recovery point");
+        s += &format!(
+            "  RPO achieved: {r:.2} s (snapshot {} of {}{})\n",
+            &rp.snapshot[..8],
+            rp.time,
+            if rp.final_backup { ", taken after fencing" } else { "" }
+        );
+    }
+    s
+}
+
+/// The operation as JSON, with its measured RTO and RPO.
+pub fn json(op: &Operation) -> Value {
+    let mut v = serde_json::to_value(op).expect("serialisable");
+    v["rto_seconds"] = json!(rto_seconds(op));
+    v["rpo_seconds"] = json!(op.rpo_seconds());
+    v
+}
+
+/// The report of a drill over one or more apps.
+pub struct DrillReport {
+    pub plan: String,
+    pub operations: Vec<Operation>,
+    /// Apps whose drill could not start, with why.
+    pub errors: Vec<String>,
+    /// Objectives by app: (rto, rpo) in seconds.
+    objectives: Vec<(String, Option<f64>, Option<f64>)>,
+}
+
+impl DrillReport {
+    pub fn new(plan: &Plan, operations: Vec<Operation>, errors: Vec<String>) -> DrillReport {
+        let objectives = plan
+            .apps
+            .iter()
+            .map(|a| {
+                let o = a.objectives.as_ref();
+                (
+                    a.name.value.clone(),
+                    o.and_then(|o| o.rto.as_ref()).map(|d| d.value.0.as_secs_f64()),
+                    o.and_then(|o| o.rpo.as_ref()).map(|d| d.value.0.as_secs_f64()),
+                )
+            })
+            .collect();
+        DrillReport {
+            plan: plan.metadata.name.clone(),
+            operations,
+            errors,
+            objectives,
+        }
+    }
+
+    fn objective(&self, app: &str) -> (Option<f64>, Option<f64>) {
+        self.objectives
+            .iter()
+            .find(|(a, ..)| a == app)
+            .map(|(_, r, p)| (*r, *p))
+            .unwrap_or_default()
+    }
+
+    /// Problems of one operation: failed steps and missed objectives.
+    fn problems(&self, op: &Operation) -> Vec<String> {
+        let mut out: Vec<String> = op
+            .steps
+            .iter()
+            .filter(|s| s.outcome == "failed" || s.finished.is_none())
+            .map(|s| format!("step {} failed: {}", s.name, s.detail))
+            .collect();
+        let (rto, rpo) = self.objective(&op.app);
+        match (rto, rto_seconds(op)) {
+            (Some(want), Some(got)) if got > want => {
+                out.push(format!("RTO {got:.1} s exceeds the objective {want:.0} s"))
+            }
+            (_, None) => out.push("the copy never became healthy: no RTO".into()),
+            _ => {}
+        }
+        if let (Some(want), Some(got)) = (rpo, op.rpo_seconds()) {
+            if got > want {
+                out.push(format!("RPO {got:.1} s exceeds the objective {want:.0} s"));
+            }
+        }
+        out
+    }
+
+    /// Every app drilled, healthy, verified, torn down and within its objectives.
+    pub fn passed(&self) -> bool {
+        self.errors.is_empty()
+            && !self.operations.is_empty()
+            && self.operations.iter().all(|o| self.problems(o).is_empty())
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "plan": self.plan,
+            "passed": self.passed(),
+            "errors": self.errors,
+            "drills": self.operations.iter().map(|op| {
+                let (rto, rpo) = self.objective(&op.app);
+                let mut v = json(op);
+                v["objectives"] = json!({"rto_seconds": rto, "rpo_seconds": rpo});
+                v["problems"] = json!(self.problems(op));
+                v
+            }).collect::<Vec<_>>(),
+        })
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "# DR drill: plan {}\n\nResult: **{}**\n\n",
+            self.plan,
+            if self.passed() { "PASSED" } else { "FAILED" }
+        );
+        for e in &self.errors {
+            s += &format!("- could not drill: {e}\n");
+        }
+        for op in &self.operations {
+            let (rto, rpo) = self.objective(&op.app);
+            let fmt = |v: Option<f64>| v.map(|v| format!("{v:.2} s")).unwrap_or_else(|| "-".into());
+            s += &format!(
+                "\n## {} on {} ({})\n\n| | achieved | objective |\n|---|---|---|\n| RTO | {} | {} |\n| RPO | {} | {} |\n\n",
+                op.app,
+                op.to,
+                op.id,
+                fmt(rto_seconds(op)),
+                fmt(rto),
+                fmt(op.rpo_seconds()),
+                fmt(rpo)
+            );
+            if let Some(rp) = &op.recovery_point {
+                s += &format!("Recovery point: snapshot `{}` of {}.\n\n", &rp.snapshot[..8], rp.time);
+            }
+            s += "| step | outcome | seconds from trigger | detail |\n|---|---|---|---|\n";
+            for st in &op.steps {
+                s += &format!(
+                    "| {} | {} | {} | {} |\n",
+                    st.name,
+                    st.outcome,
+                    st.finished
+                        .map(|f| format!("{:.2}", secs(op, f)))
+                        .unwrap_or_else(|| "-".into()),
+                    st.detail.replace('|', "\\|").replace('\n', " ")
+                );
+            }
+            for p in self.problems(op) {
+                s += &format!("\n- problem: {p}");
+            }
+            s += "\n";
+        }
+        s
+    }
+
+    /// JUnit XML: a test suite per app, a test case per step and per objective.
+    pub fn junit(&self) -> String {
+        let mut cases = String::new();
+        let mut tests = 0;
+        let mut failures = 0;
+        for e in &self.errors {
+            tests += 1;
+            failures += 1;
+            cases += &format!(
+                "  <testsuite name=\"drill\" tests=\"1\" failures=\"1\">\n    <testcase classname=\"drill\" name=\"start\"><failure message=\"{}\"/></testcase>\n  </testsuite>\n",
+                xml(e)
+            );
+        }
+        for op in &self.operations {
+            let mut suite = String::new();
+            let mut n = 0;
+            let mut f = 0;
+            for st in &op.steps {
+                n += 1;
+                let t = st.finished.map(|e| (e - st.started).as_seconds_f64()).unwrap_or(0.0);
+                suite += &format!(
+                    "    <testcase classname=\"drill.{}\" name=\"{}\" time=\"{t:.3}\">",
+                    xml(&op.app),
+                    xml(&st.name)
+                );
+                if st.outcome == "failed" || st.finished.is_none() {
+                    f += 1;
+                    suite += &format!("<failure message=\"{}\"/>", xml(&st.detail));
+                } else if st.outcome == "skipped" {
+                    suite += &format!("<skipped message=\"{}\"/>", xml(&st.detail));
+                }
+                suite += "</testcase>\n";
+            }
+            let (rto, rpo) = self.objective(&op.app);
+            for (name, want, got) in [("rto", rto, rto_seconds(op)), ("rpo", rpo, op.rpo_seconds())] {
+                n += 1;
+                suite += &format!("    <testcase classname=\"drill.{}\" name=\"{name}\">", xml(&op.app));
+                match (want, got) {
+                    (_, None) => {
+                        f += 1;
+                        suite += &format!("<failure message=\"no {name} measured\"/>");
+                    }
+                    (Some(w), Some(g)) if g > w => {
+                        f += 1;
+                        suite += &format!("<failure message=\"{name} {g:.2} s exceeds the objective {w:.0} s\"/>");
+                    }
+                    (_, Some(g)) => suite += &format!("<system-out>{name} {g:.2} s</system-out>"),
+                }
+                suite += "</testcase>\n";
+            }
+            tests += n;
+            failures += f;
+            cases += &format!(
+                "  <testsuite name=\"drill.{}\" tests=\"{n}\" failures=\"{f}\" timestamp=\"{}\">\n{suite}  </testsuite>\n",
+                xml(&op.app),
+                op.trigger
+            );
+        }
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"lifeboat drill {}\" tests=\"{tests}\" failures=\"{failures}\">\n{cases}</testsuites>\n",
+            xml(&self.plan)
+        )
+    }
+
+    /// A self-contained HTML page with a timeline chart per app.
+    pub fn html(&self) -> String {
+        let mut body = format!(
+            "<h1>DR drill: plan {}</h1>\n<p class=\"{}\">{}</p>\n",
+            xml(&self.plan),
+            if self.passed() { "pass" } else { "fail" },
+            if self.passed() { "PASSED" } else { "FAILED" }
+        );
+        for e in &self.errors {
+            body += &format!("<p class=\"fail\">could not drill: {}</p>\n", xml(e));
+        }
+        for op in &self.operations {
+            let (rto, rpo) = self.objective(&op.app);
+            let fmt = |v: Option<f64>| v.map(|v| format!("{v:.2} s")).unwrap_or_else(|| "-".into());
+            body += &format!(
+                "<h2>{} on {}</h2>\n<table><tr><th></th><th>achieved</th><th>objective</th></tr>\n<tr><td>RTO</td><td>{}</td><td>{}</td></tr>\n<tr><td>RPO</td><td>{}</td><td>{}</td></tr></table>\n",
+                xml(&op.app),
+                xml(&op.to),
+                fmt(rto_seconds(op)),
+                fmt(rto),
+                fmt(op.rpo_seconds()),
+                fmt(rpo)
+            );
+            body += &timeline_svg(op);
+            body += "<table><tr><th>step</th><th>outcome</th><th>s</th><th>detail</th></tr>\n";
+            for st in &op.steps {
+                body += &format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                    xml(&st.name),
+                    xml(&st.outcome),
+                    st.finished
+                        .map(|f| format!("{:.2}", secs(op, f)))
+                        .unwrap_or_else(|| "-".into()),
+                    xml(&st.detail)
+                );
+            }
+            body += "</table>\n";
+            for p in self.problems(op) {
+                body += &format!("<p class=\"fail\">{}</p>\n", xml(&p));
+            }
+        }
+        format!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>DR drill {}</title><style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.pass{{color:#070;font-weight:bold}}.fail{{color:#b00;font-weight:bold}}</style></head><body>\n{body}</body></html>\n",
+            xml(&self.plan)
+        )
+    }
+}
+
+/// A horizontal bar per step, from its start to its end, on a time axis from the trigger.
+fn timeline_svg(op: &Operation) -> String {
+    let end = op
+        .steps
+        .iter()
+        .filter_map(|s| s.finished)
+        .map(|f| secs(op, f))
+        .fold(0.0f64, f64::max)
+        .max(0.001);
+    let (w, left, row) = (720.0, 110.0, 26.0);
+    let scale = (w - left - 20.0) / end;
+    let h = row * op.steps.len() as f64 + 40.0;
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"timeline\">\n");
+    for (i, st) in op.steps.iter().enumerate() {
+        let y = 10.0 + row * i as f64;
+        let x0 = left + secs(op, st.started).max(0.0) * scale;
+        let x1 = left + st.finished.map(|f| secs(op, f)).unwrap_or(end) * scale;
+        let color = match st.outcome.as_str() {
+            "done" => "#4a8",
+            "skipped" => "#bbb",
+            _ => "#d44",
+        };
+        s += &format!(
+            "<text x=\"4\" y=\"{}\" font-size=\"12\">{}</text><rect x=\"{x0:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"18\" fill=\"{color}\"><title>{}: {}</title></rect>\n",
+            y + 13.0,
+            xml(&st.name),
+            (x1 - x0).max(2.0),
+            xml(&st.name),
+            xml(&st.detail)
+        );
+    }
+    let y = row * op.steps.len() as f64 + 24.0;
+    s += &format!(
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{:.1}\" y2=\"{}\" stroke=\"#333\"/><text x=\"{left}\" y=\"{}\" font-size=\"11\">0 s (trigger)</text><text x=\"{:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{end:.2} s</text>\n</svg>\n",
+        y - 8.0,
+        left + end * scale,
+        y - 8.0,
+        y + 6.0,
+        left + end * scale,
+        y + 6.0
+    );
+    s
+}
+
+/// Escapes text for XML and HTML.
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

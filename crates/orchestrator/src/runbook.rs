@@ -1,1 +1,222 @@
-//! (work in progress)
+//! A Markdown runbook: how to fail each app over and back by hand, with the plain `docker`,
+//! `lifeboat restore`, `nsupdate`, `socat` and `curl` commands, for the day the tool itself cannot
+//! run. It is written from the plan alone (no site is contacted) and names no secret.
+use std::path::Path;
+
+use lifeboat_plan::{App, Plan, Profile, Site, StandbyMode, Traffic};
+
+fn docker_host(plan: &Plan, site: &str) -> String {
+    match plan.sites.get(site) {
+        Some(Site::Docker { host: Some(h), .. }) => format!("-H {h} "),
+        _ => String::new(),
+    }
+}
+
+fn filters(app: &App) -> String {
+    let mut f: Vec<String> = app
+        .select
+        .labels
+        .iter()
+        .map(|(k, v)| format!("--filter label={k}={v}"))
+        .collect();
+    if let Some(s) = &app.select.stack {
+        f.push(format!("--filter label=com.docker.stack.namespace={s}"));
+    }
+    f.join(" ")
+}
+
+fn addr(plan: &Plan, site: &str) -> String {
+    plan.sites
+        .get(site)
+        .and_then(Site::address)
+        .unwrap_or_else(|| format!("<address of {site}>"))
+}
+
+/// The runbook for every app of `plan` (`path` is the plan file, named in the text).
+pub fn markdown(plan: &Plan, path: &Path) -> String {
+    let name = &plan.metadata.name;
+    let mut s = format!(
+        "# Runbook: DR plan `{name}`\n\nWritten by `lifeboat runbook {}` from the plan alone. Follow it when Lifeboat itself \
+         cannot run; when it can, `lifeboat failover {}` does all of this, journaled and measured.\n\n\
+         Repository: `{}` (its password is kept apart from this runbook).\n\n## Sites\n\n| site | platform | address |\n|---|---|---|\n",
+        path.display(),
+        path.display(),
+        plan.repository
+    );
+    for (n, site) in &plan.sites {
+        let (kind, where_) = match site {
+            Site::Docker { host, .. } => ("Docker", host.clone().unwrap_or_else(|| "local socket".into())),
+            Site::Kubernetes {
+                kubeconfig, context, ..
+            } => (
+                "Kubernetes",
+                format!(
+                    "{} {}",
+                    kubeconfig.as_ref().map(|k| k.display().to_string()).unwrap_or_default(),
+                    context.clone().unwrap_or_default()
+                ),
+            ),
+        };
+        s += &format!("| {n} | {kind} ({where_}) | {} |\n", addr(plan, n));
+    }
+    for app in &plan.apps {
+        s += &app_section(plan, app);
+    }
+    s
+}
+
+fn app_section(plan: &Plan, app: &App) -> String {
+    let a = &app.name.value;
+    let p = &app.primary.value;
+    let mut s = format!("\n## App `{a}`\n\n");
+    let obj = app.objectives.as_ref();
+    s += &format!(
+        "- profile: {:?}; primary: {p}; standby: {}; standby mode: {:?}\n- objectives: RTO {}, RPO {}\n- selection: {}\n",
+        app.profile,
+        app.standby.as_ref().map(|s| s.value.as_str()).unwrap_or("none"),
+        app.standby_mode,
+        obj.and_then(|o| o.rto.as_ref()).map(|d| format!("{:?}", d.value.0)).unwrap_or_else(|| "-".into()),
+        obj.and_then(|o| o.rpo.as_ref()).map(|d| format!("{:?}", d.value.0)).unwrap_or_else(|| "-".into()),
+        filters(app)
+    );
+    let Some(sb) = app.standby.as_ref().filter(|_| app.profile == Profile::Dr) else {
+        s += "\nNo standby: recover by restoring the latest snapshot (`lifeboat snapshots --tag` below) on a new site.\n";
+        return s;
+    };
+    let sb = &sb.value;
+    let (hp, hs) = (docker_host(plan, p), docker_host(plan, sb));
+    let f = filters(app);
+    s += &format!("\n### Fail over from {p} to {sb}\n\n");
+    s += &format!(
+        "1. **Decide.** Confirm the primary is really down from two places (not a partition of your own network):\n   {}\n",
+        probes(app, &addr(plan, p))
+    );
+    s += &format!(
+        "2. **Fence the primary** so it cannot write: `docker {hp}stop $(docker {hp}ps -q {f})`. If {p} cannot be reached, \
+         make sure it stays off (power, network) before going on; note the time.\n"
+    );
+    s += &format!(
+        "3. **Find the recovery point**: `lifeboat --repo {} snapshots` and take the newest with tags `plan={}` and `app={a}`.\n",
+        plan.repository, plan.metadata.name
+    );
+    if app.standby_mode == StandbyMode::Hot {
+        s += &format!(
+            "4. **Bring the data.** The hot standby holds the app at zero replicas with the data of the last backup. If a newer \
+             snapshot exists: `lifeboat restore SNAPSHOT --to docker:{} --replicas 0 --existing update`.\n",
+            docker_target(plan, sb)
+        );
+    } else {
+        s += &format!(
+            "4. **Restore**: `lifeboat restore SNAPSHOT --to docker:{} --replicas 0 --existing update`.\n",
+            docker_target(plan, sb)
+        );
+    }
+    s += &format!("5. **Start** on {sb}: `docker {hs}start $(docker {hs}ps -aq {f})`.\n");
+    s += &format!("6. **Wait for health** on {sb}:\n   {}\n", probes(app, &addr(plan, sb)));
+    s += &format!("7. **Switch traffic** to {sb}:\n{}", traffic(app, true));
+    s += &format!("8. **Verify**:\n{}", checks(app, &addr(plan, sb)));
+    s += &format!(
+        "\n### Fail back from {sb} to {p}\n\nThe same steps the other way round, after a backup of {sb} taken once it is \
+         stopped (`lifeboat backup docker {}--label ...` with the selection above, tags `plan={}` and `app={a}`), so what \
+         was written on {sb} comes back to {p}. Traffic:\n{}",
+        hs.replace("-H ", "--host "),
+        plan.metadata.name,
+        traffic(app, false)
+    );
+    s
+}
+
+fn docker_target(plan: &Plan, site: &str) -> String {
+    match plan.sites.get(site) {
+        Some(Site::Docker { host: Some(h), .. }) => h.clone(),
+        _ => String::new(),
+    }
+}
+
+fn probes(app: &App, address: &str) -> String {
+    if app.health.is_empty() {
+        return "(the plan has no health probes: check the app by hand)".into();
+    }
+    app.health
+        .iter()
+        .map(|h| {
+            if let Some(http) = &h.probe.http {
+                format!(
+                    "`curl -fsS -m {} {}`",
+                    h.timeout.0.as_secs().max(1),
+                    http.url.replace("{site}", address)
+                )
+            } else if let Some(tcp) = &h.probe.tcp {
+                let a = tcp.address.replace("{site}", address);
+                let (host, port) = a.rsplit_once(':').unwrap_or((&a, ""));
+                format!("`nc -z -w {} {host} {port}`", h.timeout.0.as_secs().max(1))
+            } else {
+                String::new()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+fn checks(app: &App, address: &str) -> String {
+    if app.verify.is_empty() {
+        return "   (the plan has no verify checks)\n".into();
+    }
+    app.verify
+        .iter()
+        .filter_map(|c| c.http.as_ref())
+        .map(|h| {
+            format!(
+                "   `curl -fsS {}`{}\n",
+                h.url.replace("{site}", address),
+                h.expect_body_contains
+                    .as_ref()
+                    .map(|w| format!(" must contain `{w}`"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+fn traffic(app: &App, to_standby: bool) -> String {
+    match &app.traffic {
+        None => "   (the plan has no traffic section: move clients by hand)\n".into(),
+        Some(Traffic::Dns {
+            server,
+            zone,
+            name,
+            ttl,
+            tsig_key,
+            primary,
+            standby,
+        }) => {
+            let to = if to_standby { standby } else { primary };
+            let (host, port) = server.rsplit_once(':').unwrap_or((server, "53"));
+            let fqdn = if name.ends_with('.') { name.clone() } else { format!("{name}.{zone}") };
+            format!(
+                "   ```\n   nsupdate -k {} <<EOF\n   server {host} {port}\n   zone {zone}\n   update delete {fqdn} A\n   update add {fqdn} {ttl} A {to}\n   send\n   EOF\n   dig +short -p {port} @{host} {fqdn}   # must print {to}\n   ```\n",
+                tsig_key.display()
+            )
+        }
+        Some(Traffic::Haproxy {
+            socket,
+            backend,
+            primary,
+            standby,
+        }) => {
+            let (off, on) = if to_standby { (primary, standby) } else { (standby, primary) };
+            let sock = socket
+                .strip_prefix("unix://")
+                .map(|p| format!("UNIX-CONNECT:{p}"))
+                .unwrap_or_else(|| format!("TCP:{}", socket.trim_start_matches("tcp://")));
+            format!(
+                "   ```\n   echo 'set server {backend}/{off} state maint' | socat stdio {sock}\n   echo 'set server {backend}/{on} state ready' | socat stdio {sock}\n   ```\n   (in this order: traffic is never on both)\n"
+            )
+        }
+        Some(Traffic::Webhook { url, .. }) => format!(
+            "   POST to `{url}` the JSON `{{\"plan\",\"app\",\"to\":\"{}\",\"reason\",\"time\"}}` signed with the secret file's HMAC-SHA256 \
+             in the header `X-Lifeboat-Signature: sha256=HEX` (see docs/traffic.md), or switch in the balancer's own console.\n",
+            if to_standby { "standby" } else { "primary" }
+        ),
+    }
+}

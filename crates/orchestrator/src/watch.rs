@@ -116,8 +116,12 @@ pub trait Witness: Send + Sync {
 /// Starts a failover; `first_failure` is when the failing run began, `detected` when the
 /// threshold was reached. The result is a line for the log.
 pub trait Trigger: Send + Sync {
-    fn failover(&self, app: &str, first_failure: OffsetDateTime, detected: OffsetDateTime)
-        -> BoxFuture<'_, Result<String, String>>;
+    fn failover(
+        &self,
+        app: &str,
+        first_failure: OffsetDateTime,
+        detected: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<String, String>>;
 }
 
 /// What the watch reports as it goes.
@@ -235,7 +239,10 @@ impl WitnessReport {
         if r.down {
             Verdict::Agrees
         } else {
-            Verdict::Disagrees(format!("the witness still sees {site} healthy ({} failures in a row)", r.failures))
+            Verdict::Disagrees(format!(
+                "the witness still sees {site} healthy ({} failures in a row)",
+                r.failures
+            ))
         }
     }
 }
@@ -255,7 +262,13 @@ mod tests {
             let i = self.next.fetch_add(1, Ordering::SeqCst);
             // After the script, the last result repeats.
             let ok = *self.results.get(i).or(self.results.last()).unwrap();
-            Box::pin(async move { if ok { Ok(()) } else { Err("refused".into()) } })
+            Box::pin(async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("refused".into())
+                }
+            })
         }
     }
     struct Count {
@@ -373,13 +386,22 @@ mod tests {
         };
         let max = Duration::from_secs(10);
         assert_eq!(WitnessReport::verdict(Some(&r), "a", now, max), Verdict::Agrees);
-        assert!(matches!(WitnessReport::verdict(Some(&r), "b", now, max), Verdict::Silent(_)));
+        assert!(matches!(
+            WitnessReport::verdict(Some(&r), "b", now, max),
+            Verdict::Silent(_)
+        ));
         assert!(matches!(
             WitnessReport::verdict(Some(&r), "a", now + Duration::from_secs(20), max),
             Verdict::Silent(_)
         ));
         let up = WitnessReport { down: false, ..r };
-        assert!(matches!(WitnessReport::verdict(Some(&up), "a", now, max), Verdict::Disagrees(_)));
-        assert!(matches!(WitnessReport::verdict(None, "a", now, max), Verdict::Silent(_)));
+        assert!(matches!(
+            WitnessReport::verdict(Some(&up), "a", now, max),
+            Verdict::Disagrees(_)
+        ));
+        assert!(matches!(
+            WitnessReport::verdict(None, "a", now, max),
+            Verdict::Silent(_)
+        ));
     }
 }

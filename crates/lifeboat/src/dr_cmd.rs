@@ -1,0 +1,499 @@
+//! DR plan commands: `backup --plan`, `plan check`, `runbook`, `failover`, `failback`, `watch`,
+//! `drill`: argument handling and printing. The work is in lifeboat-orchestrator.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use lifeboat_orchestrator::journal::{Kind, Operation, Store};
+use lifeboat_orchestrator::ops::{self, Env, Options, Outcome};
+use lifeboat_orchestrator::watch::{self, BoxFuture, Event, Verdict, Watched, WitnessReport};
+use lifeboat_orchestrator::{check, platform, probe, report, runbook, OrchestratorError};
+use lifeboat_plan::{App, Plan, Profile};
+use lifeboat_repo::Repository;
+use lifeboat_traffic::Router;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::commands::Ctx;
+
+struct Loaded {
+    plan: Plan,
+    dir: PathBuf,
+    repo: Repository,
+}
+
+fn load(ctx: &Ctx, path: &Path) -> Result<Loaded> {
+    let plan = Plan::load(path)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let location = if plan.repository.contains("://") || plan.repository.starts_with("s3:") {
+        plan.repository.clone()
+    } else {
+        dir.join(&plan.repository).display().to_string()
+    };
+    let repo = ctx
+        .open_at(&location)
+        .with_context(|| format!("the repository of plan {}", plan.metadata.name))?;
+    Ok(Loaded { plan, dir, repo })
+}
+
+fn router_for(dir: PathBuf) -> impl Fn(&App) -> Result<Option<Box<dyn Router>>, OrchestratorError> + Sync {
+    move |app: &App| match &app.traffic {
+        None => Ok(None),
+        Some(t) => lifeboat_traffic::router(t, &dir)
+            .map(Some)
+            .map_err(|e| OrchestratorError::Traffic {
+                app: app.name.value.clone(),
+                reason: e.to_string(),
+            }),
+    }
+}
+
+fn logger(ctx: &Ctx) -> impl Fn(&str) + Sync {
+    let quiet = ctx.json;
+    move |line: &str| {
+        if !quiet {
+            eprintln!("  {line}");
+        }
+    }
+}
+
+fn apps<'p>(plan: &'p Plan, only: Option<&str>) -> Result<Vec<&'p App>> {
+    if let Some(a) = only {
+        return match plan.app(a) {
+            Some(app) => Ok(vec![app]),
+            None => bail!(
+                "plan {} has no app {a:?} (apps: {})",
+                plan.metadata.name,
+                plan.apps
+                    .iter()
+                    .map(|a| a.name.value.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+    }
+    Ok(plan.apps.iter().filter(|a| a.profile == Profile::Dr).collect())
+}
+
+pub fn backup(ctx: &Ctx, plan: &Path, app: Option<&str>) -> Result<bool> {
+    let l = load(ctx, plan)?;
+    let router = router_for(l.dir.clone());
+    let log = logger(ctx);
+    let env = Env {
+        plan: &l.plan,
+        plan_dir: l.dir.clone(),
+        repo: &l.repo,
+        connect: platform::connector(&l.plan),
+        router: &router,
+        log: &log,
+    };
+    let items = ops::backup_plan(&env, app, ctx.lock_wait)?;
+    let ok = items.iter().all(|i| i.error.is_none());
+    ctx.print(json!({ "plan": l.plan.metadata.name, "apps": items }), || {
+        for i in &items {
+            match (&i.snapshot, &i.error) {
+                (_, Some(e)) => println!("{}: FAILED on {}: {e}", i.app, i.site),
+                (Some(s), None) => println!(
+                    "{}: snapshot {} of {}{}",
+                    i.app,
+                    &s[..8],
+                    i.site,
+                    i.staged
+                        .as_ref()
+                        .map(|s| format!("; staged on {s}"))
+                        .unwrap_or_default()
+                ),
+                (None, None) => {}
+            }
+        }
+    });
+    Ok(ok)
+}
+
+pub fn switch(ctx: &Ctx, args: &crate::cli::OpArgs, kind: Kind) -> Result<bool> {
+    let l = load(ctx, &args.plan)?;
+    let router = router_for(l.dir.clone());
+    let log = logger(ctx);
+    let env = Env {
+        plan: &l.plan,
+        plan_dir: l.dir.clone(),
+        repo: &l.repo,
+        connect: platform::connector(&l.plan),
+        router: &router,
+        log: &log,
+    };
+    let opts = Options {
+        health_timeout: Duration::from_secs(args.health_timeout),
+        final_backup: !args.no_final_backup,
+        accept_data_loss: args.accept_data_loss,
+        ..Default::default()
+    };
+    let mut results = Vec::new();
+    let mut ok = true;
+    for app in apps(&l.plan, args.app.as_deref())? {
+        if !ctx.json {
+            eprintln!("{} of {}:", kind.as_str(), app.name.value);
+        }
+        match ops::switch_over(&env, &app.name.value, kind, &opts) {
+            Ok(Outcome::AlreadyThere { site, last }) => {
+                if !ctx.json {
+                    println!(
+                        "{}: already on {site}{}; nothing to do",
+                        app.name.value,
+                        last.map(|l| format!(" (operation {l})")).unwrap_or_default()
+                    );
+                }
+                results.push(json!({"app": app.name.value, "status": "already-there", "site": site}));
+            }
+            Ok(Outcome::Done(op)) => {
+                if !ctx.json {
+                    print!("{}", report::timeline_text(&op));
+                }
+                results.push(report::json(&op));
+            }
+            Err(e) => {
+                ok = false;
+                if !ctx.json {
+                    eprintln!("{}: {e}", app.name.value);
+                }
+                results.push(json!({"app": app.name.value, "status": "failed", "error": e.to_string()}));
+            }
+        }
+    }
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&json!({ "operations": results }))?);
+    }
+    Ok(ok)
+}
+
+pub fn drill(
+    ctx: &Ctx,
+    plan: &Path,
+    app: Option<&str>,
+    site: Option<String>,
+    out: Option<&Path>,
+    health_timeout: u64,
+) -> Result<bool> {
+    let l = load(ctx, plan)?;
+    let router = router_for(l.dir.clone());
+    let log = logger(ctx);
+    let env = Env {
+        plan: &l.plan,
+        plan_dir: l.dir.clone(),
+        repo: &l.repo,
+        connect: platform::connector(&l.plan),
+        router: &router,
+        log: &log,
+    };
+    let opts = Options {
+        health_timeout: Duration::from_secs(health_timeout),
+        drill_site: site,
+        ..Default::default()
+    };
+    let mut done: Vec<Operation> = Vec::new();
+    let mut errors = Vec::new();
+    for a in apps(&l.plan, app)? {
+        if !ctx.json {
+            eprintln!("drill of {}:", a.name.value);
+        }
+        match ops::drill(&env, &a.name.value, &opts) {
+            Ok(op) => done.push(op),
+            Err(e) => errors.push(format!("{}: {e}", a.name.value)),
+        }
+    }
+    let r = report::DrillReport::new(&l.plan, done, errors);
+    if let Some(base) = out {
+        for (ext, text) in [
+            ("md", r.markdown()),
+            ("json", serde_json::to_string_pretty(&r.to_json())?),
+            ("xml", r.junit()),
+            ("html", r.html()),
+        ] {
+            let path = base.with_extension(ext);
+            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    ctx.print(r.to_json(), || print!("{}", r.markdown()));
+    Ok(r.passed())
+}
+
+pub fn runbook(ctx: &Ctx, plan: &Path, out: Option<&Path>) -> Result<bool> {
+    let plan_v = Plan::load(plan)?;
+    let text = runbook::markdown(&plan_v, plan);
+    match out {
+        Some(p) => std::fs::write(p, &text).with_context(|| format!("cannot write {}", p.display()))?,
+        None if ctx.json => println!("{}", json!({ "markdown": text })),
+        None => print!("{text}"),
+    }
+    Ok(true)
+}
+
+pub fn check(ctx: &Ctx, plan: &Path) -> Result<bool> {
+    let plan_v = Plan::load(plan)?;
+    let dir = plan.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let repo = load(ctx, plan).map(|l| l.repo);
+    let router = router_for(dir);
+    let results = check::run(
+        &plan_v,
+        repo.as_ref().map_err(|e| format!("{e:#}")),
+        &platform::connector(&plan_v),
+        &router,
+    );
+    let ok = results.iter().all(|r| r.status != check::Status::Fail);
+    ctx.print(
+        json!({ "plan": plan_v.metadata.name, "ok": ok, "checks": results }),
+        || {
+            print!("{}", check::table(&results));
+            println!("{}", if ok { "plan check passed" } else { "plan check FAILED" });
+        },
+    );
+    Ok(ok)
+}
+
+/// Probes one app where it is active now.
+struct LiveProber {
+    plan: Arc<Plan>,
+    repo: Arc<Repository>,
+}
+
+impl LiveProber {
+    fn active(&self, app: &str) -> String {
+        let st = Store {
+            repo: &self.repo,
+            plan: self.plan.metadata.name.clone(),
+            app: app.to_string(),
+        };
+        st.state()
+            .ok()
+            .and_then(|s| s.active)
+            .unwrap_or_else(|| self.plan.app(app).map(|a| a.primary.value.clone()).unwrap_or_default())
+    }
+}
+
+impl watch::Prober for LiveProber {
+    fn probe(&self, app: &str) -> BoxFuture<'_, Result<(), String>> {
+        let (plan, app, site) = (self.plan.clone(), app.to_string(), self.active(app));
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let a = plan.app(&app).ok_or("no such app")?;
+                let addr = ops::site_address(&plan, &site).map_err(|e| e.to_string())?;
+                probe::healthy(a, &addr).map_err(|e| format!("{site}: {e}"))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
+}
+
+struct RepoWitness {
+    prober: Arc<LiveProber>,
+    max_age: Duration,
+}
+
+impl watch::Witness for RepoWitness {
+    fn verdict(&self, app: &str) -> BoxFuture<'_, Verdict> {
+        let site = self.prober.active(app);
+        let st = Store {
+            repo: &self.prober.repo,
+            plan: self.prober.plan.metadata.name.clone(),
+            app: app.to_string(),
+        };
+        let report: Option<WitnessReport> = self
+            .prober
+            .repo
+            .read_state(&format!("{}/witness", st.dir()))
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let v = WitnessReport::verdict(report.as_ref(), &site, OffsetDateTime::now_utc(), self.max_age);
+        Box::pin(async move { v })
+    }
+}
+
+struct Failover {
+    plan_path: PathBuf,
+    ctx_json: bool,
+    repo_location: Arc<Repository>,
+    plan: Arc<Plan>,
+}
+
+impl watch::Trigger for Failover {
+    fn failover(
+        &self,
+        app: &str,
+        first_failure: OffsetDateTime,
+        detected: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<String, String>> {
+        let (app, plan, repo, json) = (
+            app.to_string(),
+            self.plan.clone(),
+            self.repo_location.clone(),
+            self.ctx_json,
+        );
+        let dir = self.plan_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let router = router_for(dir.clone());
+                let log = move |l: &str| {
+                    if !json {
+                        eprintln!("  {l}");
+                    }
+                };
+                let env = Env {
+                    plan: &plan,
+                    plan_dir: dir,
+                    repo: &repo,
+                    connect: platform::connector(&plan),
+                    router: &router,
+                    log: &log,
+                };
+                let opts = Options {
+                    trigger: Some(first_failure),
+                    detected: Some(detected),
+                    reason: "health".into(),
+                    ..Default::default()
+                };
+                match ops::switch_over(&env, &app, Kind::Failover, &opts) {
+                    Ok(Outcome::Done(op)) => Ok(report::timeline_text(&op)),
+                    Ok(Outcome::AlreadyThere { site, .. }) => Ok(format!("already on {site}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
+}
+
+pub fn watch(ctx: &Ctx, plan_path: &Path, only: Option<&str>, witness: bool) -> Result<bool> {
+    let l = load(ctx, plan_path)?;
+    let plan = Arc::new(l.plan);
+    let repo = Arc::new(l.repo);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let prober = Arc::new(LiveProber {
+        plan: plan.clone(),
+        repo: repo.clone(),
+    });
+    let json = ctx.json;
+    let events: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |e: Event| {
+        let now = OffsetDateTime::now_utc();
+        let line = match &e {
+            Event::Failing { app, failures, error } => format!("{app}: probe failed ({failures} in a row): {error}"),
+            Event::Down { app } => format!("{app}: DOWN (failure threshold reached)"),
+            Event::Up { app } => format!("{app}: up again"),
+            Event::WitnessRefused { app, why } => format!("{app}: no failover: {why}"),
+            Event::FailedOver { app, detail } => format!("{app}: failed over\n{detail}"),
+            Event::FailoverFailed { app, error } => format!("{app}: failover failed: {error}"),
+        };
+        if json {
+            println!("{}", json!({"time": now.to_string(), "event": format!("{e:?}")}));
+        } else {
+            eprintln!("{} {line}", now.time());
+        }
+    });
+    let watched: Vec<(Watched, String)> = apps(&plan, only)?
+        .into_iter()
+        .filter_map(|a| {
+            let h = a.health.first()?;
+            Some((
+                Watched {
+                    app: a.name.value.clone(),
+                    interval: h.interval.value.0,
+                    timeout: h.timeout.0,
+                    failure_threshold: h.failure_threshold.value,
+                    success_threshold: h.success_threshold.value,
+                },
+                a.name.value.clone(),
+            ))
+        })
+        .collect();
+    if watched.is_empty() {
+        bail!("no app of plan {} has health probes to watch", plan.metadata.name);
+    }
+    if witness {
+        eprintln!("witness for {} apps: reporting to the repository", watched.len());
+        return rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for (w, _) in watched {
+                let (prober, repo, plan) = (prober.clone(), repo.clone(), plan.clone());
+                tasks.push(tokio::spawn(async move { witness_loop(w, prober, repo, plan).await }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+            Ok(true)
+        });
+    }
+    let wit: Option<Arc<dyn watch::Witness>> = plan.witness.as_ref().map(|w| {
+        Arc::new(RepoWitness {
+            prober: prober.clone(),
+            max_age: w.max_age.0,
+        }) as Arc<dyn watch::Witness>
+    });
+    let trigger = Arc::new(Failover {
+        plan_path: plan_path.to_path_buf(),
+        ctx_json: json,
+        repo_location: repo.clone(),
+        plan: plan.clone(),
+    });
+    eprintln!(
+        "watching {} apps{}",
+        watched.len(),
+        if wit.is_some() {
+            " (a witness must agree before a failover)"
+        } else {
+            ""
+        }
+    );
+    rt.block_on(async move {
+        let mut tasks = Vec::new();
+        for (w, _) in watched {
+            tasks.push(tokio::spawn(watch::watch_app(
+                w,
+                prober.clone(),
+                wit.clone(),
+                trigger.clone(),
+                events.clone(),
+            )));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    Ok(true)
+}
+
+async fn witness_loop(w: Watched, prober: Arc<LiveProber>, repo: Arc<Repository>, plan: Arc<Plan>) {
+    use watch::Prober;
+    let mut monitor = watch::Monitor::new(w.failure_threshold, w.success_threshold);
+    let mut tick = tokio::time::interval(w.interval);
+    let path = format!("{}/{}/witness", plan.metadata.name, w.app);
+    loop {
+        tick.tick().await;
+        let site = prober.active(&w.app);
+        let r = match tokio::time::timeout(w.timeout, prober.probe(&w.app)).await {
+            Ok(r) => r,
+            Err(_) => Err("timeout".into()),
+        };
+        monitor.observe(r.is_ok());
+        let report = WitnessReport {
+            time: OffsetDateTime::now_utc(),
+            site,
+            down: monitor.is_down(),
+            failures: monitor.failures(),
+            error: r.err(),
+        };
+        let bytes = serde_json::to_vec(&report).expect("serialisable");
+        if let Err(e) = repo.write_state(&path, &bytes) {
+            eprintln!("witness: cannot report for {}: {e}", w.app);
+        }
+    }
+}
