@@ -772,10 +772,10 @@ impl Ctx<'_> {
                 }
             }
         }
-        if !self.opts.name_prefix.is_empty() || self.opts.replicas.is_some() {
-            if !spec.get("Labels").is_some_and(Value::is_object) {
-                spec["Labels"] = json!({});
-            }
+        if (!self.opts.name_prefix.is_empty() || self.opts.replicas.is_some())
+            && !spec.get("Labels").is_some_and(Value::is_object)
+        {
+            spec["Labels"] = json!({});
         }
         if !self.opts.name_prefix.is_empty() {
             spec["Labels"][PREFIX_LABEL] = json!(self.opts.name_prefix);

@@ -5,16 +5,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use lifeboat_plan::{App, Plan, Profile, StandbyMode};
+use lifeboat_plan::{Plan, Profile, StandbyMode};
 use lifeboat_repo::Repository;
-use lifeboat_traffic::{Route, Router};
+use lifeboat_traffic::Route;
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::journal::Store;
-use crate::ops::latest_recovery_point;
+use crate::ops::{latest_recovery_point, RouterFn};
 use crate::platform::{Connector, Platform};
-use crate::OrchestratorError;
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -43,7 +42,6 @@ fn line(app: Option<&str>, check: &str, status: Status, detail: impl Into<String
     }
 }
 
-type RouterFn<'a> = dyn Fn(&App) -> Result<Option<Box<dyn Router>>, OrchestratorError> + Sync + 'a;
 
 /// Runs every check.
 pub fn run(

@@ -211,13 +211,12 @@ impl Store<'_> {
 pub fn new_id(now: OffsetDateTime) -> String {
     let r = (now.nanosecond() ^ std::process::id()) & 0xffff;
     format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{}",
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{r:04x}",
         now.year(),
         now.month() as u8,
         now.day(),
         now.hour(),
         now.minute(),
         now.second(),
-        format!("{r:04x}")
     )
 }

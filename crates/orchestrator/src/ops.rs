@@ -27,6 +27,9 @@ pub const DRILL_STEPS: [&str; 5] = ["data", "start", "health", "verify", "teardo
 /// after the named step is journaled as finished (`fence`, `data`, ...).
 pub const FAULT_ENV: &str = "LIFEBOAT_FAULT_KILL_AFTER";
 
+/// Builds an app's traffic router (`None`: the app has no traffic section).
+pub type RouterFn<'a> = dyn Fn(&App) -> Result<Option<Box<dyn Router>>, OrchestratorError> + Sync + 'a;
+
 /// What an operation needs from its caller.
 pub struct Env<'a> {
     pub plan: &'a Plan,
@@ -35,7 +38,7 @@ pub struct Env<'a> {
     pub repo: &'a Repository,
     pub connect: Arc<Connector>,
     /// Builds the app's traffic router (`None`: the app has no traffic section).
-    pub router: &'a (dyn Fn(&App) -> Result<Option<Box<dyn Router>>, OrchestratorError> + Sync),
+    pub router: &'a RouterFn<'a>,
     /// Called with one line per event (step started, finished).
     pub log: &'a (dyn Fn(&str) + Sync),
 }
@@ -81,7 +84,7 @@ pub enum Outcome {
     /// The app already runs where it was to go; nothing was done.
     AlreadyThere { site: String, last: Option<String> },
     /// The operation ran (or was resumed) to its end.
-    Done(Operation),
+    Done(Box<Operation>),
 }
 
 fn app<'p>(plan: &'p Plan, name: &str) -> Result<&'p App, OrchestratorError> {
@@ -459,7 +462,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         state.fenced.retain(|f| f.site != from || f.unreachable);
     }
     st.save_state(&state)?;
-    Ok(Outcome::Done(op))
+    Ok(Outcome::Done(Box::new(op)))
 }
 
 /// Recovers `app` into an isolated copy (names prefixed `drill-ID-`) on the drill site (default:
