@@ -208,6 +208,9 @@ pub fn drill(
     }
     let r = report::DrillReport::new(&l.plan, done, errors);
     if let Some(base) = out {
+        if let Some(dir) = base.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
         for (ext, text) in [
             ("md", r.markdown()),
             ("json", serde_json::to_string_pretty(&r.to_json())?),

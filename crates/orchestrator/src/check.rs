@@ -42,7 +42,6 @@ fn line(app: Option<&str>, check: &str, status: Status, detail: impl Into<String
     }
 }
 
-
 /// Runs every check.
 pub fn run(
     plan: &Plan,
@@ -212,7 +211,12 @@ pub fn run(
                         for (k, v) in &p {
                             match s.get(k) {
                                 None => d.push(format!("{k} missing on {sb_name}")),
-                                Some(w) if w != v => d.push(format!("{k} differs")),
+                                Some(w) if w != v => {
+                                    let mut f = Vec::new();
+                                    lifeboat_docker::diff::compare("", v, w, &mut f);
+                                    let fields: Vec<&str> = f.iter().take(3).map(|c| c.path.as_str()).collect();
+                                    d.push(format!("{k} differs ({})", fields.join(", ")))
+                                }
                                 _ => {}
                             }
                         }

@@ -208,6 +208,10 @@ impl Platform for Docker {
                     continue;
                 }
                 let mut e = lifeboat_docker::diff::essence(kind, doc);
+                // Running on the active site, stopped on a hot standby: by design.
+                if let Some(m) = e.as_object_mut() {
+                    m.remove("Running");
+                }
                 // Replicas differ by design between an active site and a hot standby.
                 if let Some(m) = e.pointer_mut("/Spec/Mode/Replicated").and_then(|v| v.as_object_mut()) {
                     m.remove("Replicas");

@@ -257,7 +257,7 @@ impl DrillReport {
             cases += &format!(
                 "  <testsuite name=\"drill.{}\" tests=\"{n}\" failures=\"{f}\" timestamp=\"{}\">\n{suite}  </testsuite>\n",
                 xml(&op.app),
-                op.trigger
+                rfc3339(op.trigger)
             );
         }
         format!(
@@ -356,6 +356,11 @@ fn timeline_svg(op: &Operation) -> String {
         y + 6.0
     );
     s
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 /// Escapes text for XML and HTML.
