@@ -109,20 +109,35 @@ impl Site {
     /// replicated services scaled to zero with their replica count kept in [`REPLICAS_LABEL`].
     /// Idempotent: what is already stopped is reported so and left alone.
     pub fn stop_workloads(&self, selection: &Selection, prefix: Option<&str>) -> Result<Vec<Change>, DockerError> {
+        let docs = self.workload_docs(selection, prefix)?;
+        // Containers stop side by side: the slowest one's grace period, not their sum.
+        let running: Vec<&String> = docs
+            .iter()
+            .filter(|(kind, name, doc)| *kind == "container" && workload(kind, name.to_string(), doc).running)
+            .map(|(_, name, _)| name)
+            .collect();
+        let results = self.block_on(futures_util::future::join_all(running.iter().map(|name| {
+            self.docker.stop_container(
+                name,
+                Some(StopContainerOptions {
+                    t: Some(10),
+                    ..Default::default()
+                }),
+            )
+        })));
+        for (name, r) in running.iter().zip(results) {
+            match r {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(self.api_err(format!("stop container {name}"))(e)),
+            }
+        }
         let mut out = Vec::new();
-        for (kind, name, doc) in self.workload_docs(selection, prefix)? {
+        for (kind, name, doc) in docs {
             let w = workload(kind, name.clone(), &doc);
             let action = if !w.running {
                 "already stopped".to_string()
             } else if kind == "container" {
-                self.block_on(self.docker.stop_container(
-                    &name,
-                    Some(StopContainerOptions {
-                        t: Some(10),
-                        ..Default::default()
-                    }),
-                ))
-                .map_err(self.api_err(format!("stop container {name}")))?;
                 "stopped".to_string()
             } else {
                 let was = replicas(&doc).unwrap_or(0);

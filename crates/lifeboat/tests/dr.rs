@@ -1,0 +1,509 @@
+//! End-to-end tests of DR plans on two real Docker lab sites with the lab's BIND 9 (`scripts/test.sh`
+//! starts them with `lab/lab up --docker 2 --dns`): watch and failover after `lab/lab kill a`,
+//! failback, resume after `kill -9` at every step, the witness under `lab/lab partition a`, and
+//! drills. The tests run one at a time (they take sites down); each owns its app's objects (names
+//! starting with its prefix), its DNS name and its repository.
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::lab::{docker_sites, wait_for, Site};
+use common::PASSWORD;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn lab() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../lab/lab")
+}
+
+fn lab_var(name: &str) -> String {
+    let out = Command::new(lab()).arg("env").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("export {name}="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| panic!("lab/lab env has no {name}: start the lab with `lab/lab up --docker 2 --dns`"))
+}
+
+/// Brings every site back after `lab kill` (with Kubernetes too when the lab runs it).
+fn revive() {
+    let mut args = vec!["up", "--docker", "2", "--dns"];
+    let kube = lab_var("LAB_KUBE_SITES");
+    if !kube.is_empty() {
+        args.extend(["--kube", "2"]);
+    }
+    let o = Command::new(lab()).args(&args).output().unwrap();
+    assert!(o.status.success(), "lab up: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The address the lab's DNS server gives for NAME.lab.test.
+fn resolve(name: &str) -> String {
+    let o = Command::new("dig")
+        .args(["+short", "-p", "5353", "@127.0.0.1", &format!("{name}.lab.test."), "A"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn point(name: &str, addr: &str) {
+    let script = format!(
+        "server 127.0.0.1 5353\nzone lab.test.\nupdate delete {name}.lab.test. A\nupdate add {name}.lab.test. 5 A {addr}\nsend\n"
+    );
+    let mut c = Command::new("nsupdate")
+        .args(["-k", &lab_var("LAB_DNS_KEY")])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(c.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    assert!(c.wait().unwrap().success(), "nsupdate failed");
+}
+
+/// A GET to a lab address; the body of a 200 answer. (CGI programs end their headers with bare
+/// newlines, so both separators are accepted.)
+fn fetch(addr: &str, port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&format!("{addr}:{port}").parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    if !resp.lines().next()?.contains(" 200") {
+        return None;
+    }
+    let resp = resp.replace("\r\n", "\n");
+    resp.split_once("\n\n").map(|(_, b)| b.to_string())
+}
+
+/// One test's app: a web server with a data volume (items via CGI) and optionally PostgreSQL.
+struct App {
+    name: &'static str,
+    port: u16,
+    dir: tempfile::TempDir,
+    plan: PathBuf,
+}
+
+impl App {
+    fn new(sites: &[Site], name: &'static str, port: u16, db_port: Option<u16>, extra: &str) -> App {
+        for s in sites {
+            s.cleanup(&format!("{name}-"));
+        }
+        let a = &sites[0];
+        let vol = format!("{name}-www");
+        a.docker(&["volume", "create", &vol]);
+        a.docker(&[
+            "run", "--rm", "-v", &format!("{vol}:/www"), "lifeboat-lab/web:1", "sh", "-c",
+            "mkdir -p /www/cgi-bin /www/data && echo ok > /www/healthz && printf 'widget\\n' > /www/data/items \
+             && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\ncat /www/data/items\\n' > /www/cgi-bin/items \
+             && printf '#!/bin/sh\\necho \"$QUERY_STRING\" >> /www/data/items\\necho Content-Type: text/plain\\necho\\necho ok\\n' > /www/cgi-bin/add \
+             && chmod 755 /www/cgi-bin/items /www/cgi-bin/add",
+        ]);
+        a.docker(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("{name}-web"),
+            "--label",
+            &format!("app={name}"),
+            "-p",
+            &format!("{port}:8080"),
+            "-v",
+            &format!("{vol}:/www"),
+            "lifeboat-lab/web:1",
+        ]);
+        let mut probes = format!("      - http: {{url: \"http://{{site}}:{port}/healthz\"}}\n        interval: 1s\n        timeout: 1s\n        failure_threshold: 3\n");
+        if let Some(dp) = db_port {
+            a.docker(&[
+                "run",
+                "-d",
+                "--name",
+                &format!("{name}-db"),
+                "--label",
+                &format!("app={name}"),
+                "-p",
+                &format!("{dp}:5432"),
+                "-v",
+                &format!("{name}-pgdata:/var/lib/postgresql/data"),
+                "lifeboat-lab/postgres:15",
+            ]);
+            wait_for("postgres", Duration::from_secs(60), || {
+                a.docker_try(&[
+                    "exec",
+                    &format!("{name}-db"),
+                    "psql",
+                    "-U",
+                    "postgres",
+                    "-c",
+                    "select 1",
+                ])
+                .0
+                .then_some(())
+            });
+            probes += &format!("      - tcp: {{address: \"{{site}}:{dp}\"}}\n");
+        }
+        wait_for("the web app on a", Duration::from_secs(30), || {
+            fetch(&a.addr, port, "/healthz")
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        common::ok(repo.to_str().unwrap(), &["repo", "init"]);
+        let b = &sites[1];
+        let plan = dir.path().join("plan.yaml");
+        std::fs::write(
+            &plan,
+            format!(
+                "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {{name: {name}}}\nrepository: {repo}\n{extra}sites:\n  \
+                 a: {{docker: {{host: \"{ah}\", address: {aa}}}}}\n  b: {{docker: {{host: \"{bh}\", address: {ba}}}}}\napps:\n  \
+                 - name: {name}\n    primary: a\n    standby: b\n    standby_mode: hot\n    select: {{labels: {{app: {name}}}}}\n    \
+                 objectives: {{rto: 60s, rpo: 5m}}\n    health:\n{probes}    traffic:\n      dns: {{server: \"127.0.0.1:5353\", \
+                 zone: lab.test., name: {name}, ttl: 5, tsig_key: {key}, primary: {aa}, standby: {ba}}}\n    verify:\n      \
+                 - http: {{url: \"http://{{site}}:{port}/cgi-bin/items\", expect_body_contains: widget}}\n",
+                repo = repo.display(),
+                ah = a.docker_host,
+                aa = a.addr,
+                bh = b.docker_host,
+                ba = b.addr,
+                key = lab_var("LAB_DNS_KEY"),
+            ),
+        )
+        .unwrap();
+        point(name, &a.addr);
+        App { name, port, dir, plan }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(common::bin());
+        c.args(args).arg(&self.plan);
+        c.env("LIFEBOAT_PASSWORD", PASSWORD).env_remove("LIFEBOAT_REPO");
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cmd(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "lifeboat {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let o = self.cmd(&a).output().unwrap();
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&o.stderr)))
+    }
+
+    fn items(&self, site: &Site) -> Option<String> {
+        fetch(&site.addr, self.port, "/cgi-bin/items")
+    }
+
+    fn add(&self, site: &Site, item: &str) {
+        fetch(&site.addr, self.port, &format!("/cgi-bin/add?{item}")).expect("add an item");
+    }
+
+    fn rows(&self, site: &Site) -> String {
+        let db = format!("{}-db", self.name);
+        site.docker(&[
+            "exec",
+            &db,
+            "psql",
+            "-U",
+            "postgres",
+            "-qAtc",
+            "select string_agg(v, ',' order by v) from t",
+        ])
+        .trim()
+        .to_string()
+    }
+
+    fn psql(&self, site: &Site, sql: &str) {
+        site.docker(&[
+            "exec",
+            &format!("{}-db", self.name),
+            "psql",
+            "-U",
+            "postgres",
+            "-qc",
+            sql,
+        ]);
+    }
+
+    fn repo(&self) -> String {
+        self.dir.path().join("repo").display().to_string()
+    }
+
+    /// Snapshots in the repository tagged `tag`.
+    fn snapshots_tagged(&self, tag: &str) -> usize {
+        let v = common::json(&self.repo(), &["snapshots"]);
+        v.as_array()
+            .or_else(|| v["snapshots"].as_array())
+            .unwrap()
+            .iter()
+            .filter(|s| {
+                s["tags"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|x| x.as_str().is_some_and(|x| x.starts_with(tag))))
+            })
+            .count()
+    }
+}
+
+/// Reads a child's stderr lines into a shared buffer.
+fn collect(child: &mut Child) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let b = buf.clone();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let mut g = b.lock().unwrap();
+            g.push_str(&line);
+            g.push('\n');
+        }
+    });
+    buf
+}
+
+fn kill(mut c: Child) {
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+#[test]
+fn watch_fails_over_once_when_the_primary_dies_and_failback_brings_the_standbys_writes_home() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "dr1", 8181, Some(5441), "");
+    app.psql(
+        a,
+        "create table t (v text primary key); insert into t values ('one'), ('two')",
+    );
+    let out = app.ok(&["backup", "--plan"]);
+    assert!(out.contains("staged on b"), "{out}");
+    let rows_at_backup = app.rows(a);
+    // Written after the last recovery point: lost with site a.
+    app.add(a, "after-backup");
+    app.psql(a, "insert into t values ('after-backup')");
+
+    let mut watch = app
+        .cmd(&["watch"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = collect(&mut watch);
+    std::thread::sleep(Duration::from_secs(3));
+    let killed = Instant::now();
+    let o = Command::new(lab()).args(["kill", "a"]).output().unwrap();
+    assert!(o.status.success());
+    let result = std::panic::catch_unwind(|| {
+        wait_for("the watch to fail over", Duration::from_secs(180), || {
+            let l = log.lock().unwrap();
+            (l.contains("failed over") || l.contains("failover failed")).then_some(())
+        });
+        let switched = killed.elapsed();
+        let l = log.lock().unwrap().clone();
+        assert!(l.contains("dr1: failed over"), "{l}");
+        assert!(l.contains("DOWN"), "{l}");
+        for step in [
+            "detected",
+            "fence",
+            "final-backup",
+            "data",
+            "start",
+            "health",
+            "traffic",
+            "verify",
+        ] {
+            assert!(l.contains(step), "the timeline lacks {step}: {l}");
+        }
+        assert!(
+            l.contains("cannot be reached"),
+            "the dead primary is recorded as fenced: {l}"
+        );
+        eprintln!("failure to switched traffic: {switched:?}");
+        // Exactly one failover: the watch stopped after it, and the journal holds one.
+        assert_eq!(l.matches("failed over").count(), 1, "{l}");
+        assert_eq!(resolve("dr1"), b.addr);
+        let items = app.items(b).expect("the app answers on b");
+        assert!(items.contains("widget") && !items.contains("after-backup"), "{items}");
+        assert_eq!(
+            app.rows(b),
+            rows_at_backup,
+            "b holds the data of the last recovery point"
+        );
+    });
+    kill(watch);
+    revive();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    // A second failover finds the app already on b.
+    assert!(app.ok(&["failover"]).contains("already on b"));
+
+    // Failback brings what was written on b home to a.
+    app.add(b, "written-on-b");
+    app.psql(b, "insert into t values ('written-on-b')");
+    let fb = app.json(&["failback"]);
+    assert_eq!(fb["operations"][0]["status"], "done", "{fb}");
+    assert_eq!(fb["operations"][0]["rpo_seconds"], 0.0, "{fb}");
+    assert_eq!(resolve("dr1"), a.addr);
+    let items = app.items(a).expect("the app answers on a");
+    assert!(items.contains("written-on-b"), "{items}");
+    assert!(app.rows(a).contains("written-on-b"));
+    assert!(app.items(b).is_none(), "b is stopped again after the failback");
+    for s in &sites {
+        s.cleanup("dr1-");
+    }
+}
+
+#[test]
+fn failover_killed_after_each_step_resumes_and_repeats_nothing() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "dr2", 8182, None, "");
+    app.ok(&["backup", "--plan"]);
+    app.add(a, "after-backup");
+    for step in ["fence", "final-backup", "data", "start", "health", "traffic"] {
+        let o = app
+            .cmd(&["failover"])
+            .env("LIFEBOAT_FAULT_KILL_AFTER", step)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.signal(),
+            Some(9),
+            "killed after {step}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        if step != "fence" {
+            assert!(err.contains("resuming failover"), "{err}");
+            assert!(err.contains("fence: finished before"), "{err}");
+        }
+    }
+    let v = app.json(&["failover"]);
+    let op = &v["operations"][0];
+    assert_eq!(op["status"], "done", "{v}");
+    assert_eq!(op["resumed"], 6, "{v}");
+    for s in op["steps"].as_array().unwrap() {
+        assert_eq!(s["attempts"], 1, "a finished step ran again: {s}");
+    }
+    assert_eq!(app.snapshots_tagged("op="), 1, "one final backup, not one per run");
+    assert_eq!(resolve("dr2"), b.addr);
+    let items = app.items(b).expect("the app answers on b");
+    assert!(
+        items.contains("after-backup"),
+        "the final backup after fencing lost nothing: {items}"
+    );
+    assert!(app.items(a).is_none(), "a is fenced");
+    app.ok(&["failback"]);
+    assert_eq!(resolve("dr2"), a.addr);
+    for s in &sites {
+        s.cleanup("dr2-");
+    }
+}
+
+#[test]
+fn a_partitioned_primary_that_the_witness_still_sees_is_not_failed_over() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let a = &sites[0];
+    let app = App::new(&sites, "dr3", 8183, None, "witness: {max_age: 10s}\n");
+    app.ok(&["backup", "--plan"]);
+    // The witness runs inside site a's network: a partition between it and this host does not
+    // hide the primary from it. It reports through the repository.
+    let mut witness = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/lifeboat-{}", a.name))
+        .arg(common::bin())
+        .args(["watch", "--witness"])
+        .arg(&app.plan)
+        .env("LIFEBOAT_PASSWORD", PASSWORD)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _wlog = collect(&mut witness);
+    let mut watch = app
+        .cmd(&["watch"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = collect(&mut watch);
+    std::thread::sleep(Duration::from_secs(3));
+    Command::new(lab()).args(["partition", &a.name]).status().unwrap();
+    let seen = std::panic::catch_unwind(|| {
+        wait_for("the watch to consult the witness", Duration::from_secs(60), || {
+            log.lock()
+                .unwrap()
+                .contains("no failover: the witness still sees a healthy")
+                .then_some(())
+        });
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    Command::new(lab()).args(["heal", &a.name]).status().unwrap();
+    kill(watch);
+    kill(witness);
+    let l = log.lock().unwrap().clone();
+    if let Err(e) = seen {
+        eprintln!("{l}");
+        std::panic::resume_unwind(e);
+    }
+    assert!(!l.contains("failed over"), "{l}");
+    assert_eq!(resolve("dr3"), a.addr, "traffic stays on a");
+    wait_for("the app on a again", Duration::from_secs(30), || app.items(a));
+    for s in &sites {
+        s.cleanup("dr3-");
+    }
+}
+
+#[test]
+fn a_drill_reports_in_four_formats_and_leaves_production_alone() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "dr4", 8184, None, "");
+    app.ok(&["backup", "--plan"]);
+    let before_a = a.objects("dr4-");
+    let before_b = b.objects("dr4-");
+    let report = app.dir.path().join("reports/drill");
+    let o = app
+        .cmd(&["drill", "--report", report.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(json["passed"], true, "{json}");
+    let d = &json["drills"][0];
+    assert!(d["rto_seconds"].as_f64().unwrap() > 0.0, "{d}");
+    assert!(d["rpo_seconds"].as_f64().unwrap() >= 0.0, "{d}");
+    let md = std::fs::read_to_string(report.with_extension("md")).unwrap();
+    assert!(md.contains("PASSED") && md.contains("| RTO |"), "{md}");
+    let xml = std::fs::read_to_string(report.with_extension("xml")).unwrap();
+    assert!(xml.contains("<testsuites") && xml.contains("failures=\"0\""), "{xml}");
+    let html = std::fs::read_to_string(report.with_extension("html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("teardown"), "timeline chart");
+    // Production untouched: DNS, the primary's objects, the standby's objects (the copy is gone).
+    assert_eq!(resolve("dr4"), a.addr);
+    assert_eq!(a.objects("dr4-"), before_a);
+    assert_eq!(b.objects("dr4-"), before_b);
+    assert!(b.objects("drill-").is_empty(), "{:?}", b.objects("drill-"));
+    assert!(app.items(a).is_some());
+    for s in &sites {
+        s.cleanup("dr4-");
+    }
+}
