@@ -370,3 +370,78 @@ fn xml(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{Kind, RecoveryPoint, StepRecord};
+    use std::time::Duration;
+
+    const PLAN: &str = "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {name: p}\nrepository: r\nsites:\n  a: {docker: {address: 10.0.0.1}}\n  b: {docker: {address: 10.0.0.2}}\napps:\n  - {name: web, primary: a, standby: b, objectives: {rto: 10s, rpo: 1m}}\n";
+
+    fn op(health_secs: u64, failed: bool) -> Operation {
+        let t = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let step = |name: &str, end: u64, outcome: &str| StepRecord {
+            name: name.into(),
+            started: t,
+            finished: (outcome != "failed").then_some(t + Duration::from_secs(end)),
+            outcome: outcome.into(),
+            detail: "<d&>".into(),
+            attempts: 1,
+        };
+        Operation {
+            id: "20270115T080000Z-0001-drill".into(),
+            plan: "p".into(),
+            app: "web".into(),
+            kind: Kind::Drill,
+            from: "b".into(),
+            to: "b".into(),
+            trigger: t,
+            reason: "drill".into(),
+            detected: None,
+            recovery_point: Some(RecoveryPoint {
+                snapshot: "0123456789abcdef".into(),
+                time: t - Duration::from_secs(30),
+                final_backup: false,
+            }),
+            steps: vec![
+                step("data", 1, "done"),
+                step("health", health_secs, "done"),
+                step("verify", health_secs, if failed { "failed" } else { "done" }),
+            ],
+            status: "done".into(),
+            error: None,
+            resumed: 0,
+        }
+    }
+
+    #[test]
+    fn a_drill_within_its_objectives_passes_in_every_format() {
+        let plan = Plan::parse("p.yaml", PLAN).unwrap();
+        let r = DrillReport::new(&plan, vec![op(4, false)], vec![]);
+        assert!(r.passed());
+        assert_eq!(r.to_json()["drills"][0]["rto_seconds"], 4.0);
+        assert_eq!(r.to_json()["drills"][0]["rpo_seconds"], 30.0);
+        assert!(r.markdown().contains("PASSED"));
+        let x = r.junit();
+        assert!(x.contains("tests=\"5\" failures=\"0\""), "{x}");
+        assert!(r.html().contains("<svg"));
+    }
+
+    #[test]
+    fn a_failed_step_or_a_missed_objective_fails_the_drill() {
+        let plan = Plan::parse("p.yaml", PLAN).unwrap();
+        let slow = DrillReport::new(&plan, vec![op(12, false)], vec![]);
+        assert!(!slow.passed());
+        assert!(slow.junit().contains("rto 12.00 s exceeds the objective 10 s"));
+        let broken = DrillReport::new(&plan, vec![op(4, true)], vec![]);
+        assert!(!broken.passed());
+        let x = broken.junit();
+        assert!(x.contains("failures=\"1\""), "{x}");
+        assert!(
+            x.contains("<failure message=\"&lt;d&amp;&gt;\"/>"),
+            "the step's detail, escaped: {x}"
+        );
+        assert!(!DrillReport::new(&plan, vec![], vec!["web: no backup".into()]).passed());
+    }
+}
