@@ -41,6 +41,25 @@ fn load(ctx: &Ctx, path: &Path) -> Result<Loaded> {
     Ok(Loaded { plan, dir, repo })
 }
 
+/// What the orchestrator needs for one command: the plan, its repository, the real sites, its
+/// traffic routers and a log line printer.
+fn env<'a>(
+    plan: &'a Plan,
+    dir: &Path,
+    repo: &'a Repository,
+    router: &'a ops::RouterFn<'a>,
+    log: &'a (dyn Fn(&str) + Sync),
+) -> Env<'a> {
+    Env {
+        plan,
+        plan_dir: dir.to_path_buf(),
+        repo,
+        connect: platform::connector(plan),
+        router,
+        log,
+    }
+}
+
 fn router_for(dir: PathBuf) -> impl Fn(&App) -> Result<Option<Box<dyn Router>>, OrchestratorError> + Sync {
     move |app: &App| match &app.traffic {
         None => Ok(None),
@@ -84,14 +103,7 @@ pub fn backup(ctx: &Ctx, plan: &Path, app: Option<&str>) -> Result<bool> {
     let l = load(ctx, plan)?;
     let router = router_for(l.dir.clone());
     let log = logger(ctx);
-    let env = Env {
-        plan: &l.plan,
-        plan_dir: l.dir.clone(),
-        repo: &l.repo,
-        connect: platform::connector(&l.plan),
-        router: &router,
-        log: &log,
-    };
+    let env = env(&l.plan, &l.dir, &l.repo, &router, &log);
     let items = ops::backup_plan(&env, app, ctx.lock_wait)?;
     let ok = items.iter().all(|i| i.error.is_none());
     ctx.print(json!({ "plan": l.plan.metadata.name, "apps": items }), || {
@@ -119,14 +131,7 @@ pub fn switch(ctx: &Ctx, args: &crate::cli::OpArgs, kind: Kind) -> Result<bool> 
     let l = load(ctx, &args.plan)?;
     let router = router_for(l.dir.clone());
     let log = logger(ctx);
-    let env = Env {
-        plan: &l.plan,
-        plan_dir: l.dir.clone(),
-        repo: &l.repo,
-        connect: platform::connector(&l.plan),
-        router: &router,
-        log: &log,
-    };
+    let env = env(&l.plan, &l.dir, &l.repo, &router, &log);
     let opts = Options {
         health_timeout: Duration::from_secs(args.health_timeout),
         final_backup: !args.no_final_backup,
@@ -182,14 +187,7 @@ pub fn drill(
     let l = load(ctx, plan)?;
     let router = router_for(l.dir.clone());
     let log = logger(ctx);
-    let env = Env {
-        plan: &l.plan,
-        plan_dir: l.dir.clone(),
-        repo: &l.repo,
-        connect: platform::connector(&l.plan),
-        router: &router,
-        log: &log,
-    };
+    let env = env(&l.plan, &l.dir, &l.repo, &router, &log);
     let opts = Options {
         health_timeout: Duration::from_secs(health_timeout),
         drill_site: site,
@@ -347,14 +345,7 @@ impl watch::Trigger for Failover {
                         eprintln!("  {l}");
                     }
                 };
-                let env = Env {
-                    plan: &plan,
-                    plan_dir: dir,
-                    repo: &repo,
-                    connect: platform::connector(&plan),
-                    router: &router,
-                    log: &log,
-                };
+                let env = env(&plan, &dir, &repo, &router, &log);
                 let opts = Options {
                     trigger: Some(first_failure),
                     detected: Some(detected),
