@@ -29,7 +29,7 @@ use kube::Client;
 use serde::{Deserialize, Serialize};
 
 pub use backup::{backup, BackupOptions, BackupOutcome};
-pub use restore::{restore, RestoreOptions, RestoreReport};
+pub use restore::{restore, ItemResult, RestoreOptions, RestoreReport};
 
 /// Label on the helper pods Lifeboat starts (never backed up, removed after use).
 pub const HELPER_LABEL: &str = "io.lifeboat.helper";

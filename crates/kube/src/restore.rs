@@ -7,6 +7,8 @@
 //! of server-set fields first ([`rules::strip`]). One rejected object never stops the others: each
 //! result carries the API server's own message.
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, DynamicObject, PostParams};
@@ -20,6 +22,8 @@ use crate::{rules, status_code, Cluster, KubeError, Manifest};
 
 /// Objects created at once within one restore rank.
 const PARALLEL: usize = 8;
+/// Objects of one rank handled between two reports of their results.
+const CHUNK: usize = 1024;
 
 /// What to do with objects that already exist on the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,19 +53,22 @@ pub struct RestoreOptions {
     pub helper_image: String,
 }
 
-/// The outcome for one object.
+/// The outcome for one object. A restore holds one per object until it reports, so the type
+/// is kept small: the type's names are shared with every object of the type, action and status
+/// are fixed words.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ItemResult {
-    pub api_version: String,
-    pub kind: String,
+    pub api_version: Arc<str>,
+    pub kind: Arc<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub name: String,
-    /// `create` or `update`.
-    pub action: String,
+    /// `read`, `create`, `update`, `data` (volume data written into a claim) or `wait` (a CRD
+    /// waited for until Established).
+    pub action: &'static str,
     /// `done`, `planned` (dry run), `exists` (left as it is), `skipped` (not restored on purpose,
     /// the message says why) or `failed`.
-    pub status: String,
+    pub status: &'static str,
     /// The API server's message, or a remark.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -75,38 +82,70 @@ pub struct RestoreReport {
 }
 
 /// One stored object, not read yet: what it is and where its document is. A restore reads the
-/// documents of one rank at a time, so its memory does not grow with the snapshot.
+/// documents as it creates them, so only this table of contents grows with the snapshot; it is
+/// kept small (about 150 bytes an object): the resource type is shared by all its objects and only
+/// the ids of the document's blobs are kept.
 #[derive(Debug, Clone)]
 pub struct StoredObject {
-    pub resource: ApiResource,
-    pub namespaced: bool,
+    pub resource: Arc<Resource>,
     /// The namespace it was backed up from (`None` for cluster-scoped objects).
-    pub namespace: Option<String>,
+    pub namespace: Option<Arc<str>>,
     pub name: String,
-    node: Node,
+    content: Box<[Id]>,
+}
+
+/// A resource type of a snapshot, shared by its objects.
+#[derive(Debug)]
+pub struct Resource {
+    pub api: ApiResource,
+    pub namespaced: bool,
+    /// `api.api_version` and `api.kind`, shared with every [`ItemResult`] of the type.
+    api_version: Arc<str>,
+    kind: Arc<str>,
+    /// [`rules::restore_rank`] of the type.
+    rank: u32,
+}
+
+impl Resource {
+    fn new(api: ApiResource, namespaced: bool) -> Self {
+        Resource {
+            rank: rules::restore_rank(&api.group, &api.kind),
+            api_version: api.api_version.as_str().into(),
+            kind: api.kind.as_str().into(),
+            api,
+            namespaced,
+        }
+    }
 }
 
 impl StoredObject {
     /// Reads and parses the stored document.
     pub fn read(&self, repo: &Repository) -> Result<Value, KubeError> {
-        serde_json::from_slice(&read_file(repo, &self.node)?).map_err(|e| KubeError::BadSnapshot {
-            snapshot: String::new(),
-            reason: format!("{}: {e}", self.path()),
+        read_document(repo, &self.content, &|| {
+            format!(
+                "{}/{}/{}.json",
+                self.resource.api.plural,
+                self.namespace.as_deref().unwrap_or("_cluster"),
+                self.name
+            )
         })
     }
 
-    fn path(&self) -> String {
-        format!(
-            "{}/{}/{}",
-            self.resource.plural,
-            self.namespace.as_deref().unwrap_or("_cluster"),
-            self.name
-        )
-    }
-
     fn rank(&self) -> u32 {
-        rules::restore_rank(&self.resource.group, &self.resource.kind)
+        self.resource.rank
     }
+}
+
+/// Reads and parses an object document made of the blobs `content`; `path` names it in an error.
+fn read_document(repo: &Repository, content: &[Id], path: &dyn Fn() -> String) -> Result<Value, KubeError> {
+    let mut doc = Vec::new();
+    for id in content {
+        doc.extend_from_slice(&repo.load_blob(id)?);
+    }
+    serde_json::from_slice(&doc).map_err(|e| KubeError::BadSnapshot {
+        snapshot: String::new(),
+        reason: format!("{}: {e}", path()),
+    })
 }
 
 /// A Kubernetes snapshot's table of contents.
@@ -165,31 +204,39 @@ pub fn load(repo: &Repository, snapshot: &str, root: &Id) -> Result<Stored, Kube
                     let mut kind = kinds.get(key.as_str()).map(|k| k.to_string());
                     for ns in subtree(repo, &p)?.nodes {
                         let namespaced = ns.name.0 != b"_cluster";
-                        for f in subtree(repo, &ns)?.nodes {
+                        let namespace: Option<Arc<str>> = namespaced.then(|| ns.name.lossy().into());
+                        let files = subtree(repo, &ns)?.nodes;
+                        let mut resource: Option<Arc<Resource>> = None;
+                        for f in files {
                             let file = f.name.lossy();
                             let Some(name) = file.strip_suffix(".json") else {
                                 return Err(bad(format!("{key}: {file} is not an object document")));
                             };
-                            let mut o = StoredObject {
-                                resource: ApiResource {
-                                    group: group.clone(),
-                                    version: version.clone(),
-                                    api_version: api_version.clone(),
-                                    kind: kind.clone().unwrap_or_default(),
-                                    plural: plural.clone(),
-                                },
-                                namespaced,
-                                namespace: namespaced.then(|| ns.name.lossy().into_owned()),
-                                name: name.to_string(),
-                                node: f.clone(),
+                            let path = || format!("{plural}/{}/{file}", ns.name.lossy());
+                            let resource = match &resource {
+                                Some(r) => r.clone(),
+                                None => {
+                                    if kind.is_none() {
+                                        // Not in the manifest's list: the document says what it is.
+                                        let doc = read_document(repo, &f.content, &path)?;
+                                        kind = Some(doc.get("kind").and_then(Value::as_str).unwrap_or_default().into());
+                                    }
+                                    let api = ApiResource {
+                                        group: group.clone(),
+                                        version: version.clone(),
+                                        api_version: api_version.clone(),
+                                        kind: kind.clone().unwrap_or_default(),
+                                        plural: plural.clone(),
+                                    };
+                                    resource.insert(Arc::new(Resource::new(api, namespaced))).clone()
+                                }
                             };
-                            if kind.is_none() {
-                                // Not in the manifest's list: the document says what it is.
-                                let doc = o.read(repo).map_err(|e| bad(e.to_string()))?;
-                                let k = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
-                                o.resource.kind = k.to_string();
-                                kind = Some(k.to_string());
-                            }
+                            let o = StoredObject {
+                                resource,
+                                namespace: namespace.clone(),
+                                name: name.to_string(),
+                                content: f.content.into_boxed_slice(),
+                            };
                             objects.push(o);
                         }
                     }
@@ -240,26 +287,26 @@ pub fn restore(
         .map(|((ns, name), root)| ((mapped_ns(ns), name.clone()), root))
         .collect();
     let mut objects: Vec<&StoredObject> = stored.objects.iter().collect();
-    objects.sort_by_cached_key(|o| {
-        (
-            o.rank(),
-            o.resource.group.clone(),
-            o.resource.plural.clone(),
-            o.namespace.as_deref().map(mapped_ns).unwrap_or_default(),
-            o.name.clone(),
-        )
+    objects.sort_by(|a, b| {
+        (a.rank(), &a.resource.api.group, &a.resource.api.plural)
+            .cmp(&(b.rank(), &b.resource.api.group, &b.resource.api.plural))
+            .then_with(|| {
+                let ns = |o: &StoredObject| o.namespace.as_deref().map(mapped_ns).unwrap_or_default();
+                ns(a).cmp(&ns(b))
+            })
+            .then_with(|| a.name.cmp(&b.name))
     });
     // Namespaces and CRDs this restore creates: in a dry run, objects inside them cannot be
     // checked by the server (they do not exist yet) and are reported as planned. Both are known
     // from names alone (a CRD is named `plural.group`).
     let planned_namespaces: BTreeSet<String> = objects
         .iter()
-        .filter(|o| o.resource.kind == "Namespace")
+        .filter(|o| o.resource.api.kind == "Namespace")
         .map(|o| mapped_ns(&o.name))
         .collect();
     let planned_groups: BTreeSet<String> = objects
         .iter()
-        .filter(|o| o.resource.kind == "CustomResourceDefinition")
+        .filter(|o| o.resource.api.kind == "CustomResourceDefinition")
         .filter_map(|o| o.name.split_once('.').map(|(_, g)| g.to_string()))
         .collect();
     // Claims in the snapshot, by their source namespace. A volume a provisioner made for one of
@@ -268,12 +315,12 @@ pub fn restore(
     // the claim's data is written into it.
     let claims: BTreeSet<(String, String)> = objects
         .iter()
-        .filter(|o| o.resource.kind == "PersistentVolumeClaim")
-        .map(|o| (o.namespace.clone().unwrap_or_default(), o.name.clone()))
+        .filter(|o| o.resource.api.kind == "PersistentVolumeClaim")
+        .map(|o| (o.namespace.as_deref().unwrap_or_default().to_string(), o.name.clone()))
         .collect();
     let prepare = |o: &StoredObject| -> Result<Result<Value, String>, KubeError> {
         let mut v = o.read(repo)?;
-        let kind = &o.resource.kind;
+        let kind = &o.resource.api.kind;
         if let Some(why) = provisioned_for_claim(kind, &v, &claims) {
             return Ok(Err(why));
         }
@@ -284,6 +331,22 @@ pub fn restore(
             rules::set_replicas(kind, &mut v, n);
         }
         Ok(Ok(v))
+    };
+    let restore_one = |o: &StoredObject| -> ItemResult {
+        let item = |action: &'static str, status: &'static str, message: String| ItemResult {
+            api_version: o.resource.api_version.clone(),
+            kind: o.resource.kind.clone(),
+            namespace: o.namespace.as_deref().map(mapped_ns),
+            name: o.name.clone(),
+            action,
+            status,
+            message: Some(message),
+        };
+        match prepare(o) {
+            Ok(Ok(v)) => apply(cluster, o, v, opts, &planned_namespaces, &planned_groups),
+            Ok(Err(why)) => item("create", "skipped", why),
+            Err(e) => item("read", "failed", e.to_string()),
+        }
     };
 
     let mut report = RestoreReport::default();
@@ -296,70 +359,43 @@ pub fn restore(
         while i < objects.len() && objects[i].rank() == rank {
             i += 1;
         }
-        // Objects of one rank do not depend on each other: they are created several at once.
-        let next = std::sync::atomic::AtomicUsize::new(start);
-        let results: Vec<std::sync::Mutex<Option<ItemResult>>> = (start..i).map(|_| Default::default()).collect();
-        std::thread::scope(|scope| {
-            for _ in 0..PARALLEL.min(i - start) {
-                scope.spawn(|| loop {
-                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if k >= i {
-                        break;
-                    }
-                    let o = objects[k];
-                    let item = |action: &str, status: &str, message: String| ItemResult {
-                        api_version: o.resource.api_version.clone(),
-                        kind: o.resource.kind.clone(),
-                        namespace: o.namespace.as_deref().map(mapped_ns),
-                        name: o.name.clone(),
-                        action: action.into(),
-                        status: status.into(),
-                        message: Some(message),
-                    };
-                    let item = match prepare(o) {
-                        Ok(Ok(v)) => apply(cluster, o, v, opts, &planned_namespaces, &planned_groups),
-                        Ok(Err(why)) => item("create", "skipped", why),
-                        Err(e) => item("read", "failed", e.to_string()),
-                    };
-                    *results[k - start].lock().expect("poisoned") = Some(item);
-                });
+        // Objects of one rank do not depend on each other: they are created several at once, a
+        // chunk at a time, so results waiting to be reported stay few.
+        for chunk in objects[start..i].chunks(CHUNK) {
+            for (o, item) in chunk.iter().zip(in_parallel(chunk, &|o: &&StoredObject| restore_one(o))) {
+                if item.status == "failed" {
+                    report.failed += 1;
+                }
+                if o.resource.api.kind == "CustomResourceDefinition" && item.status == "done" {
+                    crds.push(o.name.clone());
+                }
+                if o.resource.api.kind == "PersistentVolumeClaim" && item.status == "done" {
+                    claims.push(*o);
+                }
+                report.items.push(item);
             }
-        });
-        for (k, r) in (start..i).zip(results) {
-            let o = objects[k];
-            let item = r.into_inner().expect("poisoned").expect("every object was applied");
-            if item.status == "failed" {
-                report.failed += 1;
-            }
-            if o.resource.kind == "CustomResourceDefinition" && item.status == "done" {
-                crds.push(o.name.clone());
-            }
-            if o.resource.kind == "PersistentVolumeClaim" && item.status == "done" {
-                claims.push(k);
-            }
-            report.items.push(item);
         }
         // Volume data goes into the new claims before any workload starts.
         if !opts.no_volume_data && !opts.dry_run {
-            for j in claims {
-                let ns = objects[j].namespace.as_deref().map(mapped_ns).unwrap_or_default();
-                let name = objects[j].name.clone();
+            for o in claims {
+                let ns = o.namespace.as_deref().map(mapped_ns).unwrap_or_default();
+                let name = o.name.clone();
                 let Some(root) = volume_data.get(&(ns.clone(), name.clone())) else {
                     continue;
                 };
                 let mut item = ItemResult {
-                    api_version: "v1".into(),
-                    kind: "PersistentVolumeClaim".into(),
+                    api_version: o.resource.api_version.clone(),
+                    kind: o.resource.kind.clone(),
                     namespace: Some(ns.clone()),
                     name: name.clone(),
-                    action: "data".into(),
-                    status: "done".into(),
+                    action: "data",
+                    status: "done",
                     message: None,
                 };
                 match cluster.write_pvc(repo, &ns, &name, &opts.helper_image, root) {
                     Ok(bytes) => item.message = Some(format!("{bytes} bytes of data written")),
                     Err(e) => {
-                        item.status = "failed".into();
+                        item.status = "failed";
                         item.message = Some(e.to_string());
                         report.failed += 1;
                     }
@@ -374,8 +410,8 @@ pub fn restore(
                     kind: "CustomResourceDefinition".into(),
                     namespace: None,
                     name: crd,
-                    action: "wait".into(),
-                    status: "failed".into(),
+                    action: "wait",
+                    status: "failed",
                     message: Some(e),
                 });
                 report.failed += 1;
@@ -383,6 +419,25 @@ pub fn restore(
         }
     }
     Ok(report)
+}
+
+/// `f` of every item, on up to [`PARALLEL`] threads; the results in the items' order.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: &(dyn Fn(&T) -> R + Sync)) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..PARALLEL.min(items.len()) {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(k) else { break };
+                *results[k].lock().expect("poisoned") = Some(f(item));
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.into_inner().expect("poisoned").expect("every item was done"))
+        .collect()
 }
 
 /// Why a PersistentVolume is not restored, if it was made by a provisioner for a claim that is
@@ -414,18 +469,18 @@ fn apply(
         kind: o.resource.kind.clone(),
         namespace: namespace.clone(),
         name: name.clone(),
-        action: "create".into(),
-        status: String::new(),
+        action: "create",
+        status: "",
         message: None,
     };
-    let api: Api<DynamicObject> = match (&namespace, o.namespaced) {
-        (Some(ns), true) => Api::namespaced_with(cluster.client().clone(), ns, &o.resource),
-        _ => Api::all_with(cluster.client().clone(), &o.resource),
+    let api: Api<DynamicObject> = match (&namespace, o.resource.namespaced) {
+        (Some(ns), true) => Api::namespaced_with(cluster.client().clone(), ns, &o.resource.api),
+        _ => Api::all_with(cluster.client().clone(), &o.resource.api),
     };
     let obj: DynamicObject = match serde_json::from_value(object) {
         Ok(d) => d,
         Err(e) => {
-            item.status = "failed".into();
+            item.status = "failed";
             item.message = Some(format!("the stored object cannot be read: {e}"));
             return item;
         }
@@ -444,29 +499,29 @@ fn apply(
         Ok(_) => false,
     };
     match created {
-        Ok(_) => item.status = done.into(),
+        Ok(_) => item.status = done,
         Err(_) if exists => {
             if opts.existing == Existing::Update {
-                item.action = "update".into();
+                item.action = "update";
                 match cluster.block_on(api.get(&name)) {
                     Ok(live) => {
                         let mut obj = obj.clone();
                         obj.metadata.resource_version = live.metadata.resource_version.clone();
                         match cluster.block_on(api.replace(&name, &pp, &obj)) {
-                            Ok(_) => item.status = done.into(),
+                            Ok(_) => item.status = done,
                             Err(e) => {
-                                item.status = "failed".into();
+                                item.status = "failed";
                                 item.message = Some(crate::short_error(&e));
                             }
                         }
                     }
                     Err(e) => {
-                        item.status = "failed".into();
+                        item.status = "failed";
                         item.message = Some(crate::short_error(&e));
                     }
                 }
             } else {
-                item.status = "exists".into();
+                item.status = "exists";
                 item.message = Some("already exists; left as it is (--existing update replaces it)".into());
             }
         }
@@ -474,13 +529,13 @@ fn apply(
             if opts.dry_run
                 && status_code(&e) == Some(404)
                 && (namespace.as_ref().is_some_and(|n| planned_namespaces.contains(n))
-                    || planned_groups.contains(&o.resource.group)) =>
+                    || planned_groups.contains(&o.resource.api.group)) =>
         {
-            item.status = "planned".into();
+            item.status = "planned";
             item.message = Some("its namespace or resource type is created by this restore; checked then".into());
         }
         Err(e) => {
-            item.status = "failed".into();
+            item.status = "failed";
             item.message = Some(crate::short_error(&e));
         }
     }

@@ -66,9 +66,16 @@ impl Ctx {
         Ok(Repository::open(backend, &pw)?)
     }
 
-    pub(crate) fn print(&self, value: serde_json::Value, human: impl FnOnce()) {
+    /// Prints `value` as JSON with `--json` (written out as it is serialised: a large report is
+    /// never held twice), else runs `human`.
+    pub(crate) fn print(&self, value: impl serde::Serialize, human: impl FnOnce()) {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&value).expect("serialisable"));
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            // A closed stdout (a pipe to `head`) is not worth a panic.
+            let _ = serde_json::to_writer_pretty(&mut out, &value)
+                .map_err(std::io::Error::from)
+                .and_then(|()| std::io::Write::write_all(&mut out, b"\n"))
+                .and_then(|()| std::io::Write::flush(&mut out));
         } else {
             human();
         }

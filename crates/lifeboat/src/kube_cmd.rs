@@ -99,9 +99,24 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs, context: Option<&str>) -> Result<b
     let started = Instant::now();
     let report = lifeboat_kube::restore(&repo, &cluster, &stored, &opts)?;
     let secs = started.elapsed().as_secs_f64();
+    #[derive(serde::Serialize)]
+    struct Out<'a> {
+        snapshot_id: String,
+        context: &'a str,
+        dry_run: bool,
+        items: &'a [lifeboat_kube::ItemResult],
+        failed: usize,
+        seconds: f64,
+    }
     ctx.print(
-        json!({"snapshot_id": id, "context": cluster.context(), "dry_run": opts.dry_run, "items": report.items,
-               "failed": report.failed, "seconds": secs}),
+        Out {
+            snapshot_id: id.to_string(),
+            context: cluster.context(),
+            dry_run: opts.dry_run,
+            items: &report.items,
+            failed: report.failed,
+            seconds: secs,
+        },
         || {
             for i in &report.items {
                 println!(
