@@ -362,7 +362,10 @@ pub fn restore(
         // Objects of one rank do not depend on each other: they are created several at once, a
         // chunk at a time, so results waiting to be reported stay few.
         for chunk in objects[start..i].chunks(CHUNK) {
-            for (o, item) in chunk.iter().zip(in_parallel(chunk, &|o: &&StoredObject| restore_one(o))) {
+            for (o, item) in chunk
+                .iter()
+                .zip(in_parallel(chunk, &|o: &&StoredObject| restore_one(o)))
+            {
                 if item.status == "failed" {
                     report.failed += 1;
                 }

@@ -55,6 +55,23 @@ pub enum Command {
         #[arg(long)]
         witness: bool,
     },
+    /// Keep each hot standby's workload definitions in step with the active site (created or
+    /// replaced at zero replicas, nothing started), reporting the drift corrected
+    Sync {
+        plan: PathBuf,
+        /// Only this app
+        #[arg(long)]
+        app: Option<String>,
+        /// One round, then exit (default: a round every `--every` until interrupted)
+        #[arg(long)]
+        once: bool,
+        /// Time between rounds, e.g. 30s, 5m
+        #[arg(long, default_value = "1m", value_parser = lifeboat_plan::parse_duration)]
+        every: std::time::Duration,
+        /// Report the drift, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Recover into an isolated copy, verify it, measure RTO and RPO, tear it down, and report
     Drill {
         plan: PathBuf,

@@ -213,6 +213,13 @@ pub fn run(args: Cli) -> Result<bool> {
         Command::Failover(a) => dr_cmd::switch(&ctx, &a, lifeboat_orchestrator::journal::Kind::Failover),
         Command::Failback(a) => dr_cmd::switch(&ctx, &a, lifeboat_orchestrator::journal::Kind::Failback),
         Command::Watch { plan, app, witness } => dr_cmd::watch(&ctx, &plan, app.as_deref(), witness),
+        Command::Sync {
+            plan,
+            app,
+            once,
+            every,
+            dry_run,
+        } => dr_cmd::sync(&ctx, &plan, app.as_deref(), once, every, dry_run),
         Command::Drill {
             plan,
             app,

@@ -127,6 +127,49 @@ pub fn backup(ctx: &Ctx, plan: &Path, app: Option<&str>) -> Result<bool> {
     Ok(ok)
 }
 
+/// `sync PLAN`: a round now, then one every `every` unless `once`. False when a round failed for
+/// some app (with `--once`); a long-running sync logs failures and goes on.
+pub fn sync(ctx: &Ctx, plan: &Path, app: Option<&str>, once: bool, every: Duration, dry_run: bool) -> Result<bool> {
+    let l = load(ctx, plan)?;
+    let router = router_for(l.dir.clone());
+    let log = logger(ctx);
+    let env = env(&l.plan, &l.dir, &l.repo, &router, &log);
+    loop {
+        let items = lifeboat_orchestrator::sync::sync_plan(&env, app, dry_run, ctx.lock_wait)?;
+        let ok = items.iter().all(|i| i.error.is_none());
+        ctx.print(json!({ "plan": l.plan.metadata.name, "apps": items }), || {
+            for i in &items {
+                let head = format!("{}: {} -> {}", i.app, i.from, i.to);
+                if let Some(e) = &i.error {
+                    println!("{}: FAILED: {e}", i.app);
+                    continue;
+                }
+                match (&i.note, i.drift.is_empty()) {
+                    (Some(n), true) => println!("{head}: {n}"),
+                    (None, true) => println!("{head}: in step"),
+                    (note, false) => {
+                        println!(
+                            "{head}: {} differences{}",
+                            i.drift.len(),
+                            note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+                        );
+                        for d in &i.drift {
+                            println!("  drift: {}", d.describe(&i.to));
+                        }
+                        for c in &i.corrected {
+                            println!("  corrected: {c}");
+                        }
+                    }
+                }
+            }
+        });
+        if once {
+            return Ok(ok);
+        }
+        std::thread::sleep(every);
+    }
+}
+
 pub fn switch(ctx: &Ctx, args: &crate::cli::OpArgs, kind: Kind) -> Result<bool> {
     let l = load(ctx, &args.plan)?;
     let router = router_for(l.dir.clone());

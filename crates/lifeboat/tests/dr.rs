@@ -507,3 +507,116 @@ fn a_drill_reports_in_four_formats_and_leaves_production_alone() {
         s.cleanup("dr4-");
     }
 }
+
+#[test]
+fn sync_brings_the_primarys_changed_and_new_workloads_to_the_hot_standby_without_starting_them() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "dr5", 8185, None, "");
+    app.ok(&["backup", "--plan"]);
+    let s = app.json(&["sync", "--once"]);
+    assert_eq!(
+        s["apps"][0]["drift"],
+        serde_json::json!([]),
+        "in step after staging: {s}"
+    );
+
+    // The primary changes: the web container gets a new setting, and a new container joins.
+    a.docker(&["rm", "-f", "dr5-web"]);
+    a.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "dr5-web",
+        "--label",
+        "app=dr5",
+        "-e",
+        "GREETING=hello",
+        "-p",
+        "8185:8080",
+        "-v",
+        "dr5-www:/www",
+        "lifeboat-lab/web:1",
+    ]);
+    a.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "dr5-worker",
+        "--label",
+        "app=dr5",
+        "lifeboat-lab/web:1",
+        "sleep",
+        "3600",
+    ]);
+    // Written on the standby's volume only: sync must leave volume data alone.
+    b.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        "dr5-www:/www",
+        "lifeboat-lab/web:1",
+        "sh",
+        "-c",
+        "echo standby >> /www/data/items",
+    ]);
+    let data_b = || {
+        b.docker(&[
+            "run",
+            "--rm",
+            "-v",
+            "dr5-www:/www",
+            "lifeboat-lab/web:1",
+            "cat",
+            "/www/data/items",
+        ])
+    };
+    let data_before = data_b();
+    let objects_b = b.objects("dr5-");
+
+    let dry = app.json(&["sync", "--once", "--dry-run"]);
+    let drift = dry["apps"][0]["drift"].as_array().unwrap().clone();
+    let find = |what: &str, object: &str| {
+        drift
+            .iter()
+            .find(|d| d["drift"] == what && d["object"] == object)
+            .cloned()
+    };
+    let web = find("differs", "containers/dr5-web").unwrap_or_else(|| panic!("{dry}"));
+    assert!(web["fields"].to_string().contains("Env"), "{web}");
+    assert!(find("missing", "containers/dr5-worker").is_some(), "{dry}");
+    assert_eq!(b.objects("dr5-"), objects_b, "a dry run changes nothing");
+
+    let done = app.json(&["sync", "--once"]);
+    let corrected = done["apps"][0]["corrected"].to_string();
+    assert!(
+        corrected.contains("dr5-web") && corrected.contains("dr5-worker"),
+        "{done}"
+    );
+    let env = b.docker(&["inspect", "-f", "{{json .Config.Env}} {{.State.Running}}", "dr5-web"]);
+    assert!(
+        env.contains("GREETING=hello") && env.trim_end().ends_with("false"),
+        "{env}"
+    );
+    let worker = b.docker(&["inspect", "-f", "{{.State.Running}}", "dr5-worker"]);
+    assert_eq!(worker.trim(), "false", "a hot standby runs nothing");
+    assert_eq!(data_b(), data_before, "volume data on the standby untouched");
+
+    // In step now: nothing more to do, and the preflight agrees.
+    let again = app.json(&["sync", "--once"]);
+    assert_eq!(again["apps"][0]["drift"], serde_json::json!([]), "{again}");
+    let check = app.json(&["plan", "check"]);
+    let line = check["checks"]
+        .as_array()
+        .or_else(|| check.as_array())
+        .unwrap()
+        .iter()
+        .find(|l| l["check"] == "drift")
+        .cloned()
+        .unwrap_or_else(|| panic!("{check}"));
+    assert_eq!(line["status"], "ok", "{line}");
+    for s in &sites {
+        s.cleanup("dr5-");
+    }
+}

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use crate::journal::Store;
 use crate::ops::{latest_recovery_point, RouterFn};
-use crate::platform::{Connector, Platform};
+use crate::platform::{drift, essence, Connector, Platform};
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -205,26 +205,10 @@ pub fn run(
             });
             // Drift (hot standby only: a cold one holds nothing until failover).
             if app.standby_mode == StandbyMode::Hot {
-                match (primary.essence(), standby.essence()) {
+                match (primary.definitions(), standby.definitions()) {
                     (Ok(p), Ok(s)) => {
-                        let mut d = Vec::new();
-                        for (k, v) in &p {
-                            match s.get(k) {
-                                None => d.push(format!("{k} missing on {sb_name}")),
-                                Some(w) if w != v => {
-                                    let mut f = Vec::new();
-                                    lifeboat_docker::diff::compare("", v, w, &mut f);
-                                    let fields: Vec<&str> = f.iter().take(3).map(|c| c.path.as_str()).collect();
-                                    d.push(format!("{k} differs ({})", fields.join(", ")))
-                                }
-                                _ => {}
-                            }
-                        }
-                        d.extend(
-                            s.keys()
-                                .filter(|k| !p.contains_key(*k))
-                                .map(|k| format!("{k} only on {sb_name}")),
-                        );
+                        let p = essence(&p);
+                        let d: Vec<String> = drift(&p, &essence(&s)).iter().map(|d| d.describe(sb_name)).collect();
                         out.push(if d.is_empty() {
                             line(
                                 Some(a),
@@ -237,7 +221,7 @@ pub fn run(
                                 Some(a),
                                 "drift",
                                 Status::Fail,
-                                format!("{} (lifeboat backup --plan stages the standby again)", d.join("; ")),
+                                format!("{} (`lifeboat sync` corrects it)", d.join("; ")),
                             )
                         });
                     }

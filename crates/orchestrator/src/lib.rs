@@ -17,6 +17,7 @@ pub mod platform;
 pub mod probe;
 pub mod report;
 pub mod runbook;
+pub mod sync;
 pub mod watch;
 
 use std::time::Duration;

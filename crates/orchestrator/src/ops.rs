@@ -87,7 +87,7 @@ pub enum Outcome {
     Done(Box<Operation>),
 }
 
-fn app<'p>(plan: &'p Plan, name: &str) -> Result<&'p App, OrchestratorError> {
+pub(crate) fn app<'p>(plan: &'p Plan, name: &str) -> Result<&'p App, OrchestratorError> {
     plan.app(name).ok_or_else(|| OrchestratorError::NoApp {
         plan: plan.metadata.name.clone(),
         app: name.to_string(),
@@ -95,7 +95,7 @@ fn app<'p>(plan: &'p Plan, name: &str) -> Result<&'p App, OrchestratorError> {
     })
 }
 
-fn standby(app: &App) -> Result<&str, OrchestratorError> {
+pub(crate) fn standby(app: &App) -> Result<&str, OrchestratorError> {
     match (&app.profile, &app.standby) {
         (Profile::Dr, Some(s)) => Ok(&s.value),
         _ => Err(OrchestratorError::NotDr {
@@ -104,7 +104,7 @@ fn standby(app: &App) -> Result<&str, OrchestratorError> {
     }
 }
 
-fn store<'a>(env: &Env<'a>, app: &App) -> Store<'a> {
+pub(crate) fn store<'a>(env: &Env<'a>, app: &App) -> Store<'a> {
     Store {
         repo: env.repo,
         plan: env.plan.metadata.name.clone(),

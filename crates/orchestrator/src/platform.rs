@@ -1,10 +1,12 @@
 //! What the orchestrator asks of a site, for one app: the [`Platform`] trait and its Docker
 //! implementation. Kubernetes sites are not implemented yet: [`connect`] says so.
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use lifeboat_docker::{Existing, RestoreOptions, Selection, Site as DockerSite};
+use lifeboat_docker::{Capture, Existing, RestoreOptions, Selection, Site as DockerSite};
 use lifeboat_plan::{App, Plan, Site};
 use lifeboat_repo::Repository;
+use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::OrchestratorError;
@@ -30,8 +32,102 @@ pub trait Platform: Send + Sync {
     fn has_image(&self, image: &str) -> Result<bool, OrchestratorError>;
     /// CPUs and memory (bytes) of the site.
     fn capacity(&self) -> Result<(f64, u64), OrchestratorError>;
-    /// What a user chose of each object of the app ("KIND/NAME" to its settings), for drift.
-    fn essence(&self) -> Result<std::collections::BTreeMap<String, serde_json::Value>, OrchestratorError>;
+    /// The app's definitions here as the engine reports them now: no volume data, no secret values.
+    fn definitions(&self) -> Result<Capture, OrchestratorError>;
+    /// Creates or replaces, from `defs`, the workloads named in `workloads` ("KIND/NAME" keys of
+    /// [`essence`]) with nothing started, and creates the networks, volumes and configs of `defs`
+    /// that are missing here. Existing volumes and their data are left as they are; secrets are not
+    /// written (their values are never read live). What was done, one line per object.
+    fn apply_definitions(
+        &self,
+        repo: &Repository,
+        defs: Capture,
+        workloads: &BTreeSet<String>,
+    ) -> Result<Vec<String>, OrchestratorError>;
+}
+
+/// What a user chose of each workload of `defs` ("KIND/NAME" to its settings), for drift: without
+/// what differs by design between an active site and a hot standby (running, replicas) and
+/// without prefixed copies (a drill's).
+pub fn essence(defs: &Capture) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for kind in ["containers", "services"] {
+        for (name, doc) in defs.kind(kind) {
+            if doc.pointer("/Config/Labels/io.lifeboat.prefix").is_some()
+                || doc.pointer("/Spec/Labels/io.lifeboat.prefix").is_some()
+            {
+                continue;
+            }
+            let mut e = lifeboat_docker::diff::essence(kind, doc);
+            if let Some(m) = e.as_object_mut() {
+                m.remove("Running");
+            }
+            if let Some(m) = e.pointer_mut("/Spec/Mode/Replicated").and_then(|v| v.as_object_mut()) {
+                m.remove("Replicas");
+            }
+            if let Some(l) = e.pointer_mut("/Spec/Labels").and_then(|v| v.as_object_mut()) {
+                l.remove(lifeboat_docker::control::REPLICAS_LABEL);
+            }
+            out.insert(format!("{kind}/{name}"), e);
+        }
+    }
+    out
+}
+
+/// One difference between the active site's workloads and the standby's.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "drift", rename_all = "snake_case")]
+pub enum Drift {
+    /// On the active site, not on the standby.
+    Missing { object: String },
+    /// On both, with these settings different (paths into the definition, at most 5).
+    Differs { object: String, fields: Vec<String> },
+    /// Only on the standby.
+    Extra { object: String },
+}
+
+impl Drift {
+    /// The "KIND/NAME" it is about.
+    pub fn object(&self) -> &str {
+        match self {
+            Drift::Missing { object } | Drift::Differs { object, .. } | Drift::Extra { object } => object,
+        }
+    }
+
+    /// One line, naming the standby `site`.
+    pub fn describe(&self, site: &str) -> String {
+        match self {
+            Drift::Missing { object } => format!("{object} missing on {site}"),
+            Drift::Differs { object, fields } => format!("{object} differs ({})", fields.join(", ")),
+            Drift::Extra { object } => format!("{object} only on {site}"),
+        }
+    }
+}
+
+/// The drift between the essences of the active site and the standby, in object order.
+pub fn drift(active: &BTreeMap<String, Value>, standby: &BTreeMap<String, Value>) -> Vec<Drift> {
+    let mut out = Vec::new();
+    for (k, v) in active {
+        match standby.get(k) {
+            None => out.push(Drift::Missing { object: k.clone() }),
+            Some(w) if w != v => {
+                let mut f = Vec::new();
+                lifeboat_docker::diff::compare("", v, w, &mut f);
+                out.push(Drift::Differs {
+                    object: k.clone(),
+                    fields: f.into_iter().take(5).map(|c| c.path).collect(),
+                });
+            }
+            _ => {}
+        }
+    }
+    out.extend(
+        standby
+            .keys()
+            .filter(|k| !active.contains_key(*k))
+            .map(|k| Drift::Extra { object: k.clone() }),
+    );
+    out
 }
 
 /// Opens `site` of `plan` for `app`. [`OrchestratorError::Unreachable`] when it cannot be reached.
@@ -196,32 +292,84 @@ impl Platform for Docker {
         self.site.capacity().map_err(self.err())
     }
 
-    fn essence(&self) -> Result<std::collections::BTreeMap<String, serde_json::Value>, OrchestratorError> {
-        let cap = self.site.capture(&self.selection).map_err(self.err())?;
-        let mut out = std::collections::BTreeMap::new();
-        for kind in ["containers", "services"] {
-            for (name, doc) in cap.kind(kind) {
-                // A prefixed copy (a drill's) is not the app.
-                if doc.pointer("/Config/Labels/io.lifeboat.prefix").is_some()
-                    || doc.pointer("/Spec/Labels/io.lifeboat.prefix").is_some()
-                {
-                    continue;
-                }
-                let mut e = lifeboat_docker::diff::essence(kind, doc);
-                // Running on the active site, stopped on a hot standby: by design.
-                if let Some(m) = e.as_object_mut() {
-                    m.remove("Running");
-                }
-                // Replicas differ by design between an active site and a hot standby.
-                if let Some(m) = e.pointer_mut("/Spec/Mode/Replicated").and_then(|v| v.as_object_mut()) {
-                    m.remove("Replicas");
-                }
-                if let Some(l) = e.pointer_mut("/Spec/Labels").and_then(|v| v.as_object_mut()) {
-                    l.remove(lifeboat_docker::control::REPLICAS_LABEL);
-                }
-                out.insert(format!("{kind}/{name}"), e);
+    fn definitions(&self) -> Result<Capture, OrchestratorError> {
+        self.site.capture(&self.selection).map_err(self.err())
+    }
+
+    fn apply_definitions(
+        &self,
+        repo: &Repository,
+        mut defs: Capture,
+        workloads: &BTreeSet<String>,
+    ) -> Result<Vec<String>, OrchestratorError> {
+        let here = self.definitions()?;
+        defs.containers
+            .retain(|n, _| workloads.contains(&format!("containers/{n}")));
+        defs.services
+            .retain(|n, _| workloads.contains(&format!("services/{n}")));
+        defs.networks.retain(|n, _| !here.networks.contains_key(n));
+        defs.volumes.retain(|n, _| !here.volumes.contains_key(n));
+        defs.configs.retain(|n, _| !here.configs.contains_key(n));
+        // Secret values cannot be read from a live engine; node labels belong to each site.
+        defs.secrets.clear();
+        defs.nodes.clear();
+        let stored = lifeboat_docker::restore::Stored {
+            capture: defs,
+            secret_values: Default::default(),
+            volume_data: Default::default(),
+        };
+        let opts = RestoreOptions {
+            replicas: Some(0),
+            existing: Existing::Update,
+            no_volume_data: true,
+            ..Default::default()
+        };
+        let report = lifeboat_docker::restore(repo, &self.site, &stored, &opts).map_err(self.err())?;
+        let mut done = Vec::new();
+        for i in report.items {
+            let line = format!("{} {} {}", i.action, i.kind, i.name);
+            if i.status == "failed" {
+                return Err(OrchestratorError::Site {
+                    site: self.name.clone(),
+                    reason: format!("{line} failed: {}", i.detail.unwrap_or_default()),
+                });
             }
+            done.push(line);
         }
-        Ok(out)
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn drift_names_what_is_missing_different_and_extra_on_the_standby() {
+        let active: BTreeMap<String, Value> = [
+            ("containers/web".to_string(), json!({"Config": {"Env": ["A=1"]}})),
+            ("containers/db".to_string(), json!({"Config": {"Env": []}})),
+            ("containers/new".to_string(), json!({})),
+        ]
+        .into();
+        let standby: BTreeMap<String, Value> = [
+            ("containers/web".to_string(), json!({"Config": {"Env": ["A=2"]}})),
+            ("containers/db".to_string(), json!({"Config": {"Env": []}})),
+            ("containers/old".to_string(), json!({})),
+        ]
+        .into();
+        let d = drift(&active, &standby);
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert_eq!(d[0], Drift::Missing { object: "containers/new".into() });
+        match &d[1] {
+            Drift::Differs { object, fields } => {
+                assert_eq!(object, "containers/web");
+                assert!(fields.iter().any(|f| f.contains("Env")), "{fields:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(d[2], Drift::Extra { object: "containers/old".into() });
+        assert!(drift(&active, &active).is_empty());
     }
 }
