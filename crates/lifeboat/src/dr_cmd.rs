@@ -122,6 +122,9 @@ pub fn backup(ctx: &Ctx, plan: &Path, app: Option<&str>) -> Result<bool> {
                 ),
                 (None, None) => {}
             }
+            for h in &i.hooks {
+                println!("  {h}");
+            }
         }
     });
     Ok(ok)

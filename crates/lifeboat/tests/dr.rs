@@ -620,3 +620,81 @@ fn sync_brings_the_primarys_changed_and_new_workloads_to_the_hot_standby_without
         s.cleanup("dr5-");
     }
 }
+
+#[test]
+fn plan_hooks_run_around_backups_and_after_a_drill_starts_the_copy_and_a_failing_pre_hook_stops_the_backup() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "dr6", 8186, None, "");
+    let hooks = |pre: &str| {
+        format!(
+            "    hooks:\n      pre_backup: [{{exec: {{container: dr6-web, command: [sh, -c, '{pre}']}}}}]\n      \
+             post_backup: [{{exec: {{container: dr6-web, command: [sh, -c, 'rm -f /www/data/dump; echo thawed > /www/thawed']}}}}]\n      \
+             post_restore: [{{exec: {{container: dr6-web, command: [sh, -c, 'echo from-hook >> /www/data/items']}}}}]\n"
+        )
+    };
+    let base = std::fs::read_to_string(&app.plan).unwrap();
+    std::fs::write(&app.plan, base.clone() + &hooks("echo dumped > /www/data/dump")).unwrap();
+    let out = app.ok(&["backup", "--plan"]);
+    assert!(
+        out.contains("pre_backup hook in dr6-web: ok") && out.contains("post_backup hook in dr6-web: ok"),
+        "{out}"
+    );
+    let on = |s: &Site, cmd: &str| {
+        s.docker(&[
+            "run",
+            "--rm",
+            "-v",
+            "dr6-www:/www",
+            "lifeboat-lab/web:1",
+            "sh",
+            "-c",
+            cmd,
+        ])
+    };
+    // The backup saw what the pre hook wrote (staged on b), the post hook removed it on a.
+    assert_eq!(on(b, "cat /www/data/dump").trim(), "dumped");
+    assert_eq!(on(a, "ls /www/data/dump 2>/dev/null; cat /www/thawed").trim(), "thawed");
+
+    // The drill runs the post_restore hook in its own copy (the prefix is added to the name).
+    let report = app.dir.path().join("drill");
+    let o = app
+        .cmd(&["drill", "--report", report.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.with_extension("json")).unwrap()).unwrap();
+    let steps = json["drills"][0]["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{json}"));
+    let hook = steps
+        .iter()
+        .find(|s| s["name"] == "hooks")
+        .unwrap_or_else(|| panic!("{json}"));
+    assert!(
+        hook["detail"].as_str().unwrap().contains("post_restore hook in drill-"),
+        "{hook}"
+    );
+    assert!(!app.items(a).unwrap().contains("from-hook"), "production untouched");
+
+    // A failing pre hook: no snapshot, an error naming the hook, and the post hook still ran.
+    std::fs::write(&app.plan, base + &hooks("echo frozen-fails >&2; exit 3")).unwrap();
+    on(a, "rm /www/thawed");
+    let before = app.snapshots_tagged("app=dr6");
+    let o = app.cmd(&["backup", "--plan"]).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("pre_backup hook in container dr6-web")
+            && text.contains("exit code 3")
+            && text.contains("frozen-fails"),
+        "{text}"
+    );
+    assert_eq!(app.snapshots_tagged("app=dr6"), before);
+    assert_eq!(on(a, "cat /www/thawed").trim(), "thawed");
+    for s in &sites {
+        s.cleanup("dr6-");
+    }
+}

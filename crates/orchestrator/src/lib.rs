@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod hooks;
 pub mod journal;
 pub mod ops;
 pub mod platform;
@@ -67,6 +68,15 @@ pub enum OrchestratorError {
     /// Verification checks failed after the switch.
     #[error("app {app}: verification failed: {}", failures.join("; "))]
     Verify { app: String, failures: Vec<String> },
+    /// A plan hook failed and its policy is `fail`. Not retried: fix the hook or its container.
+    #[error("app {app}: {phase} hook in container {container} on {site} failed: {reason}")]
+    Hook {
+        app: String,
+        phase: &'static str,
+        site: String,
+        container: String,
+        reason: String,
+    },
     /// The operation cannot go on as asked; nothing further was changed.
     #[error("{reason}")]
     Refused { reason: String },

@@ -14,11 +14,13 @@ use lifeboat_repo::Repository;
 use lifeboat_traffic::{Router, Side, SwitchContext};
 use time::OffsetDateTime;
 
+use crate::hooks;
 use crate::journal::{new_id, AppState, Fence, Kind, Operation, RecoveryPoint, Staged, StepRecord, Store};
 use crate::platform::{Connector, Platform};
 use crate::{probe, OrchestratorError};
 
 /// The steps of a failover or failback, in order.
+/// (`hooks` comes after `health` when the app has `post_restore` hooks.)
 pub const FAILOVER_STEPS: [&str; 7] = ["fence", "final-backup", "data", "start", "health", "traffic", "verify"];
 /// The steps of a drill, in order.
 pub const DRILL_STEPS: [&str; 5] = ["data", "start", "health", "verify", "teardown"];
@@ -239,7 +241,7 @@ fn begin<'a, 'e>(
                 DRILL_STEPS.len()
             } else {
                 FAILOVER_STEPS.len()
-            }
+            } + usize::from(!app.hooks.post_restore.is_empty())
         ));
         store.save_operation(&op)?;
         return Ok(Runner { env, store, op });
@@ -422,9 +424,23 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         Ok(("done", summary(&format!("{to} started"), &changes)))
     })?;
 
-    // 5. Health.
+    // 5. Health, then the plan's post_restore hooks (their own step, so a finished one is never
+    // run again on resume).
     let address = site_address(env.plan, &to)?;
     run.step("health", |_| wait_healthy(app, &address, opts.health_timeout))?;
+    if !app.hooks.post_restore.is_empty() {
+        run.step("hooks", |_| {
+            let lines = hooks::run(
+                &*connect_target()?,
+                app,
+                &to,
+                "post_restore",
+                &app.hooks.post_restore,
+                "",
+            )?;
+            Ok(("done", lines.join("; ")))
+        })?;
+    }
 
     // 6. Traffic.
     run.step("traffic", |op| match (env.router)(app)? {
@@ -527,6 +543,12 @@ pub fn drill(env: &Env, app_name: &str, opts: &Options) -> Result<Operation, Orc
             Ok(("done", summary("drill copy started", &changes)))
         })?;
         run.step("health", |_| wait_healthy(app, &address, opts.health_timeout))?;
+        if !app.hooks.post_restore.is_empty() {
+            run.step("hooks", |_| {
+                let lines = hooks::run(&*platform, app, &site, "post_restore", &app.hooks.post_restore, &prefix)?;
+                Ok(("done", lines.join("; ")))
+            })?;
+        }
         run.step("verify", |_| verify(app, &address))
     })();
     // Tear down whatever happened.
@@ -639,6 +661,9 @@ pub struct PlanBackup {
     pub snapshot: Option<String>,
     /// For a hot standby: where the data was staged, or why not.
     pub staged: Option<String>,
+    /// One line per plan hook run (`pre_backup`, `post_backup`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -657,6 +682,7 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
             site: active.clone(),
             snapshot: None,
             staged: None,
+            hooks: Vec::new(),
             error: None,
         };
         let result = (|| -> Result<(), OrchestratorError> {
@@ -668,7 +694,16 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
                 });
             }
             let p = (env.connect)(&active, app)?;
-            let (id, _) = p.backup(env.repo, tags(&env.plan.metadata.name, &app.name.value, &active))?;
+            // The post hooks run whatever happened after the pre hooks began (they undo them).
+            let pre = hooks::run(&*p, app, &active, "pre_backup", &app.hooks.pre_backup, "");
+            let backup = match &pre {
+                Ok(_) => Some(p.backup(env.repo, tags(&env.plan.metadata.name, &app.name.value, &active))),
+                Err(_) => None,
+            };
+            let post = hooks::run(&*p, app, &active, "post_backup", &app.hooks.post_backup, "");
+            item.hooks.extend(pre?);
+            let (id, _) = backup.expect("ran when the pre hooks passed")?;
+            item.hooks.extend(post?);
             (env.log)(&format!("{}: snapshot {} of {active}", app.name.value, &id[..8]));
             item.snapshot = Some(id.clone());
             if app.profile == Profile::Dr && app.standby_mode == StandbyMode::Hot {

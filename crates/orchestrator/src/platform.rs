@@ -2,6 +2,7 @@
 //! implementation. Kubernetes sites are not implemented yet: [`connect`] says so.
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use lifeboat_docker::{Capture, Existing, RestoreOptions, Selection, Site as DockerSite};
 use lifeboat_plan::{App, Plan, Site};
@@ -32,6 +33,9 @@ pub trait Platform: Send + Sync {
     fn has_image(&self, image: &str) -> Result<bool, OrchestratorError>;
     /// CPUs and memory (bytes) of the site.
     fn capacity(&self) -> Result<(f64, u64), OrchestratorError>;
+    /// Runs `command` (no shell) in the running container `container`; its exit code and the
+    /// end of its output. Gives up after `timeout` (the command may go on in the container).
+    fn exec(&self, container: &str, command: &[String], timeout: Duration) -> Result<(i64, String), OrchestratorError>;
     /// The app's definitions here as the engine reports them now: no volume data, no secret values.
     fn definitions(&self) -> Result<Capture, OrchestratorError>;
     /// Creates or replaces, from `defs`, the workloads named in `workloads` ("KIND/NAME" keys of
@@ -292,6 +296,20 @@ impl Platform for Docker {
         self.site.capacity().map_err(self.err())
     }
 
+    fn exec(&self, container: &str, command: &[String], timeout: Duration) -> Result<(i64, String), OrchestratorError> {
+        let out = self
+            .site
+            .exec(container, command.to_vec(), timeout)
+            .map_err(self.err())?;
+        let mut text = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if text.is_empty() {
+            text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        // The end of the output says most about a failure.
+        let start = text.char_indices().rev().nth(499).map_or(0, |(i, _)| i);
+        Ok((out.exit_code, text[start..].to_string()))
+    }
+
     fn definitions(&self) -> Result<Capture, OrchestratorError> {
         self.site.capture(&self.selection).map_err(self.err())
     }
@@ -361,7 +379,12 @@ mod tests {
         .into();
         let d = drift(&active, &standby);
         assert_eq!(d.len(), 3, "{d:?}");
-        assert_eq!(d[0], Drift::Missing { object: "containers/new".into() });
+        assert_eq!(
+            d[0],
+            Drift::Missing {
+                object: "containers/new".into()
+            }
+        );
         match &d[1] {
             Drift::Differs { object, fields } => {
                 assert_eq!(object, "containers/web");
@@ -369,7 +392,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(d[2], Drift::Extra { object: "containers/old".into() });
+        assert_eq!(
+            d[2],
+            Drift::Extra {
+                object: "containers/old".into()
+            }
+        );
         assert!(drift(&active, &active).is_empty());
     }
 }

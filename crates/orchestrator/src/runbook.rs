@@ -113,6 +113,19 @@ fn app_section(plan: &Plan, app: &App) -> String {
     }
     s += &format!("5. **Start** on {sb}: `docker {hs}start $(docker {hs}ps -aq {f})`.\n");
     s += &format!("6. **Wait for health** on {sb}:\n   {}\n", probes(app, &addr(plan, sb)));
+    for h in &app.hooks.post_restore {
+        let e = &h.exec.value;
+        s += &format!(
+            "   Then run the plan's post_restore hook: `docker {hs}exec {} {}`{}.\n",
+            e.container,
+            e.command.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "),
+            if h.on_error == lifeboat_plan::HookOnError::Continue {
+                " (a failure may be ignored)"
+            } else {
+                ""
+            }
+        );
+    }
     s += &format!("7. **Switch traffic** to {sb}:\n{}", traffic(app, true));
     s += &format!("8. **Verify**:\n{}", checks(app, &addr(plan, sb)));
     s += &format!(
@@ -218,5 +231,28 @@ fn traffic(app: &App, to_standby: bool) -> String {
              in the header `X-Lifeboat-Signature: sha256=HEX` (see docs/traffic.md), or switch in the balancer's own console.\n",
             if to_standby { "standby" } else { "primary" }
         ),
+    }
+}
+
+/// `a` quoted for a POSIX shell when it needs it.
+fn shell_quote(a: &str) -> String {
+    if !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@".contains(&b)) {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn shell_quote_leaves_plain_words_and_quotes_the_rest() {
+        assert_eq!(shell_quote("pg_dump"), "pg_dump");
+        assert_eq!(shell_quote("/var/lib/x.sql"), "/var/lib/x.sql");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
     }
 }

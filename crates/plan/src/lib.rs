@@ -226,6 +226,39 @@ impl Plan {
                     }
                 }
             }
+            for (phase, hooks) in [
+                ("pre_backup", &app.hooks.pre_backup),
+                ("post_backup", &app.hooks.post_backup),
+                ("post_restore", &app.hooks.post_restore),
+            ] {
+                for (k, h) in hooks.iter().enumerate() {
+                    let e = &h.exec.value;
+                    if e.container.is_empty() {
+                        push(
+                            &mut out,
+                            line(&h.exec),
+                            f(&format!("hooks.{phase}[{k}].exec.container")),
+                            "must name a container".into(),
+                        );
+                    }
+                    if e.command.is_empty() || e.command[0].is_empty() {
+                        push(
+                            &mut out,
+                            line(&h.exec),
+                            f(&format!("hooks.{phase}[{k}].exec.command")),
+                            "must name a program".into(),
+                        );
+                    }
+                    if h.timeout.0.is_zero() {
+                        push(
+                            &mut out,
+                            line(&h.exec),
+                            f(&format!("hooks.{phase}[{k}].timeout")),
+                            "must be more than 0".into(),
+                        );
+                    }
+                }
+            }
             if let Some(b) = &app.backup {
                 if b.every.value.0.is_zero() {
                     out.push(Problem {

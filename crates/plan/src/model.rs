@@ -124,6 +124,58 @@ pub struct App {
     pub traffic: Option<Traffic>,
     #[serde(default)]
     pub verify: Vec<Check>,
+    #[serde(default)]
+    pub hooks: Hooks,
+}
+
+/// Commands run in the app's containers around its backups and after it is started elsewhere.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Before `backup --plan` reads the app, on the site where it is active (e.g. a database dump
+    /// into a volume). A failure with `on_error: fail` stops that app's backup.
+    #[serde(default)]
+    pub pre_backup: Vec<Hook>,
+    /// After the backup, also when it failed (e.g. unfreeze).
+    #[serde(default)]
+    pub post_backup: Vec<Hook>,
+    /// After failover, failback or a drill started the app, before its health is awaited (e.g.
+    /// load the dump, rebuild an index). A failure with `on_error: fail` fails the step.
+    #[serde(default)]
+    pub post_restore: Vec<Hook>,
+}
+
+/// One hook command.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    pub exec: Spanned<Exec>,
+    /// Longest run; then the hook counts as failed. Default 60s.
+    #[serde(default = "sixty_seconds")]
+    pub timeout: Dur,
+    #[serde(default)]
+    pub on_error: HookOnError,
+}
+
+/// A command executed inside a running container of the app.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Exec {
+    /// The container's name on the site (a drill's copy: with the drill's prefix added).
+    pub container: String,
+    /// The program and its arguments, run without a shell (use `["sh", "-c", "..."]` for one).
+    pub command: Vec<String>,
+}
+
+/// What a failed hook does.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HookOnError {
+    /// Stop the backup or fail the step (default).
+    #[default]
+    Fail,
+    /// Report it and go on.
+    Continue,
 }
 
 /// What belongs to the app. Docker: `labels` and/or `stack`; Kubernetes: `namespaces` and/or
@@ -265,6 +317,9 @@ pub struct HttpCheck {
 
 fn one_second() -> Spanned<Dur> {
     unknown(Dur(std::time::Duration::from_secs(1)))
+}
+fn sixty_seconds() -> Dur {
+    Dur(std::time::Duration::from_secs(60))
 }
 fn two_seconds() -> Dur {
     Dur(std::time::Duration::from_secs(2))

@@ -132,3 +132,43 @@ fn a_witness_has_a_default_max_age() {
     let p = Plan::parse("shop.yaml", &format!("{GOOD}witness: {{}}\n")).unwrap();
     assert_eq!(p.witness.unwrap().max_age.0.as_secs(), 10);
 }
+
+#[test]
+fn hooks_parse_with_defaults_and_an_empty_command_is_named_with_its_line() {
+    let with = |hooks: &str| GOOD.replace("    verify: [", &format!("{hooks}    verify: ["));
+    let p = Plan::parse(
+        "p.yaml",
+        &with(
+            "    hooks:\n      pre_backup: [{exec: {container: db, command: [pg_dump, -f, /backup/d.sql]}}]\n      \
+             post_restore: [{exec: {container: web, command: [sh, -c, 'true']}, timeout: 5s, on_error: continue}]\n",
+        ),
+    )
+    .unwrap();
+    let h = &p.apps[0].hooks;
+    assert_eq!(h.pre_backup[0].exec.value.container, "db");
+    assert_eq!(h.pre_backup[0].timeout, Dur(std::time::Duration::from_secs(60)));
+    assert_eq!(h.pre_backup[0].on_error, HookOnError::Fail);
+    assert_eq!(h.post_restore[0].on_error, HookOnError::Continue);
+    assert!(h.post_backup.is_empty());
+
+    let e = Plan::parse(
+        "p.yaml",
+        &with("    hooks:\n      post_backup:\n        - exec: {container: db, command: []}\n"),
+    )
+    .unwrap_err();
+    let PlanError::Invalid { problems, .. } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(problems.len(), 1, "{e}");
+    assert_eq!(
+        (problems[0].line, problems[0].field.as_str()),
+        (28, "apps[0].hooks.post_backup[0].exec.command"),
+        "{e}"
+    );
+    let e = Plan::parse(
+        "p.yaml",
+        &with("    hooks: {pre_backup: [{exec: {container: db, cmd: [x]}}]}\n"),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("cmd"), "unknown field named: {e}");
+}
