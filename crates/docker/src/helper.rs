@@ -19,8 +19,8 @@ use bollard::models::{
     TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions, ListTasksOptions, RemoveContainerOptions,
-    UploadToContainerOptions,
+    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions, ListContainersOptions, ListTasksOptions,
+    RemoveContainerOptions, UploadToContainerOptions,
 };
 use futures_util::StreamExt;
 use lifeboat_fs::archive::{tar_to_tree, tree_to_tar, TarOutcome};
@@ -100,6 +100,28 @@ fn elf_interpreter(exe: &Path) -> io::Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// Label of a helper container naming the process that made it: `HOSTNAME:PID`.
+const HELPER_OWNER_LABEL: &str = "io.lifeboat.helper.owner";
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn owner() -> String {
+    format!("{}:{}", hostname(), std::process::id())
+}
+
+/// Whether a helper owned by `owner` (`HOSTNAME:PID`) was left behind: made on this machine
+/// (`host`) by a process that is gone.
+fn is_stale(owner: &str, host: &str, alive: impl Fn(u32) -> bool) -> bool {
+    match owner.rsplit_once(':') {
+        Some((h, pid)) if !host.is_empty() && h == host => pid.parse().is_ok_and(|p| !alive(p)),
+        _ => false,
+    }
+}
+
 /// The outcome of a command run in a container.
 #[derive(Debug)]
 pub struct ExecOutput {
@@ -118,6 +140,7 @@ impl Site {
             return Ok(id.clone());
         }
         let name = self.import_helper_image()?;
+        self.remove_stale_helpers();
         let id = self
             .block_on(self.docker.inspect_image(&name))
             .map_err(self.api_err("inspect the helper image"))?
@@ -210,7 +233,13 @@ impl Site {
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
             cmd: Some(vec!["/lifeboat".into(), "helper".into(), "sleep".into()]),
-            labels: Some([(HELPER_LABEL.to_string(), "1".to_string())].into()),
+            labels: Some(
+                [
+                    (HELPER_LABEL.to_string(), "1".to_string()),
+                    (HELPER_OWNER_LABEL.to_string(), owner()),
+                ]
+                .into(),
+            ),
             network_disabled: Some(true),
             host_config: Some(HostConfig {
                 mounts: Some(vec![Mount {
@@ -228,6 +257,32 @@ impl Site {
             .block_on(self.docker.create_container(None::<CreateContainerOptions>, body))
             .map_err(self.api_err(format!("create a helper container for volume {volume}")))?;
         Ok(created.id)
+    }
+
+    /// Removes helper containers left by a Lifeboat process of this machine that is gone (killed
+    /// in the middle of reading or writing a volume: its helper would keep the volume in use).
+    /// Helpers of live processes, and of other machines, are left alone. Best effort: a failure
+    /// here only leaves what was there.
+    fn remove_stale_helpers(&self) {
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some([("label".to_string(), vec![HELPER_OWNER_LABEL.to_string()])].into()),
+            ..Default::default()
+        };
+        let Ok(list) = self.block_on(self.docker.list_containers(Some(opts))) else {
+            return;
+        };
+        let host = hostname();
+        for c in list {
+            let stale = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(HELPER_OWNER_LABEL))
+                .is_some_and(|o| is_stale(o, &host, |pid| std::path::Path::new(&format!("/proc/{pid}")).exists()));
+            if let (true, Some(id)) = (stale, c.id) {
+                self.remove_container_quietly(&id);
+            }
+        }
     }
 
     fn remove_container_quietly(&self, id: &str) {
@@ -549,6 +604,17 @@ pub mod inside {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_helper_is_stale_only_when_its_process_on_this_machine_is_gone() {
+        let alive = |pid: u32| pid == 42;
+        assert!(is_stale("box:7", "box", alive));
+        assert!(!is_stale("box:42", "box", alive), "its process runs");
+        assert!(!is_stale("other:7", "box", alive), "another machine's");
+        assert!(!is_stale("box:x", "box", alive));
+        assert!(!is_stale("7", "box", alive));
+        assert!(!is_stale(":7", "", alive), "no hostname known: never");
+    }
 
     #[test]
     fn helper_files_include_the_loader_and_libc() {

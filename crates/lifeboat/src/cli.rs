@@ -72,6 +72,20 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Run the plan: each app's backups on its `backup.every` schedule with its `backup.keep`
+    /// retention, sync rounds, and the health watch, until interrupted
+    Serve {
+        plan: PathBuf,
+        /// Only this app
+        #[arg(long)]
+        app: Option<String>,
+        /// Do not watch health (another process does, or failover is manual)
+        #[arg(long)]
+        no_watch: bool,
+        /// Time between sync rounds; 0 turns sync off
+        #[arg(long, default_value = "5m", value_parser = lifeboat_plan::parse_duration)]
+        sync_every: std::time::Duration,
+    },
     /// Recover into an isolated copy, verify it, measure RTO and RPO, tear it down, and report
     Drill {
         plan: PathBuf,

@@ -213,6 +213,12 @@ pub fn run(args: Cli) -> Result<bool> {
         Command::Failover(a) => dr_cmd::switch(&ctx, &a, lifeboat_orchestrator::journal::Kind::Failover),
         Command::Failback(a) => dr_cmd::switch(&ctx, &a, lifeboat_orchestrator::journal::Kind::Failback),
         Command::Watch { plan, app, witness } => dr_cmd::watch(&ctx, &plan, app.as_deref(), witness),
+        Command::Serve {
+            plan,
+            app,
+            no_watch,
+            sync_every,
+        } => dr_cmd::serve(&ctx, &plan, app.as_deref(), no_watch, sync_every),
         Command::Sync {
             plan,
             app,

@@ -414,10 +414,160 @@ pub fn watch(ctx: &Ctx, plan_path: &Path, only: Option<&str>, witness: bool) -> 
     let l = load(ctx, plan_path)?;
     let plan = Arc::new(l.plan);
     let repo = Arc::new(l.repo);
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = runtime()?;
+    let tasks = watch_tasks(&rt, ctx, plan_path, &plan, &repo, only, witness)?;
+    rt.block_on(join_all(tasks));
+    Ok(true)
+}
+
+/// `serve PLAN`: the plan's backup schedule with its retention, sync rounds, and the watch, in one
+/// process until interrupted.
+pub fn serve(ctx: &Ctx, plan_path: &Path, only: Option<&str>, no_watch: bool, sync_every: Duration) -> Result<bool> {
+    let l = load(ctx, plan_path)?;
+    let dir = l.dir.clone();
+    let plan = Arc::new(l.plan);
+    let repo = Arc::new(l.repo);
+    let rt = runtime()?;
+    let mut tasks = Vec::new();
+    let json = ctx.json;
+    let say = move |line: String| {
+        let now = OffsetDateTime::now_utc();
+        if json {
+            println!("{}", json!({"time": now.to_string(), "event": line}));
+        } else {
+            eprintln!("{} {line}", now.time());
+        }
+    };
+    // Runs `f` with an `Env` on a blocking thread (the platforms block on their own runtimes).
+    let blocking = {
+        let (plan, repo, dir) = (plan.clone(), repo.clone(), dir.clone());
+        move |f: Box<dyn FnOnce(&Env) -> String + Send>| {
+            let (plan, repo, dir) = (plan.clone(), repo.clone(), dir.clone());
+            tokio::task::spawn_blocking(move || {
+                let router = router_for(dir.clone());
+                // Each job reports in one line of its own (`say`).
+                let log = |_: &str| {};
+                f(&env(&plan, &dir, &repo, &router, &log))
+            })
+        }
+    };
+    for a in apps(&plan, only)? {
+        let Some(policy) = &a.backup else { continue };
+        let every = policy.every.value.0;
+        let since = ops::latest_recovery_point(&repo, &plan.metadata.name, &a.name.value)?.map(|rp| {
+            (OffsetDateTime::now_utc() - rp.time)
+                .try_into()
+                .unwrap_or(Duration::ZERO)
+        });
+        let first = lifeboat_orchestrator::schedule::first_delay(every, since);
+        say(format!("{}: backup every {every:?}, next in {first:?}", a.name.value));
+        let (name, blocking, say) = (a.name.value.clone(), blocking.clone(), say);
+        tasks.push(rt.spawn(lifeboat_orchestrator::schedule::every(every, first, move || {
+            let (name, say) = (name.clone(), say);
+            let app_name = name.clone();
+            let job = blocking(Box::new(move |env: &Env| {
+                let name = app_name;
+                let app = env.plan.app(&name).expect("an app of the plan");
+                let mut line = match ops::backup_plan(env, Some(&name), Duration::from_secs(300)) {
+                    Ok(items) => items
+                        .iter()
+                        .map(|i| match (&i.snapshot, &i.error) {
+                            (_, Some(e)) => format!("{}: backup FAILED on {}: {e}", i.app, i.site),
+                            (Some(s), None) => format!("{}: snapshot {} of {}", i.app, &s[..8], i.site),
+                            (None, None) => format!("{}: nothing backed up", i.app),
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    Err(e) => format!("{name}: backup FAILED: {e}"),
+                };
+                match lifeboat_orchestrator::schedule::apply_retention(env, app, Duration::from_secs(300)) {
+                    Ok(removed) if removed.is_empty() => {}
+                    Ok(removed) => line += &format!("; retention removed {}", removed.join(", ")),
+                    Err(e) => line += &format!("; retention FAILED: {e}"),
+                }
+                line
+            }));
+            async move {
+                match job.await {
+                    Ok(line) => say(line),
+                    Err(e) => say(format!("{name}: backup task failed: {e}")),
+                }
+            }
+        })));
+    }
+    if !sync_every.is_zero() {
+        let only = only.map(str::to_string);
+        let (blocking, say) = (blocking.clone(), say);
+        tasks.push(rt.spawn(async move {
+            let mut tick = tokio::time::interval(sync_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let only = only.clone();
+                let job = blocking(Box::new(move |env: &Env| match lifeboat_orchestrator::sync::sync_plan(
+                    env,
+                    only.as_deref(),
+                    false,
+                    Duration::from_secs(300),
+                ) {
+                    Ok(items) => items
+                        .iter()
+                        .filter(|i| i.error.is_some() || !i.corrected.is_empty())
+                        .map(|i| match &i.error {
+                            Some(e) => format!("{}: sync FAILED: {e}", i.app),
+                            None => format!("{}: sync corrected {}", i.app, i.corrected.join(", ")),
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    Err(e) => format!("sync FAILED: {e}"),
+                }));
+                match job.await {
+                    Ok(line) if line.is_empty() => {}
+                    Ok(line) => say(line),
+                    Err(e) => say(format!("sync task failed: {e}")),
+                }
+            }
+        }));
+    }
+    if !no_watch {
+        match watch_tasks(&rt, ctx, plan_path, &plan, &repo, only, false) {
+            Ok(t) => tasks.extend(t),
+            Err(e) => say(format!("not watching: {e}")),
+        }
+    }
+    if tasks.is_empty() {
+        bail!(
+            "nothing to serve for plan {}: no app has a backup schedule, sync is off and nothing is watched",
+            plan.metadata.name
+        );
+    }
+    rt.block_on(join_all(tasks));
+    Ok(true)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
+        .build()?)
+}
+
+async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// The tasks of `watch` (or of the witness), spawned on `rt`.
+fn watch_tasks(
+    rt: &tokio::runtime::Runtime,
+    ctx: &Ctx,
+    plan_path: &Path,
+    plan: &Arc<Plan>,
+    repo: &Arc<Repository>,
+    only: Option<&str>,
+    witness: bool,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let prober = Arc::new(LiveProber {
         plan: plan.clone(),
         repo: repo.clone(),
@@ -439,7 +589,7 @@ pub fn watch(ctx: &Ctx, plan_path: &Path, only: Option<&str>, witness: bool) -> 
             eprintln!("{} {line}", now.time());
         }
     });
-    let watched: Vec<(Watched, String)> = apps(&plan, only)?
+    let watched: Vec<(Watched, String)> = apps(plan, only)?
         .into_iter()
         .filter_map(|a| {
             let h = a.health.first()?;
@@ -460,17 +610,10 @@ pub fn watch(ctx: &Ctx, plan_path: &Path, only: Option<&str>, witness: bool) -> 
     }
     if witness {
         eprintln!("witness for {} apps: reporting to the repository", watched.len());
-        return rt.block_on(async move {
-            let mut tasks = Vec::new();
-            for (w, _) in watched {
-                let (prober, repo, plan) = (prober.clone(), repo.clone(), plan.clone());
-                tasks.push(tokio::spawn(async move { witness_loop(w, prober, repo, plan).await }));
-            }
-            for t in tasks {
-                let _ = t.await;
-            }
-            Ok(true)
-        });
+        return Ok(watched
+            .into_iter()
+            .map(|(w, _)| rt.spawn(witness_loop(w, prober.clone(), repo.clone(), plan.clone())))
+            .collect());
     }
     let wit: Option<Arc<dyn watch::Witness>> = plan.witness.as_ref().map(|w| {
         Arc::new(RepoWitness {
@@ -493,22 +636,18 @@ pub fn watch(ctx: &Ctx, plan_path: &Path, only: Option<&str>, witness: bool) -> 
             ""
         }
     );
-    rt.block_on(async move {
-        let mut tasks = Vec::new();
-        for (w, _) in watched {
-            tasks.push(tokio::spawn(watch::watch_app(
+    Ok(watched
+        .into_iter()
+        .map(|(w, _)| {
+            rt.spawn(watch::watch_app(
                 w,
                 prober.clone(),
                 wit.clone(),
                 trigger.clone(),
                 events.clone(),
-            )));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-    });
-    Ok(true)
+            ))
+        })
+        .collect())
 }
 
 async fn witness_loop(w: Watched, prober: Arc<LiveProber>, repo: Arc<Repository>, plan: Arc<Plan>) {

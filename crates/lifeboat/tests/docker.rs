@@ -535,3 +535,56 @@ fn failing_hooks_follow_their_policy_and_existing_update_recreates() {
         "{first} -> {second}"
     );
 }
+
+#[test]
+fn regression_a_helper_left_by_a_killed_backup_is_removed_by_the_next_backup() {
+    // Found when a test killed `serve` in the middle of a backup: the helper container that
+    // mounts the volume stayed, and held the volume in use.
+    let sites = docker_sites(1);
+    let a = &sites[0];
+    let _c = cleanup(&sites[..1], &["t7_"]);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    a.docker(&["volume", "create", "t7_data"]);
+    for (name, pid) in [("t7_stale", dead_pid), ("t7_live", std::process::id())] {
+        a.docker(&[
+            "create",
+            "--name",
+            name,
+            "--label",
+            "io.lifeboat.helper=1",
+            "--label",
+            &format!("io.lifeboat.helper.owner={host}:{pid}"),
+            "-v",
+            "t7_data:/x",
+            "lifeboat-lab/web:1",
+        ]);
+    }
+    a.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "t7_app",
+        "--label",
+        "app=t7",
+        "-v",
+        "t7_data:/data",
+        "lifeboat-lab/web:1",
+    ]);
+    let (_d, repo) = new_repo();
+    json(
+        &repo,
+        &["backup", "docker", "--host", &a.docker_host, "--label", "app=t7"],
+    );
+    let objs = a.objects("t7_");
+    assert!(!objs.contains_key("container t7_stale"), "{objs:?}");
+    assert!(
+        objs.contains_key("container t7_live"),
+        "a live process's helper stays: {objs:?}"
+    );
+}

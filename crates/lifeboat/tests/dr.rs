@@ -698,3 +698,44 @@ fn plan_hooks_run_around_backups_and_after_a_drill_starts_the_copy_and_a_failing
         s.cleanup("dr6-");
     }
 }
+
+#[test]
+fn serve_backs_up_on_the_plans_schedule_and_keeps_what_the_plan_says() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let app = App::new(&sites, "dr7", 8187, None, "");
+    let base = std::fs::read_to_string(&app.plan).unwrap();
+    std::fs::write(&app.plan, base + "    backup: {every: 4s, keep: {last: 2}}\n").unwrap();
+    let mut serve = app
+        .cmd(&["serve", "--no-watch", "--sync-every", "0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = collect(&mut serve);
+    let snapshots = || log.lock().unwrap().matches(": snapshot ").count();
+    wait_for("four scheduled backups", Duration::from_secs(60), || {
+        (snapshots() >= 4).then_some(())
+    });
+    kill(serve);
+    let log = log.lock().unwrap().clone();
+    assert!(
+        log.contains("backup every 4s, next in 0ns"),
+        "never backed up: due at once\n{log}"
+    );
+    assert!(log.contains("retention removed"), "{log}");
+    assert!(!log.contains("FAILED"), "{log}");
+    // keep: {last: 2}: two snapshots left, the newest of them staged on the hot standby.
+    assert_eq!(app.snapshots_tagged("app=dr7"), 2, "{log}");
+    let check = app.json(&["plan", "check"]);
+    let rpo = check["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["check"].as_str().is_some_and(|c| c.contains("recovery point")))
+        .cloned()
+        .unwrap_or_else(|| panic!("{check}"));
+    assert_eq!(rpo["status"], "ok", "{rpo}");
+    for s in &sites {
+        s.cleanup("dr7-");
+    }
+}

@@ -18,6 +18,7 @@ pub mod platform;
 pub mod probe;
 pub mod report;
 pub mod runbook;
+pub mod schedule;
 pub mod sync;
 pub mod watch;
 

@@ -1,0 +1,154 @@
+//! The plan's backup schedule (`backup.every`) and retention (`backup.keep`), as `serve` runs them.
+//!
+//! Each app's backups are due every `every`, counted from its newest recovery point: a server
+//! restarted 40 s after a backup with `every: 1m` backs up 20 s later, not at once. A backup that
+//! overruns its slot is followed by one backup at once, not by one per slot it missed. Runs on
+//! tokio's clock, so it is tested on a paused one.
+use std::future::Future;
+use std::time::Duration;
+
+use lifeboat_plan::{App, Keep};
+use lifeboat_repo::forget::Policy;
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+
+use crate::journal::AppState;
+use crate::ops::{latest_recovery_point, store, Env};
+use crate::OrchestratorError;
+
+/// How long until the first backup of a schedule of `every`, when the newest one is `since_last` old.
+pub fn first_delay(every: Duration, since_last: Option<Duration>) -> Duration {
+    since_last.map_or(Duration::ZERO, |s| every.saturating_sub(s))
+}
+
+/// Runs `backup` every `every`, first after `first`; never returns. When a backup overran, the
+/// next one starts as soon as it ends, and the slots it missed are not made up.
+pub async fn every<F, Fut>(every: Duration, first: Duration, mut backup: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = interval_at(Instant::now() + first, every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        backup().await;
+    }
+}
+
+/// The retention policy of a plan's `keep`; `None` when it keeps everything.
+pub fn policy(keep: &Keep) -> Option<Policy> {
+    let p = Policy {
+        last: keep.last.unwrap_or(0),
+        hourly: keep.hourly.unwrap_or(0),
+        daily: keep.daily.unwrap_or(0),
+        weekly: keep.weekly.unwrap_or(0),
+        monthly: keep.monthly.unwrap_or(0),
+        yearly: 0,
+    };
+    (!p.is_empty()).then_some(p)
+}
+
+/// Applies the app's `backup.keep` to its snapshots (tags `plan=` and `app=`). Never removes the
+/// newest recovery point, the snapshot staged on a hot standby, or the recovery point of an
+/// unfinished operation. The short ids removed.
+pub fn apply_retention(env: &Env, app: &App, lock_wait: Duration) -> Result<Vec<String>, OrchestratorError> {
+    let Some(policy) = app.backup.as_ref().and_then(|b| policy(&b.keep)) else {
+        return Ok(Vec::new());
+    };
+    let (plan, name) = (&env.plan.metadata.name, &app.name.value);
+    let st = store(env, app);
+    let _lock = env.repo.lock(true, "retention (serve)", lock_wait)?;
+    let state: AppState = st.state()?;
+    let mut protected: Vec<String> = latest_recovery_point(env.repo, plan, name)?
+        .map(|r| r.snapshot)
+        .into_iter()
+        .chain(state.staged.map(|s| s.snapshot))
+        .collect();
+    if let Some(op) = state.running.as_deref() {
+        if let Some(rp) = st.operation(op)?.and_then(|o| o.recovery_point) {
+            protected.push(rp.snapshot);
+        }
+    }
+    let (p, a) = (format!("plan={plan}"), format!("app={name}"));
+    let snaps: Vec<_> = env
+        .repo
+        .snapshots()?
+        .into_iter()
+        .filter(|(_, s)| s.tags.contains(&p) && s.tags.contains(&a))
+        .collect();
+    let mut removed = Vec::new();
+    for d in policy.apply(&snaps)? {
+        if !d.keep && !protected.contains(&d.id.to_hex()) {
+            env.repo.remove_snapshot(&d.id)?;
+            removed.push(d.id.short());
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_first_backup_is_due_every_after_the_last_one() {
+        let m = Duration::from_secs(60);
+        assert_eq!(first_delay(m, None), Duration::ZERO, "never backed up: now");
+        assert_eq!(first_delay(m, Some(Duration::from_secs(40))), Duration::from_secs(20));
+        assert_eq!(
+            first_delay(m, Some(Duration::from_secs(600))),
+            Duration::ZERO,
+            "overdue: now"
+        );
+    }
+
+    /// Backups at `first`, then every `every`, counted on a paused clock; each takes `takes`.
+    async fn count_runs(first: Duration, takes: Duration, after: Duration) -> Vec<u64> {
+        let start = Instant::now();
+        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let r = runs.clone();
+        let task = tokio::spawn(every(Duration::from_secs(60), first, move || {
+            let r = r.clone();
+            async move {
+                r.lock().unwrap().push(start.elapsed().as_secs());
+                tokio::time::sleep(takes).await;
+            }
+        }));
+        tokio::time::sleep(after).await;
+        task.abort();
+        let out = runs.lock().unwrap().clone();
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backups_run_every_interval_from_the_first_slot() {
+        let runs = count_runs(
+            Duration::from_secs(20),
+            Duration::from_secs(5),
+            Duration::from_secs(201),
+        )
+        .await;
+        assert_eq!(runs, [20, 80, 140, 200]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backup_that_overruns_is_followed_by_one_not_by_one_per_missed_slot() {
+        let runs = count_runs(Duration::ZERO, Duration::from_secs(150), Duration::from_secs(401)).await;
+        // The first runs until 150 (slots 60 and 120 missed): one more at once, until 300 (slot
+        // 180 and 240 missed): one more at once. Never two for one gap.
+        assert_eq!(runs, [0, 150, 300]);
+    }
+
+    #[test]
+    fn keep_maps_to_a_policy_and_no_keep_keeps_everything() {
+        assert_eq!(policy(&Keep::default()), None);
+        let p = policy(&Keep {
+            hourly: Some(24),
+            daily: Some(7),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((p.last, p.hourly, p.daily, p.weekly), (0, 24, 7, 0));
+    }
+}
