@@ -739,3 +739,62 @@ fn serve_backs_up_on_the_plans_schedule_and_keeps_what_the_plan_says() {
         s.cleanup("dr7-");
     }
 }
+
+#[test]
+fn flapping_health_below_the_threshold_never_fails_over_and_a_sustained_failure_fails_over_once() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    // Probes every 1 s, failure_threshold 3 (App::new's plan).
+    let app = App::new(&sites, "dr8", 8188, None, "");
+    app.ok(&["backup", "--plan"]);
+    let mut watch = app
+        .cmd(&["watch"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = collect(&mut watch);
+    std::thread::sleep(Duration::from_secs(3));
+    // Unhealthy for 1 s out of every 3, eight times: at most 2 failed probes in a row.
+    a.docker(&[
+        "exec",
+        "dr8-web",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8; do rm -f /www/healthz; sleep 1; echo ok > /www/healthz; sleep 2; done",
+    ]);
+    std::thread::sleep(Duration::from_secs(3));
+    let flapping = log.lock().unwrap().clone();
+    let result = std::panic::catch_unwind(|| {
+        assert!(
+            flapping.contains("dr8: probe failed (1 in a row)"),
+            "the flapping was seen: {flapping}"
+        );
+        assert!(
+            !flapping.contains("(3 in a row)") && !flapping.contains("DOWN"),
+            "{flapping}"
+        );
+        assert!(!flapping.contains("failed over"), "{flapping}");
+        assert_eq!(resolve("dr8"), a.addr);
+        // Now it stays down: exactly one failover.
+        a.docker(&["stop", "-t", "1", "dr8-web"]);
+        wait_for("the watch to fail over", Duration::from_secs(120), || {
+            let l = log.lock().unwrap();
+            (l.contains("failed over") || l.contains("failover failed")).then_some(())
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let l = log.lock().unwrap().clone();
+        assert_eq!(l.matches("dr8: failed over").count(), 1, "{l}");
+        assert_eq!(l.matches("DOWN").count(), 1, "{l}");
+        assert_eq!(resolve("dr8"), b.addr);
+        assert!(app.items(b).is_some_and(|i| i.contains("widget")));
+    });
+    kill(watch);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    for s in &sites {
+        s.cleanup("dr8-");
+    }
+}
