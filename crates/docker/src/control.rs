@@ -105,10 +105,16 @@ impl Site {
         })
     }
 
-    /// Stops every workload of `selection` (not prefixed): containers are stopped (10 s grace),
-    /// replicated services scaled to zero with their replica count kept in [`REPLICAS_LABEL`].
-    /// Idempotent: what is already stopped is reported so and left alone.
-    pub fn stop_workloads(&self, selection: &Selection, prefix: Option<&str>) -> Result<Vec<Change>, DockerError> {
+    /// Stops every workload of `selection` (not prefixed): containers are stopped, killed after
+    /// `grace` (`None`: each container's own stop timeout, else the engine's 10 s), replicated
+    /// services scaled to zero with their replica count kept in [`REPLICAS_LABEL`]. Idempotent:
+    /// what is already stopped is reported so and left alone.
+    pub fn stop_workloads(
+        &self,
+        selection: &Selection,
+        prefix: Option<&str>,
+        grace: Option<std::time::Duration>,
+    ) -> Result<Vec<Change>, DockerError> {
         let docs = self.workload_docs(selection, prefix)?;
         // Containers stop side by side: the slowest one's grace period, not their sum.
         let running: Vec<&String> = docs
@@ -120,7 +126,7 @@ impl Site {
             self.docker.stop_container(
                 name,
                 Some(StopContainerOptions {
-                    t: Some(10),
+                    t: grace.map(|g| g.as_secs().min(i32::MAX as u64) as i32),
                     ..Default::default()
                 }),
             )

@@ -155,6 +155,7 @@ pub fn connector(plan: &Plan) -> Arc<Connector> {
                     name: name.to_string(),
                     site: d,
                     selection: selection(app),
+                    stop_grace: app.stop_grace.map(|g| g.0),
                 }) as Arc<dyn Platform>)
             }
             Site::Kubernetes { .. } => Err(OrchestratorError::Unsupported {
@@ -177,6 +178,8 @@ struct Docker {
     name: String,
     site: DockerSite,
     selection: Selection,
+    /// The app's `stop_grace`.
+    stop_grace: Option<Duration>,
 }
 
 impl Docker {
@@ -227,7 +230,7 @@ impl Platform for Docker {
 
     fn stop(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
         self.site
-            .stop_workloads(&self.selection, prefix)
+            .stop_workloads(&self.selection, prefix, self.stop_grace)
             .map(describe)
             .map_err(self.err())
     }

@@ -92,8 +92,9 @@ fn app_section(plan: &Plan, app: &App) -> String {
         probes(app, &addr(plan, p))
     );
     s += &format!(
-        "2. **Fence the primary** so it cannot write: `docker {hp}stop $(docker {hp}ps -q {f})`. If {p} cannot be reached, \
-         make sure it stays off (power, network) before going on; note the time.\n"
+        "2. **Fence the primary** so it cannot write: `docker {hp}stop {grace}$(docker {hp}ps -q {f})`. If {p} cannot be reached, \
+         make sure it stays off (power, network) before going on; note the time.\n",
+        grace = app.stop_grace.map(|g| format!("-t {} ", g.0.as_secs())).unwrap_or_default()
     );
     s += &format!(
         "3. **Find the recovery point**: `lifeboat --repo {} snapshots` and take the newest with tags `plan={}` and `app={a}`.\n",

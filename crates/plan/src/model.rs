@@ -126,6 +126,10 @@ pub struct App {
     pub verify: Vec<Check>,
     #[serde(default)]
     pub hooks: Hooks,
+    /// How long fencing waits for the app's containers to stop after SIGTERM before it kills
+    /// them (whole seconds). Default: each container's own stop timeout, else the engine's 10 s.
+    #[serde(default)]
+    pub stop_grace: Option<Dur>,
 }
 
 /// Commands run in the app's containers around its backups and after it is started elsewhere.

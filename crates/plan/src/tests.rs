@@ -172,3 +172,14 @@ fn hooks_parse_with_defaults_and_an_empty_command_is_named_with_its_line() {
     .unwrap_err();
     assert!(e.to_string().contains("cmd"), "unknown field named: {e}");
 }
+
+#[test]
+fn stop_grace_is_read_and_defaults_to_the_engines() {
+    assert_eq!(Plan::parse("p.yaml", GOOD).unwrap().apps[0].stop_grace, None);
+    let p = Plan::parse(
+        "p.yaml",
+        &GOOD.replace("    verify: [", "    stop_grace: 3s\n    verify: ["),
+    )
+    .unwrap();
+    assert_eq!(p.apps[0].stop_grace, Some(Dur(std::time::Duration::from_secs(3))));
+}
