@@ -82,8 +82,8 @@ pub enum Command {
         /// Do not watch health (another process does, or failover is manual)
         #[arg(long)]
         no_watch: bool,
-        /// Time between sync rounds; 0 turns sync off
-        #[arg(long, default_value = "5m", value_parser = lifeboat_plan::parse_duration)]
+        /// Time between sync rounds (which also fence again a returning primary); 0 turns sync off
+        #[arg(long, default_value = "1m", value_parser = lifeboat_plan::parse_duration)]
         sync_every: std::time::Duration,
     },
     /// Recover into an isolated copy, verify it, measure RTO and RPO, tear it down, and report

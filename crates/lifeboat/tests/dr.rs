@@ -83,11 +83,21 @@ fn fetch(addr: &str, port: u16, path: &str) -> Option<String> {
 }
 
 /// One test's app: a web server with a data volume (items via CGI) and optionally PostgreSQL.
+/// Its objects are removed from every site when it is dropped, also when the test fails.
 struct App {
     name: &'static str,
     port: u16,
     dir: tempfile::TempDir,
     plan: PathBuf,
+    sites: Vec<Site>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        for s in &self.sites {
+            s.cleanup(&format!("{}-", self.name));
+        }
+    }
 }
 
 impl App {
@@ -175,7 +185,13 @@ impl App {
         )
         .unwrap();
         point(name, &a.addr);
-        App { name, port, dir, plan }
+        App {
+            name,
+            port,
+            dir,
+            plan,
+            sites: sites.to_vec(),
+        }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -363,9 +379,6 @@ fn watch_fails_over_once_when_the_primary_dies_and_failback_brings_the_standbys_
     assert!(items.contains("written-on-b"), "{items}");
     assert!(app.rows(a).contains("written-on-b"));
     assert!(app.items(b).is_none(), "b is stopped again after the failback");
-    for s in &sites {
-        s.cleanup("dr1-");
-    }
 }
 
 #[test]
@@ -411,9 +424,6 @@ fn failover_killed_after_each_step_resumes_and_repeats_nothing() {
     assert!(app.items(a).is_none(), "a is fenced");
     app.ok(&["failback"]);
     assert_eq!(resolve("dr2"), a.addr);
-    for s in &sites {
-        s.cleanup("dr2-");
-    }
 }
 
 #[test]
@@ -465,9 +475,6 @@ fn a_partitioned_primary_that_the_witness_still_sees_is_not_failed_over() {
     assert!(!l.contains("failed over"), "{l}");
     assert_eq!(resolve("dr3"), a.addr, "traffic stays on a");
     wait_for("the app on a again", Duration::from_secs(30), || app.items(a));
-    for s in &sites {
-        s.cleanup("dr3-");
-    }
 }
 
 #[test]
@@ -503,9 +510,6 @@ fn a_drill_reports_in_four_formats_and_leaves_production_alone() {
     assert_eq!(b.objects("dr4-"), before_b);
     assert!(b.objects("drill-").is_empty(), "{:?}", b.objects("drill-"));
     assert!(app.items(a).is_some());
-    for s in &sites {
-        s.cleanup("dr4-");
-    }
 }
 
 #[test]
@@ -616,9 +620,6 @@ fn sync_brings_the_primarys_changed_and_new_workloads_to_the_hot_standby_without
         .cloned()
         .unwrap_or_else(|| panic!("{check}"));
     assert_eq!(line["status"], "ok", "{line}");
-    for s in &sites {
-        s.cleanup("dr5-");
-    }
 }
 
 #[test]
@@ -694,9 +695,6 @@ fn plan_hooks_run_around_backups_and_after_a_drill_starts_the_copy_and_a_failing
     );
     assert_eq!(app.snapshots_tagged("app=dr6"), before);
     assert_eq!(on(a, "cat /www/thawed").trim(), "thawed");
-    for s in &sites {
-        s.cleanup("dr6-");
-    }
 }
 
 #[test]
@@ -735,9 +733,6 @@ fn serve_backs_up_on_the_plans_schedule_and_keeps_what_the_plan_says() {
         .cloned()
         .unwrap_or_else(|| panic!("{check}"));
     assert_eq!(rpo["status"], "ok", "{rpo}");
-    for s in &sites {
-        s.cleanup("dr7-");
-    }
 }
 
 #[test]
@@ -794,7 +789,31 @@ fn flapping_health_below_the_threshold_never_fails_over_and_a_sustained_failure_
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
-    for s in &sites {
-        s.cleanup("dr8-");
-    }
+}
+
+#[test]
+fn sync_fences_again_a_primary_that_runs_after_a_failover() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "dr9", 8189, None, "");
+    app.ok(&["backup", "--plan"]);
+    let f = app.json(&["failover"]);
+    assert_eq!(f["operations"][0]["status"], "done", "{f}");
+    // The old primary comes back to life (as an engine with restart policies would do it).
+    a.docker(&["start", "dr9-web"]);
+    wait_for("the old primary to answer", Duration::from_secs(30), || app.items(a));
+    let dry = app.json(&["sync", "--once", "--dry-run"]);
+    let drift = dry["apps"][0]["drift"].to_string();
+    assert!(drift.contains("\"running\"") && drift.contains("dr9-web"), "{dry}");
+    assert!(app.items(a).is_some(), "a dry run stops nothing");
+    let s = app.json(&["sync", "--once"]);
+    assert!(s["apps"][0]["corrected"].to_string().contains("fenced again"), "{s}");
+    let running = a.docker(&["inspect", "-f", "{{.State.Running}}", "dr9-web"]);
+    assert_eq!(running.trim(), "false");
+    assert!(
+        app.items(b).is_some_and(|i| i.contains("widget")),
+        "the active side still serves"
+    );
+    assert_eq!(resolve("dr9"), b.addr);
 }

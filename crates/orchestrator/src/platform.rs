@@ -88,13 +88,18 @@ pub enum Drift {
     Differs { object: String, fields: Vec<String> },
     /// Only on the standby.
     Extra { object: String },
+    /// Running on the side that is not active (it must run nothing).
+    Running { object: String },
 }
 
 impl Drift {
     /// The "KIND/NAME" it is about.
     pub fn object(&self) -> &str {
         match self {
-            Drift::Missing { object } | Drift::Differs { object, .. } | Drift::Extra { object } => object,
+            Drift::Missing { object }
+            | Drift::Differs { object, .. }
+            | Drift::Extra { object }
+            | Drift::Running { object } => object,
         }
     }
 
@@ -104,6 +109,7 @@ impl Drift {
             Drift::Missing { object } => format!("{object} missing on {site}"),
             Drift::Differs { object, fields } => format!("{object} differs ({})", fields.join(", ")),
             Drift::Extra { object } => format!("{object} only on {site}"),
+            Drift::Running { object } => format!("{object} runs on {site}, which is not active"),
         }
     }
 }

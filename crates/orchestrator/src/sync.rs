@@ -1,14 +1,20 @@
 //! `sync PLAN`: keeps a hot standby's workload definitions in step with the active site.
 //!
-//! For each app with a hot standby: the definitions on the active site (the primary, or the
+//! For each app, first: the side that is not active must run nothing. Workloads running there
+//! (a primary that came back after a failover, its engine having restarted its containers) are
+//! stopped and reported: this re-fences it, so a returning site never serves next to the active
+//! one for longer than a sync round.
+//!
+//! Then, for each app with a hot standby: the definitions on the active site (the primary, or the
 //! standby after a failover) are compared with those on the other side ([`drift`]); what is
 //! missing or different there is created or replaced from the live definitions, at zero replicas
 //! with nothing started, and reported. Volume data is left as it is (the next `backup --plan`
 //! stages it); workloads that exist only on the standby are reported, never removed; secret
 //! values cannot be read from a live engine, so a secret missing on the standby is reported as a
-//! failure of the workload that needs it. A cold standby holds nothing until failover: nothing to
-//! sync. Guarantees: one sync, backup or operation on an app at a time (the app's lock); a site
-//! fenced because it could not be reached is never touched.
+//! failure of the workload that needs it. A cold standby holds nothing until failover: beyond the
+//! first check, nothing to sync. Guarantees: one sync, backup or operation on an app at a time (the
+//! app's lock), and none while an operation is unfinished; the active side is never touched; a site
+//! fenced because it could not be reached is only stopped, never given new definitions.
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -78,22 +84,45 @@ pub fn sync_plan(
             } else {
                 app.primary.value.clone()
             };
+            let fenced_unreachable = state.fenced.iter().any(|f| f.site == r.to && f.unreachable);
+            let target = match (env.connect)(&r.to, app) {
+                Err(OrchestratorError::Unreachable { .. }) if fenced_unreachable => {
+                    r.note = Some(format!("{} is fenced and still cannot be reached", r.to));
+                    return Ok(());
+                }
+                t => t?,
+            };
+            // The side that is not active runs nothing: a primary that came back after a failover
+            // (its engine restarted its containers) is fenced again.
+            let running = target.running(None)?;
+            if !running.is_empty() {
+                r.drift
+                    .extend(running.iter().map(|w| Drift::Running { object: w.clone() }));
+                if !dry_run {
+                    for line in target.stop(None)? {
+                        (env.log)(&format!("{}: fenced again on {}: {line}", app.name.value, r.to));
+                        r.corrected.push(format!("fenced again: {line}"));
+                    }
+                }
+            }
             if app.standby_mode == StandbyMode::Cold {
                 r.note = Some("cold standby: nothing is deployed there until failover".into());
                 return Ok(());
             }
-            if state.fenced.iter().any(|f| f.site == r.to && f.unreachable) {
-                r.note = Some(format!("{} is fenced (unreachable at failover): left alone", r.to));
+            if fenced_unreachable {
+                r.note = Some(format!(
+                    "{} is fenced (unreachable at failover): its definitions are left alone",
+                    r.to
+                ));
                 return Ok(());
             }
             let source = (env.connect)(&r.from, app)?;
-            let target = (env.connect)(&r.to, app)?;
             let defs = source.definitions()?;
-            r.drift = drift(&essence(&defs), &essence(&target.definitions()?));
+            r.drift.extend(drift(&essence(&defs), &essence(&target.definitions()?)));
             let fix: BTreeSet<String> = r
                 .drift
                 .iter()
-                .filter(|d| !matches!(d, Drift::Extra { .. }))
+                .filter(|d| matches!(d, Drift::Missing { .. } | Drift::Differs { .. }))
                 .map(|d| d.object().to_string())
                 .collect();
             if dry_run {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[derive(Clone)]
 pub struct Site {
     pub name: String,
     pub addr: String,
