@@ -228,9 +228,11 @@ impl App {
         fetch(&site.addr, self.port, &format!("/cgi-bin/add?{item}")).expect("add an item");
     }
 
+    /// The rows of table `t`. A database just started by a failover accepts connections (its
+    /// TCP probe passes) while it still replays its log and answers "starting up": waited for.
     fn rows(&self, site: &Site) -> String {
         let db = format!("{}-db", self.name);
-        site.docker(&[
+        let q = [
             "exec",
             &db,
             "psql",
@@ -238,9 +240,15 @@ impl App {
             "postgres",
             "-qAtc",
             "select string_agg(v, ',' order by v) from t",
-        ])
-        .trim()
-        .to_string()
+        ];
+        wait_for("the database to accept queries", Duration::from_secs(60), || {
+            let (ok, out, err) = site.docker_try(&q);
+            match ok {
+                true => Some(out.trim().to_string()),
+                false if err.contains("starting up") => None,
+                false => panic!("{q:?} on {} failed: {err}", site.name),
+            }
+        })
     }
 
     fn psql(&self, site: &Site, sql: &str) {
