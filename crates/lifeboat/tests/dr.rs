@@ -220,6 +220,15 @@ impl App {
             .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&o.stderr)))
     }
 
+    /// The line of `plan check --json` named `check`.
+    fn check_line(&self, check: &str) -> serde_json::Value {
+        let all = self.json(&["plan", "check"]);
+        all["checks"]
+            .as_array()
+            .and_then(|lines| lines.iter().find(|l| l["check"] == check).cloned())
+            .unwrap_or_else(|| panic!("no {check} line: {all}"))
+    }
+
     fn items(&self, site: &Site) -> Option<String> {
         fetch(&site.addr, self.port, "/cgi-bin/items")
     }
@@ -618,15 +627,7 @@ fn sync_brings_the_primarys_changed_and_new_workloads_to_the_hot_standby_without
     // In step now: nothing more to do, and the preflight agrees.
     let again = app.json(&["sync", "--once"]);
     assert_eq!(again["apps"][0]["drift"], serde_json::json!([]), "{again}");
-    let check = app.json(&["plan", "check"]);
-    let line = check["checks"]
-        .as_array()
-        .or_else(|| check.as_array())
-        .unwrap()
-        .iter()
-        .find(|l| l["check"] == "drift")
-        .cloned()
-        .unwrap_or_else(|| panic!("{check}"));
+    let line = app.check_line("drift");
     assert_eq!(line["status"], "ok", "{line}");
 }
 
@@ -732,14 +733,7 @@ fn serve_backs_up_on_the_plans_schedule_and_keeps_what_the_plan_says() {
     assert!(!log.contains("FAILED"), "{log}");
     // keep: {last: 2}: two snapshots left, the newest of them staged on the hot standby.
     assert_eq!(app.snapshots_tagged("app=dr7"), 2, "{log}");
-    let check = app.json(&["plan", "check"]);
-    let rpo = check["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["check"].as_str().is_some_and(|c| c.contains("recovery point")))
-        .cloned()
-        .unwrap_or_else(|| panic!("{check}"));
+    let rpo = app.check_line("recovery point");
     assert_eq!(rpo["status"], "ok", "{rpo}");
 }
 
