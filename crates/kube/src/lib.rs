@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backup;
+pub mod control;
 pub mod discovery;
 pub mod hooks;
 pub mod restore;

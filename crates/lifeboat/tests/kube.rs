@@ -580,3 +580,79 @@ fn etcd_snapshot_round_trip_restores_with_etcds_own_tools() {
         "the restored etcd does not hold the marker: {value:?}"
     );
 }
+
+/// Removes namespace `ns` and waits until it is gone.
+fn drop_namespace(site: &KubeSite, ns: &str) {
+    let _ = site.kubectl_try(&["delete", "namespace", ns, "--wait=false", "--ignore-not-found"], None);
+    wait_for(&format!("namespace {ns} to go"), Duration::from_secs(120), || {
+        site.get_json("namespace", None, ns).is_none().then_some(())
+    });
+}
+
+#[test]
+fn scale_down_records_the_replicas_and_scale_up_brings_exactly_them_back() {
+    let sites = kube_sites(1);
+    let a = &sites[0];
+    drop_namespace(a, "k3-app");
+    a.apply(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: k3-app}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: k3-app, labels: {app: k3}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: k3}}
+  template:
+    metadata: {labels: {app: k3}}
+    spec: {containers: [{name: web, image: lifeboat-lab/web:1, imagePullPolicy: Never}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: other, namespace: k3-app, labels: {app: other}}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: other}}
+  template:
+    metadata: {labels: {app: other}}
+    spec: {containers: [{name: web, image: lifeboat-lab/web:1, imagePullPolicy: Never}]}
+"#,
+    );
+    let cluster = lifeboat_kube::Cluster::connect(Some(std::path::Path::new(&a.kubeconfig)), None).unwrap();
+    let ns = vec!["k3-app".to_string()];
+    let sel = Some("app=k3");
+    let replicas = |name: &str| a.get_json("deployment", Some("k3-app"), name).unwrap()["spec"]["replicas"].clone();
+    assert_eq!(cluster.running_workloads(&ns, sel).unwrap(), ["Deployment k3-app/web"]);
+
+    let down = cluster.scale_down(&ns, sel).unwrap();
+    assert_eq!(down.len(), 1, "only the selected workload: {down:?}");
+    assert_eq!(down[0].action, "scaled 2 to 0");
+    assert_eq!(replicas("web"), 0);
+    assert_eq!(replicas("other"), 1, "outside the selector: untouched");
+    let d = a.get_json("deployment", Some("k3-app"), "web").unwrap();
+    assert_eq!(d["metadata"]["annotations"]["lifeboat.io/replicas"], "2");
+    assert!(cluster.running_workloads(&ns, sel).unwrap().is_empty());
+    assert_eq!(
+        cluster.scale_down(&ns, sel).unwrap()[0].action,
+        "already stopped",
+        "idempotent"
+    );
+
+    let up = cluster.scale_up(&ns, sel).unwrap();
+    assert_eq!(up[0].action, "scaled 0 to 2");
+    assert_eq!(replicas("web"), 2);
+    let d = a.get_json("deployment", Some("k3-app"), "web").unwrap();
+    assert!(
+        d["metadata"]["annotations"].get("lifeboat.io/replicas").is_none(),
+        "{d}"
+    );
+    assert_eq!(
+        cluster.scale_up(&ns, sel).unwrap()[0].action,
+        "already running",
+        "idempotent"
+    );
+    drop_namespace(a, "k3-app");
+}
