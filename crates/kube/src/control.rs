@@ -39,17 +39,16 @@ fn scalable() -> [(&'static str, ApiResource); 2] {
     ]
 }
 
+/// A workload's kind, the API it is served by, and the object.
+type Scalable = (&'static str, Api<DynamicObject>, DynamicObject);
+
 fn replicas(o: &DynamicObject) -> i64 {
     o.data.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)
 }
 
 impl Cluster {
     /// The Deployments and StatefulSets of `namespaces` (matching `selector`), with their kind.
-    fn scalable_workloads(
-        &self,
-        namespaces: &[String],
-        selector: Option<&str>,
-    ) -> Result<Vec<(&'static str, Api<DynamicObject>, DynamicObject)>, KubeError> {
+    fn scalable_workloads(&self, namespaces: &[String], selector: Option<&str>) -> Result<Vec<Scalable>, KubeError> {
         let mut out = Vec::new();
         let lp = match selector {
             Some(s) => ListParams::default().labels(s),
