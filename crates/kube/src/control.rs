@@ -42,6 +42,13 @@ fn scalable() -> [(&'static str, ApiResource); 2] {
 /// A workload's kind, the API it is served by, and the object.
 type Scalable = (&'static str, Api<DynamicObject>, DynamicObject);
 
+fn ns_name(o: &DynamicObject) -> (String, String) {
+    (
+        o.metadata.namespace.clone().unwrap_or_default(),
+        o.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
 fn replicas(o: &DynamicObject) -> i64 {
     o.data.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)
 }
@@ -72,10 +79,7 @@ impl Cluster {
     pub fn scale_down(&self, namespaces: &[String], selector: Option<&str>) -> Result<Vec<Change>, KubeError> {
         let mut out = Vec::new();
         for (kind, api, o) in self.scalable_workloads(namespaces, selector)? {
-            let (ns, name) = (
-                o.metadata.namespace.clone().unwrap_or_default(),
-                o.metadata.name.clone().unwrap_or_default(),
-            );
+            let (ns, name) = ns_name(&o);
             let n = replicas(&o);
             let action = if n == 0 {
                 "already stopped".to_string()
@@ -100,10 +104,7 @@ impl Cluster {
     pub fn scale_up(&self, namespaces: &[String], selector: Option<&str>) -> Result<Vec<Change>, KubeError> {
         let mut out = Vec::new();
         for (kind, api, o) in self.scalable_workloads(namespaces, selector)? {
-            let (ns, name) = (
-                o.metadata.namespace.clone().unwrap_or_default(),
-                o.metadata.name.clone().unwrap_or_default(),
-            );
+            let (ns, name) = ns_name(&o);
             let action = if replicas(&o) > 0 {
                 "already running".to_string()
             } else {
@@ -136,11 +137,8 @@ impl Cluster {
             .into_iter()
             .filter(|(_, _, o)| replicas(o) > 0)
             .map(|(kind, _, o)| {
-                format!(
-                    "{kind} {}/{}",
-                    o.metadata.namespace.unwrap_or_default(),
-                    o.metadata.name.unwrap_or_default()
-                )
+                let (ns, name) = ns_name(&o);
+                format!("{kind} {ns}/{name}")
             })
             .collect())
     }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::lab::{docker_sites, wait_for, Site};
+use common::lab::{docker_sites, http_get, wait_for, Site};
 use common::PASSWORD;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -63,23 +63,6 @@ fn point(name: &str, addr: &str) {
         .unwrap();
     std::io::Write::write_all(c.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
     assert!(c.wait().unwrap().success(), "nsupdate failed");
-}
-
-/// A GET to a lab address; the body of a 200 answer. (CGI programs end their headers with bare
-/// newlines, so both separators are accepted.)
-fn fetch(addr: &str, port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s =
-        std::net::TcpStream::connect_timeout(&format!("{addr}:{port}").parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    if !resp.lines().next()?.contains(" 200") {
-        return None;
-    }
-    let resp = resp.replace("\r\n", "\n");
-    resp.split_once("\n\n").map(|(_, b)| b.to_string())
 }
 
 /// One test's app: a web server with a data volume (items via CGI) and optionally PostgreSQL.
@@ -159,7 +142,7 @@ impl App {
             probes += &format!("      - tcp: {{address: \"{{site}}:{dp}\"}}\n");
         }
         wait_for("the web app on a", Duration::from_secs(30), || {
-            fetch(&a.addr, port, "/healthz")
+            http_get(&a.addr, port, "/healthz")
         });
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
@@ -230,11 +213,11 @@ impl App {
     }
 
     fn items(&self, site: &Site) -> Option<String> {
-        fetch(&site.addr, self.port, "/cgi-bin/items")
+        http_get(&site.addr, self.port, "/cgi-bin/items")
     }
 
     fn add(&self, site: &Site, item: &str) {
-        fetch(&site.addr, self.port, &format!("/cgi-bin/add?{item}")).expect("add an item");
+        http_get(&site.addr, self.port, &format!("/cgi-bin/add?{item}")).expect("add an item");
     }
 
     /// The rows of table `t`. A database just started by a failover accepts connections (its

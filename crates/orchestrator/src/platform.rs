@@ -40,12 +40,13 @@ pub trait Platform: Send + Sync {
     fn definitions(&self) -> Result<Capture, OrchestratorError>;
     /// Creates or replaces, from `defs`, the workloads named in `workloads` ("KIND/NAME" keys of
     /// [`essence`]) with nothing started, and creates the networks, volumes and configs of `defs`
-    /// that are missing here. Existing volumes and their data are left as they are; secrets are not
+    /// that are missing here (`here`: this site's [`Platform::definitions`], taken just before). Existing volumes and their data are left as they are; secrets are not
     /// written (their values are never read live). What was done, one line per object.
     fn apply_definitions(
         &self,
         repo: &Repository,
         defs: Capture,
+        here: &Capture,
         workloads: &BTreeSet<String>,
     ) -> Result<Vec<String>, OrchestratorError>;
 }
@@ -327,9 +328,9 @@ impl Platform for Docker {
         &self,
         repo: &Repository,
         mut defs: Capture,
+        here: &Capture,
         workloads: &BTreeSet<String>,
     ) -> Result<Vec<String>, OrchestratorError> {
-        let here = self.definitions()?;
         defs.containers
             .retain(|n, _| workloads.contains(&format!("containers/{n}")));
         defs.services

@@ -118,7 +118,8 @@ pub fn sync_plan(
             }
             let source = (env.connect)(&r.from, app)?;
             let defs = source.definitions()?;
-            r.drift.extend(drift(&essence(&defs), &essence(&target.definitions()?)));
+            let here = target.definitions()?;
+            r.drift.extend(drift(&essence(&defs), &essence(&here)));
             let fix: BTreeSet<String> = r
                 .drift
                 .iter()
@@ -128,7 +129,7 @@ pub fn sync_plan(
             if dry_run {
                 r.note = Some("dry run: nothing changed".into());
             } else if !fix.is_empty() {
-                r.corrected = target.apply_definitions(env.repo, defs, &fix)?;
+                r.corrected = target.apply_definitions(env.repo, defs, &here, &fix)?;
                 for line in &r.corrected {
                     (env.log)(&format!("{}: {} on {}", app.name.value, line, r.to));
                 }

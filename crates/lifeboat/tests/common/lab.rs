@@ -185,7 +185,8 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
-/// An HTTP GET to a lab address (plain TCP, no proxy); `None` while it does not answer.
+/// An HTTP GET to a lab address (plain TCP, no proxy): the body of a 200 answer; `None` while it
+/// does not answer so. Headers may end with CRLF or, as CGI programs write them, bare newlines.
 pub fn http_get(addr: &str, port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s =
@@ -194,10 +195,10 @@ pub fn http_get(addr: &str, port: u16, path: &str) -> Option<String> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
-    let (head, body) = resp.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200")
-        .then(|| body.to_string())
-        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+    let resp = resp.replace("\r\n", "\n");
+    let (head, body) = resp.split_once("\n\n")?;
+    let status = head.lines().next()?;
+    (status.starts_with("HTTP/") && status.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
 }
 
 /// A Kubernetes lab site.
