@@ -143,3 +143,294 @@ impl Cluster {
             .collect())
     }
 }
+
+/// A workload of an application, as a preflight sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Workload {
+    /// `Deployment` or `StatefulSet`.
+    pub kind: &'static str,
+    /// `NAMESPACE/NAME`.
+    pub name: String,
+    /// More than zero replicas wanted now.
+    pub running: bool,
+    /// The images of its containers and init containers.
+    pub images: Vec<String>,
+    /// CPU (cores) and memory (bytes) its containers request (their limits where they request
+    /// nothing), times the replicas it runs with (the recorded count when scaled to zero).
+    pub cpus: f64,
+    pub memory: u64,
+}
+
+/// A Kubernetes quantity (`500m`, `2`, `128Mi`, `1e3`, `8048176Ki`) as a number; `None` when it
+/// is not one.
+pub fn quantity(q: &str) -> Option<f64> {
+    let q = q.trim();
+    // The suffix starts at the first letter that is not an exponent's `e` (`1e3`, `2E-1`).
+    let b = q.as_bytes();
+    let split = (0..b.len())
+        .find(|&i| {
+            b[i].is_ascii_alphabetic()
+                && !(matches!(b[i], b'e' | b'E') && b.get(i + 1).is_some_and(|c| c.is_ascii_digit() || *c == b'-' || *c == b'+'))
+        })
+        .unwrap_or(b.len());
+    let (number, suffix) = q.split_at(split);
+    let factor = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        _ => return None,
+    };
+    let n: f64 = number.parse().ok()?;
+    n.is_finite().then_some(n * factor)
+}
+
+/// Images, and CPU and memory per replica, of a pod template's containers.
+fn template_needs(template: &Value) -> (Vec<String>, f64, u64) {
+    let mut images = Vec::new();
+    let (mut cpu, mut memory) = (0.0, 0.0);
+    for key in ["containers", "initContainers"] {
+        let containers = template.pointer(&format!("/spec/{key}")).and_then(Value::as_array);
+        for c in containers.into_iter().flatten() {
+            if let Some(i) = c.get("image").and_then(Value::as_str) {
+                if !images.iter().any(|x| x == i) {
+                    images.push(i.to_string());
+                }
+            }
+            if key == "initContainers" {
+                continue;
+            }
+            let want = |what: &str| {
+                ["requests", "limits"]
+                    .iter()
+                    .find_map(|r| c.pointer(&format!("/resources/{r}/{what}")).and_then(Value::as_str))
+                    .and_then(quantity)
+                    .unwrap_or(0.0)
+            };
+            cpu += want("cpu");
+            memory += want("memory");
+        }
+    }
+    (images, cpu, memory as u64)
+}
+
+/// `docker.io/library/busybox:latest` for `busybox`: the name a node's image list uses.
+fn full_image_name(image: &str) -> String {
+    let (name, digest) = match image.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (image, None),
+    };
+    let has_registry = name
+        .split_once('/')
+        .is_some_and(|(first, _)| first.contains(['.', ':']) || first == "localhost");
+    let mut full = match (has_registry, name.contains('/')) {
+        (true, _) => name.to_string(),
+        (false, true) => format!("docker.io/{name}"),
+        (false, false) => format!("docker.io/library/{name}"),
+    };
+    match digest {
+        Some(d) => format!("{full}@{d}"),
+        None => {
+            if !full.rsplit('/').next().unwrap_or_default().contains(':') {
+                full.push_str(":latest");
+            }
+            full
+        }
+    }
+}
+
+impl Cluster {
+    /// The Deployments and StatefulSets of `namespaces` (matching `selector`), with what they need.
+    pub fn workloads(&self, namespaces: &[String], selector: Option<&str>) -> Result<Vec<Workload>, KubeError> {
+        Ok(self
+            .scalable_workloads(namespaces, selector)?
+            .into_iter()
+            .map(|(kind, _, o)| {
+                let (ns, name) = ns_name(&o);
+                let now = replicas(&o);
+                let recorded = o
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(REPLICAS_ANNOTATION))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                let n = if now > 0 { now } else { recorded };
+                let (images, cpu, memory) = o
+                    .data
+                    .pointer("/spec/template")
+                    .map(template_needs)
+                    .unwrap_or_default();
+                Workload {
+                    kind,
+                    name: format!("{ns}/{name}"),
+                    running: now > 0,
+                    images,
+                    cpus: cpu * n as f64,
+                    memory: memory * n.max(0) as u64,
+                }
+            })
+            .collect())
+    }
+
+    /// The CPUs and memory (bytes) the nodes can give to pods (their allocatable sum).
+    pub fn capacity(&self) -> Result<(f64, u64), KubeError> {
+        let mut cpus = 0.0;
+        let mut memory = 0.0;
+        for n in self.nodes()? {
+            let get = |what: &str| {
+                n.pointer(&format!("/status/allocatable/{what}"))
+                    .and_then(Value::as_str)
+                    .and_then(quantity)
+                    .unwrap_or(0.0)
+            };
+            cpus += get("cpu");
+            memory += get("memory");
+        }
+        Ok((cpus, memory as u64))
+    }
+
+    /// Whether any node has `image` (by the names in its status: pulled or loaded there).
+    pub fn has_image(&self, image: &str) -> Result<bool, KubeError> {
+        let want = full_image_name(image);
+        Ok(self.nodes()?.iter().any(|n| {
+            n.pointer("/status/images")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|i| i.get("names").and_then(Value::as_array).into_iter().flatten())
+                .filter_map(Value::as_str)
+                .any(|name| full_image_name(name) == want)
+        }))
+    }
+
+    fn nodes(&self) -> Result<Vec<Value>, KubeError> {
+        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client().clone());
+        let list = self
+            .block_on(api.list(&ListParams::default()))
+            .map_err(self.api_err("list nodes"))?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|n| serde_json::to_value(n).ok())
+            .collect())
+    }
+
+    /// Deletes `namespaces` and everything in them (the cluster finishes in the background;
+    /// their pods may take a minute to go). Namespaces that do not exist are left out.
+    pub fn delete_namespaces(&self, namespaces: &[String]) -> Result<Vec<Change>, KubeError> {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client().clone());
+        let mut out = Vec::new();
+        for ns in namespaces {
+            match self.block_on(api.delete(ns, &Default::default())) {
+                Ok(_) => out.push(Change {
+                    kind: "Namespace",
+                    name: ns.clone(),
+                    action: "deleted".into(),
+                }),
+                Err(e) if crate::status_code(&e) == Some(404) => {}
+                Err(e) => return Err(self.api_err(format!("delete namespace {ns}"))(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The objects of `kinds` ((group, version, plural, kind)) in `namespaces` matching `selector`,
+    /// as the API server returns them (not stripped).
+    pub fn objects(
+        &self,
+        namespaces: &[String],
+        selector: Option<&str>,
+        kinds: &[(&str, &str, &str, &str)],
+    ) -> Result<Vec<Value>, KubeError> {
+        let lp = match selector {
+            Some(s) => ListParams::default().labels(s),
+            None => ListParams::default(),
+        };
+        let mut out = Vec::new();
+        for ns in namespaces {
+            for (group, version, plural, kind) in kinds {
+                let ar = ApiResource {
+                    group: group.to_string(),
+                    version: version.to_string(),
+                    api_version: if group.is_empty() {
+                        version.to_string()
+                    } else {
+                        format!("{group}/{version}")
+                    },
+                    kind: kind.to_string(),
+                    plural: plural.to_string(),
+                };
+                let api: Api<DynamicObject> = Api::namespaced_with(self.client().clone(), ns, &ar);
+                let list = self
+                    .block_on(api.list(&lp))
+                    .map_err(self.api_err(format!("list {plural} in {ns}")))?;
+                for o in list.items {
+                    let mut v = serde_json::to_value(o).unwrap_or_default();
+                    v["apiVersion"] = Value::String(ar.api_version.clone());
+                    v["kind"] = Value::String(kind.to_string());
+                    out.push(v);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_read_as_kubernetes_writes_them() {
+        for (q, v) in [
+            ("2", 2.0),
+            ("500m", 0.5),
+            ("0.25", 0.25),
+            ("128Mi", 128.0 * 1024.0 * 1024.0),
+            ("8048176Ki", 8048176.0 * 1024.0),
+            ("1G", 1e9),
+            ("1e3", 1000.0),
+            ("2E", 2e18),
+        ] {
+            assert_eq!(quantity(q), Some(v), "{q}");
+        }
+        assert_eq!(quantity("lots"), None);
+        assert_eq!(quantity("1Qi"), None);
+    }
+
+    #[test]
+    fn workload_needs_count_containers_times_requests_or_limits() {
+        let t = json!({"spec": {
+            "initContainers": [{"image": "busybox:1.36", "resources": {"requests": {"cpu": "4"}}}],
+            "containers": [
+                {"image": "web:1", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}},
+                {"image": "web:1", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}},
+                {"image": "side:2"}]}});
+        let (images, cpu, memory) = template_needs(&t);
+        assert_eq!(images, ["web:1", "side:2", "busybox:1.36"]);
+        assert_eq!(cpu, 1.25);
+        assert_eq!(memory, 64 * 1024 * 1024 + 1024 * 1024 * 1024);
+    }
+
+    #[test]
+    fn image_names_compare_in_their_full_form() {
+        assert_eq!(full_image_name("busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(full_image_name("lifeboat-lab/web:1"), "docker.io/lifeboat-lab/web:1");
+        assert_eq!(full_image_name("docker.io/lifeboat-lab/web:1"), "docker.io/lifeboat-lab/web:1");
+        assert_eq!(full_image_name("localhost:5000/app"), "localhost:5000/app:latest");
+        assert_eq!(full_image_name("r.io/a/b@sha256:00"), "r.io/a/b@sha256:00");
+    }
+}

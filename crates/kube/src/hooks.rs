@@ -6,11 +6,8 @@
 //! Only running pods in the backup's scope are hooked; a pod that asks for hooks but does not run
 //! is recorded in the snapshot's errors. A command that exceeds its timeout is
 //! reported as failed; the API gives no way to stop it, so it may go on running in the container.
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, AttachParams};
 use lifeboat_model::hook::{HookSpec, OnError, CONTAINER};
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
 
 use crate::{Cluster, KubeError};
 
@@ -95,38 +92,16 @@ impl Cluster {
     }
 
     fn exec_in(&self, hook: &PodHook, cmd: &str) -> Result<(), String> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &hook.namespace);
-        let ap = AttachParams::default()
-            .container(hook.container.clone())
-            .stdin(false)
-            .stdout(true)
-            .stderr(true);
-        let run = async {
-            let mut proc = pods
-                .exec(&hook.pod, ["sh", "-c", cmd], &ap)
-                .await
-                .map_err(|e| format!("cannot start it: {}", crate::short_error(&e)))?;
-            let (mut out, mut err) = (proc.stdout().expect("asked for"), proc.stderr().expect("asked for"));
-            let status = proc.take_status();
-            let (mut o, mut e) = (Vec::new(), Vec::new());
-            let _ = tokio::join!(out.read_to_end(&mut o), err.read_to_end(&mut e));
-            let status = match status {
-                Some(s) => s.await,
-                None => None,
-            };
-            match status {
-                Some(s) if s.status.as_deref() != Some("Success") => {
-                    let stderr: String = String::from_utf8_lossy(&e).trim().chars().take(500).collect();
-                    Err(format!("{}: {stderr}", s.message.unwrap_or_else(|| "failed".into())))
-                }
-                _ => Ok(()),
+        let command = ["sh".to_string(), "-c".into(), cmd.into()];
+        match self.exec(&hook.namespace, &hook.pod, Some(&hook.container), &command, hook.spec.timeout) {
+            Ok(out) if out.code == 0 => Ok(()),
+            Ok(out) => {
+                let stderr: String = String::from_utf8_lossy(&out.stderr).trim().chars().take(500).collect();
+                Err(format!("exit code {}: {stderr}", out.code))
             }
-        };
-        self.block_on(async {
-            tokio::time::timeout(hook.spec.timeout, run)
-                .await
-                .unwrap_or_else(|_| Err(format!("no answer within {} s", hook.spec.timeout.as_secs())))
-        })
+            Err(KubeError::Api { reason, .. }) => Err(reason),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 

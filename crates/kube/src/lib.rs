@@ -18,6 +18,7 @@
 pub mod backup;
 pub mod control;
 pub mod discovery;
+pub mod exec;
 pub mod hooks;
 pub mod restore;
 pub mod rules;

@@ -510,6 +510,7 @@ fn apply(
                     Ok(live) => {
                         let mut obj = obj.clone();
                         obj.metadata.resource_version = live.metadata.resource_version.clone();
+                        rules::keep_assigned(&o.resource.api.kind, &live.data, &mut obj.data);
                         match cluster.block_on(api.replace(&name, &pp, &obj)) {
                             Ok(_) => item.status = done,
                             Err(e) => {

@@ -336,14 +336,63 @@ pub fn map_storage_classes(kind: &str, obj: &mut Value, map: &BTreeMap<String, S
     }
 }
 
-/// Sets the replicas of scalable workloads.
+/// Sets the replicas of scalable workloads. Setting zero on one that had more records the count
+/// in [`crate::control::REPLICAS_ANNOTATION`] (unless one is recorded already), so that
+/// [`crate::Cluster::scale_up`] brings back what ran.
 pub fn set_replicas(kind: &str, obj: &mut Value, replicas: u64) {
-    if matches!(
+    if !matches!(
         kind,
         "Deployment" | "StatefulSet" | "ReplicaSet" | "ReplicationController"
     ) {
-        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
-            spec.insert("replicas".into(), Value::from(replicas));
+        return;
+    }
+    let before = obj.pointer("/spec/replicas").and_then(Value::as_u64).unwrap_or(1);
+    if replicas == 0 && before > 0 {
+        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            let a = m.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+            if let Some(a) = a.as_object_mut() {
+                a.entry(crate::control::REPLICAS_ANNOTATION)
+                    .or_insert_with(|| Value::String(before.to_string()));
+            }
+        }
+    }
+    if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.insert("replicas".into(), Value::from(replicas));
+    }
+}
+
+/// Before `obj` replaces `live`: copies what the target cluster assigned and cannot change (a
+/// Service's cluster IPs and node ports, a claim's volume, class and mode, a Job's selector) from
+/// `live` where [`strip`] removed it, so that the replace is accepted.
+pub fn keep_assigned(kind: &str, live: &Value, obj: &mut Value) {
+    let paths: &[&str] = match kind {
+        "Service" => &["/spec/clusterIP", "/spec/clusterIPs", "/spec/healthCheckNodePort"],
+        "PersistentVolumeClaim" => &["/spec/volumeName", "/spec/storageClassName", "/spec/volumeMode"],
+        "Job" => &["/spec/selector", "/spec/template/metadata/labels"],
+        _ => &[],
+    };
+    for p in paths {
+        let (parent, key) = p.rsplit_once('/').expect("absolute paths");
+        let Some(v) = live.pointer(p) else { continue };
+        if let Some(m) = obj.pointer_mut(parent).and_then(Value::as_object_mut) {
+            m.entry(key).or_insert_with(|| v.clone());
+        }
+    }
+    if kind == "Service" {
+        // Node ports by port: the same port keeps the node port it was given.
+        let live_ports = live.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+        if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+            for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                if p.contains_key("nodePort") {
+                    continue;
+                }
+                let same = live_ports
+                    .iter()
+                    .find(|l| l.get("port") == p.get("port") && l.get("protocol") == p.get("protocol"));
+                if let Some(np) = same.and_then(|l| l.get("nodePort")) {
+                    p.insert("nodePort".into(), np.clone());
+                }
+            }
         }
     }
 }
@@ -480,5 +529,36 @@ mod tests {
             restore_rank("apiextensions.k8s.io", "CustomResourceDefinition") < restore_rank("example.com", "Widget")
         );
         assert!(restore_rank("", "Service") < restore_rank("networking.k8s.io", "Ingress"));
+    }
+
+    #[test]
+    fn replicas_set_to_zero_remember_what_ran() {
+        let mut d = json!({"kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 3}});
+        set_replicas("Deployment", &mut d, 0);
+        assert_eq!(d["spec"]["replicas"], 0);
+        assert_eq!(d["metadata"]["annotations"][crate::control::REPLICAS_ANNOTATION], "3");
+        // A workload stored at zero keeps the count recorded when it was scaled down.
+        set_replicas("Deployment", &mut d, 0);
+        assert_eq!(d["metadata"]["annotations"][crate::control::REPLICAS_ANNOTATION], "3");
+        let mut cm = json!({"kind": "ConfigMap", "metadata": {"name": "c"}});
+        set_replicas("ConfigMap", &mut cm, 0);
+        assert_eq!(cm, json!({"kind": "ConfigMap", "metadata": {"name": "c"}}));
+    }
+
+    #[test]
+    fn a_replace_keeps_what_the_target_assigned() {
+        let live = json!({"spec": {"clusterIP": "10.96.0.9", "clusterIPs": ["10.96.0.9"], "type": "NodePort",
+                                   "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}});
+        let mut svc = json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP"}, {"port": 81, "protocol": "TCP"}]}});
+        keep_assigned("Service", &live, &mut svc);
+        assert_eq!(svc["spec"]["clusterIP"], "10.96.0.9");
+        assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30080);
+        assert!(svc["spec"]["ports"][1].get("nodePort").is_none());
+        let live = json!({"spec": {"volumeName": "pvc-1", "storageClassName": "lab-local", "volumeMode": "Filesystem"}});
+        let mut pvc = json!({"spec": {"storageClassName": "fast"}});
+        keep_assigned("PersistentVolumeClaim", &live, &mut pvc);
+        // What the object says itself wins (the API server then says whether it may change).
+        assert_eq!(pvc["spec"]["storageClassName"], "fast");
+        assert_eq!(pvc["spec"]["volumeName"], "pvc-1");
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! Backup: a helper pod mounts the claim read-only (on the node of a pod that uses the claim, so
 //! node-local volumes work) and `tar cf - -C /data .` streams over exec into the repository, chunked
-//! and deduplicated like any file tree. Restore: a helper pod mounts the new claim and
-//! `tar xf - -C /data` takes the stored tree over exec's stdin. The helper image must have `sh`,
+//! and deduplicated like any file tree. Restore: a helper pod mounts the claim, empties it
+//! and `tar xf - -C /data` takes the stored tree over exec's stdin. The helper image must have `sh`,
 //! `sleep` and `tar` (busybox does); pods are labelled `io.lifeboat.helper=1` and removed after use.
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,13 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::io::SyncIoBridge;
 
 use crate::{Cluster, KubeError};
+
+/// What a helper runs to write a claim: everything in it goes first (the claim then holds exactly
+/// the stored tree, also when it existed), then `tar` takes the tree from stdin. `rm` may be
+/// missing where only busybox is (the lab's images): then busybox's own.
+const CLEAR_AND_UNTAR: &str = "cd /data || exit 1; for f in * .[!.]* ..?*; do \
+if [ -e \"$f\" ] || [ -L \"$f\" ]; then rm -rf -- \"$f\" 2>/dev/null || busybox rm -rf -- \"$f\" || exit 1; fi; done; \
+exec tar xf - -C /data";
 
 /// The default helper image.
 pub const DEFAULT_HELPER_IMAGE: &str = "busybox:1.36";
@@ -189,7 +196,7 @@ impl Cluster {
         let what = format!("write claim {ns}/{claim}");
         let ap = AttachParams::default().stdin(true).stdout(false).stderr(true);
         let mut proc = self
-            .block_on(pods.exec(pod, ["tar", "xf", "-", "-C", "/data"], &ap))
+            .block_on(pods.exec(pod, ["sh", "-c", CLEAR_AND_UNTAR], &ap))
             .map_err(self.api_err(what.clone()))?;
         let stdin = proc.stdin().expect("stdin was asked for");
         let status = proc.take_status();
