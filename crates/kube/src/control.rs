@@ -26,16 +26,9 @@ pub struct Change {
 }
 
 fn scalable() -> [(&'static str, ApiResource); 2] {
-    let ar = |kind: &str, plural: &str| ApiResource {
-        group: "apps".into(),
-        version: "v1".into(),
-        api_version: "apps/v1".into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    };
     [
-        ("Deployment", ar("Deployment", "deployments")),
-        ("StatefulSet", ar("StatefulSet", "statefulsets")),
+        ("Deployment", api_resource("apps", "v1", "deployments", "Deployment")),
+        ("StatefulSet", api_resource("apps", "v1", "statefulsets", "StatefulSet")),
     ]
 }
 
@@ -362,23 +355,18 @@ impl Cluster {
         let mut out = Vec::new();
         for ns in namespaces {
             for (group, version, plural, kind) in kinds {
-                let ar = ApiResource {
-                    group: group.to_string(),
-                    version: version.to_string(),
-                    api_version: if group.is_empty() {
-                        version.to_string()
-                    } else {
-                        format!("{group}/{version}")
-                    },
-                    kind: kind.to_string(),
-                    plural: plural.to_string(),
-                };
+                let ar = api_resource(group, version, plural, kind);
                 let api: Api<DynamicObject> = Api::namespaced_with(self.client().clone(), ns, &ar);
                 let list = self
                     .block_on(api.list(&lp))
                     .map_err(self.api_err(format!("list {plural} in {ns}")))?;
                 for o in list.items {
+                    let own = *kind == "ConfigMap" && o.metadata.name.as_deref() == Some("kube-root-ca.crt");
                     let mut v = serde_json::to_value(o).unwrap_or_default();
+                    if own || crate::rules::controlled(&v) {
+                        // Made by the cluster itself on each side, or by a controller.
+                        continue;
+                    }
                     v["apiVersion"] = Value::String(ar.api_version.clone());
                     v["kind"] = Value::String(kind.to_string());
                     out.push(v);
@@ -386,6 +374,71 @@ impl Cluster {
             }
         }
         Ok(out)
+    }
+}
+
+/// The kinds of an application's definitions a hot standby keeps in step (group, version,
+/// plural, kind): its workloads that can be scaled to zero, and what they use by name.
+pub const APP_KINDS: &[(&str, &str, &str, &str)] = &[
+    ("apps", "v1", "deployments", "Deployment"),
+    ("apps", "v1", "statefulsets", "StatefulSet"),
+    ("", "v1", "services", "Service"),
+    ("", "v1", "configmaps", "ConfigMap"),
+    ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
+];
+
+fn api_resource(group: &str, version: &str, plural: &str, kind: &str) -> ApiResource {
+    ApiResource {
+        group: group.to_string(),
+        version: version.to_string(),
+        api_version: if group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{group}/{version}")
+        },
+        kind: kind.to_string(),
+        plural: plural.to_string(),
+    }
+}
+
+impl Cluster {
+    /// Creates `obj` (a live object of one of [`APP_KINDS`], from another cluster) or replaces the
+    /// one of its name here, after [`crate::rules::strip`] and with `replicas` set; `created` or
+    /// `replaced`. A replace keeps what this cluster assigned ([`crate::rules::keep_assigned`]).
+    pub fn put(&self, mut obj: Value, replicas: Option<u64>) -> Result<&'static str, KubeError> {
+        let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+        let Some((g, v, p, k)) = APP_KINDS.iter().find(|(_, _, _, k)| *k == kind) else {
+            return Err(KubeError::BadOption(format!("{kind}: not a kind of an app's definitions")));
+        };
+        crate::rules::strip(k, &mut obj);
+        if let Some(n) = replicas {
+            crate::rules::set_replicas(k, &mut obj, n);
+        }
+        let text = |ptr: &str| obj.pointer(ptr).and_then(Value::as_str).unwrap_or_default().to_string();
+        let (ns, name) = (text("/metadata/namespace"), text("/metadata/name"));
+        let what = format!("{kind} {ns}/{name}");
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client().clone(), &ns, &api_resource(g, v, p, k));
+        let pp = kube::api::PostParams {
+            dry_run: false,
+            field_manager: Some("lifeboat".into()),
+        };
+        let live = self.block_on(api.get_opt(&name)).map_err(self.api_err(what.clone()))?;
+        if let Some(live) = &live {
+            crate::rules::keep_assigned(k, &live.data, &mut obj);
+        }
+        let mut o: DynamicObject =
+            serde_json::from_value(obj).map_err(|e| KubeError::BadOption(format!("{what}: {e}")))?;
+        match live {
+            None => {
+                self.block_on(api.create(&pp, &o)).map_err(self.api_err(what))?;
+                Ok("created")
+            }
+            Some(live) => {
+                o.metadata.resource_version = live.metadata.resource_version;
+                self.block_on(api.replace(&name, &pp, &o)).map_err(self.api_err(what))?;
+                Ok("replaced")
+            }
+        }
     }
 }
 
