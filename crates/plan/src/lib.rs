@@ -156,6 +156,41 @@ impl Plan {
                 }
                 _ => {}
             }
+            // What selects an app depends on the kind of its sites, which must be one kind.
+            let kinds: Vec<(&Spanned<String>, bool)> = [Some(&app.primary), app.standby.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter_map(|s| Some((s, matches!(self.sites.get(&s.value)?, Site::Kubernetes { .. }))))
+                .collect();
+            if kinds.windows(2).any(|w| w[0].1 != w[1].1) {
+                out.push(Problem {
+                    line: line(kinds[1].0),
+                    field: f("standby"),
+                    message: "the standby must be the same kind of site as the primary (Docker or Kubernetes)".into(),
+                });
+            }
+            if kinds.first().is_some_and(|k| k.1) {
+                if app.select.namespaces.is_empty() {
+                    out.push(Problem {
+                        line: line(&app.name),
+                        field: f("select.namespaces"),
+                        message: "an app on Kubernetes sites selects its namespaces".into(),
+                    });
+                }
+                if app.select.stack.is_some() {
+                    out.push(Problem {
+                        line: line(&app.name),
+                        field: f("select.stack"),
+                        message: "stacks are Docker's; on Kubernetes select namespaces and labels".into(),
+                    });
+                }
+            } else if !kinds.is_empty() && !app.select.namespaces.is_empty() {
+                out.push(Problem {
+                    line: line(&app.name),
+                    field: f("select.namespaces"),
+                    message: "namespaces are Kubernetes'; on Docker select labels or a stack".into(),
+                });
+            }
             if let Some(o) = &app.objectives {
                 for (name, d) in [("objectives.rto", &o.rto), ("objectives.rpo", &o.rpo)] {
                     if let Some(d) = d {

@@ -62,6 +62,10 @@ pub enum Site {
         /// What `{site}` becomes in probe and check URLs.
         #[serde(default)]
         address: Option<String>,
+        /// Image of the helper pods that read and write volume data (needs `sh`, `sleep`, `tar`);
+        /// default `busybox:1.36`.
+        #[serde(default)]
+        helper_image: Option<String>,
     },
 }
 

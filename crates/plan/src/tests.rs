@@ -7,7 +7,7 @@ metadata: {name: shop}
 repository: /var/lib/lifeboat/repo
 sites:
   east: {docker: {host: "unix:///run/east.sock", address: 10.77.1.2}}
-  west: {kubernetes: {kubeconfig: /etc/lifeboat/west.kubeconfig, context: west, address: 10.77.2.2}}
+  west: {docker: {host: "tcp://10.77.2.2:2375"}}
 apps:
   - name: shop
     profile: dr
@@ -182,4 +182,26 @@ fn stop_grace_is_read_and_defaults_to_the_engines() {
     )
     .unwrap();
     assert_eq!(p.apps[0].stop_grace, Some(Dur(std::time::Duration::from_secs(3))));
+}
+
+#[test]
+fn apps_on_kubernetes_select_namespaces_and_keep_to_one_kind_of_site() {
+    let with_kube = GOOD.replace(
+        "  west: {docker:",
+        "  south: {kubernetes: {kubeconfig: /etc/lifeboat/south.kubeconfig, context: south, address: 10.77.3.2}}\n  west: {docker:",
+    );
+    let mixed = with_kube.replace("standby: west", "standby: south");
+    let e = Plan::parse("shop.yaml", &mixed).unwrap_err().to_string();
+    assert!(e.contains("apps[0].standby") && e.contains("same kind"), "{e}");
+    let kube = mixed
+        .replace("primary: east", "primary: south2")
+        .replace("  south: {kubernetes:", "  south2: {kubernetes: {context: s2, address: 10.77.4.2}}\n  south: {kubernetes:");
+    let e = Plan::parse("shop.yaml", &kube).unwrap_err().to_string();
+    assert!(e.contains("apps[0].select.namespaces") && !e.contains("same kind"), "{e}");
+    let ok = kube.replace("select: {labels: {app: shop}}", "select: {namespaces: [shop], labels: {app: shop}}");
+    let p = Plan::parse("shop.yaml", &ok).unwrap();
+    assert!(matches!(&p.sites["south"], Site::Kubernetes { helper_image: None, .. }));
+    let docker_ns = GOOD.replace("select: {labels: {app: shop}}", "select: {namespaces: [shop]}");
+    let e = Plan::parse("shop.yaml", &docker_ns).unwrap_err().to_string();
+    assert!(e.contains("namespaces are Kubernetes'"), "{e}");
 }
