@@ -163,7 +163,9 @@ pub fn quantity(q: &str) -> Option<f64> {
     let split = (0..b.len())
         .find(|&i| {
             b[i].is_ascii_alphabetic()
-                && !(matches!(b[i], b'e' | b'E') && b.get(i + 1).is_some_and(|c| c.is_ascii_digit() || *c == b'-' || *c == b'+'))
+                && !(matches!(b[i], b'e' | b'E')
+                    && b.get(i + 1)
+                        .is_some_and(|c| c.is_ascii_digit() || *c == b'-' || *c == b'+'))
         })
         .unwrap_or(b.len());
     let (number, suffix) = q.split_at(split);
@@ -261,11 +263,7 @@ impl Cluster {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1);
                 let n = if now > 0 { now } else { recorded };
-                let (images, cpu, memory) = o
-                    .data
-                    .pointer("/spec/template")
-                    .map(template_needs)
-                    .unwrap_or_default();
+                let (images, cpu, memory) = o.data.pointer("/spec/template").map(template_needs).unwrap_or_default();
                 Workload {
                     kind,
                     name: format!("{ns}/{name}"),
@@ -408,7 +406,9 @@ impl Cluster {
     pub fn put(&self, mut obj: Value, replicas: Option<u64>) -> Result<&'static str, KubeError> {
         let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
         let Some((g, v, p, k)) = APP_KINDS.iter().find(|(_, _, _, k)| *k == kind) else {
-            return Err(KubeError::BadOption(format!("{kind}: not a kind of an app's definitions")));
+            return Err(KubeError::BadOption(format!(
+                "{kind}: not a kind of an app's definitions"
+            )));
         };
         crate::rules::strip(k, &mut obj);
         if let Some(n) = replicas {
@@ -482,7 +482,10 @@ mod tests {
     fn image_names_compare_in_their_full_form() {
         assert_eq!(full_image_name("busybox"), "docker.io/library/busybox:latest");
         assert_eq!(full_image_name("lifeboat-lab/web:1"), "docker.io/lifeboat-lab/web:1");
-        assert_eq!(full_image_name("docker.io/lifeboat-lab/web:1"), "docker.io/lifeboat-lab/web:1");
+        assert_eq!(
+            full_image_name("docker.io/lifeboat-lab/web:1"),
+            "docker.io/lifeboat-lab/web:1"
+        );
         assert_eq!(full_image_name("localhost:5000/app"), "localhost:5000/app:latest");
         assert_eq!(full_image_name("r.io/a/b@sha256:00"), "r.io/a/b@sha256:00");
     }

@@ -93,7 +93,13 @@ impl Cluster {
 
     fn exec_in(&self, hook: &PodHook, cmd: &str) -> Result<(), String> {
         let command = ["sh".to_string(), "-c".into(), cmd.into()];
-        match self.exec(&hook.namespace, &hook.pod, Some(&hook.container), &command, hook.spec.timeout) {
+        match self.exec(
+            &hook.namespace,
+            &hook.pod,
+            Some(&hook.container),
+            &command,
+            hook.spec.timeout,
+        ) {
             Ok(out) if out.code == 0 => Ok(()),
             Ok(out) => {
                 let stderr: String = String::from_utf8_lossy(&out.stderr).trim().chars().take(500).collect();

@@ -349,7 +349,9 @@ pub fn set_replicas(kind: &str, obj: &mut Value, replicas: u64) {
     let before = obj.pointer("/spec/replicas").and_then(Value::as_u64).unwrap_or(1);
     if replicas == 0 && before > 0 {
         if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-            let a = m.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+            let a = m
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(Default::default()));
             if let Some(a) = a.as_object_mut() {
                 a.entry(crate::control::REPLICAS_ANNOTATION)
                     .or_insert_with(|| Value::String(before.to_string()));
@@ -380,7 +382,11 @@ pub fn keep_assigned(kind: &str, live: &Value, obj: &mut Value) {
     }
     if kind == "Service" {
         // Node ports by port: the same port keeps the node port it was given.
-        let live_ports = live.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+        let live_ports = live
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
             for p in ports.iter_mut().filter_map(Value::as_object_mut) {
                 if p.contains_key("nodePort") {
@@ -554,7 +560,8 @@ mod tests {
         assert_eq!(svc["spec"]["clusterIP"], "10.96.0.9");
         assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30080);
         assert!(svc["spec"]["ports"][1].get("nodePort").is_none());
-        let live = json!({"spec": {"volumeName": "pvc-1", "storageClassName": "lab-local", "volumeMode": "Filesystem"}});
+        let live =
+            json!({"spec": {"volumeName": "pvc-1", "storageClassName": "lab-local", "volumeMode": "Filesystem"}});
         let mut pvc = json!({"spec": {"storageClassName": "fast"}});
         keep_assigned("PersistentVolumeClaim", &live, &mut pvc);
         // What the object says itself wins (the API server then says whether it may change).

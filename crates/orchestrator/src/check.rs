@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use crate::journal::Store;
 use crate::ops::{latest_recovery_point, RouterFn};
-use crate::platform::{drift, essence, Connector, Platform};
+use crate::platform::{drift, Connector, Platform};
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -179,7 +179,7 @@ pub fn run(
 
         if let Some(standby) = &standby {
             // Images.
-            let images: BTreeSet<&str> = workloads.iter().map(|w| w.image.as_str()).collect();
+            let images: BTreeSet<&str> = workloads.iter().flat_map(|w| &w.images).map(String::as_str).collect();
             let mut missing = Vec::new();
             for i in &images {
                 match standby.has_image(i) {
@@ -207,8 +207,8 @@ pub fn run(
             if app.standby_mode == StandbyMode::Hot {
                 match (primary.definitions(), standby.definitions()) {
                     (Ok(p), Ok(s)) => {
-                        let p = essence(&p);
-                        let d: Vec<String> = drift(&p, &essence(&s)).iter().map(|d| d.describe(sb_name)).collect();
+                        let p = p.essence();
+                        let d: Vec<String> = drift(&p, &s.essence()).iter().map(|d| d.describe(sb_name)).collect();
                         out.push(if d.is_empty() {
                             line(
                                 Some(a),

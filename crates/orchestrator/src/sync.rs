@@ -22,7 +22,7 @@ use lifeboat_plan::{Profile, StandbyMode};
 use serde::Serialize;
 
 use crate::ops::{app, standby, store, Env};
-use crate::platform::{drift, essence, Drift};
+use crate::platform::{drift, Drift};
 use crate::OrchestratorError;
 
 /// What a sync did for one app.
@@ -119,7 +119,7 @@ pub fn sync_plan(
             let source = (env.connect)(&r.from, app)?;
             let defs = source.definitions()?;
             let here = target.definitions()?;
-            r.drift.extend(drift(&essence(&defs), &essence(&here)));
+            r.drift.extend(drift(&defs.essence(), &here.essence()));
             let fix: BTreeSet<String> = r
                 .drift
                 .iter()

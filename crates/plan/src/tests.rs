@@ -193,12 +193,19 @@ fn apps_on_kubernetes_select_namespaces_and_keep_to_one_kind_of_site() {
     let mixed = with_kube.replace("standby: west", "standby: south");
     let e = Plan::parse("shop.yaml", &mixed).unwrap_err().to_string();
     assert!(e.contains("apps[0].standby") && e.contains("same kind"), "{e}");
-    let kube = mixed
-        .replace("primary: east", "primary: south2")
-        .replace("  south: {kubernetes:", "  south2: {kubernetes: {context: s2, address: 10.77.4.2}}\n  south: {kubernetes:");
+    let kube = mixed.replace("primary: east", "primary: south2").replace(
+        "  south: {kubernetes:",
+        "  south2: {kubernetes: {context: s2, address: 10.77.4.2}}\n  south: {kubernetes:",
+    );
     let e = Plan::parse("shop.yaml", &kube).unwrap_err().to_string();
-    assert!(e.contains("apps[0].select.namespaces") && !e.contains("same kind"), "{e}");
-    let ok = kube.replace("select: {labels: {app: shop}}", "select: {namespaces: [shop], labels: {app: shop}}");
+    assert!(
+        e.contains("apps[0].select.namespaces") && !e.contains("same kind"),
+        "{e}"
+    );
+    let ok = kube.replace(
+        "select: {labels: {app: shop}}",
+        "select: {namespaces: [shop], labels: {app: shop}}",
+    );
     let p = Plan::parse("shop.yaml", &ok).unwrap();
     assert!(matches!(&p.sites["south"], Site::Kubernetes { helper_image: None, .. }));
     let docker_ns = GOOD.replace("select: {labels: {app: shop}}", "select: {namespaces: [shop]}");

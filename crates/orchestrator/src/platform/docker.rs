@@ -1,0 +1,243 @@
+//! The Docker [`Platform`]: an app's containers and services on one engine or Swarm, selected by
+//! labels and/or a stack.
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use lifeboat_docker::{Existing, RestoreOptions, Selection, Site as DockerSite};
+use lifeboat_plan::App;
+use lifeboat_repo::Repository;
+use time::OffsetDateTime;
+
+use super::{Definitions, Platform, Workload};
+use crate::OrchestratorError;
+
+/// The Docker selection of an app: its labels and stack.
+pub fn selection(app: &App) -> Selection {
+    Selection {
+        labels: app.select.labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        stack: app.select.stack.clone(),
+    }
+}
+
+/// Connects to the engine of site `name` (`host`: default `DOCKER_HOST` or the local socket).
+pub(super) fn connect(
+    name: &str,
+    host: Option<&str>,
+    app: &App,
+) -> Result<std::sync::Arc<dyn Platform>, OrchestratorError> {
+    let host = host.map(str::to_string).unwrap_or_else(lifeboat_docker::default_host);
+    let site = DockerSite::connect(&host).map_err(|e| OrchestratorError::Unreachable {
+        site: name.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(std::sync::Arc::new(Docker {
+        name: name.to_string(),
+        site,
+        selection: selection(app),
+        stop_grace: app.stop_grace.map(|g| g.0),
+    }))
+}
+
+struct Docker {
+    name: String,
+    site: DockerSite,
+    selection: Selection,
+    /// The app's `stop_grace`.
+    stop_grace: Option<Duration>,
+}
+
+impl Docker {
+    fn err(&self) -> impl Fn(lifeboat_docker::DockerError) -> OrchestratorError + '_ {
+        |e| match e {
+            lifeboat_docker::DockerError::Unreachable { reason, .. } => OrchestratorError::Unreachable {
+                site: self.name.clone(),
+                reason,
+            },
+            e => OrchestratorError::Site {
+                site: self.name.clone(),
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+fn describe(changes: Vec<lifeboat_docker::Change>) -> Vec<String> {
+    changes
+        .into_iter()
+        .map(|c| format!("{} {}: {}", c.kind, c.name, c.action))
+        .collect()
+}
+
+impl Platform for Docker {
+    fn backup(&self, repo: &Repository, tags: Vec<String>) -> Result<(String, OffsetDateTime), OrchestratorError> {
+        let _lock = repo
+            .lock(false, "backup --plan", std::time::Duration::from_secs(60))
+            .map_err(OrchestratorError::Repo)?;
+        let opts = lifeboat_docker::BackupOptions {
+            selection: self.selection.clone(),
+            volumes: true,
+            tags,
+        };
+        let out = lifeboat_docker::backup(repo, &self.site, &opts, &Default::default()).map_err(self.err())?;
+        if let Some(e) = out.capture.manifest.errors.first() {
+            return Err(OrchestratorError::Site {
+                site: self.name.clone(),
+                reason: format!(
+                    "backup {} is incomplete: {e} ({} problems)",
+                    out.snapshot_id.short(),
+                    out.capture.manifest.errors.len()
+                ),
+            });
+        }
+        Ok((out.snapshot_id.to_hex(), out.snapshot.time))
+    }
+
+    fn stop(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
+        self.site
+            .stop_workloads(&self.selection, prefix, self.stop_grace)
+            .map(describe)
+            .map_err(self.err())
+    }
+
+    fn start(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
+        self.site
+            .start_workloads(&self.selection, prefix)
+            .map(describe)
+            .map_err(self.err())
+    }
+
+    fn stage(&self, repo: &Repository, snapshot: &str, prefix: &str) -> Result<String, OrchestratorError> {
+        let _lock = repo
+            .lock(false, "restore (DR)", std::time::Duration::from_secs(60))
+            .map_err(OrchestratorError::Repo)?;
+        let (id, snap) = repo.find_snapshot(snapshot)?;
+        let stored = lifeboat_docker::restore::load(repo, &id.to_hex(), &snap.tree).map_err(self.err())?;
+        let opts = RestoreOptions {
+            replicas: Some(0),
+            name_prefix: prefix.to_string(),
+            existing: Existing::Update,
+            ..Default::default()
+        };
+        let report = lifeboat_docker::restore(repo, &self.site, &stored, &opts).map_err(self.err())?;
+        if report.failed > 0 {
+            let first = report.items.iter().find(|i| i.status == "failed");
+            return Err(OrchestratorError::Site {
+                site: self.name.clone(),
+                reason: format!(
+                    "restore of {} failed for {} objects; first: {}",
+                    id.short(),
+                    report.failed,
+                    first
+                        .map(|i| format!("{} {}: {}", i.kind, i.name, i.detail.clone().unwrap_or_default()))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+        Ok(format!("{} objects restored from {}", report.items.len(), id.short()))
+    }
+
+    fn running(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
+        Ok(self
+            .site
+            .workloads(&self.selection, prefix)
+            .map_err(self.err())?
+            .into_iter()
+            .filter(|w| w.running)
+            .map(|w| format!("{} {}", w.kind, w.name))
+            .collect())
+    }
+
+    fn remove(&self, prefix: &str) -> Result<Vec<String>, OrchestratorError> {
+        self.site.remove_prefixed(prefix).map(describe).map_err(self.err())
+    }
+
+    fn workloads(&self) -> Result<Vec<Workload>, OrchestratorError> {
+        Ok(self
+            .site
+            .workloads(&self.selection, None)
+            .map_err(self.err())?
+            .into_iter()
+            .map(|w| Workload {
+                name: format!("{} {}", w.kind, w.name),
+                running: w.running,
+                images: vec![w.image],
+                cpus: w.cpus,
+                memory: w.memory,
+            })
+            .collect())
+    }
+
+    fn has_image(&self, image: &str) -> Result<bool, OrchestratorError> {
+        self.site.image_exists(image).map_err(self.err())
+    }
+
+    fn capacity(&self) -> Result<(f64, u64), OrchestratorError> {
+        self.site.capacity().map_err(self.err())
+    }
+
+    fn exec(&self, container: &str, command: &[String], timeout: Duration) -> Result<(i64, String), OrchestratorError> {
+        let out = self
+            .site
+            .exec(container, command.to_vec(), timeout)
+            .map_err(self.err())?;
+        Ok((out.exit_code, super::output_tail(&out.stdout, &out.stderr)))
+    }
+
+    fn definitions(&self) -> Result<Definitions, OrchestratorError> {
+        self.site
+            .capture(&self.selection)
+            .map(|c| Definitions::Docker(Box::new(c)))
+            .map_err(self.err())
+    }
+
+    fn apply_definitions(
+        &self,
+        repo: &Repository,
+        defs: Definitions,
+        here: &Definitions,
+        workloads: &BTreeSet<String>,
+    ) -> Result<Vec<String>, OrchestratorError> {
+        let (Definitions::Docker(mut defs), Definitions::Docker(here)) = (defs, here) else {
+            return Err(OrchestratorError::Refused {
+                reason: format!(
+                    "site {}: Docker definitions are needed to change a Docker site",
+                    self.name
+                ),
+            });
+        };
+        defs.containers
+            .retain(|n, _| workloads.contains(&format!("containers/{n}")));
+        defs.services
+            .retain(|n, _| workloads.contains(&format!("services/{n}")));
+        defs.networks.retain(|n, _| !here.networks.contains_key(n));
+        defs.volumes.retain(|n, _| !here.volumes.contains_key(n));
+        defs.configs.retain(|n, _| !here.configs.contains_key(n));
+        // Secret values cannot be read from a live engine; node labels belong to each site.
+        defs.secrets.clear();
+        defs.nodes.clear();
+        let stored = lifeboat_docker::restore::Stored {
+            capture: *defs,
+            secret_values: Default::default(),
+            volume_data: Default::default(),
+        };
+        let opts = RestoreOptions {
+            replicas: Some(0),
+            existing: Existing::Update,
+            no_volume_data: true,
+            ..Default::default()
+        };
+        let report = lifeboat_docker::restore(repo, &self.site, &stored, &opts).map_err(self.err())?;
+        let mut done = Vec::new();
+        for i in report.items {
+            let line = format!("{} {} {}", i.action, i.kind, i.name);
+            if i.status == "failed" {
+                return Err(OrchestratorError::Site {
+                    site: self.name.clone(),
+                    reason: format!("{line} failed: {}", i.detail.unwrap_or_default()),
+                });
+            }
+            done.push(line);
+        }
+        Ok(done)
+    }
+}

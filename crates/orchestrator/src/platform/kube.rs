@@ -1,0 +1,270 @@
+//! The Kubernetes [`Platform`]: an app's objects in its namespaces on one cluster (matching its
+//! labels as a selector when it has any).
+//!
+//! - Stop and start scale the Deployments and StatefulSets to zero and back
+//!   ([`lifeboat_kube::Cluster::scale_down`] records what ran).
+//! - Stage restores a snapshot with every workload at zero replicas (the count recorded),
+//!   replacing existing objects and the files of existing claims.
+//! - A drill's copy lives in the app's namespaces with the drill's prefix in front; removing it
+//!   deletes those namespaces.
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lifeboat_kube::restore::Existing;
+use lifeboat_kube::{Cluster, KubeError, RestoreOptions, Selection};
+use lifeboat_plan::App;
+use lifeboat_repo::Repository;
+use time::OffsetDateTime;
+
+use super::{Definitions, Platform, Workload};
+use crate::OrchestratorError;
+
+/// Connects to the API server of site `name`.
+pub(super) fn connect(
+    name: &str,
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+    helper_image: Option<&str>,
+    app: &App,
+) -> Result<Arc<dyn Platform>, OrchestratorError> {
+    let cluster = Cluster::connect(kubeconfig, context).map_err(|e| OrchestratorError::Unreachable {
+        site: name.to_string(),
+        reason: e.to_string(),
+    })?;
+    let labels = &app.select.labels;
+    Ok(Arc::new(Kube {
+        name: name.to_string(),
+        cluster,
+        namespaces: app.select.namespaces.clone(),
+        selector: (!labels.is_empty()).then(|| {
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+        helper_image: helper_image
+            .unwrap_or(lifeboat_kube::volumes::DEFAULT_HELPER_IMAGE)
+            .to_string(),
+    }))
+}
+
+struct Kube {
+    name: String,
+    cluster: Cluster,
+    namespaces: Vec<String>,
+    selector: Option<String>,
+    helper_image: String,
+}
+
+fn describe(changes: Vec<lifeboat_kube::control::Change>) -> Vec<String> {
+    changes
+        .into_iter()
+        .map(|c| format!("{} {}: {}", c.kind, c.name, c.action))
+        .collect()
+}
+
+impl Kube {
+    fn err(&self) -> impl Fn(KubeError) -> OrchestratorError + '_ {
+        |e| match e {
+            KubeError::Unreachable { .. } => OrchestratorError::Unreachable {
+                site: self.name.clone(),
+                reason: e.to_string(),
+            },
+            e => OrchestratorError::Site {
+                site: self.name.clone(),
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    /// The app's namespaces under `prefix`.
+    fn namespaces(&self, prefix: Option<&str>) -> Vec<String> {
+        let p = prefix.unwrap_or_default();
+        self.namespaces.iter().map(|n| format!("{p}{n}")).collect()
+    }
+}
+
+impl Platform for Kube {
+    fn backup(&self, repo: &Repository, tags: Vec<String>) -> Result<(String, OffsetDateTime), OrchestratorError> {
+        let _lock = repo
+            .lock(false, "backup --plan", Duration::from_secs(60))
+            .map_err(OrchestratorError::Repo)?;
+        let opts = lifeboat_kube::BackupOptions {
+            selection: Selection {
+                namespaces: self.namespaces.clone(),
+                label_selector: self.selector.clone(),
+                ..Default::default()
+            },
+            tags,
+            volumes: true,
+            helper_image: self.helper_image.clone(),
+        };
+        let out = lifeboat_kube::backup(repo, &self.cluster, &opts).map_err(self.err())?;
+        if let Some(e) = out.manifest.errors.first() {
+            return Err(OrchestratorError::Site {
+                site: self.name.clone(),
+                reason: format!(
+                    "backup {} is incomplete: {e} ({} problems)",
+                    out.snapshot_id.short(),
+                    out.manifest.errors.len()
+                ),
+            });
+        }
+        Ok((out.snapshot_id.to_hex(), out.snapshot.time))
+    }
+
+    fn stop(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
+        self.cluster
+            .scale_down(&self.namespaces(prefix), self.selector.as_deref())
+            .map(describe)
+            .map_err(self.err())
+    }
+
+    fn start(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
+        self.cluster
+            .scale_up(&self.namespaces(prefix), self.selector.as_deref())
+            .map(describe)
+            .map_err(self.err())
+    }
+
+    fn stage(&self, repo: &Repository, snapshot: &str, prefix: &str) -> Result<String, OrchestratorError> {
+        let _lock = repo
+            .lock(false, "restore (DR)", Duration::from_secs(60))
+            .map_err(OrchestratorError::Repo)?;
+        let (id, snap) = repo.find_snapshot(snapshot)?;
+        let stored = lifeboat_kube::restore::load(repo, &id.to_hex(), &snap.tree).map_err(self.err())?;
+        let namespace_map: BTreeMap<String, String> = if prefix.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.namespaces
+                .iter()
+                .map(|n| (n.clone(), format!("{prefix}{n}")))
+                .collect()
+        };
+        let opts = RestoreOptions {
+            namespace_map,
+            replicas: Some(0),
+            existing: Existing::Update,
+            helper_image: self.helper_image.clone(),
+            ..Default::default()
+        };
+        let report = lifeboat_kube::restore(repo, &self.cluster, &stored, &opts).map_err(self.err())?;
+        if report.failed > 0 {
+            let first = report.items.iter().find(|i| i.status == "failed");
+            return Err(OrchestratorError::Site {
+                site: self.name.clone(),
+                reason: format!(
+                    "restore of {} failed for {} objects; first: {}",
+                    id.short(),
+                    report.failed,
+                    first
+                        .map(|i| format!(
+                            "{} {}/{}: {}",
+                            i.kind,
+                            i.namespace.as_deref().unwrap_or_default(),
+                            i.name,
+                            i.message.as_deref().unwrap_or_default()
+                        ))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+        Ok(format!("{} objects restored from {}", report.items.len(), id.short()))
+    }
+
+    fn running(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
+        self.cluster
+            .running_workloads(&self.namespaces(prefix), self.selector.as_deref())
+            .map_err(self.err())
+    }
+
+    fn remove(&self, prefix: &str) -> Result<Vec<String>, OrchestratorError> {
+        if prefix.is_empty() {
+            return Err(OrchestratorError::Refused {
+                reason: "removing needs a prefix: the production namespaces are never removed".into(),
+            });
+        }
+        self.cluster
+            .delete_namespaces(&self.namespaces(Some(prefix)))
+            .map(describe)
+            .map_err(self.err())
+    }
+
+    fn workloads(&self) -> Result<Vec<Workload>, OrchestratorError> {
+        Ok(self
+            .cluster
+            .workloads(&self.namespaces, self.selector.as_deref())
+            .map_err(self.err())?
+            .into_iter()
+            .map(|w| Workload {
+                name: format!("{} {}", w.kind, w.name),
+                running: w.running,
+                images: w.images,
+                cpus: w.cpus,
+                memory: w.memory,
+            })
+            .collect())
+    }
+
+    fn has_image(&self, image: &str) -> Result<bool, OrchestratorError> {
+        self.cluster.has_image(image).map_err(self.err())
+    }
+
+    fn capacity(&self) -> Result<(f64, u64), OrchestratorError> {
+        self.cluster.capacity().map_err(self.err())
+    }
+
+    fn exec(&self, container: &str, command: &[String], timeout: Duration) -> Result<(i64, String), OrchestratorError> {
+        let mut parts = container.splitn(3, '/');
+        let (Some(ns), Some(name)) = (parts.next(), parts.next()) else {
+            return Err(OrchestratorError::Refused {
+                reason: format!("{container:?}: on Kubernetes a hook names NAMESPACE/POD-OR-WORKLOAD[/CONTAINER]"),
+            });
+        };
+        let pod = self.cluster.running_pod(ns, name).map_err(self.err())?;
+        let out = self
+            .cluster
+            .exec(ns, &pod, parts.next(), command, timeout)
+            .map_err(self.err())?;
+        Ok((out.code, super::output_tail(&out.stdout, &out.stderr)))
+    }
+
+    fn definitions(&self) -> Result<Definitions, OrchestratorError> {
+        self.cluster
+            .objects(
+                &self.namespaces,
+                self.selector.as_deref(),
+                lifeboat_kube::control::APP_KINDS,
+            )
+            .map(Definitions::Kubernetes)
+            .map_err(self.err())
+    }
+
+    fn apply_definitions(
+        &self,
+        _repo: &Repository,
+        defs: Definitions,
+        _here: &Definitions,
+        objects: &BTreeSet<String>,
+    ) -> Result<Vec<String>, OrchestratorError> {
+        let Definitions::Kubernetes(live) = &defs else {
+            return Err(OrchestratorError::Refused {
+                reason: format!(
+                    "site {}: Kubernetes definitions are needed to change a Kubernetes site",
+                    self.name
+                ),
+            });
+        };
+        let mut done = Vec::new();
+        for obj in live {
+            let key = super::kube_key(obj);
+            if objects.contains(&key) {
+                let action = self.cluster.put(obj.clone(), Some(0)).map_err(self.err())?;
+                done.push(format!("{action} {key}"));
+            }
+        }
+        Ok(done)
+    }
+}
