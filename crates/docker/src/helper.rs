@@ -19,8 +19,8 @@ use bollard::models::{
     TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions, ListContainersOptions, ListTasksOptions,
-    RemoveContainerOptions, UploadToContainerOptions,
+    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions, ListContainersOptions, ListImagesOptions,
+    ListTasksOptions, RemoveContainerOptions, RemoveImageOptions, UploadToContainerOptions,
 };
 use futures_util::StreamExt;
 use lifeboat_fs::archive::{tar_to_tree, tree_to_tar, TarOutcome};
@@ -130,6 +130,9 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+/// Age after which another build's helper image is removed.
+const OLD_HELPER_IMAGE: Duration = Duration::from_secs(3600);
+
 impl Site {
     /// Makes sure the helper image is on the engine and returns its id (`sha256:...`). The id, not
     /// the name, lets Swarm use the local image instead of trying a registry first. Worked out once
@@ -225,7 +228,28 @@ impl Site {
             }
             Ok::<_, DockerError>(())
         })?;
+        self.remove_old_helper_images(&name);
         Ok(name)
+    }
+
+    /// Removes the helper images of other Lifeboat builds (each build imports its own, with the
+    /// binary in it) that are older than [`OLD_HELPER_IMAGE`]: an image another build may be
+    /// about to use is younger. The engine refuses to remove one a container uses. Best effort.
+    fn remove_old_helper_images(&self, keep: &str) {
+        let opts = ListImagesOptions {
+            filters: Some([("reference".to_string(), vec!["lifeboat-helper".to_string()])].into()),
+            ..Default::default()
+        };
+        let Ok(list) = self.block_on(self.docker.list_images(Some(opts))) else {
+            return;
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        for i in list {
+            if i.repo_tags.iter().any(|t| t == keep) || now - i.created < OLD_HELPER_IMAGE.as_secs() as i64 {
+                continue;
+            }
+            let _ = self.block_on(self.docker.remove_image(&i.id, None::<RemoveImageOptions>, None));
+        }
     }
 
     /// Creates (does not start) a helper container with `volume` mounted at [`MOUNT`].

@@ -5,11 +5,174 @@ use std::path::Path;
 
 use lifeboat_plan::{App, Plan, Profile, Site, StandbyMode, Traffic};
 
-fn docker_host(plan: &Plan, site: &str) -> String {
+/// The hand commands for one app on one site.
+enum Kit {
+    Docker {
+        /// `-H HOST ` or nothing.
+        host: String,
+        /// `--filter ...` of the app's selection.
+        filters: String,
+        /// What `--to docker:` takes.
+        target: String,
+    },
+    Kubernetes {
+        /// `--kubeconfig FILE --context CONTEXT ` or less.
+        kc: String,
+        /// `kube` or `kube:CONTEXT`, then ` --kubeconfig FILE` when one is set.
+        target: String,
+        namespaces: Vec<String>,
+        /// `-l SELECTOR ` or nothing.
+        selector: String,
+    },
+}
+
+fn kit(plan: &Plan, app: &App, site: &str) -> Kit {
     match plan.sites.get(site) {
-        Some(Site::Docker { host: Some(h), .. }) => format!("-H {h} "),
-        _ => String::new(),
+        Some(Site::Kubernetes {
+            kubeconfig, context, ..
+        }) => {
+            let kfile = kubeconfig.as_ref().map(|k| format!("--kubeconfig {}", k.display()));
+            let labels: Vec<String> = app.select.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            Kit::Kubernetes {
+                kc: [kfile.clone(), context.as_ref().map(|c| format!("--context {c}"))]
+                    .into_iter()
+                    .flatten()
+                    .map(|a| a + " ")
+                    .collect(),
+                target: format!(
+                    "kube{}{}",
+                    context.as_ref().map(|c| format!(":{c}")).unwrap_or_default(),
+                    kfile.map(|k| format!(" {k}")).unwrap_or_default()
+                ),
+                namespaces: app.select.namespaces.clone(),
+                selector: if labels.is_empty() {
+                    String::new()
+                } else {
+                    format!("-l {} ", labels.join(","))
+                },
+            }
+        }
+        Some(Site::Docker { host, .. }) => Kit::Docker {
+            host: host.as_ref().map(|h| format!("-H {h} ")).unwrap_or_default(),
+            filters: filters(app),
+            target: host.clone().unwrap_or_default(),
+        },
+        None => Kit::Docker {
+            host: String::new(),
+            filters: filters(app),
+            target: String::new(),
+        },
     }
+}
+
+/// `kubectl get` of the app's workloads in `ns`, printing `Kind/name=VALUE` lines.
+fn kubectl_each(kc: &str, ns: &str, selector: &str, value: &str) -> String {
+    format!(
+        "kubectl {kc}-n {ns} get deploy,statefulset {selector}-o jsonpath='{{range .items[*]}}{{.kind}}/{{.metadata.name}}={value}{{\"\\n\"}}{{end}}'"
+    )
+}
+
+impl Kit {
+    /// The command that stops the app here, so it cannot write.
+    fn fence(&self, grace: Option<u64>) -> String {
+        match self {
+            Kit::Docker { host, filters, .. } => format!(
+                "`docker {host}stop {}$(docker {host}ps -q {filters})`",
+                grace.map(|g| format!("-t {g} ")).unwrap_or_default()
+            ),
+            Kit::Kubernetes {
+                kc, namespaces, selector, ..
+            } => {
+                let lines: Vec<String> = namespaces
+                    .iter()
+                    .map(|ns| {
+                        format!(
+                            "   {} | while IFS== read w n; do [ \"$n\" = 0 ] || {{ kubectl {kc}-n {ns} annotate --overwrite \"$w\" lifeboat.io/replicas=\"$n\"; kubectl {kc}-n {ns} scale \"$w\" --replicas=0; }}; done\n",
+                            kubectl_each(kc, ns, selector, "{.spec.replicas}")
+                        )
+                    })
+                    .collect();
+                format!(
+                    "each Deployment and StatefulSet to zero, its count kept in the annotation `lifeboat.io/replicas`:\n   ```\n{}   ```",
+                    lines.concat()
+                )
+            }
+        }
+    }
+
+    /// The command that starts the app here.
+    fn start(&self) -> String {
+        match self {
+            Kit::Docker { host, filters, .. } => format!("`docker {host}start $(docker {host}ps -aq {filters})`"),
+            Kit::Kubernetes {
+                kc, namespaces, selector, ..
+            } => {
+                let lines: Vec<String> = namespaces
+                    .iter()
+                    .map(|ns| {
+                        format!(
+                            "   {} | while IFS== read w r n; do [ \"$r\" != 0 ] || kubectl {kc}-n {ns} scale \"$w\" --replicas=\"${{n:-1}}\"; done\n",
+                            kubectl_each(kc, ns, selector, "{.spec.replicas}={.metadata.annotations.lifeboat\\.io/replicas}")
+                        )
+                    })
+                    .collect();
+                format!(
+                    "each Deployment and StatefulSet at zero back to its recorded count:\n   ```\n{}   ```",
+                    lines.concat()
+                )
+            }
+        }
+    }
+
+    /// `--to ...` of `lifeboat restore`.
+    fn restore_to(&self) -> String {
+        match self {
+            Kit::Docker { target, .. } => format!("docker:{target}"),
+            Kit::Kubernetes { target, .. } => target.clone(),
+        }
+    }
+
+    /// A plan hook run by hand.
+    fn exec(&self, container: &str, command: &str) -> String {
+        match self {
+            Kit::Docker { host, .. } => format!("`docker {host}exec {container} {command}`"),
+            Kit::Kubernetes { kc, .. } => {
+                let mut parts = container.splitn(3, '/');
+                let (ns, name) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+                let c = parts.next().map(|c| format!("-c {c} ")).unwrap_or_default();
+                format!("`kubectl {kc}-n {ns} exec {name} {c}-- {command}` (a workload: `deploy/{name}` or `statefulset/{name}`)")
+            }
+        }
+    }
+
+    /// A backup of the app here with the plan's tags.
+    fn backup(&self, plan: &str, app: &str) -> String {
+        match self {
+            Kit::Docker { target, .. } => format!(
+                "`lifeboat backup docker {}--label ...` with the selection above, tags `plan={plan}` and `app={app}`",
+                if target.is_empty() { String::new() } else { format!("--host {target} ") }
+            ),
+            Kit::Kubernetes {
+                kc, namespaces, selector, ..
+            } => format!(
+                "`lifeboat backup kube {kc}{}{selector}--tag plan={plan} --tag app={app}`",
+                namespaces.iter().map(|n| format!("-n {n} ")).collect::<String>()
+            ),
+        }
+    }
+}
+
+/// The app's selection in words.
+fn selection(app: &App) -> String {
+    if app.select.namespaces.is_empty() {
+        return filters(app);
+    }
+    let labels: Vec<String> = app.select.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!(
+        "namespaces {}{}",
+        app.select.namespaces.join(", "),
+        if labels.is_empty() { String::new() } else { format!(", labels {}", labels.join(",")) }
+    )
 }
 
 fn filters(app: &App) -> String {
@@ -77,24 +240,23 @@ fn app_section(plan: &Plan, app: &App) -> String {
         app.standby_mode,
         obj.and_then(|o| o.rto.as_ref()).map(|d| format!("{:?}", d.value.0)).unwrap_or_else(|| "-".into()),
         obj.and_then(|o| o.rpo.as_ref()).map(|d| format!("{:?}", d.value.0)).unwrap_or_else(|| "-".into()),
-        filters(app)
+        selection(app)
     );
     let Some(sb) = app.standby.as_ref().filter(|_| app.profile == Profile::Dr) else {
         s += "\nNo standby: recover by restoring the latest snapshot (`lifeboat snapshots --tag` below) on a new site.\n";
         return s;
     };
     let sb = &sb.value;
-    let (hp, hs) = (docker_host(plan, p), docker_host(plan, sb));
-    let f = filters(app);
+    let (kp, ks) = (kit(plan, app, p), kit(plan, app, sb));
     s += &format!("\n### Fail over from {p} to {sb}\n\n");
     s += &format!(
         "1. **Decide.** Confirm the primary is really down from two places (not a partition of your own network):\n   {}\n",
         probes(app, &addr(plan, p))
     );
     s += &format!(
-        "2. **Fence the primary** so it cannot write: `docker {hp}stop {grace}$(docker {hp}ps -q {f})`. If {p} cannot be reached, \
-         make sure it stays off (power, network) before going on; note the time.\n",
-        grace = app.stop_grace.map(|g| format!("-t {} ", g.0.as_secs())).unwrap_or_default()
+        "2. **Fence the primary** so it cannot write: {}\n   If {p} cannot be reached, make sure it stays off (power, network) \
+         before going on; note the time.\n",
+        kp.fence(app.stop_grace.map(|g| g.0.as_secs()))
     );
     s += &format!(
         "3. **Find the recovery point**: `lifeboat --repo {} snapshots` and take the newest with tags `plan={}` and `app={a}`.\n",
@@ -103,23 +265,25 @@ fn app_section(plan: &Plan, app: &App) -> String {
     if app.standby_mode == StandbyMode::Hot {
         s += &format!(
             "4. **Bring the data.** The hot standby holds the app at zero replicas with the data of the last backup. If a newer \
-             snapshot exists: `lifeboat restore SNAPSHOT --to docker:{} --replicas 0 --existing update`.\n",
-            docker_target(plan, sb)
+             snapshot exists: `lifeboat restore SNAPSHOT --to {} --replicas 0 --existing update`.\n",
+            ks.restore_to()
         );
     } else {
         s += &format!(
-            "4. **Restore**: `lifeboat restore SNAPSHOT --to docker:{} --replicas 0 --existing update`.\n",
-            docker_target(plan, sb)
+            "4. **Restore**: `lifeboat restore SNAPSHOT --to {} --replicas 0 --existing update`.\n",
+            ks.restore_to()
         );
     }
-    s += &format!("5. **Start** on {sb}: `docker {hs}start $(docker {hs}ps -aq {f})`.\n");
+    s += &format!("5. **Start** on {sb}: {}\n", ks.start());
     s += &format!("6. **Wait for health** on {sb}:\n   {}\n", probes(app, &addr(plan, sb)));
     for h in &app.hooks.post_restore {
         let e = &h.exec.value;
         s += &format!(
-            "   Then run the plan's post_restore hook: `docker {hs}exec {} {}`{}.\n",
-            e.container,
-            e.command.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "),
+            "   Then run the plan's post_restore hook: {}{}.\n",
+            ks.exec(
+                &e.container,
+                &e.command.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+            ),
             if h.on_error == lifeboat_plan::HookOnError::Continue {
                 " (a failure may be ignored)"
             } else {
@@ -131,20 +295,11 @@ fn app_section(plan: &Plan, app: &App) -> String {
     s += &format!("8. **Verify**:\n{}", checks(app, &addr(plan, sb)));
     s += &format!(
         "\n### Fail back from {sb} to {p}\n\nThe same steps the other way round, after a backup of {sb} taken once it is \
-         stopped (`lifeboat backup docker {}--label ...` with the selection above, tags `plan={}` and `app={a}`), so what \
-         was written on {sb} comes back to {p}. Traffic:\n{}",
-        hs.replace("-H ", "--host "),
-        plan.metadata.name,
+         stopped ({}), so what was written on {sb} comes back to {p}. Traffic:\n{}",
+        ks.backup(&plan.metadata.name, a),
         traffic(app, false)
     );
     s
-}
-
-fn docker_target(plan: &Plan, site: &str) -> String {
-    match plan.sites.get(site) {
-        Some(Site::Docker { host: Some(h), .. }) => h.clone(),
-        _ => String::new(),
-    }
 }
 
 fn probes(app: &App, address: &str) -> String {
@@ -246,7 +401,44 @@ fn shell_quote(a: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::shell_quote;
+    use super::*;
+
+    fn plan(sites: &str, select: &str) -> String {
+        format!(
+            "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {{name: shop}}\nrepository: /r\nsites:\n{sites}\napps:\n  - name: shop\n    profile: dr\n    primary: a\n    standby: b\n    standby_mode: hot\n    stop_grace: 2s\n    select: {select}\n    hooks:\n      post_restore: [{{exec: {{container: \"shop/db/pg\", command: [psql, -c, \"select 1\"]}}}}]\n"
+        )
+    }
+
+    #[test]
+    fn the_runbook_speaks_each_sites_language() {
+        let docker = plan(
+            "  a: {docker: {host: \"unix:///a.sock\", address: 10.0.0.1}}\n  b: {docker: {host: \"unix:///b.sock\", address: 10.0.0.2}}",
+            "{labels: {app: shop}}",
+        );
+        let md = markdown(&Plan::parse("p.yaml", &docker).unwrap(), Path::new("p.yaml"));
+        assert!(
+            md.contains("`docker -H unix:///a.sock stop -t 2 $(docker -H unix:///a.sock ps -q --filter label=app=shop)`"),
+            "{md}"
+        );
+        assert!(md.contains("--to docker:unix:///b.sock --replicas 0"), "{md}");
+        assert!(md.contains("`docker -H unix:///b.sock exec shop/db/pg psql -c 'select 1'`"), "{md}");
+
+        let kube = plan(
+            "  a: {kubernetes: {kubeconfig: /k/a, context: a, address: 10.0.0.1}}\n  b: {kubernetes: {kubeconfig: /k/b, context: b, address: 10.0.0.2}}",
+            "{namespaces: [shop], labels: {app: shop}}",
+        );
+        let md = markdown(&Plan::parse("p.yaml", &kube).unwrap(), Path::new("p.yaml"));
+        assert!(md.contains("selection: namespaces shop, labels app=shop"), "{md}");
+        assert!(
+            md.contains("kubectl --kubeconfig /k/a --context a -n shop get deploy,statefulset -l app=shop -o jsonpath="),
+            "{md}"
+        );
+        assert!(md.contains("scale \"$w\" --replicas=0"), "{md}");
+        assert!(md.contains("--to kube:b --kubeconfig /k/b --replicas 0 --existing update"), "{md}");
+        assert!(md.contains("kubectl --kubeconfig /k/b --context b -n shop exec db -c pg -- psql -c 'select 1'"), "{md}");
+        assert!(md.contains("`lifeboat backup kube --kubeconfig /k/b --context b -n shop -l app=shop --tag plan=shop --tag app=shop`"), "{md}");
+        assert!(!md.contains("docker"), "{md}");
+    }
 
     #[test]
     fn shell_quote_leaves_plain_words_and_quotes_the_rest() {
