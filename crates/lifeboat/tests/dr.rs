@@ -1,7 +1,8 @@
 //! End-to-end tests of DR plans on two real Docker lab sites with the lab's BIND 9 (`scripts/test.sh`
-//! starts them with `lab/lab up --docker 2 --dns`): watch and failover after `lab/lab kill a`,
+//! starts them with `lab/lab up --docker 2 --kube 2 --dns`): watch and failover after `lab/lab kill a`,
 //! failback, resume after `kill -9` at every step, the witness under `lab/lab partition a`, and
-//! drills. The tests run one at a time (they take sites down); each owns its app's objects (names
+//! drills; and one app on the two Kubernetes sites, through backup, sync, failover, failback and a
+//! drill. The tests run one at a time (they take sites down); each owns its app's objects (names
 //! starting with its prefix), its DNS name and its repository.
 mod common;
 
@@ -12,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::lab::{docker_sites, http_get, wait_for, Site};
+use common::lab::{docker_sites, http_get, kube_sites, wait_for, KubeSite, Site};
 use common::PASSWORD;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -801,4 +802,224 @@ fn sync_fences_again_a_primary_that_runs_after_a_failover() {
         "the active side still serves"
     );
     assert_eq!(resolve("dr9"), b.addr);
+}
+
+/// A web app on Kubernetes site a: a Deployment serving the files of its claim on a host port.
+/// Its namespace is deleted from both sites when dropped (without waiting).
+struct KubeApp {
+    ns: &'static str,
+    port: u16,
+    /// Holds the plan and the repository.
+    _dir: tempfile::TempDir,
+    plan: PathBuf,
+    sites: Vec<KubeSite>,
+}
+
+impl Drop for KubeApp {
+    fn drop(&mut self) {
+        for s in &self.sites {
+            for ns in s.kubectl(&["get", "namespaces", "-o", "name"]).lines() {
+                let ns = ns.trim_start_matches("namespace/");
+                if ns == self.ns || ns.starts_with("drill-") && ns.ends_with(self.ns) {
+                    let _ = s.kubectl_try(&["delete", "namespace", ns, "--wait=false"], None);
+                }
+            }
+        }
+    }
+}
+
+impl KubeApp {
+    fn new(sites: Vec<KubeSite>, ns: &'static str, port: u16) -> KubeApp {
+        for s in &sites {
+            s.drop_namespace(ns);
+        }
+        let (a, b) = (&sites[0], &sites[1]);
+        a.apply(&format!(
+            r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: www, namespace: {ns}, labels: {{app: {ns}}}}}
+spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 10Mi}}}}}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: conf, namespace: {ns}, labels: {{app: {ns}}}}}
+data: {{greeting: hello}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}, labels: {{app: {ns}}}}}
+spec:
+  replicas: 1
+  strategy: {{type: Recreate}}
+  selector: {{matchLabels: {{app: {ns}}}}}
+  template:
+    metadata: {{labels: {{app: {ns}}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: web
+          image: lifeboat-lab/web:1
+          imagePullPolicy: Never
+          command: [sh, -c, "[ -f /www/healthz ] || {{ echo ok > /www/healthz; echo widget > /www/items; }}; exec httpd -f -p 8080 -h /www"]
+          ports: [{{containerPort: 8080, hostPort: {port}}}]
+          resources: {{requests: {{cpu: 100m, memory: 32Mi}}}}
+          volumeMounts: [{{name: www, mountPath: /www}}]
+      volumes: [{{name: www, persistentVolumeClaim: {{claimName: www}}}}]
+"#
+        ));
+        wait_for("the web app on a", Duration::from_secs(90), || {
+            http_get(&a.addr, port, "/items")
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        common::ok(repo.to_str().unwrap(), &["repo", "init"]);
+        let site = |s: &KubeSite| {
+            format!(
+                "{{kubernetes: {{kubeconfig: {}, context: {}, address: {}, helper_image: \"lifeboat-lab/web:1\"}}}}",
+                s.kubeconfig, s.context, s.addr
+            )
+        };
+        let plan = dir.path().join("plan.yaml");
+        std::fs::write(
+            &plan,
+            format!(
+                "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {{name: {ns}}}\nrepository: {repo}\nsites:\n  a: {sa}\n  b: {sb}\n\
+                 apps:\n  - name: {ns}\n    primary: a\n    standby: b\n    standby_mode: hot\n    \
+                 select: {{namespaces: [{ns}], labels: {{app: {ns}}}}}\n    objectives: {{rto: 60s, rpo: 5m}}\n    health:\n      \
+                 - http: {{url: \"http://{{site}}:{port}/healthz\"}}\n        interval: 1s\n        failure_threshold: 3\n    \
+                 traffic:\n      dns: {{server: \"127.0.0.1:5353\", zone: lab.test., name: {ns}, ttl: 5, tsig_key: {key}, \
+                 primary: {aa}, standby: {ba}}}\n    verify:\n      - http: {{url: \"http://{{site}}:{port}/items\", \
+                 expect_body_contains: widget}}\n",
+                repo = repo.display(),
+                sa = site(a),
+                sb = site(b),
+                key = lab_var("LAB_DNS_KEY"),
+                aa = a.addr,
+                ba = b.addr,
+            ),
+        )
+        .unwrap();
+        point(ns, &a.addr);
+        KubeApp {
+            ns,
+            port,
+            _dir: dir,
+            plan,
+            sites,
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = Command::new(common::bin())
+            .args(args)
+            .arg(&self.plan)
+            .env("LIFEBOAT_PASSWORD", PASSWORD)
+            .env_remove("LIFEBOAT_REPO")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "lifeboat {args:?} failed: {out}");
+        out
+    }
+
+    fn items(&self, s: &KubeSite) -> Option<String> {
+        http_get(&s.addr, self.port, "/items")
+    }
+
+    fn add(&self, s: &KubeSite, item: &str) {
+        s.kubectl(&[
+            "-n",
+            self.ns,
+            "exec",
+            "deploy/web",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo {item} >> /www/items"),
+        ]);
+    }
+
+    /// The web Deployment's replicas and recorded count on `s`.
+    fn replicas(&self, s: &KubeSite) -> (i64, Option<String>) {
+        let d = s.get_json("deployment", Some(self.ns), "web").expect("the Deployment");
+        (
+            d["spec"]["replicas"].as_i64().unwrap(),
+            d["metadata"]["annotations"]["lifeboat.io/replicas"]
+                .as_str()
+                .map(str::to_string),
+        )
+    }
+}
+
+#[test]
+fn a_kubernetes_app_fails_over_with_its_data_and_dns_and_back_and_drills_in_a_prefixed_namespace() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let app = KubeApp::new(kube_sites(2), "kdr-e2e", 18181);
+    let (a, b) = (&app.sites[0], &app.sites[1]);
+
+    // A hot standby: everything on b at zero replicas, the count recorded, the data staged.
+    app.ok(&["backup", "--plan"]);
+    assert_eq!(app.replicas(b), (0, Some("1".into())));
+    assert!(b.get_json("pvc", Some(app.ns), "www").is_some());
+    let check = app.ok(&["plan", "check"]);
+    assert!(check.contains("3 objects identical on b"), "{check}");
+    // Drift is seen and corrected by sync.
+    a.kubectl(&[
+        "-n",
+        app.ns,
+        "patch",
+        "configmap",
+        "conf",
+        "-p",
+        r#"{"data":{"greeting":"hi"}}"#,
+    ]);
+    let sync = app.ok(&["sync", "--once"]);
+    assert!(sync.contains("replaced ConfigMap/kdr-e2e/conf"), "{sync}");
+    assert_eq!(
+        b.get_json("configmap", Some(app.ns), "conf").unwrap()["data"]["greeting"],
+        "hi"
+    );
+    assert_eq!(app.replicas(b).0, 0, "sync starts nothing");
+
+    // Failover: written on a after the last backup, still there on b (final backup after fencing).
+    app.add(a, "gizmo");
+    let out = app.ok(&["failover"]);
+    assert!(out.contains("RPO achieved: 0.00 s"), "{out}");
+    assert_eq!(resolve(app.ns), b.addr);
+    let on_b = wait_for("the app on b", Duration::from_secs(30), || app.items(b));
+    assert!(on_b.contains("widget") && on_b.contains("gizmo"), "{on_b}");
+    assert_eq!(app.replicas(a), (0, Some("1".into())), "a is fenced");
+    assert_eq!(app.replicas(b), (1, None));
+
+    // Failback brings what was written on b home.
+    app.add(b, "sprocket");
+    app.ok(&["failback"]);
+    assert_eq!(resolve(app.ns), a.addr);
+    let on_a = wait_for("the app on a", Duration::from_secs(30), || app.items(a));
+    assert!(on_a.contains("gizmo") && on_a.contains("sprocket"), "{on_a}");
+    assert_eq!(app.replicas(b).0, 0);
+
+    // A drill recovers into drill-ID-kdr-e2e on b, checks it and removes it; production stays.
+    let drill = app.ok(&["drill"]);
+    assert!(drill.contains("drill-") && drill.contains("teardown"), "{drill}");
+    assert_eq!(resolve(app.ns), a.addr);
+    assert_eq!(app.replicas(a), (1, None));
+    assert_eq!(app.replicas(b).0, 0);
+    let left: Vec<String> = b
+        .kubectl(&["get", "namespaces", "-o", "name"])
+        .lines()
+        .filter(|n| n.contains("drill-") && n.ends_with(app.ns))
+        .filter(|n| {
+            let ns = n.trim_start_matches("namespace/");
+            b.get_json("namespace", None, ns)
+                .is_some_and(|v| v["status"]["phase"] != "Terminating")
+        })
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "drill namespaces not removed: {left:?}");
 }

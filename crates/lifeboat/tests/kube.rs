@@ -581,19 +581,11 @@ fn etcd_snapshot_round_trip_restores_with_etcds_own_tools() {
     );
 }
 
-/// Removes namespace `ns` and waits until it is gone.
-fn drop_namespace(site: &KubeSite, ns: &str) {
-    let _ = site.kubectl_try(&["delete", "namespace", ns, "--wait=false", "--ignore-not-found"], None);
-    wait_for(&format!("namespace {ns} to go"), Duration::from_secs(300), || {
-        site.get_json("namespace", None, ns).is_none().then_some(())
-    });
-}
-
 #[test]
 fn scale_down_records_the_replicas_and_scale_up_brings_exactly_them_back() {
     let sites = kube_sites(1);
     let a = &sites[0];
-    drop_namespace(a, "k3-app");
+    a.drop_namespace("k3-app");
     a.apply(
         r#"
 apiVersion: v1

@@ -81,7 +81,10 @@ impl Kit {
                 grace.map(|g| format!("-t {g} ")).unwrap_or_default()
             ),
             Kit::Kubernetes {
-                kc, namespaces, selector, ..
+                kc,
+                namespaces,
+                selector,
+                ..
             } => {
                 let lines: Vec<String> = namespaces
                     .iter()
@@ -105,7 +108,10 @@ impl Kit {
         match self {
             Kit::Docker { host, filters, .. } => format!("`docker {host}start $(docker {host}ps -aq {filters})`"),
             Kit::Kubernetes {
-                kc, namespaces, selector, ..
+                kc,
+                namespaces,
+                selector,
+                ..
             } => {
                 let lines: Vec<String> = namespaces
                     .iter()
@@ -148,12 +154,17 @@ impl Kit {
     /// A backup of the app here with the plan's tags.
     fn backup(&self, plan: &str, app: &str) -> String {
         match self {
-            Kit::Docker { target, .. } => format!(
+            Kit::Docker { target, .. } => {
+                format!(
                 "`lifeboat backup docker {}--label ...` with the selection above, tags `plan={plan}` and `app={app}`",
                 if target.is_empty() { String::new() } else { format!("--host {target} ") }
-            ),
+            )
+            }
             Kit::Kubernetes {
-                kc, namespaces, selector, ..
+                kc,
+                namespaces,
+                selector,
+                ..
             } => format!(
                 "`lifeboat backup kube {kc}{}{selector}--tag plan={plan} --tag app={app}`",
                 namespaces.iter().map(|n| format!("-n {n} ")).collect::<String>()
@@ -171,7 +182,11 @@ fn selection(app: &App) -> String {
     format!(
         "namespaces {}{}",
         app.select.namespaces.join(", "),
-        if labels.is_empty() { String::new() } else { format!(", labels {}", labels.join(",")) }
+        if labels.is_empty() {
+            String::new()
+        } else {
+            format!(", labels {}", labels.join(","))
+        }
     )
 }
 
@@ -417,11 +432,16 @@ mod tests {
         );
         let md = markdown(&Plan::parse("p.yaml", &docker).unwrap(), Path::new("p.yaml"));
         assert!(
-            md.contains("`docker -H unix:///a.sock stop -t 2 $(docker -H unix:///a.sock ps -q --filter label=app=shop)`"),
+            md.contains(
+                "`docker -H unix:///a.sock stop -t 2 $(docker -H unix:///a.sock ps -q --filter label=app=shop)`"
+            ),
             "{md}"
         );
         assert!(md.contains("--to docker:unix:///b.sock --replicas 0"), "{md}");
-        assert!(md.contains("`docker -H unix:///b.sock exec shop/db/pg psql -c 'select 1'`"), "{md}");
+        assert!(
+            md.contains("`docker -H unix:///b.sock exec shop/db/pg psql -c 'select 1'`"),
+            "{md}"
+        );
 
         let kube = plan(
             "  a: {kubernetes: {kubeconfig: /k/a, context: a, address: 10.0.0.1}}\n  b: {kubernetes: {kubeconfig: /k/b, context: b, address: 10.0.0.2}}",
@@ -430,12 +450,20 @@ mod tests {
         let md = markdown(&Plan::parse("p.yaml", &kube).unwrap(), Path::new("p.yaml"));
         assert!(md.contains("selection: namespaces shop, labels app=shop"), "{md}");
         assert!(
-            md.contains("kubectl --kubeconfig /k/a --context a -n shop get deploy,statefulset -l app=shop -o jsonpath="),
+            md.contains(
+                "kubectl --kubeconfig /k/a --context a -n shop get deploy,statefulset -l app=shop -o jsonpath="
+            ),
             "{md}"
         );
         assert!(md.contains("scale \"$w\" --replicas=0"), "{md}");
-        assert!(md.contains("--to kube:b --kubeconfig /k/b --replicas 0 --existing update"), "{md}");
-        assert!(md.contains("kubectl --kubeconfig /k/b --context b -n shop exec db -c pg -- psql -c 'select 1'"), "{md}");
+        assert!(
+            md.contains("--to kube:b --kubeconfig /k/b --replicas 0 --existing update"),
+            "{md}"
+        );
+        assert!(
+            md.contains("kubectl --kubeconfig /k/b --context b -n shop exec db -c pg -- psql -c 'select 1'"),
+            "{md}"
+        );
         assert!(md.contains("`lifeboat backup kube --kubeconfig /k/b --context b -n shop -l app=shop --tag plan=shop --tag app=shop`"), "{md}");
         assert!(!md.contains("docker"), "{md}");
     }

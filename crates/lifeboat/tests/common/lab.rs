@@ -277,6 +277,14 @@ impl KubeSite {
         assert!(ok, "kubectl apply on site {} failed: {err}", self.name);
     }
 
+    /// Removes namespace `ns` and waits until it is gone (its pods can take a minute and a half).
+    pub fn drop_namespace(&self, ns: &str) {
+        let _ = self.kubectl_try(&["delete", "namespace", ns, "--wait=false", "--ignore-not-found"], None);
+        wait_for(&format!("namespace {ns} to go"), Duration::from_secs(300), || {
+            self.get_json("namespace", None, ns).is_none().then_some(())
+        });
+    }
+
     /// An object as JSON, if it exists.
     pub fn get_json(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<serde_json::Value> {
         let mut args = vec!["get", kind, name, "-o", "json"];
