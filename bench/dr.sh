@@ -5,8 +5,10 @@
 #   the same under `watch` (1 s probes, threshold 3): failure to traffic switched < 10 s
 #   hot standby, database with 1 GiB: < 30 s;  cold standby from the repository: reported
 #   backups every minute: achieved RPO <= 60 s + the backup's own duration
+# and the same app shape on the two Kubernetes sites (a Deployment with BENCH_KUBE_MIB in its claim).
 #
-#   bash bench/dr.sh            (BENCH_DB_MIB=1024 by default; BENCH_RPO=0 skips the 2-minute RPO run)
+#   bash bench/dr.sh            (BENCH_DB_MIB=1024 and BENCH_KUBE_MIB=1024 by default; BENCH_RPO=0 skips
+#                                the 2-minute RPO run, BENCH_KUBE=0 the Kubernetes runs)
 # Environment: BENCH_DIR [/var/tmp/lifeboat-bench], LIFEBOAT_BIN [$CARGO_TARGET_DIR/release/lifeboat]
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -14,7 +16,12 @@ BENCH_DIR=${BENCH_DIR:-/var/tmp/lifeboat-bench}
 DB_MIB=${BENCH_DB_MIB:-1024}
 LIFEBOAT_BIN=${LIFEBOAT_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/lifeboat-target}/release/lifeboat}
 [ -x "$LIFEBOAT_BIN" ] || { echo "bench: no lifeboat binary at $LIFEBOAT_BIN (cargo build --release -p lifeboat)" >&2; exit 1; }
-"$HERE/../lab/lab" up --docker 2 --dns >/dev/null
+KUBE_MIB=${BENCH_KUBE_MIB:-1024}
+if [ "${BENCH_KUBE:-1}" = 1 ]; then
+  "$HERE/../lab/lab" up --docker 2 --kube 2 --dns >/dev/null
+else
+  "$HERE/../lab/lab" up --docker 2 --dns >/dev/null
+fi
 eval "$("$HERE/../lab/lab" env)"
 W=$BENCH_DIR/dr
 rm -rf "$W"; mkdir -p "$W"
@@ -28,7 +35,10 @@ point() {
   printf 'server 127.0.0.1 5353\nzone lab.test.\nupdate delete %s.lab.test. A\nupdate add %s.lab.test. 5 A %s\nsend\n' "$1" "$1" "$2" \
     | nsupdate -k "$LAB_DNS_KEY"
 }
-clean() { for d in da db; do $d rm -f -v $($d ps -aq --filter "label=bench-dr") >/dev/null 2>&1 || true; \
+ka() { kubectl --kubeconfig "$LAB_A_KUBECONFIG" "$@"; }
+kb() { kubectl --kubeconfig "$LAB_B_KUBECONFIG" "$@"; }
+clean() { [ "${BENCH_KUBE:-1}" = 1 ] && for k in ka kb; do $k delete namespace bdr-kube --wait=false --ignore-not-found >/dev/null 2>&1; done
+  for d in da db; do $d rm -f -v $($d ps -aq --filter "label=bench-dr") >/dev/null 2>&1 || true; \
   $d volume rm -f $($d volume ls -q --filter name=bdr-) >/dev/null 2>&1 || true; done; }
 trap clean EXIT
 
@@ -69,6 +79,16 @@ web() { # web NAME PORT: a stateless web app on a
 
 rto() { # rto FILE: the operation's RTO and RPO from failover --json
   python3 -c "import json,sys; o=json.load(open(sys.argv[1]))['operations'][0]; print(o['status'], '%.2f' % o['rto_seconds'], '%.2f' % (o['rpo_seconds'] or 0))" "$1"
+}
+
+steps() { # steps FILE: how long each step of the operation took
+  python3 - "$1" >&2 <<'PY' || true
+import json, sys
+from datetime import datetime
+t = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))
+o = json.load(open(sys.argv[1]))["operations"][0]
+print("   steps: " + ", ".join("%s %.1f s" % (s["name"], (t(s["finished"]) - t(s["started"])).total_seconds()) for s in o["steps"] if s.get("finished")))
+PY
 }
 
 clean
@@ -121,13 +141,7 @@ da exec bdr-bdb-db psql -U postgres -qc "update big set v = 'changed' where g % 
 L --json failover "$W/bdb.yaml" > "$W/bdb.json" 2>"$W/bdb.err"
 read -r st t rp < <(rto "$W/bdb.json")
 printf '%-58s %9s %9s %s\n' "hot, ${DB_MIB} MiB database, planned (final backup, stop_grace 2s): trigger -> b ($st)" "$t" "$rp" "< 30 s"
-python3 - "$W/bdb.json" >&2 <<'PY' || true
-import json, sys
-from datetime import datetime
-t = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))
-o = json.load(open(sys.argv[1]))["operations"][0]
-print("   steps: " + ", ".join("%s %.1f s" % (s["name"], (t(s["finished"]) - t(s["started"])).total_seconds()) for s in o["steps"] if s.get("finished")))
-PY
+steps "$W/bdb.json"
 L failback "$W/bdb.yaml" >/dev/null 2>&1
 L backup --plan "$W/bdb.yaml" >/dev/null 2>&1
 da kill bdr-bdb-db bdr-bdb-web >/dev/null
@@ -159,4 +173,84 @@ if [ "${BENCH_RPO:-1}" = 1 ]; then
   L --json failover "$W/brpo.yaml" --no-final-backup > "$W/brpo.json" 2>"$W/brpo.err"
   read -r st t rp < <(rto "$W/brpo.json")
   printf '%-58s %9s %9s %s\n' "backups every 60 s, primary dies: achieved RPO ($st)" "$t" "$rp" "<= 60 s + backup time"
+fi
+
+# 6. Kubernetes: a Deployment serving KUBE_MIB MiB in its claim, hot standby on the second cluster.
+#    Planned failover (final backup after scaling a to zero), then the app dead on a (scaled to zero
+#    behind Lifeboat's back, no final backup).
+if [ "${BENCH_KUBE:-1}" = 1 ]; then
+  for k in ka kb; do
+    for _ in $(seq 300); do $k get namespace bdr-kube >/dev/null 2>&1 || break; sleep 1; done
+  done
+  ka apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Namespace
+metadata: {name: bdr-kube}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: www, namespace: bdr-kube, labels: {app: bkube}}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 2Gi}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: bdr-kube, labels: {app: bkube}}
+spec:
+  replicas: 1
+  strategy: {type: Recreate}
+  selector: {matchLabels: {app: bkube}}
+  template:
+    metadata: {labels: {app: bkube}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: web
+          image: lifeboat-lab/web:1
+          imagePullPolicy: Never
+          command: [sh, -c, "echo ok > /www/index.html; exec httpd -f -p 8080 -h /www"]
+          ports: [{containerPort: 8080, hostPort: 8286}]
+          volumeMounts: [{name: www, mountPath: /www}]
+      volumes: [{name: www, persistentVolumeClaim: {claimName: www}}]
+YAML
+  for _ in $(seq 120); do curl -fs -m 1 "http://$LAB_A_ADDR:8286/index.html" >/dev/null && break; sleep 1; done
+  ka -n bdr-kube exec deploy/web -- sh -c "busybox head -c $((KUBE_MIB * 1024 * 1024)) /dev/urandom > /www/blob"
+  L --repo "$W/bkube-repo" repo init >/dev/null
+  ksite() { echo "{kubernetes: {kubeconfig: $1, context: $2, address: $3, helper_image: \"lifeboat-lab/web:1\"}}"; }
+  cat > "$W/bkube.yaml" <<PLAN
+apiVersion: lifeboat.dev/v1
+kind: DRPlan
+metadata: {name: bkube}
+repository: $W/bkube-repo
+sites:
+  a: $(ksite "$LAB_A_KUBECONFIG" "$LAB_A_KUBE_CONTEXT" "$LAB_A_ADDR")
+  b: $(ksite "$LAB_B_KUBECONFIG" "$LAB_B_KUBE_CONTEXT" "$LAB_B_ADDR")
+apps:
+  - name: bkube
+    primary: a
+    standby: b
+    standby_mode: hot
+    select: {namespaces: [bdr-kube], labels: {app: bkube}}
+    objectives: {rto: 30s, rpo: 1m}
+    health:
+      - http: {url: "http://{site}:8286/index.html"}
+        interval: 1s
+        timeout: 1s
+        failure_threshold: 3
+    traffic:
+      dns: {server: "127.0.0.1:5353", zone: lab.test., name: bkube, ttl: 5, tsig_key: $LAB_DNS_KEY, primary: $LAB_A_ADDR, standby: $LAB_B_ADDR}
+PLAN
+  point bkube "$LAB_A_ADDR"
+  /usr/bin/time -f "%e" -o "$W/bkube.backup.time" "$LIFEBOAT_BIN" backup --plan "$W/bkube.yaml" >/dev/null 2>"$W/bkube.backup.err"
+  printf '%-58s %9s %9s %s\n' "kube: first backup and staging of b, ${KUBE_MIB} MiB claim" "$(cat "$W/bkube.backup.time")" "-" ""
+  ka -n bdr-kube exec deploy/web -- sh -c 'echo changed > /www/changed'
+  L --json failover "$W/bkube.yaml" > "$W/bkube.json" 2>"$W/bkube.err"
+  read -r st t rp < <(rto "$W/bkube.json")
+  printf '%-58s %9s %9s %s\n' "kube, hot, ${KUBE_MIB} MiB claim, planned: trigger -> b ($st)" "$t" "$rp" "< 30 s"
+  steps "$W/bkube.json"
+  L failback "$W/bkube.yaml" >/dev/null 2>&1
+  L backup --plan "$W/bkube.yaml" >/dev/null 2>&1
+  ka -n bdr-kube scale deployment web --replicas=0 >/dev/null
+  L --json failover "$W/bkube.yaml" --no-final-backup > "$W/bkube2.json" 2>"$W/bkube2.err"
+  read -r st t rp < <(rto "$W/bkube2.json")
+  printf '%-58s %9s %9s %s\n' "kube, hot, ${KUBE_MIB} MiB claim, app dead on a: trigger -> b ($st)" "$t" "$rp" "< 30 s"
 fi
