@@ -456,12 +456,26 @@ const QUEUE: usize = 16;
 /// and sending overlap. A damaged or missing blob fails the call with the repository's error: the
 /// stream then ends early, and the receiver must treat the transfer as failed.
 pub fn tree_to_tar(repo: &Repository, root: &Node, prefix: &str, writer: impl VecWrite) -> Result<u64, FsError> {
+    tree_delta_to_tar(repo, root, None, prefix, writer)
+}
+
+/// As [`tree_to_tar`], but with `base` (the tree the receiver holds now) only what differs from
+/// it: entries [`unchanged`] in `base` are left out (a directory whose subtree is unchanged, with
+/// everything below it). What `base` has and `root` does not is not in the stream: see
+/// [`removed_paths`].
+pub fn tree_delta_to_tar(
+    repo: &Repository,
+    root: &Node,
+    base: Option<&Node>,
+    prefix: &str,
+    writer: impl VecWrite,
+) -> Result<u64, FsError> {
     let (tx, rx) = crossbeam_channel::bounded::<Result<Item, RepoError>>(QUEUE);
     let top = prefix.trim_end_matches('/').as_bytes().to_vec();
     std::thread::scope(|scope| {
         scope.spawn(move || {
             let mut links = HashMap::new();
-            if let Err(e) = load_entry(repo, &tx, &mut links, top, root) {
+            if let Err(e) = load_entry(repo, &tx, &mut links, top, root, base) {
                 let _ = tx.send(Err(e));
             }
         });
@@ -470,14 +484,78 @@ pub fn tree_to_tar(repo: &Repository, root: &Node, prefix: &str, writer: impl Ve
     })
 }
 
-/// Sends `node` (and everything below it) to the writer. Stops quietly when the writer is gone.
+/// Whether a receiver holding `base` at a path already has `n` there: same kind, content,
+/// metadata and (directories) subtree. Hard-linked files never count as unchanged.
+pub fn unchanged(n: &Node, base: &Node) -> bool {
+    n.kind == base.kind
+        && (n.mode, n.uid, n.gid, n.mtime_ns, n.size, n.rdev) == (base.mode, base.uid, base.gid, base.mtime_ns, base.size, base.rdev)
+        && n.content == base.content
+        && n.extents == base.extents
+        && n.subtree == base.subtree
+        && n.target == base.target
+        && n.xattrs == base.xattrs
+        && !(n.kind == NodeKind::File && (n.nlink > 1 || base.nlink > 1))
+}
+
+/// The children of a directory node, by name (none for other nodes).
+fn children(repo: &Repository, n: &Node) -> Result<Vec<Node>, RepoError> {
+    match (n.kind, n.subtree) {
+        (NodeKind::Dir, Some(sub)) => Ok(repo
+            .load_tree(&sub)?
+            .nodes
+            .into_iter()
+            .filter(|c| !(c.name.0.is_empty() || c.name.0.contains(&b'/') || c.name.0 == b"." || c.name.0 == b".."))
+            .collect()),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Paths (relative, `/`-separated) that a receiver holding `base` must remove before it takes the
+/// stream of [`tree_delta_to_tar`] to hold `root`: what is gone, and what changed kind (a file that
+/// became a directory). Parents come before what is below them; below a removed path nothing is
+/// listed.
+pub fn removed_paths(repo: &Repository, root: &Node, base: &Node) -> Result<Vec<Vec<u8>>, FsError> {
+    fn walk(repo: &Repository, n: &Node, base: &Node, path: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), RepoError> {
+        if n.subtree == base.subtree {
+            return Ok(());
+        }
+        let now = children(repo, n)?;
+        let now: HashMap<&[u8], &Node> = now.iter().map(|c| (c.name.0.as_slice(), c)).collect();
+        for b in children(repo, base)? {
+            let mut p = path.to_vec();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(&b.name.0);
+            match now.get(b.name.0.as_slice()) {
+                Some(c) if c.kind == b.kind => {
+                    if c.kind == NodeKind::Dir {
+                        walk(repo, c, &b, &p, out)?;
+                    }
+                }
+                _ => out.push(p),
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(repo, root, base, b"", &mut out)?;
+    Ok(out)
+}
+
+/// Sends `node` (and everything below it) to the writer, leaving out what is [`unchanged`] in
+/// `base`. Stops quietly when the writer is gone.
 fn load_entry(
     repo: &Repository,
     tx: &crossbeam_channel::Sender<Result<Item, RepoError>>,
     links: &mut HashMap<(u64, u64), Vec<u8>>,
     path: Vec<u8>,
     n: &Node,
+    base: Option<&Node>,
 ) -> Result<bool, RepoError> {
+    if base.is_some_and(|b| unchanged(n, b)) {
+        return Ok(true);
+    }
     let mut link = None;
     if n.kind == NodeKind::File && n.nlink > 1 {
         match links.get(&(n.dev, n.inode)) {
@@ -533,16 +611,18 @@ fn load_entry(
             }
         }
     }
-    if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree) {
-        let tree = repo.load_tree(&sub)?;
-        for c in &tree.nodes {
-            if c.name.0.is_empty() || c.name.0.contains(&b'/') || c.name.0 == b"." || c.name.0 == b".." {
-                continue;
-            }
+    if n.kind == NodeKind::Dir {
+        let before = match base {
+            Some(b) if b.kind == NodeKind::Dir => children(repo, b)?,
+            _ => Vec::new(),
+        };
+        let before: HashMap<&[u8], &Node> = before.iter().map(|b| (b.name.0.as_slice(), b)).collect();
+        for c in children(repo, n)? {
             let mut child = path.clone();
             child.push(b'/');
             child.extend_from_slice(&c.name.0);
-            if !load_entry(repo, tx, links, child, c)? {
+            let was = before.get(c.name.0.as_slice()).copied();
+            if !load_entry(repo, tx, links, child, &c, was)? {
                 return Ok(false);
             }
         }
@@ -845,5 +925,100 @@ mod tests {
     fn split_parent_and_name() {
         assert_eq!(split(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
         assert_eq!(split(b"c"), (&b""[..], &b"c"[..]));
+    }
+
+    /// A tar of `files` (path, content; a path ending in `/` is a directory) under `vol/`.
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in [("", &b""[..])].iter().chain(files) {
+            let mut h = tar::Header::new_gnu();
+            let dir = path.is_empty() || path.ends_with('/');
+            h.set_entry_type(if dir { tar::EntryType::Directory } else { tar::EntryType::Regular });
+            h.set_mode(if dir { 0o755 } else { 0o644 });
+            h.set_mtime(1_700_000_000);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, format!("vol/{path}"), *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_delta_holds_what_changed_and_with_the_removals_turns_the_old_tree_into_the_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(&dir.path().join("repo"));
+        let big: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let v1 = tar_of(&[
+            ("a.txt", b"one"),
+            ("dirfile", b"a file"),
+            ("gone.txt", b"bye"),
+            ("keep/", b""),
+            ("keep/big.bin", &big),
+        ]);
+        let v2 = tar_of(&[
+            ("a.txt", b"two"),
+            ("dirfile/", b""),
+            ("dirfile/x", b"now a directory"),
+            ("keep/", b""),
+            ("keep/big.bin", &big),
+            ("new.txt", b"hello"),
+        ]);
+        let tree = |t: &[u8]| tar_to_tree(&repo, t, 1, "test", &Progress::default()).unwrap().root;
+        let (old, new) = (tree(&v1), tree(&v2));
+        repo.flush().unwrap();
+
+        let removed = removed_paths(&repo, &new, &old).unwrap();
+        assert_eq!(removed, [b"dirfile".to_vec(), b"gone.txt".to_vec()]);
+        let mut delta = Vec::new();
+        let bytes = tree_delta_to_tar(&repo, &new, Some(&old), ".", &mut delta).unwrap();
+        assert_eq!(bytes, 3 + 15 + 5, "only the changed files' content");
+        let names: Vec<String> = tar::Archive::new(delta.as_slice())
+            .entries()
+            .unwrap()
+            .map(|e| String::from_utf8(e.unwrap().path_bytes().into_owned()).unwrap())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains("big.bin")), "{names:?}");
+        // Identical trees: nothing to send, nothing to remove.
+        let mut none = Vec::new();
+        assert_eq!(tree_delta_to_tar(&repo, &new, Some(&new), ".", &mut none).unwrap(), 0);
+        assert!(removed_paths(&repo, &new, &new).unwrap().is_empty());
+
+        // Applied to the old files, the removals and the delta give the new files.
+        let unpack = |t: &[u8], to: &std::path::Path| {
+            let mut a = tar::Archive::new(t);
+            a.set_preserve_mtime(true);
+            a.unpack(to).unwrap();
+        };
+        let (got, want) = (dir.path().join("got"), dir.path().join("want"));
+        unpack(&v1, &got);
+        for r in &removed {
+            let p = got.join("vol").join(std::str::from_utf8(r).unwrap());
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p).unwrap();
+            } else {
+                std::fs::remove_file(&p).unwrap();
+            }
+        }
+        unpack(&delta, &got.join("vol"));
+        unpack(&v2, &want);
+        let files = |root: &std::path::Path| -> BTreeMap<String, Vec<u8>> {
+            let mut out = BTreeMap::new();
+            let mut stack = vec![root.to_path_buf()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).unwrap() {
+                    let p = e.unwrap().path();
+                    let rel = p.strip_prefix(root).unwrap().display().to_string();
+                    if p.is_dir() {
+                        out.insert(rel + "/", Vec::new());
+                        stack.push(p);
+                    } else {
+                        out.insert(rel, std::fs::read(&p).unwrap());
+                    }
+                }
+            }
+            out
+        };
+        assert!(files(&got) == files(&want), "{:?}\n{:?}", files(&got).keys(), files(&want).keys());
     }
 }
