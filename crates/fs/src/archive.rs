@@ -488,7 +488,8 @@ pub fn tree_delta_to_tar(
 /// metadata and (directories) subtree. Hard-linked files never count as unchanged.
 pub fn unchanged(n: &Node, base: &Node) -> bool {
     n.kind == base.kind
-        && (n.mode, n.uid, n.gid, n.mtime_ns, n.size, n.rdev) == (base.mode, base.uid, base.gid, base.mtime_ns, base.size, base.rdev)
+        && (n.mode, n.uid, n.gid, n.mtime_ns, n.size, n.rdev)
+            == (base.mode, base.uid, base.gid, base.mtime_ns, base.size, base.rdev)
         && n.content == base.content
         && n.extents == base.extents
         && n.subtree == base.subtree
@@ -933,7 +934,11 @@ mod tests {
         for (path, data) in [("", &b""[..])].iter().chain(files) {
             let mut h = tar::Header::new_gnu();
             let dir = path.is_empty() || path.ends_with('/');
-            h.set_entry_type(if dir { tar::EntryType::Directory } else { tar::EntryType::Regular });
+            h.set_entry_type(if dir {
+                tar::EntryType::Directory
+            } else {
+                tar::EntryType::Regular
+            });
             h.set_mode(if dir { 0o755 } else { 0o644 });
             h.set_mtime(1_700_000_000);
             h.set_uid(0);
@@ -948,7 +953,9 @@ mod tests {
     fn a_delta_holds_what_changed_and_with_the_removals_turns_the_old_tree_into_the_new() {
         let dir = tempfile::tempdir().unwrap();
         let repo = repo(&dir.path().join("repo"));
-        let big: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let big: Vec<u8> = (0..3u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let v1 = tar_of(&[
             ("a.txt", b"one"),
             ("dirfile", b"a file"),
@@ -1019,6 +1026,11 @@ mod tests {
             }
             out
         };
-        assert!(files(&got) == files(&want), "{:?}\n{:?}", files(&got).keys(), files(&want).keys());
+        assert!(
+            files(&got) == files(&want),
+            "{:?}\n{:?}",
+            files(&got).keys(),
+            files(&want).keys()
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams, DeleteParams, PostParams};
-use lifeboat_fs::archive::{tar_to_tree, tree_to_tar, TarOutcome, VecWrite};
+use lifeboat_fs::archive::{removed_paths, tar_to_tree, tree_delta_to_tar, TarOutcome, VecWrite};
 use lifeboat_fs::backup::Progress;
 use lifeboat_model::Node;
 use lifeboat_repo::Repository;
@@ -20,12 +20,19 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::{Cluster, KubeError};
 
-/// What a helper runs to write a claim: everything in it goes first (the claim then holds exactly
-/// the stored tree, also when it existed), then `tar` takes the tree from stdin. `rm` may be
-/// missing where only busybox is (the lab's images): then busybox's own.
-const CLEAR_AND_UNTAR: &str = "cd /data || exit 1; for f in * .[!.]* ..?*; do \
-if [ -e \"$f\" ] || [ -L \"$f\" ]; then rm -rf -- \"$f\" 2>/dev/null || busybox rm -rf -- \"$f\" || exit 1; fi; done; \
-exec tar xf - -C /data";
+/// What a helper runs to write a claim. Its stdin is a list of paths to remove first, one per
+/// line (`/` for everything in the claim), ended by an empty line, then a tar stream. `read` takes
+/// stdin a byte at a time, so the tar stream is left whole for `tar`. `rm` may be missing where
+/// only busybox is (the lab's images): then busybox's own.
+const REMOVE_AND_UNTAR: &str = r#"cd /data || exit 1
+while IFS= read -r f; do
+  [ -z "$f" ] && break
+  if [ "$f" = / ]; then set -- * .[!.]* ..?*; else set -- "./$f"; fi
+  for g; do
+    if [ -e "$g" ] || [ -L "$g" ]; then rm -rf -- "$g" 2>/dev/null || busybox rm -rf -- "$g" || exit 1; fi
+  done
+done
+exec tar xf - -C /data"#;
 
 /// The default helper image.
 pub const DEFAULT_HELPER_IMAGE: &str = "busybox:1.36";
@@ -176,7 +183,9 @@ impl Cluster {
         Ok(out?)
     }
 
-    /// Writes a stored tree into a claim (which must be bound or bindable).
+    /// Writes a stored tree into a claim (which must be bound or bindable), so that the claim
+    /// holds exactly that tree. With `base`, the tree the claim is known to hold now, only what
+    /// changed is sent and what is gone removed; without, everything in the claim is replaced.
     pub fn write_pvc(
         &self,
         repo: &Repository,
@@ -184,24 +193,56 @@ impl Cluster {
         claim: &str,
         image: &str,
         root: &Node,
+        base: Option<&Node>,
     ) -> Result<u64, KubeError> {
+        // Paths with a newline cannot be listed one per line: then everything is written.
+        let removals = match base {
+            Some(b) => Some(removed_paths(repo, root, b)?).filter(|r| !r.iter().any(|p| p.contains(&b'\n'))),
+            None => None,
+        };
         let pod = self.start_helper(ns, claim, image, false)?;
-        let result = self.write_pod(repo, ns, claim, &pod, root);
+        let result = self.write_pod(
+            repo,
+            ns,
+            claim,
+            &pod,
+            root,
+            removals.as_ref().and(base),
+            removals.as_deref(),
+        );
         self.remove_helper(ns, &pod);
         result
     }
 
-    fn write_pod(&self, repo: &Repository, ns: &str, claim: &str, pod: &str, root: &Node) -> Result<u64, KubeError> {
+    #[allow(clippy::too_many_arguments)]
+    fn write_pod(
+        &self,
+        repo: &Repository,
+        ns: &str,
+        claim: &str,
+        pod: &str,
+        root: &Node,
+        base: Option<&Node>,
+        removals: Option<&[Vec<u8>]>,
+    ) -> Result<u64, KubeError> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let what = format!("write claim {ns}/{claim}");
         let ap = AttachParams::default().stdin(true).stdout(false).stderr(true);
         let mut proc = self
-            .block_on(pods.exec(pod, ["sh", "-c", CLEAR_AND_UNTAR], &ap))
+            .block_on(pods.exec(pod, ["sh", "-c", REMOVE_AND_UNTAR], &ap))
             .map_err(self.api_err(what.clone()))?;
         let stdin = proc.stdin().expect("stdin was asked for");
         let status = proc.take_status();
         let mut writer = Writer(SyncIoBridge::new_with_handle(stdin, self.rt.handle().clone()));
-        let written = tree_to_tar(repo, root, ".", &mut writer);
+        let mut list = Vec::new();
+        for p in removals.unwrap_or(&[b"/".to_vec()]) {
+            list.extend_from_slice(p);
+            list.push(b'\n');
+        }
+        list.push(b'\n');
+        let written = std::io::Write::write_all(&mut writer, &list)
+            .map_err(|e| self.helper_err(what.clone())(format!("cannot write to the helper: {e}")))
+            .and_then(|()| Ok(tree_delta_to_tar(repo, root, base, ".", &mut writer)?));
         // Closing stdin ends tar's input.
         let mut stdin = writer.0.into_inner();
         let _ = self.block_on(stdin.shutdown());

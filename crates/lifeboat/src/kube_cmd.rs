@@ -87,6 +87,7 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs, context: Option<&str>) -> Result<b
         dry_run: args.dry_run,
         no_volume_data: args.no_volume_data,
         helper_image: args.helper_image.clone(),
+        volume_base: Default::default(),
     };
     let repo = ctx.open()?;
     let _lock = repo.lock(false, "restore", ctx.lock_wait)?;

@@ -865,7 +865,7 @@ spec:
         - name: web
           image: lifeboat-lab/web:1
           imagePullPolicy: Never
-          command: [sh, -c, "[ -f /www/healthz ] || {{ echo ok > /www/healthz; echo widget > /www/items; }}; exec httpd -f -p 8080 -h /www"]
+          command: [sh, -c, "[ -f /www/healthz ] || {{ echo ok > /www/healthz; echo widget > /www/items; echo old > /www/old; }}; exec httpd -f -p 8080 -h /www"]
           ports: [{{containerPort: 8080, hostPort: {port}}}]
           resources: {{requests: {{cpu: 100m, memory: 32Mi}}}}
           volumeMounts: [{{name: www, mountPath: /www}}]
@@ -986,13 +986,31 @@ fn a_kubernetes_app_fails_over_with_its_data_and_dns_and_back_and_drills_in_a_pr
     );
     assert_eq!(app.replicas(b).0, 0, "sync starts nothing");
 
-    // Failover: written on a after the last backup, still there on b (final backup after fencing).
+    // Failover: written on a after the last backup, still there on b (final backup after fencing);
+    // only what changed since the staging goes to b's claim, and what is gone on a goes there too.
+    assert!(b.get_json("pvc", Some(app.ns), "www").is_some());
     app.add(a, "gizmo");
+    a.kubectl(&[
+        "-n",
+        app.ns,
+        "exec",
+        "deploy/web",
+        "--",
+        "sh",
+        "-c",
+        "busybox rm /www/old",
+    ]);
     let out = app.ok(&["failover"]);
     assert!(out.contains("RPO achieved: 0.00 s"), "{out}");
+    assert!(out.contains("kdr-e2e/www: 13 bytes of changed data written"), "{out}");
     assert_eq!(resolve(app.ns), b.addr);
     let on_b = wait_for("the app on b", Duration::from_secs(30), || app.items(b));
     assert!(on_b.contains("widget") && on_b.contains("gizmo"), "{on_b}");
+    assert_eq!(
+        http_get(&b.addr, app.port, "/old"),
+        None,
+        "removed on a, so removed on b"
+    );
     assert_eq!(app.replicas(a), (0, Some("1".into())), "a is fenced");
     assert_eq!(app.replicas(b), (1, None));
 

@@ -409,18 +409,18 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
                 format!("hot standby: snapshot {} is already staged on {to}", &rp.snapshot[..8]),
             ));
         }
-        let done = connect_target()?.stage(env.repo, &rp.snapshot, "")?;
-        state.staged = Some(Staged {
-            site: to.clone(),
-            snapshot: rp.snapshot.clone(),
-        });
-        st.save_state(&state)?;
+        let done = stage_on(&st, &mut state, &*connect_target()?, env.repo, &to, &rp.snapshot)?;
         Ok(("done", done))
     })?;
 
     // 4. Start.
     run.step("start", |_| {
         let changes = connect_target()?.start(None)?;
+        // The app writes there from now on: what was staged is no longer what the site holds.
+        if state.staged.as_ref().is_some_and(|s| s.site == to) {
+            state.staged = None;
+            st.save_state(&state)?;
+        }
         Ok(("done", summary(&format!("{to} started"), &changes)))
     })?;
 
@@ -534,7 +534,7 @@ pub fn drill(env: &Env, app_name: &str, opts: &Options) -> Result<Operation, Orc
         run.step("data", |op| {
             let rp = latest_recovery_point(env.repo, &op.plan, &op.app)?
                 .ok_or_else(|| OrchestratorError::NoRecoveryPoint { app: op.app.clone() })?;
-            let done = platform.stage(env.repo, &rp.snapshot, &prefix)?;
+            let done = platform.stage(env.repo, &rp.snapshot, &prefix, None)?;
             op.recovery_point = Some(rp);
             Ok(("done", format!("{done} under the prefix {prefix}")))
         })?;
@@ -568,6 +568,30 @@ pub fn drill(env: &Env, app_name: &str, opts: &Options) -> Result<Operation, Orc
     }
     run.store.save_operation(&op)?;
     Ok(op)
+}
+
+/// Stages `snapshot` on `site` (production names) and records it in `state`. What the site holds
+/// now is passed on as the base when `state` knows it (only what changed since is written); the
+/// record is cleared while the stage runs, so an interrupted stage is never taken as a base.
+fn stage_on(
+    st: &Store,
+    state: &mut AppState,
+    platform: &dyn Platform,
+    repo: &Repository,
+    site: &str,
+    snapshot: &str,
+) -> Result<String, OrchestratorError> {
+    let base = state.staged.take().filter(|s| s.site == site).map(|s| s.snapshot);
+    if base.is_some() {
+        st.save_state(state)?;
+    }
+    let done = platform.stage(repo, snapshot, "", base.as_deref())?;
+    state.staged = Some(Staged {
+        site: site.to_string(),
+        snapshot: snapshot.to_string(),
+    });
+    st.save_state(state)?;
+    Ok(done)
 }
 
 /// The address `{site}` stands for on `site`.
@@ -717,12 +741,7 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
                     return Ok(());
                 }
                 let t = (env.connect)(&other, app)?;
-                let done = t.stage(env.repo, &id, "")?;
-                state.staged = Some(Staged {
-                    site: other.clone(),
-                    snapshot: id.clone(),
-                });
-                st.save_state(&state)?;
+                let done = stage_on(&st, &mut state, &*t, env.repo, &other, &id)?;
                 item.staged = Some(format!("{other}: {done}"));
             }
             Ok(())

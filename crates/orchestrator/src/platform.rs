@@ -93,8 +93,16 @@ pub trait Platform: Send + Sync {
     /// Starts them. Idempotent.
     fn start(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError>;
     /// Restores `snapshot` here with nothing started, replacing what exists (idempotent), under
-    /// `prefix` (empty: the production names). A summary.
-    fn stage(&self, repo: &Repository, snapshot: &str, prefix: &str) -> Result<String, OrchestratorError>;
+    /// `prefix` (empty: the production names). `base`: the snapshot the site is known to hold
+    /// now, if any (a hot standby's last staging); a platform may then write only what changed
+    /// (Kubernetes does for claims; Docker writes everything). A summary.
+    fn stage(
+        &self,
+        repo: &Repository,
+        snapshot: &str,
+        prefix: &str,
+        base: Option<&str>,
+    ) -> Result<String, OrchestratorError>;
     /// Names of the app's workloads (under `prefix`) that run now.
     fn running(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError>;
     /// Removes everything made under `prefix` (never empty).

@@ -106,7 +106,13 @@ impl Platform for Docker {
             .map_err(self.err())
     }
 
-    fn stage(&self, repo: &Repository, snapshot: &str, prefix: &str) -> Result<String, OrchestratorError> {
+    fn stage(
+        &self,
+        repo: &Repository,
+        snapshot: &str,
+        prefix: &str,
+        _base: Option<&str>,
+    ) -> Result<String, OrchestratorError> {
         let _lock = repo
             .lock(false, "restore (DR)", std::time::Duration::from_secs(60))
             .map_err(OrchestratorError::Repo)?;

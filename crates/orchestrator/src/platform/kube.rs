@@ -129,12 +129,27 @@ impl Platform for Kube {
             .map_err(self.err())
     }
 
-    fn stage(&self, repo: &Repository, snapshot: &str, prefix: &str) -> Result<String, OrchestratorError> {
+    fn stage(
+        &self,
+        repo: &Repository,
+        snapshot: &str,
+        prefix: &str,
+        base: Option<&str>,
+    ) -> Result<String, OrchestratorError> {
         let _lock = repo
             .lock(false, "restore (DR)", Duration::from_secs(60))
             .map_err(OrchestratorError::Repo)?;
-        let (id, snap) = repo.find_snapshot(snapshot)?;
-        let stored = lifeboat_kube::restore::load(repo, &id.to_hex(), &snap.tree).map_err(self.err())?;
+        let load = |snapshot: &str| -> Result<_, OrchestratorError> {
+            let (id, snap) = repo.find_snapshot(snapshot)?;
+            let stored = lifeboat_kube::restore::load(repo, &id.to_hex(), &snap.tree).map_err(self.err())?;
+            Ok((id, stored))
+        };
+        let (id, stored) = load(snapshot)?;
+        // The claims' data as the base snapshot left it: only what changed since is written.
+        let volume_base = match base.filter(|_| prefix.is_empty()) {
+            Some(b) => load(b)?.1.volume_data,
+            None => BTreeMap::new(),
+        };
         let namespace_map: BTreeMap<String, String> = if prefix.is_empty() {
             BTreeMap::new()
         } else {
@@ -148,6 +163,7 @@ impl Platform for Kube {
             replicas: Some(0),
             existing: Existing::Update,
             helper_image: self.helper_image.clone(),
+            volume_base,
             ..Default::default()
         };
         let report = lifeboat_kube::restore(repo, &self.cluster, &stored, &opts).map_err(self.err())?;
@@ -171,7 +187,25 @@ impl Platform for Kube {
                 ),
             });
         }
-        Ok(format!("{} objects restored from {}", report.items.len(), id.short()))
+        let data: Vec<String> = report
+            .items
+            .iter()
+            .filter(|i| i.action == "data")
+            .map(|i| {
+                format!(
+                    "{}/{}: {}",
+                    i.namespace.as_deref().unwrap_or_default(),
+                    i.name,
+                    i.message.as_deref().unwrap_or_default()
+                )
+            })
+            .collect();
+        let objects = report.items.len() - data.len();
+        Ok(if data.is_empty() {
+            format!("{objects} objects restored from {}", id.short())
+        } else {
+            format!("{objects} objects restored from {} ({})", id.short(), data.join("; "))
+        })
     }
 
     fn running(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
