@@ -123,6 +123,58 @@ impl Cluster {
         Ok(out)
     }
 
+    /// Waits until no container of the workloads' pods runs (a scaled-down workload's pods
+    /// terminate within their grace period), up to `limit`. `NAMESPACE/POD` of the pods that
+    /// still run then (a node that stopped answering never reports its pods stopped).
+    pub fn wait_stopped(
+        &self,
+        namespaces: &[String],
+        selector: Option<&str>,
+        limit: std::time::Duration,
+    ) -> Result<Vec<String>, KubeError> {
+        let mut pod_selectors = Vec::new();
+        for (_, _, o) in self.scalable_workloads(namespaces, selector)? {
+            let labels = o
+                .data
+                .pointer("/spec/selector/matchLabels")
+                .and_then(Value::as_object)
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    l.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                });
+            if let Some(labels) = labels {
+                pod_selectors.push((ns_name(&o).0, labels));
+            }
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let mut running = Vec::new();
+            for (ns, labels) in &pod_selectors {
+                let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client().clone(), ns);
+                let list = self
+                    .block_on(pods.list(&ListParams::default().labels(labels)))
+                    .map_err(self.api_err(format!("list pods {labels} in {ns}")))?;
+                for p in list.items {
+                    let v = serde_json::to_value(&p).unwrap_or_default();
+                    let runs = v
+                        .pointer("/status/containerStatuses")
+                        .and_then(Value::as_array)
+                        .is_some_and(|cs| cs.iter().any(|c| c.pointer("/state/running").is_some()));
+                    if runs {
+                        running.push(format!("{ns}/{}", p.metadata.name.unwrap_or_default()));
+                    }
+                }
+            }
+            if running.is_empty() || started.elapsed() >= limit {
+                return Ok(running);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+
     /// `KIND NAMESPACE/NAME` of every workload that should run (more than zero replicas).
     pub fn running_workloads(&self, namespaces: &[String], selector: Option<&str>) -> Result<Vec<String>, KubeError> {
         Ok(self

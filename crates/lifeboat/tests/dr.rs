@@ -1012,6 +1012,14 @@ fn a_kubernetes_app_fails_over_with_its_data_and_dns_and_back_and_drills_in_a_pr
         "removed on a, so removed on b"
     );
     assert_eq!(app.replicas(a), (0, Some("1".into())), "a is fenced");
+    let pods: serde_json::Value =
+        serde_json::from_str(&a.kubectl(&["-n", app.ns, "get", "pods", "-o", "json"])).unwrap();
+    let running = pods["items"].as_array().unwrap().iter().any(|p| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["state"]["running"].is_object()))
+    });
+    assert!(!running, "fencing waits until a's pods stopped: {pods}");
     assert_eq!(app.replicas(b), (1, None));
 
     // Failback brings what was written on b home.

@@ -35,6 +35,7 @@ pub(super) fn connect(
     let labels = &app.select.labels;
     Ok(Arc::new(Kube {
         name: name.to_string(),
+        stop_grace: app.stop_grace.map(|g| g.0),
         cluster,
         namespaces: app.select.namespaces.clone(),
         selector: (!labels.is_empty()).then(|| {
@@ -52,6 +53,8 @@ pub(super) fn connect(
 
 struct Kube {
     name: String,
+    /// The app's `stop_grace`: how long its pods may take to stop (beyond 30 s).
+    stop_grace: Option<Duration>,
     cluster: Cluster,
     namespaces: Vec<String>,
     selector: Option<String>,
@@ -116,10 +119,27 @@ impl Platform for Kube {
     }
 
     fn stop(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
-        self.cluster
-            .scale_down(&self.namespaces(prefix), self.selector.as_deref())
-            .map(describe)
-            .map_err(self.err())
+        let namespaces = self.namespaces(prefix);
+        let mut done = describe(
+            self.cluster
+                .scale_down(&namespaces, self.selector.as_deref())
+                .map_err(self.err())?,
+        );
+        // Stopped means no longer writing: the pods' containers must have ended, within their
+        // grace period and the app's stop_grace.
+        let limit = self.stop_grace.unwrap_or(Duration::from_secs(30)) + Duration::from_secs(30);
+        let running = self
+            .cluster
+            .wait_stopped(&namespaces, self.selector.as_deref(), limit)
+            .map_err(self.err())?;
+        if !running.is_empty() {
+            done.push(format!(
+                "pods still running after {} s (their node may not answer): {}",
+                limit.as_secs(),
+                running.join(", ")
+            ));
+        }
+        Ok(done)
     }
 
     fn start(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
