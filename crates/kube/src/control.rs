@@ -134,18 +134,7 @@ impl Cluster {
     ) -> Result<Vec<String>, KubeError> {
         let mut pod_selectors = Vec::new();
         for (_, _, o) in self.scalable_workloads(namespaces, selector)? {
-            let labels = o
-                .data
-                .pointer("/spec/selector/matchLabels")
-                .and_then(Value::as_object)
-                .filter(|l| !l.is_empty())
-                .map(|l| {
-                    l.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                });
-            if let Some(labels) = labels {
+            if let Some(labels) = pod_selector(&o.data) {
                 pod_selectors.push((ns_name(&o).0, labels));
             }
         }
@@ -204,6 +193,19 @@ pub struct Workload {
     /// nothing), times the replicas it runs with (the recorded count when scaled to zero).
     pub cpus: f64,
     pub memory: u64,
+}
+
+/// The label selector (`k=v,...`) of a workload's pods, from its `spec.selector.matchLabels`
+/// (`data`: the object, or its fields besides metadata).
+pub(crate) fn pod_selector(data: &Value) -> Option<String> {
+    let labels = data.pointer("/spec/selector/matchLabels")?.as_object()?;
+    (!labels.is_empty()).then(|| {
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(",")
+    })
 }
 
 /// A Kubernetes quantity (`500m`, `2`, `128Mi`, `1e3`, `8048176Ki`) as a number; `None` when it

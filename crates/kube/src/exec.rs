@@ -99,17 +99,7 @@ impl Cluster {
                 .map_err(self.api_err(what.clone()))?
                 .and_then(|s| serde_json::to_value(s).ok()),
         };
-        let labels = workload
-            .as_ref()
-            .and_then(|w| w.pointer("/spec/selector/matchLabels"))
-            .and_then(serde_json::Value::as_object)
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                l.iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            });
+        let labels = workload.as_ref().and_then(crate::control::pod_selector);
         let Some(labels) = labels else {
             return Err(KubeError::BadOption(format!(
                 "{ns}/{name}: no running pod, Deployment or StatefulSet of that name"

@@ -65,13 +65,6 @@ fn kit(plan: &Plan, app: &App, site: &str) -> Kit {
     }
 }
 
-/// `kubectl get` of the app's workloads in `ns`, printing `Kind/name=VALUE` lines.
-fn kubectl_each(kc: &str, ns: &str, selector: &str, value: &str) -> String {
-    format!(
-        "kubectl {kc}-n {ns} get deploy,statefulset {selector}-o jsonpath='{{range .items[*]}}{{.kind}}/{{.metadata.name}}={value}{{\"\\n\"}}{{end}}'"
-    )
-}
-
 impl Kit {
     /// The command that stops the app here, so it cannot write.
     fn fence(&self, grace: Option<u64>) -> String {
@@ -80,26 +73,14 @@ impl Kit {
                 "`docker {host}stop {}$(docker {host}ps -q {filters})`",
                 grace.map(|g| format!("-t {g} ")).unwrap_or_default()
             ),
-            Kit::Kubernetes {
-                kc,
-                namespaces,
-                selector,
-                ..
-            } => {
-                let lines: Vec<String> = namespaces
-                    .iter()
-                    .map(|ns| {
-                        format!(
-                            "   {} | while IFS== read w n; do [ \"$n\" = 0 ] || {{ kubectl {kc}-n {ns} annotate --overwrite \"$w\" lifeboat.io/replicas=\"$n\"; kubectl {kc}-n {ns} scale \"$w\" --replicas=0; }}; done\n",
-                            kubectl_each(kc, ns, selector, "{.spec.replicas}")
-                        )
-                    })
-                    .collect();
-                format!(
-                    "each Deployment and StatefulSet to zero, its count kept in the annotation `lifeboat.io/replicas`:\n   ```\n{}   ```",
-                    lines.concat()
+            Kit::Kubernetes { .. } => format!(
+                "each Deployment and StatefulSet to zero, its count kept in the annotation `lifeboat.io/replicas`:\n{}",
+                self.each_workload(
+                    "{.spec.replicas}",
+                    "w n",
+                    "[ \"$n\" = 0 ] || { kubectl KC-n NS annotate --overwrite \"$w\" lifeboat.io/replicas=\"$n\"; kubectl KC-n NS scale \"$w\" --replicas=0; }"
                 )
-            }
+            ),
         }
     }
 
@@ -107,27 +88,40 @@ impl Kit {
     fn start(&self) -> String {
         match self {
             Kit::Docker { host, filters, .. } => format!("`docker {host}start $(docker {host}ps -aq {filters})`"),
-            Kit::Kubernetes {
-                kc,
-                namespaces,
-                selector,
-                ..
-            } => {
-                let lines: Vec<String> = namespaces
-                    .iter()
-                    .map(|ns| {
-                        format!(
-                            "   {} | while IFS== read w r n; do [ \"$r\" != 0 ] || kubectl {kc}-n {ns} scale \"$w\" --replicas=\"${{n:-1}}\"; done\n",
-                            kubectl_each(kc, ns, selector, "{.spec.replicas}={.metadata.annotations.lifeboat\\.io/replicas}")
-                        )
-                    })
-                    .collect();
-                format!(
-                    "each Deployment and StatefulSet at zero back to its recorded count:\n   ```\n{}   ```",
-                    lines.concat()
+            Kit::Kubernetes { .. } => format!(
+                "each Deployment and StatefulSet at zero back to its recorded count:\n{}",
+                self.each_workload(
+                    "{.spec.replicas}={.metadata.annotations.lifeboat\\.io/replicas}",
+                    "w r n",
+                    "[ \"$r\" != 0 ] || kubectl KC-n NS scale \"$w\" --replicas=\"${n:-1}\""
                 )
-            }
+            ),
         }
+    }
+
+    /// Kubernetes: a shell block that reads `Kind/name=VALUE` of each of the app's workloads per
+    /// namespace into `vars` and runs `body` (`KC` and `NS` stand for the kubeconfig arguments and
+    /// the namespace).
+    fn each_workload(&self, value: &str, vars: &str, body: &str) -> String {
+        let Kit::Kubernetes {
+            kc,
+            namespaces,
+            selector,
+            ..
+        } = self
+        else {
+            return String::new();
+        };
+        let lines: String = namespaces
+            .iter()
+            .map(|ns| {
+                format!(
+                    "   kubectl {kc}-n {ns} get deploy,statefulset {selector}-o jsonpath='{{range .items[*]}}{{.kind}}/{{.metadata.name}}={value}{{\"\\n\"}}{{end}}' | while IFS== read {vars}; do {}; done\n",
+                    body.replace("KC", kc).replace("NS", ns)
+                )
+            })
+            .collect();
+        format!("   ```\n{lines}   ```")
     }
 
     /// `--to ...` of `lifeboat restore`.
