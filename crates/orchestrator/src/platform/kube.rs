@@ -165,9 +165,10 @@ impl Platform for Kube {
             Ok((id, stored))
         };
         let (id, stored) = load(snapshot)?;
-        // The claims' data as the base snapshot left it: only what changed since is written.
+        // The claims' data as the base snapshot left it: only what changed since is written. A
+        // base that cannot be read (forgotten by hand) means writing everything.
         let volume_base = match base.filter(|_| prefix.is_empty()) {
-            Some(b) => load(b)?.1.volume_data,
+            Some(b) => load(b).map(|(_, s)| s.volume_data).unwrap_or_default(),
             None => BTreeMap::new(),
         };
         let namespace_map: BTreeMap<String, String> = if prefix.is_empty() {
