@@ -850,6 +850,11 @@ kind: ConfigMap
 metadata: {{name: conf, namespace: {ns}, labels: {{app: {ns}}}}}
 data: {{greeting: hello}}
 ---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {ns}, labels: {{app: {ns}}}}}
+spec: {{selector: {{app: {ns}}}, ports: [{{port: 80, targetPort: 8080}}]}}
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: web, namespace: {ns}, labels: {{app: {ns}}}}}
@@ -967,7 +972,7 @@ fn a_kubernetes_app_fails_over_with_its_data_and_dns_and_back_and_drills_in_a_pr
     assert_eq!(app.replicas(b), (0, Some("1".into())));
     assert!(b.get_json("pvc", Some(app.ns), "www").is_some());
     let check = app.ok(&["plan", "check"]);
-    assert!(check.contains("3 objects identical on b"), "{check}");
+    assert!(check.contains("4 objects identical on b"), "{check}");
     // Drift is seen and corrected by sync.
     a.kubectl(&[
         "-n",
