@@ -429,6 +429,37 @@ impl Cluster {
     }
 }
 
+/// `KIND/NAMESPACE/NAME` of a live object: how drift names it.
+pub fn definition_key(obj: &Value) -> String {
+    let text = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    format!(
+        "{}/{}/{}",
+        text("/kind"),
+        text("/metadata/namespace"),
+        text("/metadata/name")
+    )
+}
+
+/// What a user chose of a live object, for drift between two clusters: [`crate::rules::normalize`]d,
+/// without the replica count and its record (they differ by design between an active site and
+/// a hot standby).
+pub fn essence(obj: &Value) -> Value {
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let mut e = crate::rules::normalize(kind, obj);
+    if let Some(spec) = e.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("replicas");
+    }
+    if let Some(m) = e.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove(REPLICAS_ANNOTATION);
+            if a.is_empty() {
+                m.remove("annotations");
+            }
+        }
+    }
+    e
+}
+
 /// The kinds of an application's definitions a hot standby keeps in step (group, version,
 /// plural, kind): its workloads that can be scaled to zero, and what they use by name.
 pub const APP_KINDS: &[(&str, &str, &str, &str)] = &[

@@ -18,6 +18,14 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+/// `NAMESPACE/NAME[/CONTAINER]` (how a DR plan's hook names where it runs on Kubernetes) split
+/// into its parts; `None` without a namespace and a name.
+pub fn target(s: &str) -> Option<(&str, &str, Option<&str>)> {
+    let mut parts = s.splitn(3, '/');
+    let (ns, name) = (parts.next()?, parts.next()?);
+    (!ns.is_empty() && !name.is_empty()).then(|| (ns, name, parts.next().filter(|c| !c.is_empty())))
+}
+
 fn running(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none() && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
@@ -115,5 +123,16 @@ impl Cluster {
             .next()
             .and_then(|p| p.metadata.name)
             .ok_or_else(|| KubeError::BadOption(format!("{ns}/{name}: no pod of it runs")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_hook_target_names_namespace_name_and_maybe_a_container() {
+        assert_eq!(super::target("shop/db"), Some(("shop", "db", None)));
+        assert_eq!(super::target("shop/db/pg"), Some(("shop", "db", Some("pg"))));
+        assert_eq!(super::target("db"), None);
+        assert_eq!(super::target("/db"), None);
     }
 }

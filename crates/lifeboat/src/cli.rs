@@ -315,7 +315,7 @@ pub struct RestoreArgs {
     #[arg(long, default_value = "")]
     pub name_prefix: String,
     /// What to do with objects that already exist (Docker default: refuse the restore; Kubernetes
-    /// default: leave them and report them)
+    /// default: leave them and report them; update on Kubernetes also replaces a claim's files)
     #[arg(long, value_parser = ["skip", "update"])]
     pub existing: Option<String>,
     /// Print every change that would be made, change nothing (Kubernetes: server-side dry run)

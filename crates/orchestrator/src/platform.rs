@@ -50,35 +50,14 @@ impl Definitions {
             Definitions::Kubernetes(objects) => objects
                 .iter()
                 .map(|o| {
-                    let kind = o.get("kind").and_then(Value::as_str).unwrap_or_default();
-                    let mut e = lifeboat_kube::rules::normalize(kind, o);
-                    if let Some(spec) = e.get_mut("spec").and_then(Value::as_object_mut) {
-                        spec.remove("replicas");
-                    }
-                    if let Some(m) = e.get_mut("metadata").and_then(Value::as_object_mut) {
-                        if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
-                            a.remove(lifeboat_kube::control::REPLICAS_ANNOTATION);
-                            if a.is_empty() {
-                                m.remove("annotations");
-                            }
-                        }
-                    }
-                    (kube_key(o), e)
+                    (
+                        lifeboat_kube::control::definition_key(o),
+                        lifeboat_kube::control::essence(o),
+                    )
                 })
                 .collect(),
         }
     }
-}
-
-/// `KIND/NAMESPACE/NAME` of a Kubernetes object.
-fn kube_key(o: &Value) -> String {
-    let text = |p: &str| o.pointer(p).and_then(Value::as_str).unwrap_or_default();
-    format!(
-        "{}/{}/{}",
-        text("/kind"),
-        text("/metadata/namespace"),
-        text("/metadata/name")
-    )
 }
 
 /// A running or stopped copy of an app on one site.

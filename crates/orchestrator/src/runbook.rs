@@ -137,9 +137,8 @@ impl Kit {
         match self {
             Kit::Docker { host, .. } => format!("`docker {host}exec {container} {command}`"),
             Kit::Kubernetes { kc, .. } => {
-                let mut parts = container.splitn(3, '/');
-                let (ns, name) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-                let c = parts.next().map(|c| format!("-c {c} ")).unwrap_or_default();
+                let (ns, name, c) = lifeboat_kube::exec::target(container).unwrap_or((container, "", None));
+                let c = c.map(|c| format!("-c {c} ")).unwrap_or_default();
                 format!("`kubectl {kc}-n {ns} exec {name} {c}-- {command}` (a workload: `deploy/{name}` or `statefulset/{name}`)")
             }
         }

@@ -272,17 +272,13 @@ impl Platform for Kube {
     }
 
     fn exec(&self, container: &str, command: &[String], timeout: Duration) -> Result<(i64, String), OrchestratorError> {
-        let mut parts = container.splitn(3, '/');
-        let (Some(ns), Some(name)) = (parts.next(), parts.next()) else {
+        let Some((ns, name, c)) = lifeboat_kube::exec::target(container) else {
             return Err(OrchestratorError::Refused {
                 reason: format!("{container:?}: on Kubernetes a hook names NAMESPACE/POD-OR-WORKLOAD[/CONTAINER]"),
             });
         };
         let pod = self.cluster.running_pod(ns, name).map_err(self.err())?;
-        let out = self
-            .cluster
-            .exec(ns, &pod, parts.next(), command, timeout)
-            .map_err(self.err())?;
+        let out = self.cluster.exec(ns, &pod, c, command, timeout).map_err(self.err())?;
         Ok((out.code, super::output_tail(&out.stdout, &out.stderr)))
     }
 
@@ -314,7 +310,7 @@ impl Platform for Kube {
         };
         let mut done = Vec::new();
         for obj in live {
-            let key = super::kube_key(obj);
+            let key = lifeboat_kube::control::definition_key(obj);
             if objects.contains(&key) {
                 let action = self.cluster.put(obj.clone(), Some(0)).map_err(self.err())?;
                 done.push(format!("{action} {key}"));
