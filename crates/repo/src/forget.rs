@@ -1,10 +1,17 @@
 //! Retention policies: which snapshots `forget` keeps.
 //!
-//! Snapshots are grouped by (kind, hostname, paths); the policy applies to each group on its own.
+//! Snapshots are grouped by recovery-point owner: those of a DR plan's app (tags `plan=P` and
+//! `app=A`, whatever site or engine took them) form one group per (kind, plan, app); any other
+//! snapshot is grouped by (kind, hostname, paths). The policy applies to each group on its own, so
+//! `--keep-last 3` keeps three snapshots of every app, never fewer for one app because another app
+//! on the same engine was backed up more often. Whatever the rules say, snapshots tagged
+//! `quarantine` or `split-brain` (copies of what only one site had, taken before Lifeboat overwrote
+//! it) and the snapshots the caller names as protected (what DR state references: a hot standby's
+//! staged snapshot, the recovery point of an unfinished operation) are kept.
 //! Within a group, newest first: `keep_last` keeps the N newest; `keep_hourly` keeps the newest
 //! snapshot of each of the N most recent hours that have one; likewise daily, weekly (ISO weeks),
 //! monthly and yearly. Buckets use UTC. A snapshot is kept when any rule keeps it.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use lifeboat_model::{Id, Snapshot};
 use serde::Serialize;
@@ -39,6 +46,16 @@ impl Policy {
 
     /// Applies the policy. Refuses an empty policy, which would remove everything.
     pub fn apply(&self, snapshots: &[(Id, Snapshot)]) -> Result<Vec<Decision>, RepoError> {
+        self.apply_protecting(snapshots, &HashSet::new())
+    }
+
+    /// Applies the policy, keeping every snapshot in `protected` (reason `protected`) and every
+    /// quarantine snapshot (reason `quarantine`).
+    pub fn apply_protecting(
+        &self,
+        snapshots: &[(Id, Snapshot)],
+        protected: &HashSet<Id>,
+    ) -> Result<Vec<Decision>, RepoError> {
         if self.is_empty() {
             return Err(RepoError::InvalidPolicy(
                 "no --keep-* option given; refusing to remove every snapshot".into(),
@@ -47,12 +64,7 @@ impl Policy {
         type Group = (String, String, Vec<String>);
         let mut groups: BTreeMap<Group, Vec<&(Id, Snapshot)>> = BTreeMap::new();
         for s in snapshots {
-            let mut paths = s.1.paths.clone();
-            paths.sort();
-            groups
-                .entry((s.1.kind.clone(), s.1.hostname.clone(), paths))
-                .or_default()
-                .push(s);
+            groups.entry(group_of(&s.1)).or_default().push(s);
         }
         let mut out = Vec::new();
         for (_, mut group) in groups {
@@ -86,6 +98,12 @@ impl Policy {
                         reasons.push(*name);
                     }
                 }
+                if snap.tags.iter().any(|t| QUARANTINE_TAGS.contains(&t.as_str())) {
+                    reasons.push("quarantine");
+                }
+                if protected.contains(id) {
+                    reasons.push("protected");
+                }
                 out.push(Decision {
                     id: *id,
                     keep: !reasons.is_empty(),
@@ -95,6 +113,20 @@ impl Policy {
         }
         Ok(out)
     }
+}
+
+/// Tags of snapshots that no retention rule removes.
+pub const QUARANTINE_TAGS: [&str; 2] = ["quarantine", "split-brain"];
+
+/// The retention group of a snapshot (see the module documentation).
+fn group_of(s: &Snapshot) -> (String, String, Vec<String>) {
+    let tag = |prefix: &str| s.tags.iter().find(|t| t.starts_with(prefix)).cloned();
+    if let (Some(plan), Some(app)) = (tag("plan="), tag("app=")) {
+        return (s.kind.clone(), format!("dr {plan}"), vec![app]);
+    }
+    let mut paths = s.paths.clone();
+    paths.sort();
+    (s.kind.clone(), s.hostname.clone(), paths)
 }
 
 #[cfg(test)]
@@ -119,6 +151,53 @@ mod tests {
                 summary: SnapshotSummary::default(),
             },
         )
+    }
+
+    fn app_snap(n: u8, t: i64, app: &str, extra: &[&str]) -> (Id, Snapshot) {
+        let (id, mut s) = snap(n, t);
+        s.kind = "docker".into();
+        s.hostname = "engine-a".into();
+        s.paths = vec!["unix:///run/a.sock".into()];
+        s.tags = vec!["plan=shop".into(), format!("app={app}"), "site=a".into()];
+        s.tags.extend(extra.iter().map(|t| t.to_string()));
+        (id, s)
+    }
+
+    /// Finding 18: two apps on one engine; `--keep-last 1` keeps each app's newest, the staged
+    /// snapshot DR state names, and a quarantine snapshot.
+    #[test]
+    fn forget_keeps_each_apps_newest_recovery_point_and_what_dr_state_references() {
+        let snaps = vec![
+            app_snap(1, 100, "db", &[]),
+            app_snap(2, 200, "db", &["split-brain"]),
+            app_snap(3, 300, "web", &[]),
+            app_snap(4, 400, "web", &[]),
+            app_snap(5, 500, "web", &[]),
+            app_snap(6, 600, "web", &[]),
+        ];
+        let mut on_another_site = app_snap(7, 50, "db", &[]);
+        on_another_site.1.hostname = "engine-b".into();
+        let mut snaps = snaps;
+        snaps.push(on_another_site);
+        let protected: HashSet<Id> = [Id([4; 32])].into();
+        let p = Policy {
+            last: 1,
+            ..Default::default()
+        };
+        let d = p.apply_protecting(&snaps, &protected).unwrap();
+        let kept: HashSet<u8> = d.iter().filter(|d| d.keep).map(|d| d.id.0[0]).collect();
+        assert_eq!(kept, [2, 4, 6].into(), "{d:?}");
+        let reasons = |n: u8| d.iter().find(|x| x.id.0[0] == n).unwrap().reasons.clone();
+        assert_eq!(
+            reasons(2),
+            vec!["last", "quarantine"],
+            "db's newest is its quarantine copy"
+        );
+        assert_eq!(reasons(4), vec!["protected"]);
+        assert!(
+            !d.iter().find(|x| x.id.0[0] == 7).unwrap().keep,
+            "one group per app across sites"
+        );
     }
 
     #[test]

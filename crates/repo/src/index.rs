@@ -71,6 +71,17 @@ impl MemIndex {
         }
     }
 
+    /// Removes the blobs of `entries` located in `pack` (a pack that turned out not to be stored).
+    /// A blob whose first location is another pack stays.
+    pub fn remove_pack(&mut self, pack: &Id, entries: &[BlobEntry]) {
+        let Some(&pos) = self.pack_pos.get(pack) else { return };
+        for e in entries {
+            if self.blobs.get(&e.id).is_some_and(|c| c.pack == pos) {
+                self.blobs.remove(&e.id);
+            }
+        }
+    }
+
     /// Adds every pack of an index file.
     pub fn add_file(&mut self, file: &IndexFile) {
         for p in &file.packs {

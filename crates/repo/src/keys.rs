@@ -19,12 +19,39 @@ pub struct KdfParams {
 }
 
 impl Default for KdfParams {
-    /// 64 MiB, 2 passes, 1 lane: about 0.15 s on one core of a current x86 machine.
+    /// 64 MiB, 3 passes, 1 lane (RFC 9106's second recommendation has 64 MiB and 3 passes): about
+    /// 0.2 s on one core of a current x86 machine.
     fn default() -> Self {
         KdfParams {
             memory_kib: 64 * 1024,
-            iterations: 2,
+            iterations: 3,
             parallelism: 1,
+        }
+    }
+}
+
+/// The largest Argon2 parameters a key slot may ask for. Anyone who can write `keys/` could
+/// otherwise make every `open` allocate terabytes or run for days; RFC 9106's first recommendation
+/// (2 GiB, 1 pass, 4 lanes) is well inside these.
+pub const MAX_KDF: KdfParams = KdfParams {
+    memory_kib: 4 * 1024 * 1024,
+    iterations: 16,
+    parallelism: 16,
+};
+
+impl KdfParams {
+    /// Refuses parameters outside `1..=MAX_KDF` (and Argon2's own minimum of 8 KiB per lane).
+    pub fn check(&self) -> Result<(), String> {
+        let ok = (1..=MAX_KDF.parallelism).contains(&self.parallelism)
+            && (1..=MAX_KDF.iterations).contains(&self.iterations)
+            && (8 * self.parallelism..=MAX_KDF.memory_kib).contains(&self.memory_kib);
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "Argon2 parameters out of bounds (memory {} KiB, {} passes, {} lanes; at most {} KiB, {} passes, {} lanes): refused",
+                self.memory_kib, self.iterations, self.parallelism, MAX_KDF.memory_kib, MAX_KDF.iterations, MAX_KDF.parallelism
+            ))
         }
     }
 }
@@ -112,6 +139,7 @@ impl KeySlot {
                 slot.version, slot.kdf, slot.cipher
             )));
         }
+        slot.params.check().map_err(SlotError::Damaged)?;
         Ok(slot)
     }
 
@@ -121,6 +149,7 @@ impl KeySlot {
         let wrapped = B64
             .decode(&self.wrapped_key)
             .map_err(|e| SlotError::Damaged(e.to_string()))?;
+        self.params.check().map_err(SlotError::Damaged)?;
         let mut kek = derive(password, &salt, self.params)?;
         let raw = open_with(&kek, &wrapped).map_err(|_| SlotError::WrongPassword);
         kek.fill(0);
@@ -149,6 +178,34 @@ mod tests {
         let parsed = KeySlot::parse(&bytes).unwrap();
         assert_eq!(parsed.unwrap(b"correct horse").unwrap().bytes(), k.bytes());
         assert!(matches!(parsed.unwrap(b"wrong"), Err(SlotError::WrongPassword)));
+    }
+
+    /// Finding 14: a slot written by anyone with write access to `keys/` asking for 4 TiB of memory
+    /// or 2^32 passes is refused before any derivation, not obeyed.
+    #[test]
+    fn a_key_slot_with_absurd_argon2_parameters_is_refused_quickly() {
+        let k = MasterKey::generate();
+        for params in [
+            KdfParams {
+                memory_kib: u32::MAX,
+                ..FAST
+            },
+            KdfParams {
+                iterations: u32::MAX,
+                ..FAST
+            },
+            KdfParams { parallelism: 0, ..FAST },
+        ] {
+            let mut slot = KeySlot::create(&k, b"pw", FAST);
+            slot.params = params;
+            slot.checksum = slot.compute_checksum();
+            let bytes = serde_json::to_vec(&slot).unwrap();
+            match KeySlot::parse(&bytes) {
+                Err(SlotError::Damaged(m)) => assert!(m.contains("out of bounds"), "{m}"),
+                other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+            }
+            assert!(slot.unwrap(b"pw").is_err());
+        }
     }
 
     #[test]

@@ -64,6 +64,28 @@ pub enum RepoError {
     /// Another process holds a conflicting lock.
     #[error("{location} is locked: {holder} (try again later, or pass --lock-wait SECONDS)")]
     Locked { location: String, holder: String },
+    /// This process's lock was lost while it worked (its refresh failed or came too late, or another
+    /// process removed its lock file): it must not write packs or commit a snapshot, because a
+    /// `prune` may be running beside it. Retry the command.
+    #[error("{location}: this process's lock was lost ({reason}); nothing more is written under it, retry")]
+    LockLost { location: String, reason: String },
+    /// A lock file cannot be read (torn or damaged): it may belong to a live holder, so nothing
+    /// proceeds past it. `lifeboat unlock` removes it.
+    #[error("{location}: lock file {path} cannot be read ({reason}); if no other lifeboat process runs, remove it with `lifeboat unlock`")]
+    UnreadableLock {
+        location: String,
+        path: String,
+        reason: String,
+    },
+    /// A write to the repository failed while this backup ran (in this process, possibly for another
+    /// backup sharing the repository handle), so blobs it counted on may be stored nowhere: the
+    /// snapshot is not committed. What was stored stays for the next backup to reuse.
+    #[error("{location}: not committing the snapshot: a write to the repository failed while it was taken ({reason})")]
+    WriteFailed { location: String, reason: String },
+    /// `init` found key slots but no `config`: an earlier `init` was interrupted (or the config was
+    /// lost). Nothing is overwritten.
+    #[error("{location}: holds key slots ({slots}) but no config: an earlier `repo init` was interrupted or the config was lost; refusing to add another key; if this location held no data, remove its keys/ directory and run `repo init` again")]
+    InterruptedInit { location: String, slots: String },
     /// The repository was written by a newer format version.
     #[error("{location}: repository format version {found} is not supported (this program reads version {supported})")]
     UnsupportedVersion {

@@ -12,7 +12,16 @@
 //!
 //! A crash before 4 leaves old and new index files side by side (duplicates are harmless); a crash
 //! before 5 leaves unindexed packs, which the next prune deletes.
+//!
+//! Second line of defence (the first is the lock): a pack file younger than
+//! [`PruneOptions::min_age`] on the storage's clock is never deleted nor repacked, whatever the
+//! index, the snapshots and the locks say. A backup that runs beside a prune (its lock wrongly
+//! judged stale, or a reader that holds no lock) writes only young packs, so they survive. Index
+//! files are not spared: prune deletes an index file only after writing new ones that list every
+//! pack it keeps, young ones included, so the deletion loses no location. (kopia keeps blobs
+//! younger than 2 h in the same way; rustic delays deletion by `keep-delete`.)
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
 
 use lifeboat_model::Id;
 use serde::Serialize;
@@ -25,10 +34,33 @@ use crate::{RepoError, Repository};
 /// Blobs per index file written by prune.
 const BLOBS_PER_INDEX: usize = 100_000;
 
+/// The default of [`PruneOptions::min_age`].
+pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(2 * 3600);
+
+/// How prune runs.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneOptions {
+    /// Report what would be done, change nothing.
+    pub dry_run: bool,
+    /// Packs younger than this (storage clock) are kept as they are.
+    pub min_age: Duration,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            dry_run: false,
+            min_age: DEFAULT_MIN_AGE,
+        }
+    }
+}
+
 /// What prune did (or would do, with `dry_run`).
 #[derive(Debug, Default, Serialize)]
 pub struct PruneReport {
     pub dry_run: bool,
+    /// Packs kept whole because they are younger than the margin (indexed or not).
+    pub packs_too_young: usize,
     pub snapshots: usize,
     pub packs_before: usize,
     pub packs_kept: usize,
@@ -44,7 +76,8 @@ pub struct PruneReport {
 }
 
 /// Runs prune. See the module documentation for the protocol.
-pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError> {
+pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport, RepoError> {
+    let dry_run = opts.dry_run;
     let backend = repo.backend();
     let mut report = PruneReport {
         dry_run,
@@ -93,14 +126,44 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError>
     let listed = backend.list("data")?;
     report.packs_before = listed.len();
     report.bytes_before = listed.iter().map(|l| l.size).sum();
+    // "Now" on the storage's clock, from below: the newest lock file (this prune's own lock was
+    // written moments ago). A lower bound makes packs look younger, which errs on the side of
+    // keeping them.
+    let storage_now = backend
+        .list("locks")?
+        .iter()
+        .filter_map(|l| l.modified)
+        .max()
+        .unwrap_or_else(SystemTime::now);
+    let young: HashSet<Id> = listed
+        .iter()
+        .filter(|l| match l.modified {
+            Some(m) => storage_now.duration_since(m).unwrap_or_default() < opts.min_age,
+            None => !opts.min_age.is_zero(),
+        })
+        .filter_map(|l| l.name.rsplit('/').next()?.parse::<Id>().ok())
+        .collect();
 
-    // Keep fully used packs first, so duplicates are dropped from the partly used ones.
-    packs.sort_by_key(|p| (p.blobs.iter().any(|b| !used.contains(&b.id)), p.id));
+    // Keep young packs whole, then fully used packs, so duplicates are dropped from the partly
+    // used ones.
+    packs.sort_by_key(|p| {
+        (
+            !young.contains(&p.id),
+            p.blobs.iter().any(|b| !used.contains(&b.id)),
+            p.id,
+        )
+    });
     let mut kept_blob: HashSet<Id> = HashSet::new();
     let mut keep_packs = Vec::new();
     let mut repack: Vec<(&IndexPack, Vec<usize>)> = Vec::new();
     let mut delete_packs: Vec<Id> = Vec::new();
     for p in &packs {
+        if young.contains(&p.id) {
+            kept_blob.extend(p.blobs.iter().map(|b| b.id).filter(|id| used.contains(id)));
+            report.packs_too_young += 1;
+            keep_packs.push((*p).clone());
+            continue;
+        }
         let mut keep_here = Vec::new();
         for (i, b) in p.blobs.iter().enumerate() {
             if used.contains(&b.id) && kept_blob.insert(b.id) {
@@ -131,6 +194,9 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError>
         .filter_map(|l| l.name.rsplit('/').next()?.parse::<Id>().ok())
         .filter(|id| !indexed.contains(id))
         .collect();
+    let young_unindexed = unindexed.iter().filter(|id| young.contains(id)).count();
+    report.packs_too_young += young_unindexed;
+    let unindexed: Vec<Id> = unindexed.into_iter().filter(|id| !young.contains(id)).collect();
     report.packs_kept = keep_packs.len();
     report.packs_repacked = repack.len();
     report.packs_deleted = delete_packs.len();

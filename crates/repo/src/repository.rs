@@ -1,7 +1,7 @@
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use lifeboat_model::{Id, Snapshot, Tree};
 use serde::{Deserialize, Serialize};
@@ -11,7 +11,7 @@ use crate::backend::Backend;
 use crate::crypto::{file_id, fill_random, MasterKey};
 use crate::index::{IndexFile, IndexPack, Location, MemIndex};
 use crate::keys::{KdfParams, KeySlot, SlotError};
-use crate::lock::{self, LockGuard};
+use crate::lock::{self, LockGuard, LockTimings, LockWatch};
 use crate::pack::{pack_path, BlobKind, PackBuilder};
 use crate::RepoError;
 
@@ -64,16 +64,36 @@ pub struct KeyInfo {
 struct Writer {
     /// Builders not currently being filled by a thread.
     pool: Vec<PackBuilder>,
+    /// Builders taken from the pool (being filled, or being written as a pack and indexed), plus
+    /// running flushes. A flush waits until this is zero before it takes the pool, so every blob
+    /// another backup was storing when this one skipped it is in a pack and an index file before
+    /// this one's snapshot is written.
+    active: usize,
     /// Blobs sealed into a builder but not yet in a written pack.
     in_flight: HashSet<Id>,
-    /// Packs written but not yet listed in an index file.
+    /// Packs written but not yet handed to an index file write.
     unindexed: Vec<IndexPack>,
+    /// Packs written by this handle and not yet listed in an index file on storage (`unindexed`
+    /// plus those whose index file is being written). Their blobs are in the in-memory index;
+    /// after a failed write they are dropped from it.
+    pending: HashMap<Id, IndexPack>,
 }
 
 /// An open repository.
 ///
-/// Thread-safe: blobs may be saved and loaded from many threads at once. Blobs saved are durable
-/// only after [`Repository::flush`] (which [`Repository::save_snapshot`] calls first).
+/// Thread-safe: blobs may be saved and loaded from many threads at once, and several backups may
+/// share one handle (as in `serve`). Blobs saved are durable only after [`Repository::flush`]
+/// (which [`Repository::commit_snapshot`] calls first).
+///
+/// Write sessions: a backup is everything saved between its `started` instant and its
+/// [`Repository::commit_snapshot`]. When a pack or index write fails, the handle forgets
+/// everything not yet listed in an index file on storage (blobs in flight, builders, written but
+/// unindexed packs), and every backup that started before the failure refuses to commit: its
+/// snapshot could name blobs stored nowhere. Later backups start from what storage holds.
+///
+/// Views: [`Repository::lock`] (and [`Repository::refresh_index`]) give the view a fresh
+/// [`Repository::open`] would: when index files this handle loaded are gone (a `prune` by another
+/// process replaced them), the in-memory index is rebuilt from the index files that exist.
 pub struct Repository {
     backend: Arc<dyn Backend>,
     key: MasterKey,
@@ -83,6 +103,12 @@ pub struct Repository {
     loaded_index_files: Mutex<HashSet<String>>,
     damaged_index_files: Mutex<Vec<RepoError>>,
     writer: Mutex<Writer>,
+    writer_cv: Condvar,
+    /// The last failed write: when, and what.
+    write_failure: Mutex<Option<(Instant, String)>>,
+    /// The repository locks taken through this handle (released ones drop out).
+    locks: Mutex<Vec<LockWatch>>,
+    lock_timings: LockTimings,
     stats: WriteStats,
 }
 
@@ -100,6 +126,20 @@ impl Repository {
         if backend.exists("config")? {
             return Err(RepoError::AlreadyExists {
                 location: backend.location().to_string(),
+            });
+        }
+        // Key slots without a config: an interrupted init (or a lost config). Adding a second slot
+        // for another master key would make the location ambiguous; removing them could destroy
+        // the only way to read data that exists. Refuse and say what is there.
+        let slots = backend.list("keys")?;
+        if !slots.is_empty() {
+            return Err(RepoError::InterruptedInit {
+                location: backend.location().to_string(),
+                slots: slots
+                    .iter()
+                    .map(|l| format!("keys/{}", l.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
         backend.create()?;
@@ -144,8 +184,24 @@ impl Repository {
             loaded_index_files: Mutex::new(HashSet::new()),
             damaged_index_files: Mutex::new(Vec::new()),
             writer: Mutex::new(Writer::default()),
+            writer_cv: Condvar::new(),
+            write_failure: Mutex::new(None),
+            locks: Mutex::new(Vec::new()),
+            lock_timings: LockTimings::default(),
             stats: WriteStats::default(),
         }
+    }
+
+    /// Uses other lock timings (every process sharing the repository must agree on `stale`; for
+    /// tests and special deployments).
+    pub fn with_lock_timings(mut self, timings: LockTimings) -> Repository {
+        self.lock_timings = timings;
+        self
+    }
+
+    /// The lock timings in use.
+    pub fn lock_timings(&self) -> LockTimings {
+        self.lock_timings
     }
 
     /// Opens an existing repository with `password` and loads its index.
@@ -159,6 +215,9 @@ impl Repository {
         let slots = backend.list("keys")?;
         let mut damaged_slots = Vec::new();
         let mut opened = None;
+        // The first slot whose key also opens the config wins: a slot that unwraps with this
+        // password but belongs to another master key (an orphan of an interrupted init) is skipped.
+        let mut config_error = None;
         for s in &slots {
             let path = format!("keys/{}", s.name);
             let bytes = backend.read(&path)?;
@@ -170,21 +229,32 @@ impl Repository {
                 }
             };
             match slot.unwrap(password) {
-                Ok(k) => {
-                    opened = Some((k, s.name.clone()));
-                    break;
-                }
+                Ok(k) => match k.open(&config_bytes) {
+                    Ok(plain) => {
+                        opened = Some((k, s.name.clone(), plain));
+                        break;
+                    }
+                    Err(e) => {
+                        config_error.get_or_insert(damaged(
+                            &*backend,
+                            "config",
+                            format!("{e} (with the key of {path})"),
+                        ));
+                    }
+                },
                 Err(SlotError::WrongPassword) => continue,
                 Err(e) => damaged_slots.push(format!("{path}: {e}")),
             }
         }
-        let Some((key, key_name)) = opened else {
+        let Some((key, key_name, plain)) = opened else {
+            if let Some(e) = config_error {
+                return Err(e);
+            }
             if !damaged_slots.is_empty() {
                 return Err(damaged(&*backend, "keys", damaged_slots.join("; ")));
             }
             return Err(RepoError::WrongPassword { location });
         };
-        let plain = key.open(&config_bytes).map_err(|e| damaged(&*backend, "config", e))?;
         let config: Config = serde_json::from_slice(&plain).map_err(|e| damaged(&*backend, "config", e))?;
         if config.version != FORMAT_VERSION {
             return Err(RepoError::UnsupportedVersion {
@@ -219,11 +289,57 @@ impl Repository {
     }
 
     /// Takes a shared (`exclusive = false`) or exclusive lock; see [`crate::lock`]. Once the lock
-    /// is held the index is reloaded, so whatever finished while this process waited is seen.
+    /// is held the index is reloaded, so whatever finished while this process waited is seen, and
+    /// whatever a prune removed meanwhile is forgotten. While the guard lives, packs and snapshots
+    /// are written through this handle only while the lock holds ([`LockGuard::check`]).
     pub fn lock(&self, exclusive: bool, command: &str, wait: Duration) -> Result<LockGuard, RepoError> {
-        let guard = lock::acquire(self.backend.clone(), &self.key, exclusive, command, wait)?;
+        let guard = lock::acquire_with(
+            self.backend.clone(),
+            &self.key,
+            "locks",
+            exclusive,
+            command,
+            wait,
+            self.lock_timings,
+        )?;
+        self.locks.lock().expect("poisoned").push(guard.watch());
         self.refresh_index()?;
         Ok(guard)
+    }
+
+    /// Fails when a repository lock taken through this handle was lost.
+    fn check_locks(&self, thorough: bool) -> Result<(), RepoError> {
+        let watches: Vec<LockWatch> = {
+            let mut locks = self.locks.lock().expect("poisoned");
+            locks.retain(|w| w.check(false).is_some());
+            locks.clone()
+        };
+        for w in watches {
+            if let Some(r) = w.check(thorough) {
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes stale and unreadable lock files (with `all`, every lock file) from `locks/` and from
+    /// the DR state's lock directories (`dr/.../lock/`). Returns what was removed.
+    pub fn unlock(&self, all: bool) -> Result<Vec<lock::Unlocked>, RepoError> {
+        let mut dirs = vec!["locks".to_string()];
+        let mut dr: Vec<String> = self
+            .backend
+            .list("dr")?
+            .into_iter()
+            .filter_map(|l| l.name.rsplit_once("/lock/").map(|(d, _)| format!("dr/{d}/lock")))
+            .collect();
+        dr.sort();
+        dr.dedup();
+        dirs.extend(dr);
+        let mut out = Vec::new();
+        for d in dirs {
+            out.extend(lock::unlock(&*self.backend, &self.key, &d, all, &self.lock_timings)?);
+        }
+        Ok(out)
     }
 
     // ----- DR state files ---------------------------------------------------------------------
@@ -318,36 +434,71 @@ impl Repository {
         Ok(id)
     }
 
-    /// Loads index files written since the last call (by this or other processes).
+    /// Brings the in-memory index up to date with the index files on storage: loads those written
+    /// since the last call (by this or other processes) and, when index files loaded earlier are
+    /// gone (replaced by a prune), rebuilds it from the files that exist (plus this handle's packs
+    /// not yet indexed), so no blob is located in a pack that was deleted.
     ///
     /// A damaged index file does not stop this: it is recorded (see
     /// [`Repository::damaged_index_files`]) and its blobs count as absent, so reads of them fail
-    /// with [`RepoError::MissingBlob`] and backups store them again.
+    /// with [`RepoError::MissingBlob`] and backups store them again. It is read again at the next
+    /// refresh, so a file that was repaired (or a read error that passed) is then used.
     pub fn refresh_index(&self) -> Result<(), RepoError> {
-        let listed = self.backend.list("index")?;
+        let listed: Vec<String> = self.backend.list("index")?.into_iter().map(|l| l.name).collect();
+        let vanished = {
+            let loaded = self.loaded_index_files.lock().expect("poisoned");
+            let now: HashSet<&String> = listed.iter().collect();
+            loaded.iter().any(|n| !now.contains(n))
+        };
+        if vanished {
+            return self.rebuild_index(listed);
+        }
         let new: Vec<String> = {
             let loaded = self.loaded_index_files.lock().expect("poisoned");
-            listed
-                .into_iter()
-                .map(|l| l.name)
-                .filter(|n| !loaded.contains(n))
-                .collect()
+            listed.into_iter().filter(|n| !loaded.contains(n)).collect()
         };
+        let mut damaged_now = Vec::new();
         for name in new {
-            let file = match self.read_index_file(&name) {
-                Ok(f) => f,
+            match self.read_index_file(&name) {
+                Ok(file) => {
+                    self.index.write().expect("poisoned").add_file(&file);
+                    self.loaded_index_files.lock().expect("poisoned").insert(name);
+                }
                 // Superseded by a prune that finished meanwhile: its packs are in the newer index.
                 Err(RepoError::Backend(e)) if e.is_not_found() => continue,
-                Err(e @ RepoError::Damaged { .. }) => {
-                    self.damaged_index_files.lock().expect("poisoned").push(e);
-                    self.loaded_index_files.lock().expect("poisoned").insert(name);
-                    continue;
-                }
+                Err(e @ RepoError::Damaged { .. }) => damaged_now.push(e),
                 Err(e) => return Err(e),
-            };
-            self.index.write().expect("poisoned").add_file(&file);
-            self.loaded_index_files.lock().expect("poisoned").insert(name);
+            }
         }
+        *self.damaged_index_files.lock().expect("poisoned") = damaged_now;
+        Ok(())
+    }
+
+    /// Replaces the in-memory index with one built from the index files `listed` and this handle's
+    /// pending packs. Lookups wait meanwhile (this runs only after a prune replaced index files).
+    fn rebuild_index(&self, listed: Vec<String>) -> Result<(), RepoError> {
+        let mut index = self.index.write().expect("poisoned");
+        let mut fresh = MemIndex::default();
+        let mut loaded = HashSet::new();
+        let mut damaged_now = Vec::new();
+        for name in listed {
+            match self.read_index_file(&name) {
+                Ok(file) => {
+                    fresh.add_file(&file);
+                    loaded.insert(name);
+                }
+                Err(RepoError::Backend(e)) if e.is_not_found() => continue,
+                Err(e @ RepoError::Damaged { .. }) => damaged_now.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        // Lock order: index, then writer (as in `write_pack`).
+        for p in self.writer.lock().expect("poisoned").pending.values() {
+            fresh.add_pack(&p.id, &p.blobs);
+        }
+        *index = fresh;
+        *self.loaded_index_files.lock().expect("poisoned") = loaded;
+        *self.damaged_index_files.lock().expect("poisoned") = damaged_now;
         Ok(())
     }
 
@@ -409,19 +560,49 @@ impl Repository {
         self.stats
             .raw_bytes_added
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let mut builder = self.writer.lock().expect("poisoned").pool.pop().unwrap_or_default();
+        let mut builder = {
+            let mut w = self.writer.lock().expect("poisoned");
+            w.active += 1;
+            w.pool.pop().unwrap_or_default()
+        };
         builder.add(kind, id, sealed, data.len());
-        if builder.size() >= self.config.pack_size as usize {
-            self.write_pack(builder)?;
+        let result = if builder.size() >= self.config.pack_size as usize {
+            let r = self.write_pack(builder);
+            self.end_active(None);
+            r
         } else {
-            self.writer.lock().expect("poisoned").pool.push(builder);
-        }
-        Ok(true)
+            self.end_active(Some(builder));
+            Ok(())
+        };
+        result.map(|()| true)
     }
 
-    /// Writes a full pack. Before writing, blobs that another process stored meanwhile (seen in
-    /// its index files) are dropped, so concurrent backups of common data store it mostly once.
-    fn write_pack(&self, mut builder: PackBuilder) -> Result<(), RepoError> {
+    /// Ends an `active` period, putting `builder` back into the pool in the same step.
+    fn end_active(&self, builder: Option<PackBuilder>) {
+        let mut w = self.writer.lock().expect("poisoned");
+        if let Some(b) = builder {
+            w.pool.push(b);
+        }
+        w.active -= 1;
+        if w.active == 0 {
+            self.writer_cv.notify_all();
+        }
+    }
+
+    /// Writes a full pack (see [`Repository::write_pack_inner`]); on failure forgets everything
+    /// not yet indexed on storage.
+    fn write_pack(&self, builder: PackBuilder) -> Result<(), RepoError> {
+        let r = self.write_pack_inner(builder);
+        if let Err(e) = &r {
+            self.forget_uncommitted(e);
+        }
+        r
+    }
+
+    /// Before writing, blobs that another process stored meanwhile (seen in its index files) are
+    /// dropped, so concurrent backups of common data store it mostly once.
+    fn write_pack_inner(&self, mut builder: PackBuilder) -> Result<(), RepoError> {
+        self.check_locks(false)?;
         self.refresh_index()?;
         {
             let idx = self.index.read().expect("poisoned");
@@ -443,42 +624,102 @@ impl Repository {
         self.stats
             .bytes_written
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        self.index.write().expect("poisoned").add_pack(&pack_id, &entries);
+        let pack = IndexPack {
+            id: pack_id,
+            size: bytes.len() as u64,
+            blobs: entries,
+        };
+        // Pending first, then the index (see `rebuild_index`).
         let to_index = {
             let mut w = self.writer.lock().expect("poisoned");
-            for e in &entries {
-                w.in_flight.remove(&e.id);
-            }
-            w.unindexed.push(IndexPack {
-                id: pack_id,
-                size: bytes.len() as u64,
-                blobs: entries,
-            });
+            w.pending.insert(pack_id, pack.clone());
+            w.unindexed.push(pack.clone());
             if w.unindexed.len() >= PACKS_PER_INDEX {
                 std::mem::take(&mut w.unindexed)
             } else {
                 Vec::new()
             }
         };
+        self.index.write().expect("poisoned").add_pack(&pack_id, &pack.blobs);
+        {
+            let mut w = self.writer.lock().expect("poisoned");
+            for e in &pack.blobs {
+                w.in_flight.remove(&e.id);
+            }
+        }
         if !to_index.is_empty() {
-            self.write_index_file(to_index)?;
+            self.index_pending(to_index)?;
         }
         Ok(())
     }
 
-    /// Writes every pending blob into packs and every written pack into an index file.
-    pub fn flush(&self) -> Result<(), RepoError> {
-        let builders = std::mem::take(&mut self.writer.lock().expect("poisoned").pool);
-        for b in builders {
-            if !b.is_empty() {
-                self.write_pack(b)?;
-            }
-        }
-        let rest = std::mem::take(&mut self.writer.lock().expect("poisoned").unindexed);
-        if !rest.is_empty() {
-            self.write_index_file(rest)?;
+    /// Writes an index file for packs this handle wrote; they are then no longer pending.
+    fn index_pending(&self, packs: Vec<IndexPack>) -> Result<(), RepoError> {
+        let ids: Vec<Id> = packs.iter().map(|p| p.id).collect();
+        self.write_index_file(packs)?;
+        let mut w = self.writer.lock().expect("poisoned");
+        for id in ids {
+            w.pending.remove(&id);
         }
         Ok(())
+    }
+
+    /// After a failed write: forgets every blob not listed in an index file on storage (in flight,
+    /// in builders, in written but unindexed packs), and records the failure so that backups that
+    /// started before it do not commit.
+    fn forget_uncommitted(&self, e: &RepoError) {
+        *self.write_failure.lock().expect("poisoned") = Some((Instant::now(), e.to_string()));
+        let mut index = self.index.write().expect("poisoned");
+        let mut w = self.writer.lock().expect("poisoned");
+        w.pool.clear();
+        w.in_flight.clear();
+        w.unindexed.clear();
+        for (_, p) in w.pending.drain() {
+            index.remove_pack(&p.id, &p.blobs);
+        }
+    }
+
+    /// Fails when a write failed at or after `started`.
+    fn check_no_failure_since(&self, started: Instant) -> Result<(), RepoError> {
+        match &*self.write_failure.lock().expect("poisoned") {
+            Some((at, reason)) if *at >= started => Err(RepoError::WriteFailed {
+                location: self.location().to_string(),
+                reason: reason.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes every pending blob into packs and every written pack into an index file. Waits first
+    /// for other threads' builders (another backup sharing this handle may hold a blob this one
+    /// skipped), so on return every blob saved through this handle before the call is in a pack
+    /// listed by an index file on storage, or the call failed.
+    pub fn flush(&self) -> Result<(), RepoError> {
+        let builders = {
+            let mut w = self.writer.lock().expect("poisoned");
+            while w.active > 0 {
+                w = self.writer_cv.wait(w).expect("poisoned");
+            }
+            w.active += 1;
+            std::mem::take(&mut w.pool)
+        };
+        let result = (|| {
+            for b in builders {
+                if !b.is_empty() {
+                    self.write_pack(b)?;
+                }
+            }
+            let rest = std::mem::take(&mut self.writer.lock().expect("poisoned").unindexed);
+            if !rest.is_empty() {
+                if let Err(e) = self.index_pending(rest) {
+                    self.forget_uncommitted(&e);
+                    return Err(e);
+                }
+            }
+            Ok(())
+        })();
+        self.end_active(None);
+        result
     }
 
     /// Reads a blob, decrypts it and checks it hashes to `id`.
@@ -532,22 +773,22 @@ impl Repository {
 
     // ----- snapshots ------------------------------------------------------------------------
 
-    /// Flushes pending data, then records the snapshot. Returns the snapshot id.
-    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id, RepoError> {
-        self.flush()?;
-        self.write_named("snapshots", &serde_json::to_vec(snap).expect("serialisable"))
-    }
-
-    /// Finishes a backup: flushes pending data, fills in the snapshot's `blobs_added`,
-    /// `bytes_added` (what this repository handle wrote) and `seconds` (since `started`), then
-    /// records it. Returns the snapshot id.
+    /// Finishes a backup that started at `started`: flushes pending data, fills in the snapshot's
+    /// `blobs_added`, `bytes_added` (what this repository handle wrote) and `seconds`, then records
+    /// it. Returns the snapshot id.
+    ///
+    /// Refuses ([`RepoError::WriteFailed`]) when any write through this handle failed since
+    /// `started`, and ([`RepoError::LockLost`]) when a lock taken through this handle was lost:
+    /// in both cases blobs the snapshot names might be stored nowhere.
     pub fn commit_snapshot(&self, snap: &mut Snapshot, started: std::time::Instant) -> Result<Id, RepoError> {
         // Pending packs are written before the snapshot's figures are taken.
         self.flush()?;
+        self.check_no_failure_since(started)?;
+        self.check_locks(true)?;
         snap.summary.blobs_added = self.stats.blobs_added.load(Ordering::Relaxed);
         snap.summary.bytes_added = self.stats.bytes_written.load(Ordering::Relaxed);
         snap.summary.seconds = started.elapsed().as_secs_f64();
-        self.save_snapshot(snap)
+        self.write_named("snapshots", &serde_json::to_vec(snap).expect("serialisable"))
     }
 
     /// Reads one snapshot file.

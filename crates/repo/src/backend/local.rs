@@ -1,5 +1,6 @@
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -10,6 +11,10 @@ use super::{Backend, BackendError, Listed};
 /// Writes go to a hidden temporary file in the target directory, are synced, then renamed into
 /// place, so a crash leaves either the old state or the complete file. Hidden files (names starting
 /// with `.`) are never listed; `prune` removes leftovers of interrupted writes.
+///
+/// Files are created with mode 0600 and directories with 0700 (whatever the umask): key slots and
+/// everything else are readable by the repository's owner only. A new directory is synced into its
+/// parent before a file in it is reported written.
 ///
 /// Deferred writes ([`Backend::write_deferred`], used for packs) are renamed into place unsynced and
 /// handed to a background thread that syncs them while the caller goes on; [`Backend::sync`] waits
@@ -93,11 +98,11 @@ impl LocalBackend {
         crate::crypto::fill_random(&mut rnd);
         let tmp = dir.join(format!(".tmp-{}", hex::encode(rnd)));
         let write = |tmp: &Path| -> std::io::Result<()> {
-            let mut f = match File::create(tmp) {
+            let mut f = match create_private(tmp) {
                 Ok(f) => f,
                 Err(e) if e.kind() == ErrorKind::NotFound => {
-                    fs::create_dir_all(&dir)?;
-                    File::create(tmp)?
+                    create_dirs(&dir)?;
+                    create_private(tmp)?
                 }
                 Err(e) => return Err(e),
             };
@@ -135,6 +140,31 @@ impl LocalBackend {
     }
 }
 
+/// Creates a new file readable and writable by its owner only.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    File::options().write(true).create_new(true).mode(0o600).open(path)
+}
+
+/// Creates `dir` and its missing parents with mode 0700, syncing each new entry into its parent.
+fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent);
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
@@ -148,7 +178,7 @@ impl Backend for LocalBackend {
 
     fn create(&self) -> Result<(), BackendError> {
         for d in ["", "keys", "snapshots", "index", "data", "locks"] {
-            fs::create_dir_all(self.root.join(d)).map_err(|e| self.io("create", d, e))?;
+            create_dirs(&self.root.join(d)).map_err(|e| self.io("create", d, e))?;
         }
         Ok(())
     }
@@ -246,6 +276,7 @@ impl Backend for LocalBackend {
                     out.push(Listed {
                         name: rel,
                         size: md.len(),
+                        modified: md.modified().ok(),
                     });
                 }
             }

@@ -5,13 +5,17 @@
 //! a [`Backend::write`] is atomic (a reader sees the whole file or none of it, also after `kill -9`);
 //! [`Backend::list`] returns only complete files.
 
+pub mod faulty;
 mod local;
 mod s3;
+
+pub use faulty::FaultyBackend;
 
 pub use local::LocalBackend;
 pub use s3::S3Backend;
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 /// A failure of the storage underneath the repository.
 #[derive(Debug, thiserror::Error)]
@@ -40,11 +44,14 @@ impl BackendError {
     }
 }
 
-/// A file in a listing: its path relative to the listed directory and its size in bytes.
+/// A file in a listing: its path relative to the listed directory, its size in bytes and, where
+/// the backend knows it, when the storage last wrote it (by the storage's own clock: the file
+/// system's for a local directory, the server's `LastModified` for S3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     pub name: String,
     pub size: u64,
+    pub modified: Option<SystemTime>,
 }
 
 /// Where repository files are stored.
@@ -78,6 +85,11 @@ pub trait Backend: Send + Sync {
     /// Removes leftovers of interrupted writes, if the backend can have any. Only call this while
     /// holding an exclusive lock.
     fn remove_temporaries(&self) {}
+    /// How long after a write its file may still be missing from [`Backend::list`]: lockers wait
+    /// this long and list again. Zero for a local directory.
+    fn listing_settle(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Opens the backend for a repository location: a local path, `s3://BUCKET/PREFIX` (endpoint from

@@ -246,6 +246,13 @@ impl Backend for S3Backend {
                     out.push(Listed {
                         name: name.to_string(),
                         size: c.size.unwrap_or(0),
+                        modified: c
+                            .last_modified
+                            .as_deref()
+                            .and_then(|t| {
+                                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+                            })
+                            .map(std::time::SystemTime::from),
                     });
                 }
             }
@@ -282,5 +289,11 @@ impl Backend for S3Backend {
                 Err(e) => Err(self.err("stat", path, e)),
             }
         })
+    }
+
+    /// S3 listings are strongly consistent on AWS since 2020, but not on every S3-compatible store;
+    /// restic waits 200 ms before it checks for other locks, and so do we.
+    fn listing_settle(&self) -> Duration {
+        Duration::from_millis(200)
     }
 }
