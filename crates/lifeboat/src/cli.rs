@@ -134,6 +134,16 @@ pub enum Command {
         /// Report what would be deleted, delete nothing
         #[arg(long)]
         dry_run: bool,
+        /// Keep pack files younger than this, whatever the index and the locks say (a backup
+        /// running beside the prune writes only young packs)
+        #[arg(long, default_value = "2h", value_parser = lifeboat_plan::parse_duration)]
+        min_age: std::time::Duration,
+    },
+    /// Remove stale and unreadable lock files (of repository commands and of DR operations),
+    /// naming each; with --all, every lock file (only when no other lifeboat process runs)
+    Unlock {
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -360,6 +370,9 @@ pub struct ForgetArgs {
     /// Run prune afterwards
     #[arg(long)]
     pub prune: bool,
+    /// With --prune: keep pack files younger than this
+    #[arg(long, default_value = "2h", value_parser = lifeboat_plan::parse_duration)]
+    pub min_age: std::time::Duration,
     /// Report what would be removed, remove nothing
     #[arg(long)]
     pub dry_run: bool,

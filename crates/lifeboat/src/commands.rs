@@ -194,10 +194,11 @@ pub fn run(args: Cli) -> Result<bool> {
                 monthly: f.keep_monthly,
                 yearly: f.keep_yearly,
             },
-            f.prune,
+            f.prune.then_some(f.min_age),
             f.dry_run,
         ),
-        Command::Prune { dry_run } => prune_cmd(&ctx, dry_run),
+        Command::Prune { dry_run, min_age } => prune_cmd(&ctx, dry_run, min_age),
+        Command::Unlock { all } => unlock_cmd(&ctx, all),
         Command::Backup(BackupArgs {
             cmd: None,
             plan: Some(plan),
@@ -534,21 +535,23 @@ fn check(ctx: &Ctx, read_data: bool) -> Result<bool> {
     Ok(errors == 0)
 }
 
-fn forget(ctx: &Ctx, policy: Policy, then_prune: bool, dry_run: bool) -> Result<bool> {
+fn forget(ctx: &Ctx, policy: Policy, then_prune: Option<std::time::Duration>, dry_run: bool) -> Result<bool> {
     let repo = ctx.open()?;
     let _lock = repo.lock(true, "forget", ctx.lock_wait)?;
     let snaps = repo.snapshots()?;
-    let decisions = policy.apply(&snaps)?;
+    // What DR state references (staged on a hot standby, recovery point of an unfinished
+    // operation) is kept whatever the policy says.
+    let protected = lifeboat_orchestrator::journal::referenced_snapshots(&repo)?;
+    let decisions = policy.apply_protecting(&snaps, &protected)?;
     if !dry_run {
         for d in decisions.iter().filter(|d| !d.keep) {
             repo.remove_snapshot(&d.id)?;
         }
     }
     let removed = decisions.iter().filter(|d| !d.keep).count();
-    let pruned = if then_prune {
-        Some(prune::prune(&repo, dry_run)?)
-    } else {
-        None
+    let pruned = match then_prune {
+        Some(min_age) => Some(prune::prune(&repo, &prune::PruneOptions { dry_run, min_age })?),
+        None => None,
     };
     ctx.print(
         json!({"dry_run": dry_run, "decisions": decisions, "prune": pruned}),
@@ -581,12 +584,13 @@ fn forget(ctx: &Ctx, policy: Policy, then_prune: bool, dry_run: bool) -> Result<
 
 fn print_prune(r: &prune::PruneReport) {
     println!(
-        "{}{} packs deleted, {} repacked into {}, {} unindexed removed; {} unused blobs and {} duplicates dropped; {} -> {}",
+        "{}{} packs deleted, {} repacked into {}, {} unindexed removed, {} kept as younger than the margin; {} unused blobs and {} duplicates dropped; {} -> {}",
         if r.dry_run { "(dry run) " } else { "" },
         r.packs_deleted,
         r.packs_repacked,
         r.packs_written,
         r.packs_unindexed_deleted,
+        r.packs_too_young,
         r.blobs_removed,
         r.duplicates_removed,
         bytes(r.bytes_before),
@@ -594,10 +598,22 @@ fn print_prune(r: &prune::PruneReport) {
     );
 }
 
-fn prune_cmd(ctx: &Ctx, dry_run: bool) -> Result<bool> {
+fn unlock_cmd(ctx: &Ctx, all: bool) -> Result<bool> {
+    let repo = ctx.open()?;
+    let removed = repo.unlock(all)?;
+    ctx.print(serde_json::to_value(&removed)?, || {
+        for u in &removed {
+            println!("removed {} ({}): {}", u.path, u.reason, u.holder);
+        }
+        println!("{} lock files removed", removed.len());
+    });
+    Ok(true)
+}
+
+fn prune_cmd(ctx: &Ctx, dry_run: bool, min_age: std::time::Duration) -> Result<bool> {
     let repo = ctx.open()?;
     let _lock = repo.lock(true, "prune", ctx.lock_wait)?;
-    let r = match prune::prune(&repo, dry_run) {
+    let r = match prune::prune(&repo, &prune::PruneOptions { dry_run, min_age }) {
         Ok(r) => r,
         Err(e @ RepoError::Damaged { .. }) => bail!("prune refused: {e}"),
         Err(e) => return Err(e.into()),

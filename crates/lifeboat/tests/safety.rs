@@ -43,8 +43,8 @@ fn two_concurrent_backups_both_succeed_and_common_data_is_stored_once() {
     let (oa, ob) = (pa.wait_with_output().unwrap(), pb.wait_with_output().unwrap());
     assert!(oa.status.success(), "{}", String::from_utf8_lossy(&oa.stderr));
     assert!(ob.status.success(), "{}", String::from_utf8_lossy(&ob.stderr));
-    // Copies written by both at the very same moment are collapsed by prune.
-    ok(&repo, &["prune"]);
+    // Copies written by both at the very same moment are collapsed by prune (no age margin here).
+    ok(&repo, &["prune", "--min-age", "0s"]);
     let stored: u64 = stored_bytes(Path::new(&repo));
     let unique = du(&a.join("common")) + du(&a.join("own")) + du(&b.join("own"));
     assert!(
@@ -140,7 +140,7 @@ fn kill_9_during_backup_and_prune_leaves_a_consistent_repository() {
             assert!(o.status.success());
             // Remove the junk snapshot by hand through forget's policy: keep only the others.
             fs::remove_file(Path::new(&repo).join("snapshots").join(&jid)).unwrap();
-            let mut child = spawn(&repo, &["prune"]);
+            let mut child = spawn(&repo, &["prune", "--min-age", "0s"]);
             std::thread::sleep(Duration::from_millis(rng.next() % 600));
             let _ = child.kill();
             let _ = child.wait();
@@ -154,7 +154,7 @@ fn kill_9_during_backup_and_prune_leaves_a_consistent_repository() {
         );
     }
     // A final prune cleans up leftovers, and every snapshot taken restores byte-identically.
-    ok(&repo, &["prune"]);
+    ok(&repo, &["prune", "--min-age", "0s"]);
     ok(&repo, &["repo", "check", "--read-data"]);
     for (i, (id, src)) in kept.iter().enumerate() {
         let out = t.path().join(format!("out{i}"));
@@ -371,7 +371,7 @@ fn forget_with_a_policy_then_prune_frees_space_and_keeps_the_rest_restorable() {
         ok(&repo, &["backup", "files", src.to_str().unwrap()]);
     }
     let before: u64 = stored_bytes(Path::new(&repo));
-    let o = json(&repo, &["forget", "--keep-last", "1", "--prune"]);
+    let o = json(&repo, &["forget", "--keep-last", "1", "--prune", "--min-age", "0s"]);
     assert_eq!(
         o["decisions"]
             .as_array()
@@ -391,4 +391,83 @@ fn forget_with_a_policy_then_prune_frees_space_and_keeps_the_rest_restorable() {
     let out = t.path().join("out");
     restore_to(&repo, "latest", &out);
     assert_same_tree(&src, &restored(&out, &src));
+}
+
+/// Finding 4, reproduced as a user would (review: 115 errors in `repo check` afterwards): a prune
+/// started in another PID namespace (as from a container on the same host) beside a live backup.
+/// The backup's lock must not be judged stale by its PID, and the margin keeps its packs anyway.
+#[test]
+fn a_prune_in_another_pid_namespace_beside_a_live_backup_deletes_nothing_it_needs() {
+    if rustix::process::geteuid().as_raw() != 0
+        || std::process::Command::new("unshare").arg("--version").output().is_err()
+    {
+        eprintln!("skipped: needs root and unshare(1) (util-linux) to start a prune in another PID namespace");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let repo = init(t.path());
+    let src = t.path().join("src");
+    make_files(&src.join("old"), 31, 8, 1 << 20);
+    ok(&repo, &["backup", "files", src.to_str().unwrap()]);
+    make_files(&src.join("new"), 32, 60, 1 << 20);
+    let backup = spawn(&repo, &["backup", "files", src.to_str().unwrap()]);
+    // Once it holds its lock and has written its first pack ...
+    let started = std::time::Instant::now();
+    while fs::read_dir(Path::new(&repo).join("locks")).unwrap().count() == 0 || pack_files(Path::new(&repo)).len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the backup never took its lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ... it is suspended (as a paused VM or a SIGSTOP would): it stays mid-backup while the prunes run.
+    let pid = rustix::process::Pid::from_raw(backup.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    for min_age in ["2h", "0s"] {
+        let p = std::process::Command::new("unshare")
+            .args([
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                bin(),
+                "--repo",
+                &repo,
+                "prune",
+                "--min-age",
+                min_age,
+            ])
+            .env("LIFEBOAT_PASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&p.stderr);
+        assert!(
+            !p.status.success() && err.contains("backup files"),
+            "prune (min age {min_age}) must wait for the live backup: {err}"
+        );
+    }
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    let b = backup.wait_with_output().unwrap();
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    ok(&repo, &["repo", "check", "--read-data"]);
+    let out = t.path().join("out");
+    restore_to(&repo, "latest", &out);
+    assert_same_tree(&src, &restored(&out, &src));
+}
+
+/// `lifeboat unlock` removes what a crashed holder left (an unreadable lock file here), names it,
+/// and leaves live locks alone.
+#[test]
+fn unlock_removes_a_left_over_lock_and_names_it() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = init(t.path());
+    fs::write(Path::new(&repo).join("locks").join("00deadbeef"), b"torn by a crash").unwrap();
+    let src = t.path().join("src");
+    make_files(&src, 5, 2, 1000);
+    let o = run(&repo, &["backup", "files", src.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("lifeboat unlock"), "{err}");
+    let removed = json(&repo, &["unlock"]);
+    assert_eq!(removed.as_array().unwrap().len(), 1, "{removed}");
+    assert_eq!(removed[0]["path"], "locks/00deadbeef");
+    ok(&repo, &["backup", "files", src.to_str().unwrap()]);
 }

@@ -220,3 +220,32 @@ pub fn new_id(now: OffsetDateTime) -> String {
         now.second(),
     )
 }
+
+/// Every snapshot the DR state of any plan in the repository references: each app's staged
+/// snapshot (what a hot standby holds) and the recovery point of its unfinished operation. No
+/// retention command may remove these (`forget` keeps them whatever its rules say).
+pub fn referenced_snapshots(
+    repo: &Repository,
+) -> Result<std::collections::HashSet<lifeboat_model::Id>, OrchestratorError> {
+    let mut out = std::collections::HashSet::new();
+    for name in repo.list_state("")? {
+        let parts: Vec<&str> = name.split('/').collect();
+        let [plan, app, "state"] = parts.as_slice() else {
+            continue;
+        };
+        let store = Store {
+            repo,
+            plan: plan.to_string(),
+            app: app.to_string(),
+        };
+        let state = store.state()?;
+        let mut ids: Vec<String> = state.staged.map(|s| s.snapshot).into_iter().collect();
+        if let Some(op) = state.running.as_deref() {
+            if let Some(rp) = store.operation(op)?.and_then(|o| o.recovery_point) {
+                ids.push(rp.snapshot);
+            }
+        }
+        out.extend(ids.iter().filter_map(|s| s.parse::<lifeboat_model::Id>().ok()));
+    }
+    Ok(out)
+}
