@@ -238,7 +238,8 @@ impl App {
             let (ok, out, err) = site.docker_try(&q);
             match ok {
                 true => Some(out.trim().to_string()),
-                false if err.contains("starting up") => None,
+                // "starting up", or (recovery still replaying under load) "not yet accepting connections".
+                false if err.contains("starting up") || err.contains("not yet accepting connections") => None,
                 false => panic!("{q:?} on {} failed: {err}", site.name),
             }
         })
