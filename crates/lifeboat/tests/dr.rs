@@ -887,7 +887,9 @@ fn a_primary_whose_engine_hangs_is_not_recorded_as_fenced() {
         let text = output_text(&o);
         assert!(!o.status.success(), "{text}");
         assert!(
-            text.contains("a is not fenced") && text.contains("--fenced-by-hand a") && text.contains("Nothing was started on b"),
+            text.contains("a is not fenced")
+                && text.contains("--fenced-by-hand a")
+                && text.contains("Nothing was started on b"),
             "{text}"
         );
         assert!(!text.contains("recorded as fenced"), "{text}");
@@ -906,7 +908,12 @@ fn a_primary_whose_engine_hangs_is_not_recorded_as_fenced() {
     let v = app.json(&["failover"]);
     let op = &v["operations"][0];
     assert_eq!(op["status"], "done", "{v}");
-    let fence = op["steps"].as_array().unwrap().iter().find(|s| s["name"] == "fence").unwrap();
+    let fence = op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "fence")
+        .unwrap();
     assert!(fence["detail"].as_str().unwrap().starts_with("a fenced"), "{fence}");
     wait_for("the app on b", Duration::from_secs(30), || app.items(b));
     std::thread::sleep(Duration::from_secs(2));
@@ -925,7 +932,11 @@ fn failover_with_fenced_by_hand_proceeds_and_journals_the_operator() {
     app.ok(&["backup", "--plan"]);
     // Bad input changes nothing.
     let o = app.cmd(&["failover", "--fenced-by-hand", "c"]).output().unwrap();
-    assert!(!o.status.success() && output_text(&o).contains("has no site \"c\""), "{}", output_text(&o));
+    assert!(
+        !o.status.success() && output_text(&o).contains("has no site \"c\""),
+        "{}",
+        output_text(&o)
+    );
     let o = app.cmd(&["failover", "--fenced-by-hand", "b"]).output().unwrap();
     assert!(
         !o.status.success() && output_text(&o).contains("name the site being left"),
@@ -941,7 +952,9 @@ fn failover_with_fenced_by_hand_proceeds_and_journals_the_operator() {
         let text = output_text(&o);
         assert!(!o.status.success(), "{text}");
         assert!(
-            text.contains("cannot be reached") && text.contains("the plan has no witness") && text.contains("--fenced-by-hand a"),
+            text.contains("cannot be reached")
+                && text.contains("the plan has no witness")
+                && text.contains("--fenced-by-hand a"),
             "{text}"
         );
         assert!(app.items(b).is_none(), "nothing started on b");
@@ -952,16 +965,27 @@ fn failover_with_fenced_by_hand_proceeds_and_journals_the_operator() {
             .env("USER", "dr-operator")
             .output()
             .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", output_text(&o)));
+        let v: serde_json::Value =
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", output_text(&o)));
         let op = &v["operations"][0];
         assert_eq!(op["status"], "done", "{v}");
-        let fence = op["steps"].as_array().unwrap().iter().find(|s| s["name"] == "fence").unwrap();
+        let fence = op["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "fence")
+            .unwrap();
         let detail = fence["detail"].as_str().unwrap();
         assert!(
             detail.contains("operator dr-operator on ") && detail.contains("--fenced-by-hand a"),
             "{fence}"
         );
-        let fb = op["steps"].as_array().unwrap().iter().find(|s| s["name"] == "final-backup").unwrap();
+        let fb = op["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "final-backup")
+            .unwrap();
         assert_eq!(fb["outcome"], "skipped", "{fb}");
         assert_eq!(resolve("dr11"), b.addr);
         assert!(app.items(b).is_some_and(|i| i.contains("widget")));
@@ -982,7 +1006,17 @@ fn a_fenced_primary_with_restart_always_stays_stopped_after_its_engine_restarts(
     let running = |s: &Site, c: &str| s.docker(&["inspect", "-f", "{{.State.Running}}", c]) == "true";
     a.docker(&["update", "--restart", "always", "dr12-web"]);
     // Not part of the app: it shows that the engine's restart does restart `always` containers.
-    a.docker(&["run", "-d", "--name", "dr12-other", "--restart", "always", "lifeboat-lab/web:1", "sleep", "3600"]);
+    a.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "dr12-other",
+        "--restart",
+        "always",
+        "lifeboat-lab/web:1",
+        "sleep",
+        "3600",
+    ]);
     app.ok(&["backup", "--plan"]);
     let out = app.ok(&["failover"]);
     assert!(out.contains("restart policy always cleared"), "{out}");
@@ -992,9 +1026,11 @@ fn a_fenced_primary_with_restart_always_stays_stopped_after_its_engine_restarts(
     // a's host "reboots": every daemon and container dies, then the engine starts again.
     Command::new(lab()).args(["kill", "a"]).status().unwrap();
     revive();
-    wait_for("the engine to restart its always containers", Duration::from_secs(60), || {
-        running(a, "dr12-other").then_some(())
-    });
+    wait_for(
+        "the engine to restart its always containers",
+        Duration::from_secs(60),
+        || running(a, "dr12-other").then_some(()),
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert!(!running(a, "dr12-web"), "the fenced container stayed stopped");
     assert!(app.items(a).is_none(), "a does not serve beside b");
@@ -1005,7 +1041,11 @@ fn a_fenced_primary_with_restart_always_stays_stopped_after_its_engine_restarts(
     assert!(out.contains("restart policy always restored"), "{out}");
     assert_eq!(policy(a, "dr12-web"), "always");
     assert!(running(a, "dr12-web"));
-    assert_eq!(policy(b, "dr12-web"), "no", "b cannot restart on its own after the failback");
+    assert_eq!(
+        policy(b, "dr12-web"),
+        "no",
+        "b cannot restart on its own after the failback"
+    );
     assert_eq!(resolve("dr12"), a.addr);
 }
 
@@ -1324,7 +1364,10 @@ fn an_authentication_error_fails_the_fence_step() {
         text.contains("a is not fenced") && text.contains("authentication failed") && text.contains("401"),
         "{text}"
     );
-    assert!(!text.contains("recorded as fenced") && !text.contains("cannot be reached"), "{text}");
+    assert!(
+        !text.contains("recorded as fenced") && !text.contains("cannot be reached"),
+        "{text}"
+    );
     assert_eq!(app.replicas(a), (1, None), "a still runs the app");
     assert_eq!(app.replicas(b).0, 0, "nothing started on b");
     assert!(app.items(a).is_some());

@@ -1005,3 +1005,7 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
     }
     Ok(out)
 }
+
+#[cfg(test)]
+#[path = "ops_fence_tests.rs"]
+mod fence_tests;
