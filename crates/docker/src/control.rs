@@ -4,6 +4,11 @@
 //! Workloads are the containers and Swarm services a [`Selection`] covers. Containers and services
 //! that a restore made under a name prefix carry [`PREFIX_LABEL`] and are left out unless that
 //! prefix is asked for, so a drill's copy is never started or stopped with production.
+//!
+//! A stop is meant to last: it clears the containers' restart policies too (`restart=no`), so a
+//! fenced site whose engine or host restarts does not start the app again; the caller keeps the
+//! policies (the orchestrator in the app's DR state in the repository, since a container's
+//! labels cannot be changed) and gives them back when it starts the app there.
 use bollard::models::ServiceSpec;
 use bollard::query_parameters::{
     ListContainersOptions, ListServicesOptions, RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
@@ -116,6 +121,16 @@ impl Site {
         grace: Option<std::time::Duration>,
     ) -> Result<Vec<Change>, DockerError> {
         let docs = self.workload_docs(selection, prefix)?;
+        // First the restart policies: a stopped container with `always` (or `on-failure`, after
+        // the stop's non-zero exit) starts again when its engine restarts. Callers record the
+        // policies beforehand ([`Site::restart_policies`]) and give them back with
+        // [`Site::set_restart_policies`] when the app starts here again.
+        let mut cleared = std::collections::BTreeSet::new();
+        for (kind, name, doc) in &docs {
+            if *kind == "container" && restart_policy(doc).is_some() && self.update_restart_policy(name, "no")? {
+                cleared.insert(name.clone());
+            }
+        }
         // Containers stop side by side: the slowest one's grace period, not their sum.
         let running: Vec<&String> = docs
             .iter()
@@ -141,7 +156,7 @@ impl Site {
         let mut out = Vec::new();
         for (kind, name, doc) in docs {
             let w = workload(kind, name.clone(), &doc);
-            let action = if !w.running {
+            let mut action = if !w.running {
                 "already stopped".to_string()
             } else if kind == "container" {
                 "stopped".to_string()
@@ -150,9 +165,83 @@ impl Site {
                 self.scale_service(&name, &doc, 0, Some(was))?;
                 format!("scaled {was} to 0")
             };
+            if cleared.contains(&name) {
+                action += &format!(" (restart policy {} cleared)", restart_policy(&doc).unwrap_or_default());
+            }
             out.push(Change { kind, name, action });
         }
         Ok(out)
+    }
+
+    /// The restart policies of the selection's containers that have one (`always`,
+    /// `unless-stopped`, `on-failure[:N]`), by container name: what [`Site::stop_workloads`] clears.
+    pub fn restart_policies(
+        &self,
+        selection: &Selection,
+        prefix: Option<&str>,
+    ) -> Result<std::collections::BTreeMap<String, String>, DockerError> {
+        Ok(self
+            .workload_docs(selection, prefix)?
+            .into_iter()
+            .filter(|(kind, _, _)| *kind == "container")
+            .filter_map(|(_, name, doc)| restart_policy(&doc).map(|p| (name, p)))
+            .collect())
+    }
+
+    /// Gives containers back their restart policies (as [`Site::restart_policies`] wrote them).
+    /// A container that no longer exists is reported, not an error.
+    pub fn set_restart_policies(
+        &self,
+        policies: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Vec<Change>, DockerError> {
+        let mut out = Vec::new();
+        for (name, policy) in policies {
+            let action = if self.update_restart_policy(name, policy)? {
+                format!("restart policy {policy} restored")
+            } else {
+                "gone: restart policy not restored".to_string()
+            };
+            out.push(Change {
+                kind: "container",
+                name: name.clone(),
+                action,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Sets a container's restart policy; false when there is no such container.
+    fn update_restart_policy(&self, name: &str, policy: &str) -> Result<bool, DockerError> {
+        use bollard::models::{ContainerUpdateBody, RestartPolicy, RestartPolicyNameEnum};
+        let (kind, count) = match policy.split_once(':') {
+            Some((k, n)) => (k, n.parse::<i64>().ok()),
+            None => (policy, None),
+        };
+        let name_enum = match kind {
+            "always" => RestartPolicyNameEnum::ALWAYS,
+            "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
+            "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+            "no" | "" => RestartPolicyNameEnum::NO,
+            other => {
+                return Err(DockerError::Unsupported(format!(
+                    "container {name}: unknown restart policy {other:?}"
+                )))
+            }
+        };
+        let body = ContainerUpdateBody {
+            restart_policy: Some(RestartPolicy {
+                name: Some(name_enum),
+                maximum_retry_count: count,
+            }),
+            ..Default::default()
+        };
+        match self.block_on(self.docker.update_container(name, body)) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(self.api_err(format!("update the restart policy of container {name}"))(
+                e,
+            )),
+        }
     }
 
     /// Starts every workload of `selection`: stopped containers are started, services scaled to
@@ -278,6 +367,23 @@ impl Site {
     }
 }
 
+/// A container's restart policy when it restarts on its own (`always`, `unless-stopped`,
+/// `on-failure[:N]`); `None` for `no` or none.
+fn restart_policy(doc: &Value) -> Option<String> {
+    let name = str_at(doc, "/HostConfig/RestartPolicy/Name").unwrap_or_default();
+    match name {
+        "" | "no" => None,
+        "on-failure" => match doc
+            .pointer("/HostConfig/RestartPolicy/MaximumRetryCount")
+            .and_then(Value::as_u64)
+        {
+            Some(n) if n > 0 => Some(format!("on-failure:{n}")),
+            _ => Some("on-failure".into()),
+        },
+        other => Some(other.to_string()),
+    }
+}
+
 fn replicas(doc: &Value) -> Option<u64> {
     doc.pointer("/Spec/Mode/Replicated/Replicas").and_then(Value::as_u64)
 }
@@ -308,5 +414,25 @@ fn workload(kind: &'static str, name: String, doc: &Value) -> Workload {
             cpus: (num("NanoCPUs") * n) as f64 / 1e9,
             memory: num("MemoryBytes") * n,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_policies_that_restart_on_their_own_are_kept() {
+        let doc = |name: &str, n: u64| json!({"HostConfig": {"RestartPolicy": {"Name": name, "MaximumRetryCount": n}}});
+        assert_eq!(restart_policy(&doc("always", 0)).as_deref(), Some("always"));
+        assert_eq!(
+            restart_policy(&doc("unless-stopped", 0)).as_deref(),
+            Some("unless-stopped")
+        );
+        assert_eq!(restart_policy(&doc("on-failure", 3)).as_deref(), Some("on-failure:3"));
+        assert_eq!(restart_policy(&doc("on-failure", 0)).as_deref(), Some("on-failure"));
+        assert_eq!(restart_policy(&doc("no", 0)), None);
+        assert_eq!(restart_policy(&doc("", 0)), None);
+        assert_eq!(restart_policy(&json!({})), None);
     }
 }

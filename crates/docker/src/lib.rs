@@ -31,6 +31,8 @@ pub mod restore;
 use std::time::Duration;
 
 use bollard::Docker;
+pub use lifeboat_model::reach::AccessProblem;
+use lifeboat_model::reach::{classify, Reach};
 use serde_json::Value;
 
 pub use backup::{backup, BackupOptions, BackupOutcome};
@@ -49,6 +51,15 @@ pub enum DockerError {
     /// retrying makes sense once the host is reachable.
     #[error("cannot reach the Docker engine at {host}: {reason}")]
     Unreachable { host: String, reason: String },
+    /// The engine's address cannot be used as given, or the engine answered the handshake with
+    /// an error (see [`AccessProblem`]): unlike [`DockerError::Unreachable`], this is no sign that
+    /// the site is down. Nothing was changed; retrying does not help until the cause is fixed.
+    #[error("Docker engine at {host}: {problem}: {reason}")]
+    Access {
+        host: String,
+        problem: AccessProblem,
+        reason: String,
+    },
     /// An Engine API call failed (the engine's own message is included). `what` names the object.
     #[error("Docker engine at {host}: {what}: {reason}")]
     Api { host: String, what: String, reason: String },
@@ -94,34 +105,105 @@ pub fn default_host() -> String {
     std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
 }
 
+/// How hard [`Site::connect`] tries before it calls an engine unreachable.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempts {
+    /// Handshakes tried.
+    pub tries: u32,
+    /// The longest wait for one handshake's answer.
+    pub timeout: Duration,
+    /// The pause between two handshakes.
+    pub pause: Duration,
+}
+
+impl Default for Attempts {
+    /// 3 handshakes of at most 5 s each, 1 s apart.
+    fn default() -> Self {
+        Attempts {
+            tries: 3,
+            timeout: Duration::from_secs(5),
+            pause: Duration::from_secs(1),
+        }
+    }
+}
+
 impl Site {
     /// Connects to `host` (`unix:///path`, `tcp://HOST:PORT`, `http://...`) and negotiates the API
-    /// version (engines from API 1.41, Docker 20.10, on).
+    /// version (engines from API 1.41, Docker 20.10, on), trying as [`Attempts::default`] says.
+    ///
+    /// [`DockerError::Unreachable`] only when no handshake got an answer: the connection was
+    /// refused, there was no route, or no answer came in time, on every try; or the socket file
+    /// is missing from a directory that exists (a stopped dockerd removes its socket).
+    /// [`DockerError::Access`] for everything else: a socket directory that does not exist or a
+    /// path that is not a socket (configuration), a socket the user may not open or an HTTP
+    /// 401/403 (authentication), any other error answer (protocol).
     pub fn connect(host: &str) -> Result<Site, DockerError> {
+        Site::connect_with(host, Attempts::default())
+    }
+
+    /// [`Site::connect`] with its own [`Attempts`].
+    pub fn connect_with(host: &str, attempts: Attempts) -> Result<Site, DockerError> {
         let unreachable = |reason: String| DockerError::Unreachable {
             host: host.to_string(),
+            reason,
+        };
+        let access = |problem: AccessProblem, reason: String| DockerError::Access {
+            host: host.to_string(),
+            problem,
             reason,
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .map_err(|e| unreachable(format!("cannot start the I/O runtime: {e}")))?;
+            .map_err(|e| access(AccessProblem::Config, format!("cannot start the I/O runtime: {e}")))?;
         let docker = if let Some(path) = host.strip_prefix("unix://") {
-            if !std::path::Path::new(path).exists() {
-                return Err(unreachable(format!("no socket at {path}")));
+            use std::os::unix::fs::FileTypeExt;
+            let p = std::path::Path::new(path);
+            match std::fs::metadata(p) {
+                Ok(m) if m.file_type().is_socket() => {}
+                Ok(_) => return Err(access(AccessProblem::Config, format!("{path} is not a socket"))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(match p.parent().filter(|d| d.is_dir()) {
+                        Some(_) => unreachable(format!(
+                            "no socket at {path}: no engine runs there (a stopped dockerd removes its socket)"
+                        )),
+                        None => access(
+                            AccessProblem::Config,
+                            format!("no socket at {path}, and its directory does not exist: is the address right?"),
+                        ),
+                    })
+                }
+                Err(e) => {
+                    let problem = match classify(&e, AccessProblem::Config) {
+                        Reach::Access(p) => p,
+                        Reach::Unreachable(_) => AccessProblem::Config,
+                    };
+                    return Err(access(problem, format!("{path}: {e}")));
+                }
             }
             Docker::connect_with_unix(host, 600, bollard::API_DEFAULT_VERSION)
         } else {
             let h = host.replacen("tcp://", "http://", 1);
             Docker::connect_with_http(&h, 600, bollard::API_DEFAULT_VERSION)
         }
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| access(AccessProblem::Config, short_error(&e)))?;
         let docker = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(15), docker.negotiate_version())
-                .await
-                .map_err(|_| unreachable("no answer within 15 s".into()))?
-                .map_err(|e| unreachable(e.to_string()))
+            let mut last = String::new();
+            for n in 0..attempts.tries.max(1) {
+                if n > 0 {
+                    tokio::time::sleep(attempts.pause).await;
+                }
+                match tokio::time::timeout(attempts.timeout, docker.clone().negotiate_version()).await {
+                    Ok(Ok(d)) => return Ok(d),
+                    Err(_) => last = format!("no answer within {:?}", attempts.timeout),
+                    Ok(Err(e)) => match handshake_error(&e) {
+                        Reach::Unreachable(_) => last = short_error(&e),
+                        Reach::Access(problem) => return Err(access(problem, short_error(&e))),
+                    },
+                }
+            }
+            Err(unreachable(format!("{last} ({} tries)", attempts.tries.max(1))))
         })?;
         Ok(Site {
             rt,
@@ -160,6 +242,21 @@ pub(crate) fn short_error(e: &bollard::errors::Error) -> String {
     }
 }
 
+/// How a failed version handshake reads: HTTP 401/403 is authentication, any other answer a
+/// protocol error; a connection that could not be made is [`Reach::Unreachable`].
+fn handshake_error(e: &bollard::errors::Error) -> Reach {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => {
+            Reach::Access(if matches!(status_code, 401 | 403) {
+                AccessProblem::Auth
+            } else {
+                AccessProblem::Protocol
+            })
+        }
+        other => classify(other, AccessProblem::Protocol),
+    }
+}
+
 /// Whether an API error is "no such object".
 pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
@@ -184,4 +281,148 @@ pub(crate) fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
 /// Converts an engine document to JSON (Docker's field names).
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).expect("engine documents serialise")
+}
+
+#[cfg(test)]
+mod connect_tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+
+    fn quick() -> Attempts {
+        Attempts {
+            tries: 2,
+            timeout: Duration::from_millis(300),
+            pause: Duration::from_millis(50),
+        }
+    }
+
+    /// A socket that answers every request with `response` (None: reads and never answers).
+    fn server(path: &std::path::Path, response: Option<&'static str>) {
+        let l = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                match response {
+                    Some(r) => {
+                        let _ = s.write_all(r.as_bytes());
+                    }
+                    None => held.push(s),
+                }
+            }
+        });
+    }
+
+    fn err(host: &str) -> DockerError {
+        match Site::connect_with(host, quick()) {
+            Ok(_) => panic!("{host}: connected"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_socket_in_a_directory_that_does_not_exist_is_a_configuration_error() {
+        let e = err("unix:///nonexistent-lifeboat-dir/docker.sock");
+        assert!(
+            matches!(
+                e,
+                DockerError::Access {
+                    problem: AccessProblem::Config,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"").unwrap();
+        let e = err(&format!("unix://{}", file.display()));
+        assert!(
+            matches!(
+                e,
+                DockerError::Access {
+                    problem: AccessProblem::Config,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_refusing_socket_is_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = err(&format!("unix://{}", dir.path().join("gone.sock").display()));
+        assert!(matches!(e, DockerError::Unreachable { .. }), "{e}");
+        // A socket file nobody listens on (a killed dockerd leaves it): connection refused.
+        let stale = dir.path().join("stale.sock");
+        drop(UnixListener::bind(&stale).unwrap());
+        let e = err(&format!("unix://{}", stale.display()));
+        assert!(matches!(e, DockerError::Unreachable { .. }), "{e}");
+        assert!(e.to_string().contains("2 tries"), "{e}");
+    }
+
+    #[test]
+    fn an_engine_that_never_answers_is_unreachable_after_its_tries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hung.sock");
+        server(&path, None);
+        let t = std::time::Instant::now();
+        let e = err(&format!("unix://{}", path.display()));
+        assert!(matches!(e, DockerError::Unreachable { .. }), "{e}");
+        assert!(e.to_string().contains("no answer within"), "{e}");
+        assert!(t.elapsed() >= Duration::from_millis(600), "both tries waited");
+    }
+
+    #[test]
+    fn an_error_answer_to_the_handshake_is_authentication_or_protocol_never_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, status, want) in [
+            ("401.sock", "401 Unauthorized", AccessProblem::Auth),
+            ("403.sock", "403 Forbidden", AccessProblem::Auth),
+            ("500.sock", "500 Internal Server Error", AccessProblem::Protocol),
+        ] {
+            let path = dir.path().join(name);
+            let resp: &'static str = Box::leak(
+                format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: 21\r\nConnection: close\r\n\r\n{{\"message\":\"refused\"}}"
+                )
+                .into_boxed_str(),
+            );
+            server(&path, Some(resp));
+            let e = err(&format!("unix://{}", path.display()));
+            match &e {
+                DockerError::Access { problem, .. } => assert_eq!(*problem, want, "{e}"),
+                other => panic!("{status}: {other}"),
+            }
+        }
+        // Not HTTP at all.
+        let path = dir.path().join("garbage.sock");
+        server(&path, Some("SSH-2.0-OpenSSH_9.2\r\n"));
+        let e = err(&format!("unix://{}", path.display()));
+        assert!(
+            matches!(
+                e,
+                DockerError::Access {
+                    problem: AccessProblem::Protocol,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_tcp_port_nobody_listens_on_is_unreachable() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = err(&format!("tcp://127.0.0.1:{port}"));
+        assert!(matches!(e, DockerError::Unreachable { .. }), "{e}");
+    }
 }

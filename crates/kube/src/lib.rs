@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
+pub use lifeboat_model::reach::AccessProblem;
+use lifeboat_model::reach::{classify, Reach};
 use serde::{Deserialize, Serialize};
 
 pub use backup::{backup, BackupOptions, BackupOutcome};
@@ -45,6 +47,15 @@ pub enum KubeError {
     /// The API server cannot be reached (retry when it is). Nothing was changed.
     #[error("cannot reach the Kubernetes API server of context {context}: {reason}")]
     Unreachable { context: String, reason: String },
+    /// The API server was reached but could not be used (see [`AccessProblem`]: credentials
+    /// refused, TLS failed, an error answer to the version request): unlike
+    /// [`KubeError::Unreachable`], no sign that the cluster is down. Nothing was changed.
+    #[error("Kubernetes API server of context {context}: {problem}: {reason}")]
+    Access {
+        context: String,
+        problem: AccessProblem,
+        reason: String,
+    },
     /// An API call failed; `what` names the resource or object.
     #[error("Kubernetes API ({context}): {what}: {reason}")]
     Api {
@@ -135,7 +146,13 @@ pub struct Cluster {
 
 impl Cluster {
     /// Connects with a kubeconfig file (else `KUBECONFIG`, else `~/.kube/config`) and a context
-    /// (else the current one), and checks that the server answers.
+    /// (else the current one), and checks that the server answers its version request (3 tries of
+    /// at most 8 s, 1 s apart).
+    ///
+    /// [`KubeError::Unreachable`] only when no try got a connection (refused, no route, no answer
+    /// in time); a kubeconfig that cannot be read or names no usable context is
+    /// [`KubeError::Config`]; credentials refused (HTTP 401/403, a failing credential plugin), a
+    /// failed TLS handshake or another error answer is [`KubeError::Access`].
     pub fn connect(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> Result<Cluster, KubeError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -172,10 +189,28 @@ impl Cluster {
             server,
         };
         cluster.block_on(async {
-            tokio::time::timeout(Duration::from_secs(15), cluster.client.apiserver_version())
-                .await
-                .map_err(|_| cluster.unreachable("no answer within 15 s".into()))?
-                .map_err(|e| cluster.unreachable(e.to_string()))
+            let (tries, timeout) = (3, Duration::from_secs(8));
+            let mut last = String::new();
+            for n in 0..tries {
+                if n > 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                match tokio::time::timeout(timeout, cluster.client.apiserver_version()).await {
+                    Ok(Ok(_)) => return Ok(()),
+                    Err(_) => last = format!("no answer within {timeout:?}"),
+                    Ok(Err(e)) => match handshake_error(&e) {
+                        Reach::Unreachable(_) => last = short_error(&e),
+                        Reach::Access(problem) => {
+                            return Err(KubeError::Access {
+                                context: cluster.context.clone(),
+                                problem,
+                                reason: format!("{} ({})", cluster.server, short_error(&e)),
+                            })
+                        }
+                    },
+                }
+            }
+            Err(cluster.unreachable(format!("{last}; {tries} tries")))
         })?;
         Ok(cluster)
     }
@@ -213,6 +248,35 @@ impl Cluster {
     }
 }
 
+/// How a failed version request reads (see [`Cluster::connect`]).
+fn handshake_error(e: &kube::Error) -> Reach {
+    match e {
+        kube::Error::Api(s) if matches!(s.code, 401 | 403) => Reach::Access(AccessProblem::Auth),
+        kube::Error::Api(_) => Reach::Access(AccessProblem::Protocol),
+        kube::Error::Auth(_) => Reach::Access(AccessProblem::Auth),
+        kube::Error::RustlsTls(_) | kube::Error::TlsRequired => Reach::Access(AccessProblem::Tls),
+        other if has_tls_error(other) => Reach::Access(AccessProblem::Tls),
+        other => classify(other, AccessProblem::Protocol),
+    }
+}
+
+/// Whether a TLS error (rustls's) is in the error's chain, also inside an I/O error.
+fn has_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            if has_tls_error(inner) {
+                return true;
+            }
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// The API server's own message for an error.
 pub(crate) fn short_error(e: &kube::Error) -> String {
     match e {
@@ -226,5 +290,124 @@ pub(crate) fn status_code(e: &kube::Error) -> Option<u16> {
     match e {
         kube::Error::Api(s) => Some(s.code),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod connect_tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A kubeconfig for `server` with a bearer token, context `t`.
+    fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+        let p = dir.join("kubeconfig");
+        std::fs::write(
+            &p,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{server}\"}}}}]\n\
+                 users: [{{name: u, user: {{token: invalid}}}}]\ncontexts: [{{name: t, context: {{cluster: c, user: u}}}}]\n\
+                 current-context: t\n"
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    /// An HTTP server on loopback answering every request with `status` and a Status body.
+    fn server(status: u16, reason: &'static str) -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let body = format!(
+                    "{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\",\"message\":\"{reason}\",\"reason\":\"{reason}\",\"code\":{status}}}"
+                );
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        port
+    }
+
+    fn err(kc: &std::path::Path, context: Option<&str>) -> KubeError {
+        match Cluster::connect(Some(kc), context) {
+            Ok(_) => panic!("connected"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn refused_credentials_are_an_authentication_error_not_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        for (status, reason) in [(401, "Unauthorized"), (403, "Forbidden")] {
+            let kc = kubeconfig(dir.path(), &format!("http://127.0.0.1:{}", server(status, reason)));
+            let e = err(&kc, None);
+            assert!(
+                matches!(
+                    e,
+                    KubeError::Access {
+                        problem: AccessProblem::Auth,
+                        ..
+                    }
+                ),
+                "{status}: {e}"
+            );
+            assert!(!e.to_string().contains("invalid"), "the token is not shown: {e}");
+        }
+        let kc = kubeconfig(dir.path(), &format!("http://127.0.0.1:{}", server(500, "Internal")));
+        let e = err(&kc, None);
+        assert!(
+            matches!(
+                e,
+                KubeError::Access {
+                    problem: AccessProblem::Protocol,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_refused_port_is_unreachable_and_a_bad_kubeconfig_is_a_configuration_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let kc = kubeconfig(dir.path(), &format!("http://127.0.0.1:{port}"));
+        let e = err(&kc, None);
+        assert!(matches!(e, KubeError::Unreachable { .. }), "{e}");
+        assert!(e.to_string().contains("3 tries"), "{e}");
+        let e = err(&kc, Some("no-such-context"));
+        assert!(matches!(e, KubeError::Config(_)), "{e}");
+        let e = err(&dir.path().join("missing"), None);
+        assert!(matches!(e, KubeError::Config(_)), "{e}");
+    }
+
+    #[test]
+    fn a_failed_tls_handshake_is_a_tls_error() {
+        // A TLS server would need a certificate; a plain HTTP server spoken to over https fails
+        // the handshake the same way (the answer is no TLS record).
+        let dir = tempfile::tempdir().unwrap();
+        let kc = kubeconfig(dir.path(), &format!("https://127.0.0.1:{}", server(200, "OK")));
+        let e = err(&kc, None);
+        assert!(
+            matches!(
+                e,
+                KubeError::Access {
+                    problem: AccessProblem::Tls,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

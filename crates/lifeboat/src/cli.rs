@@ -206,6 +206,10 @@ pub struct OpArgs {
     /// Failback: go on although the standby cannot be reached, losing its writes since its last backup
     #[arg(long)]
     pub accept_data_loss: bool,
+    /// You made sure SITE (the side being left) is off and stays off: go on although Lifeboat cannot
+    /// stop it itself (it cannot be reached, or refuses). Recorded in the journal with your name
+    #[arg(long, value_name = "SITE")]
+    pub fenced_by_hand: Option<String>,
     /// Longest wait for the app to become healthy, in seconds
     #[arg(long, default_value_t = 300)]
     pub health_timeout: u64,

@@ -178,10 +178,23 @@ pub fn switch(ctx: &Ctx, args: &crate::cli::OpArgs, kind: Kind) -> Result<bool> 
     let router = router_for(l.dir.clone());
     let log = logger(ctx);
     let env = env(&l.plan, &l.dir, &l.repo, &router, &log);
+    let fenced_by_hand = match &args.fenced_by_hand {
+        None => None,
+        Some(site) if !l.plan.sites.contains_key(site) => bail!(
+            "--fenced-by-hand {site}: plan {} has no site {site:?} (sites: {})",
+            l.plan.metadata.name,
+            l.plan.sites.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+        Some(site) => Some(ops::ManualFence {
+            site: site.clone(),
+            by: operator(),
+        }),
+    };
     let opts = Options {
         health_timeout: Duration::from_secs(args.health_timeout),
         final_backup: !args.no_final_backup,
         accept_data_loss: args.accept_data_loss,
+        fenced_by_hand,
         ..Default::default()
     };
     let mut results = Vec::new();
@@ -220,6 +233,16 @@ pub fn switch(ctx: &Ctx, args: &crate::cli::OpArgs, kind: Kind) -> Result<bool> 
         println!("{}", serde_json::to_string_pretty(&json!({ "operations": results }))?);
     }
     Ok(ok)
+}
+
+/// Who runs this command, for the journal: the user (the one behind sudo, if any) and the host.
+fn operator() -> String {
+    let user = ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| format!("uid {}", rustix::process::getuid().as_raw()));
+    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    format!("operator {user} on {host}")
 }
 
 pub fn drill(
@@ -408,6 +431,68 @@ impl watch::Trigger for Failover {
             .map_err(|e| e.to_string())?
         })
     }
+
+    fn unfinished(&self, app: &str) -> BoxFuture<'_, Option<Kind>> {
+        let (app, plan, repo) = (app.to_string(), self.plan.clone(), self.repo_location.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let st = Store {
+                    repo: &repo,
+                    plan: plan.metadata.name.clone(),
+                    app,
+                };
+                let id = st.state().ok()?.running?;
+                st.operation(&id).ok().flatten().map(|op| op.kind)
+            })
+            .await
+            .ok()
+            .flatten()
+        })
+    }
+
+    fn resume(&self, app: &str) -> BoxFuture<'_, Result<String, String>> {
+        let (app, plan, repo, json) = (
+            app.to_string(),
+            self.plan.clone(),
+            self.repo_location.clone(),
+            self.ctx_json,
+        );
+        let dir = self.plan_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let router = router_for(dir.clone());
+                let log = move |l: &str| {
+                    if !json {
+                        eprintln!("  {l}");
+                    }
+                };
+                let env = env(&plan, &dir, &repo, &router, &log);
+                let st = Store {
+                    repo: &repo,
+                    plan: plan.metadata.name.clone(),
+                    app: app.clone(),
+                };
+                let kind = st
+                    .state()
+                    .ok()
+                    .and_then(|s| s.running)
+                    .and_then(|id| st.operation(&id).ok().flatten())
+                    .map(|op| op.kind)
+                    .ok_or_else(|| "no unfinished operation".to_string())?;
+                let opts = Options {
+                    reason: "health".into(),
+                    ..Default::default()
+                };
+                match ops::switch_over(&env, &app, kind, &opts) {
+                    Ok(Outcome::Done(op)) => Ok(report::timeline_text(&op)),
+                    Ok(Outcome::AlreadyThere { site, .. }) => Ok(format!("already on {site}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
 }
 
 pub fn watch(ctx: &Ctx, plan_path: &Path, only: Option<&str>, witness: bool) -> Result<bool> {
@@ -582,6 +667,9 @@ fn watch_tasks(
             Event::WitnessRefused { app, why } => format!("{app}: no failover: {why}"),
             Event::FailedOver { app, detail } => format!("{app}: failed over\n{detail}"),
             Event::FailoverFailed { app, error } => format!("{app}: failover failed: {error}"),
+            Event::Resumed { app, kind, detail } => {
+                format!("{app}: unfinished {} resumed and finished\n{detail}", kind.as_str())
+            }
         };
         if json {
             println!("{}", json!({"time": now.to_string(), "event": format!("{e:?}")}));
@@ -633,7 +721,7 @@ fn watch_tasks(
         if wit.is_some() {
             " (a witness must agree before a failover)"
         } else {
-            ""
+            " (no witness: a primary that cannot be reached is not failed over, see `failover --fenced-by-hand`)"
         }
     );
     Ok(watched

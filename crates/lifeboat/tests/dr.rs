@@ -40,7 +40,15 @@ fn revive() {
     if !kube.is_empty() {
         args.extend(["--kube", "2"]);
     }
-    let o = Command::new(lab()).args(&args).output().unwrap();
+    // On a loaded machine a daemon can miss its start timeout; `up` starts only what is missing.
+    let mut o = Command::new(lab()).args(&args).output().unwrap();
+    for _ in 0..2 {
+        if o.status.success() {
+            break;
+        }
+        eprintln!("lab up failed, once more: {}", String::from_utf8_lossy(&o.stderr));
+        o = Command::new(lab()).args(&args).output().unwrap();
+    }
     assert!(o.status.success(), "lab up: {}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -297,12 +305,77 @@ fn kill(mut c: Child) {
     let _ = c.wait();
 }
 
+/// `lifeboat watch --witness` for `app`, run inside `site`'s network namespace (a partition between
+/// this host and the site does not hide the site from it); it reports through the repository.
+fn witness(app: &App, site: &Site) -> (Child, Arc<Mutex<String>>) {
+    let mut w = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/lifeboat-{}", site.name))
+        .arg(common::bin())
+        .args(["watch", "--witness"])
+        .arg(&app.plan)
+        .env("LIFEBOAT_PASSWORD", PASSWORD)
+        .env_remove("LIFEBOAT_REPO")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = collect(&mut w);
+    (w, log)
+}
+
+/// The pid file of a site's dockerd (`lab/lab` keeps it next to the socket).
+fn dockerd_pid(site: &Site) -> String {
+    let sock = PathBuf::from(site.docker_host.trim_start_matches("unix://"));
+    std::fs::read_to_string(sock.parent().unwrap().join("docker.pid"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Probes the app's health URL on two sites every 200 ms until stopped; counts the rounds in
+/// which both answered (two active sites) and the rounds in which each did.
+struct BothProbe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<(usize, usize, usize)>,
+}
+
+impl BothProbe {
+    fn start(a: &Site, b: &Site, port: u16) -> BothProbe {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sa, sb, st) = (a.addr.clone(), b.addr.clone(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            let (mut both, mut on_a, mut on_b) = (0, 0, 0);
+            while !st.load(std::sync::atomic::Ordering::SeqCst) {
+                let ua = http_get(&sa, port, "/healthz").is_some();
+                let ub = http_get(&sb, port, "/healthz").is_some();
+                both += usize::from(ua && ub);
+                on_a += usize::from(ua);
+                on_b += usize::from(ub);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            (both, on_a, on_b)
+        });
+        BothProbe { stop, handle }
+    }
+
+    /// (rounds both answered, rounds a answered, rounds b answered).
+    fn finish(self) -> (usize, usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+fn output_text(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
 #[test]
 fn watch_fails_over_once_when_the_primary_dies_and_failback_brings_the_standbys_writes_home() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
     let (a, b) = (&sites[0], &sites[1]);
-    let app = App::new(&sites, "dr1", 8181, Some(5441), "");
+    // A dead primary cannot be stopped by Lifeboat: the witness (in a's network) confirms it.
+    let app = App::new(&sites, "dr1", 8181, Some(5441), "witness: {max_age: 10s}\n");
     app.psql(
         a,
         "create table t (v text primary key); insert into t values ('one'), ('two')",
@@ -314,6 +387,7 @@ fn watch_fails_over_once_when_the_primary_dies_and_failback_brings_the_standbys_
     app.add(a, "after-backup");
     app.psql(a, "insert into t values ('after-backup')");
 
+    let (wit, _wlog) = witness(&app, a);
     let mut watch = app
         .cmd(&["watch"])
         .stdout(Stdio::null())
@@ -347,8 +421,8 @@ fn watch_fails_over_once_when_the_primary_dies_and_failback_brings_the_standbys_
             assert!(l.contains(step), "the timeline lacks {step}: {l}");
         }
         assert!(
-            l.contains("cannot be reached"),
-            "the dead primary is recorded as fenced: {l}"
+            l.contains("cannot be reached") && l.contains("the witness confirms it is down"),
+            "the dead primary is fenced on the witness's word: {l}"
         );
         eprintln!("failure to switched traffic: {switched:?}");
         // Exactly one failover: the watch stopped after it, and the journal holds one.
@@ -363,6 +437,7 @@ fn watch_fails_over_once_when_the_primary_dies_and_failback_brings_the_standbys_
         );
     });
     kill(watch);
+    kill(wit);
     revive();
     if let Err(e) = result {
         std::panic::resume_unwind(e);
@@ -805,6 +880,213 @@ fn sync_fences_again_a_primary_that_runs_after_a_failover() {
     assert_eq!(resolve("dr9"), b.addr);
 }
 
+#[test]
+fn a_primary_whose_engine_hangs_is_not_recorded_as_fenced() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "dr10", 8190, None, "");
+    app.ok(&["backup", "--plan"]);
+    let probe = BothProbe::start(a, b, app.port);
+    // dockerd hangs; the app keeps serving through containerd's shims.
+    let pid = dockerd_pid(a);
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let hung = std::panic::catch_unwind(|| {
+        let o = app.cmd(&["failover"]).output().unwrap();
+        let text = output_text(&o);
+        assert!(!o.status.success(), "{text}");
+        assert!(
+            text.contains("a is not fenced")
+                && text.contains("--fenced-by-hand a")
+                && text.contains("Nothing was started on b"),
+            "{text}"
+        );
+        assert!(!text.contains("recorded as fenced"), "{text}");
+        assert!(app.items(a).is_some(), "a still serves");
+        assert!(app.items(b).is_none(), "b was not started");
+        // Nothing is left open: a second try is a new attempt, not a resume.
+        let again = output_text(&app.cmd(&["failover"]).output().unwrap());
+        assert!(!again.contains("resuming"), "{again}");
+    });
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    if let Err(e) = hung {
+        probe.finish();
+        std::panic::resume_unwind(e);
+    }
+    // Once the engine answers, the failover fences a itself and goes on.
+    let v = app.json(&["failover"]);
+    let op = &v["operations"][0];
+    assert_eq!(op["status"], "done", "{v}");
+    let fence = op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "fence")
+        .unwrap();
+    assert!(fence["detail"].as_str().unwrap().starts_with("a fenced"), "{fence}");
+    wait_for("the app on b", Duration::from_secs(30), || app.items(b));
+    std::thread::sleep(Duration::from_secs(2));
+    let (both, on_a, on_b) = probe.finish();
+    assert_eq!(both, 0, "never two active sites (a answered {on_a} times, b {on_b})");
+    assert!(on_a > 0 && on_b > 0, "both were seen: a {on_a}, b {on_b}");
+    assert!(app.items(a).is_none());
+}
+
+#[test]
+fn failover_with_fenced_by_hand_proceeds_and_journals_the_operator() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "dr11", 8191, None, "");
+    app.ok(&["backup", "--plan"]);
+    // Bad input changes nothing.
+    let o = app.cmd(&["failover", "--fenced-by-hand", "c"]).output().unwrap();
+    assert!(
+        !o.status.success() && output_text(&o).contains("has no site \"c\""),
+        "{}",
+        output_text(&o)
+    );
+    let o = app.cmd(&["failover", "--fenced-by-hand", "b"]).output().unwrap();
+    assert!(
+        !o.status.success() && output_text(&o).contains("name the site being left"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(app.items(a).is_some() && app.items(b).is_none());
+
+    Command::new(lab()).args(["kill", "a"]).status().unwrap();
+    let result = std::panic::catch_unwind(|| {
+        // Dead, but nobody confirms it: no failover.
+        let o = app.cmd(&["failover"]).output().unwrap();
+        let text = output_text(&o);
+        assert!(!o.status.success(), "{text}");
+        assert!(
+            text.contains("cannot be reached")
+                && text.contains("the plan has no witness")
+                && text.contains("--fenced-by-hand a"),
+            "{text}"
+        );
+        assert!(app.items(b).is_none(), "nothing started on b");
+        // The operator made sure a is off.
+        let o = app
+            .cmd(&["--json", "failover", "--fenced-by-hand", "a"])
+            .env_remove("SUDO_USER")
+            .env("USER", "dr-operator")
+            .output()
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", output_text(&o)));
+        let op = &v["operations"][0];
+        assert_eq!(op["status"], "done", "{v}");
+        let fence = op["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "fence")
+            .unwrap();
+        let detail = fence["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("operator dr-operator on ") && detail.contains("--fenced-by-hand a"),
+            "{fence}"
+        );
+        let fb = op["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "final-backup")
+            .unwrap();
+        assert_eq!(fb["outcome"], "skipped", "{fb}");
+        assert_eq!(resolve("dr11"), b.addr);
+        assert!(app.items(b).is_some_and(|i| i.contains("widget")));
+    });
+    revive();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
+fn a_fenced_primary_with_restart_always_stays_stopped_after_its_engine_restarts() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "dr12", 8192, None, "");
+    let policy = |s: &Site, c: &str| s.docker(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", c]);
+    let running = |s: &Site, c: &str| s.docker(&["inspect", "-f", "{{.State.Running}}", c]) == "true";
+    a.docker(&["update", "--restart", "always", "dr12-web"]);
+    // Not part of the app: it shows that the engine's restart does restart `always` containers.
+    a.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "dr12-other",
+        "--restart",
+        "always",
+        "lifeboat-lab/web:1",
+        "sleep",
+        "3600",
+    ]);
+    app.ok(&["backup", "--plan"]);
+    let out = app.ok(&["failover"]);
+    assert!(out.contains("restart policy always cleared"), "{out}");
+    assert_eq!(policy(a, "dr12-web"), "no");
+    assert_eq!(policy(a, "dr12-other"), "always", "other containers are left alone");
+
+    // a's host "reboots": every daemon and container dies, then the engine starts again.
+    Command::new(lab()).args(["kill", "a"]).status().unwrap();
+    revive();
+    wait_for(
+        "the engine to restart its always containers",
+        Duration::from_secs(60),
+        || running(a, "dr12-other").then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!running(a, "dr12-web"), "the fenced container stayed stopped");
+    assert!(app.items(a).is_none(), "a does not serve beside b");
+    assert!(app.items(b).is_some_and(|i| i.contains("widget")));
+
+    // Failback gives a its policy back and fences b the same way.
+    let out = app.ok(&["failback"]);
+    assert!(out.contains("restart policy always restored"), "{out}");
+    assert_eq!(policy(a, "dr12-web"), "always");
+    assert!(running(a, "dr12-web"));
+    assert_eq!(
+        policy(b, "dr12-web"),
+        "no",
+        "b cannot restart on its own after the failback"
+    );
+    assert_eq!(resolve("dr12"), a.addr);
+}
+
+#[test]
+fn an_unreachable_standby_is_found_before_the_primary_is_fenced() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let a = &sites[0];
+    let app = App::new(&sites, "dr13", 8193, None, "");
+    app.ok(&["backup", "--plan"]);
+    Command::new(lab()).args(["kill", "b"]).status().unwrap();
+    let result = std::panic::catch_unwind(|| {
+        for _ in 0..2 {
+            let o = app.cmd(&["failover"]).output().unwrap();
+            let text = output_text(&o);
+            assert!(!o.status.success(), "{text}");
+            assert!(
+                text.contains("b, which is to take over, cannot be used") && text.contains("nothing was fenced"),
+                "{text}"
+            );
+            assert!(!text.contains("resuming") && !text.contains("fence: started"), "{text}");
+            assert_eq!(a.docker(&["inspect", "-f", "{{.State.Running}}", "dr13-web"]), "true");
+            assert!(app.items(a).is_some(), "a still serves");
+        }
+        assert_eq!(resolve("dr13"), a.addr);
+    });
+    revive();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
 /// A web app on Kubernetes site a: a Deployment serving the files of its claim on a host port.
 /// Its namespace is deleted from both sites when dropped (without waiting).
 struct KubeApp {
@@ -1054,4 +1336,49 @@ fn a_kubernetes_app_fails_over_with_its_data_and_dns_and_back_and_drills_in_a_pr
         .map(str::to_string)
         .collect();
     assert!(left.is_empty(), "drill namespaces not removed: {left:?}");
+}
+
+#[test]
+fn an_authentication_error_fails_the_fence_step() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let app = KubeApp::new(kube_sites(2), "kfence-auth", 18182);
+    let (a, b) = (&app.sites[0], &app.sites[1]);
+    app.ok(&["backup", "--plan"]);
+    // Site a's credentials expire: a copy of its kubeconfig whose token is `invalid`.
+    let kc: String = std::fs::read_to_string(&a.kubeconfig)
+        .unwrap()
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("token:") {
+            Some(_) => format!("{}token: invalid", &l[..l.len() - l.trim_start().len()]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(kc.contains("token: invalid"), "the lab's kubeconfig has a token line");
+    let expired = app.plan.parent().unwrap().join("a-expired.kubeconfig");
+    std::fs::write(&expired, kc).unwrap();
+    let plan = std::fs::read_to_string(&app.plan).unwrap();
+    std::fs::write(&app.plan, plan.replace(&a.kubeconfig, expired.to_str().unwrap())).unwrap();
+
+    let o = Command::new(common::bin())
+        .arg("failover")
+        .arg(&app.plan)
+        .env("LIFEBOAT_PASSWORD", PASSWORD)
+        .env_remove("LIFEBOAT_REPO")
+        .output()
+        .unwrap();
+    let text = output_text(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("a is not fenced") && text.contains("authentication failed") && text.contains("401"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("recorded as fenced") && !text.contains("cannot be reached"),
+        "{text}"
+    );
+    assert_eq!(app.replicas(a), (1, None), "a still runs the app");
+    assert_eq!(app.replicas(b).0, 0, "nothing started on b");
+    assert!(app.items(a).is_some());
+    assert_eq!(resolve(app.ns), a.addr);
 }

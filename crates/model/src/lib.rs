@@ -8,6 +8,7 @@
 
 pub mod hook;
 mod id;
+pub mod reach;
 mod snapshot;
 mod tree;
 

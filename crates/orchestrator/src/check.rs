@@ -1,6 +1,7 @@
 //! `plan check`: the preflight. For the repository and each app: sites reachable, age of the last
 //! recovery point against the RPO, every image present on the standby, standby capacity against
-//! what the apps ask for, drift between primary and a hot standby, traffic router reachable.
+//! what the apps ask for, drift between primary and a hot standby, traffic router reachable, and
+//! (a warning) automatic failover without a witness.
 //! Checks only read; nothing is changed.
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -80,6 +81,17 @@ pub fn run(
                 })
                 .clone()
         };
+        if app.profile == Profile::Dr && !app.health.is_empty() && plan.witness.is_none() {
+            out.push(line(
+                Some(a),
+                "witness",
+                Status::Warn,
+                "`watch` fails this app over on its own, but the plan has no witness: a primary that cannot be \
+                 reached (dead, hung or cut off) is then never failed over automatically, only by hand with \
+                 `failover --fenced-by-hand`; add `witness:` and run `lifeboat watch --witness` where it sees the \
+                 primary by another path",
+            ));
+        }
         let primary = site(&app.primary.value, &mut out);
         let standby_name = app
             .standby

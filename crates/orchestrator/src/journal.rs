@@ -28,6 +28,11 @@ pub struct AppState {
     /// The last operation that finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<String>,
+    /// Restart policies a fence cleared, by site, then container (`always`, `on-failure:3`):
+    /// kept here (a container's labels cannot be changed) until the start step on that site gives
+    /// them back. Recorded before they are cleared, so a crash in between loses nothing.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub restart_policies: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 /// A fenced site.
@@ -36,8 +41,13 @@ pub struct Fence {
     pub site: String,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
-    /// The site could not be reached: it is recorded as fenced and never started automatically.
+    /// Lifeboat could not stop the site itself (it could not be reached, or the operator fenced it
+    /// by hand): it is never started automatically.
     pub unreachable: bool,
+    /// Who or what confirmed a fence Lifeboat could not carry out: the witness's report or the
+    /// operator (`--fenced-by-hand`). `None` when Lifeboat stopped the site itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

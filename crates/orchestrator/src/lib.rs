@@ -4,8 +4,9 @@
 //! Guarantees: every failover, failback and drill step is journaled in the repository before and
 //! after it runs, so a crash at any point is resumed by running the same command again, without
 //! repeating a step that finished ([`ops`]); two operations on one app never run at once (a lock
-//! per app in the repository); a primary that cannot be reached is recorded as fenced and never
-//! started by Lifeboat on its own. Assumes: the repository is shared by every Lifeboat process
+//! per app in the repository); a fence is positive or the failover stops: a primary that cannot
+//! be reached is fenced only on evidence (the witness agrees, or the operator's
+//! `--fenced-by-hand`), and is then never started by Lifeboat on its own. Assumes: the repository is shared by every Lifeboat process
 //! that acts on the plan. Platforms: Docker engines; Kubernetes sites in plans are refused with
 //! [`OrchestratorError::Unsupported`] for now.
 #![forbid(unsafe_code)]
@@ -24,6 +25,8 @@ pub mod watch;
 
 use std::time::Duration;
 
+pub use lifeboat_model::reach::AccessProblem;
+
 /// Errors of DR operations. Each names the app, site or step concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
@@ -37,9 +40,18 @@ pub enum OrchestratorError {
     /// The app's profile is not `dr` (or it has no standby): it cannot fail over.
     #[error("app {app} has no standby (profile dr with a standby site is needed to fail over)")]
     NotDr { app: String },
-    /// A site could not be reached. Retrying makes sense once it is reachable.
+    /// A site could not be reached: refused, no route, or no answer after several tries. Says
+    /// nothing about whether its workloads still run. Retrying makes sense once it is reachable.
     #[error("site {site} cannot be reached: {reason}")]
     Unreachable { site: String, reason: String },
+    /// A site's endpoint could not be used although it may be up: configuration, credentials,
+    /// TLS or an error answer ([`AccessProblem`]). Never taken for "down".
+    #[error("site {site}: {problem}: {reason}")]
+    Access {
+        site: String,
+        problem: AccessProblem,
+        reason: String,
+    },
     /// A site answered, but refused or failed an action.
     #[error("site {site}: {reason}")]
     Site { site: String, reason: String },

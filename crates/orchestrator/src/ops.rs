@@ -64,6 +64,18 @@ pub struct Options {
     pub accept_data_loss: bool,
     /// Drill only: the site to recover on (default: the standby).
     pub drill_site: Option<String>,
+    /// The operator's word that the site being left is off (`--fenced-by-hand SITE`): the fence
+    /// step goes on when Lifeboat cannot stop that site itself.
+    pub fenced_by_hand: Option<ManualFence>,
+}
+
+/// An operator's acknowledgment that a site is fenced (the `fence_ack_manual` of Lifeboat).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManualFence {
+    /// The site the operator made sure is off.
+    pub site: String,
+    /// Who says so (user and host), for the journal.
+    pub by: String,
 }
 
 impl Default for Options {
@@ -76,6 +88,7 @@ impl Default for Options {
             final_backup: true,
             accept_data_loss: false,
             drill_site: None,
+            fenced_by_hand: None,
         }
     }
 }
@@ -290,47 +303,135 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
             last: state.last.clone(),
         });
     }
-    let mut run = begin(env, app, kind, &from, &to, opts, &mut state)?;
-    let (from, to) = (run.op.from.clone(), run.op.to.clone());
+    if let Some(m) = &opts.fenced_by_hand {
+        if m.site != from {
+            return Err(OrchestratorError::Refused {
+                reason: format!(
+                    "--fenced-by-hand names {}, but this {} of {} leaves {from}: name the site being left",
+                    m.site,
+                    kind.as_str(),
+                    app.name.value
+                ),
+            });
+        }
+    }
+    // Held for the whole operation: a prune cannot take the repository between the checks below
+    // and the steps that read or write it.
+    let _repo_lock =
+        env.repo
+            .lock(false, kind.as_str(), PREFLIGHT_LOCK_WAIT)
+            .map_err(|e| OrchestratorError::Refused {
+                reason: format!(
+                    "the repository cannot be locked for the {} ({e}); nothing was fenced or changed",
+                    kind.as_str()
+                ),
+            })?;
+    // A resumed operation is taken up first (it names its own sides); a new one is begun only
+    // once the preflight passed, so a failover that cannot finish leaves no trace but the error.
+    let mut resumed = match state.running {
+        Some(_) => Some(begin(env, app, kind, &from, &to, opts, &mut state)?),
+        None => None,
+    };
+    let fence_done = resumed.as_ref().is_some_and(|r| r.op.finished("fence").is_some());
+    let (from, to) = match &resumed {
+        Some(r) => (r.op.from.clone(), r.op.to.clone()),
+        None => (from, to),
+    };
+    let target = std::cell::OnceCell::new();
+    let mut source_conn = None;
+    if !fence_done {
+        let pre = preflight(env, app, kind, &from, &to, opts)?;
+        let _ = target.set(pre.target);
+        source_conn = Some(pre.source);
+        (env.log)(&format!("preflight: {}", pre.lines.join("; ")));
+    }
+    let mut run = match resumed.take() {
+        Some(r) => r,
+        None => begin(env, app, kind, &from, &to, opts, &mut state)?,
+    };
     let hot = app.standby_mode == StandbyMode::Hot;
 
-    // 1. Fence the side being left.
+    // 1. Fence the side being left: stopped by Lifeboat, or confirmed by the witness or the
+    // operator. Anything else fails the operation here, before the other side is touched.
     let mut source: Option<Arc<dyn Platform>> = None;
-    run.step("fence", |_| match (env.connect)(&from, app) {
-        Ok(p) => {
-            let changes = p.stop(None)?;
-            source = Some(p);
-            Ok(("done", summary(&format!("{from} fenced"), &changes)))
-        }
-        Err(OrchestratorError::Unreachable { reason, .. }) => {
-            if kind == Kind::Failback && !opts.accept_data_loss {
-                return Err(OrchestratorError::Refused {
-                    reason: format!(
-                        "{from} cannot be reached ({reason}): failing back now would lose what was written there since \
-                         its last backup; retry when it is reachable, or pass --accept-data-loss"
-                    ),
-                });
+    let mut touched = false;
+    let fenced = run.step("fence", |_| {
+        let conn = match source_conn.take() {
+            Some(c) => c,
+            None => (env.connect)(&from, app),
+        };
+        let failure = match conn {
+            Ok(p) => {
+                touched = true;
+                match hold_and_stop(&st, &mut state, &*p, &from) {
+                    Ok(changes) => {
+                        source = Some(p);
+                        let mut detail = summary(&format!("{from} fenced"), &changes);
+                        if let Some(m) = &opts.fenced_by_hand {
+                            detail += &format!(" (also confirmed by hand by {})", m.by);
+                        }
+                        return Ok(("done", detail));
+                    }
+                    Err(e) => e,
+                }
             }
-            Ok((
-                "done",
-                format!("{from} cannot be reached ({reason}): recorded as fenced; it is never started automatically"),
-            ))
+            Err(e) => e,
+        };
+        let reachable_problem = matches!(
+            failure,
+            OrchestratorError::Unreachable { .. } | OrchestratorError::Access { .. }
+        );
+        if kind == Kind::Failback && !opts.accept_data_loss && reachable_problem {
+            return Err(OrchestratorError::Refused {
+                reason: format!(
+                    "{failure}: failing back now would lose what was written on {from} since its last backup; \
+                     retry when it is reachable, or pass --accept-data-loss"
+                ),
+            });
         }
-        Err(e) => Err(e),
-    })?;
-    let fenced_unreachable = run
-        .op
-        .finished("fence")
-        .is_some_and(|s| s.detail.contains("cannot be reached"));
+        if let Some(m) = &opts.fenced_by_hand {
+            return Ok((
+                "done",
+                format!(
+                    "{from} could not be fenced by Lifeboat ({failure}); {} confirmed by hand that it is off \
+                     (--fenced-by-hand {from}); it is never started automatically",
+                    m.by
+                ),
+            ));
+        }
+        let witness = witness_verdict(env, app, &from);
+        if let (OrchestratorError::Unreachable { reason, .. }, Some(WitnessSays::Agrees(report))) = (&failure, &witness)
+        {
+            return Ok((
+                "done",
+                format!(
+                    "{from} cannot be reached ({reason}); the witness confirms it is down ({report}): recorded as \
+                     fenced; it is never started automatically"
+                ),
+            ));
+        }
+        Err(unconfirmed(kind, &from, &to, &failure, witness))
+    });
+    if let Err(e) = fenced {
+        if !touched && run.op.resumed == 0 {
+            // Nothing was changed anywhere: the operation is over, failed. Another attempt (with
+            // evidence, or once the site answers) starts afresh; backups and sync go on meanwhile.
+            run.op.status = "failed".into();
+            st.save_operation(&run.op)?;
+            state.running = None;
+            st.save_state(&state)?;
+        }
+        return Err(e);
+    }
+    let fence_rec = run.op.finished("fence").expect("finished above");
+    let positive = fence_rec.detail.starts_with(&format!("{from} fenced"));
+    let fenced_unreachable = !positive;
     if !state.fenced.iter().any(|f| f.site == from) {
         state.fenced.push(Fence {
             site: from.clone(),
-            at: run
-                .op
-                .finished("fence")
-                .and_then(|s| s.finished)
-                .unwrap_or_else(OffsetDateTime::now_utc),
+            at: fence_rec.finished.unwrap_or_else(OffsetDateTime::now_utc),
             unreachable: fenced_unreachable,
+            evidence: (!positive).then(|| fence_rec.detail.clone()),
         });
         st.save_state(&state)?;
     }
@@ -341,7 +442,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         if fenced_unreachable {
             return Ok((
                 "skipped",
-                format!("{from} cannot be reached: the latest backup is the recovery point"),
+                format!("{from} was not stopped by Lifeboat: the latest backup is the recovery point"),
             ));
         }
         if !opts.final_backup {
@@ -380,7 +481,6 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
     })?;
 
     // 3. Data onto the side taking over.
-    let target = std::cell::OnceCell::new();
     let connect_target = || -> Result<Arc<dyn Platform>, OrchestratorError> {
         if let Some(p) = target.get() {
             return Ok(Arc::clone(p));
@@ -415,7 +515,14 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
 
     // 4. Start.
     run.step("start", |_| {
-        let changes = connect_target()?.start(None)?;
+        let t = connect_target()?;
+        let mut changes = t.start(None)?;
+        // What the fence of this site cleared (restart policies) is given back now.
+        if let Some(policies) = state.restart_policies.get(&to).cloned() {
+            changes.extend(t.set_restart_policies(&policies)?);
+            state.restart_policies.remove(&to);
+            st.save_state(&state)?;
+        }
         // The app writes there from now on: what was staged is no longer what the site holds.
         if state.staged.as_ref().is_some_and(|s| s.site == to) {
             state.staged = None;
@@ -568,6 +675,151 @@ pub fn drill(env: &Env, app_name: &str, opts: &Options) -> Result<Operation, Orc
     }
     run.store.save_operation(&op)?;
     Ok(op)
+}
+
+/// The longest wait for the repository's shared lock before a failover or failback fences
+/// anything (a prune holds it exclusively for as long as it runs).
+pub const PREFLIGHT_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// What the preflight found.
+struct Preflight {
+    /// The side being left, or why it cannot be used (the fence step decides what that means).
+    source: Result<Arc<dyn Platform>, OrchestratorError>,
+    /// The side taking over.
+    target: Arc<dyn Platform>,
+    lines: Vec<String>,
+}
+
+/// Everything that can be checked before the side being left is fenced: the side taking over
+/// answers, and the recovery point can be read when no final backup will be taken (the side
+/// being left cannot be used, or final backups are off). (The repository lock is taken by the
+/// caller.) A failure changes nothing.
+fn preflight(
+    env: &Env,
+    app: &App,
+    kind: Kind,
+    from: &str,
+    to: &str,
+    opts: &Options,
+) -> Result<Preflight, OrchestratorError> {
+    let nothing_done = |what: String| OrchestratorError::Refused {
+        reason: format!(
+            "{what}: the {} cannot finish, so nothing was fenced or changed ({from} is left as it is)",
+            kind.as_str()
+        ),
+    };
+    let mut lines = vec!["repository lockable".to_string()];
+    let target = (env.connect)(to, app)
+        .map_err(|e| nothing_done(format!("{to}, which is to take over, cannot be used: {e}")))?;
+    lines.push(format!("{to} answers"));
+    let source = (env.connect)(from, app);
+    match &source {
+        Ok(_) => lines.push(format!("{from} answers")),
+        Err(e) => lines.push(format!("{from} cannot be used ({e})")),
+    }
+    if source.is_err() || !opts.final_backup {
+        let plan = &env.plan.metadata.name;
+        let rp = latest_recovery_point(env.repo, plan, &app.name.value)?
+            .ok_or_else(|| nothing_done(format!("app {} has no backup to recover from", app.name.value)))?;
+        let (_, snap) = env
+            .repo
+            .find_snapshot(&rp.snapshot)
+            .map_err(|e| nothing_done(format!("recovery point {} cannot be read: {e}", &rp.snapshot[..8])))?;
+        env.repo
+            .load_tree(&snap.tree)
+            .map_err(|e| nothing_done(format!("recovery point {} cannot be read: {e}", &rp.snapshot[..8])))?;
+        lines.push(format!("recovery point {} readable", &rp.snapshot[..8]));
+    }
+    Ok(Preflight { source, target, lines })
+}
+
+/// What the witness says about `site` now, when the plan has one: [`WitnessSays::Agrees`] carries
+/// the report that agrees, as a line for the journal.
+enum WitnessSays {
+    Agrees(String),
+    Not(String),
+}
+
+fn witness_verdict(env: &Env, app: &App, site: &str) -> Option<WitnessSays> {
+    let rule = env.plan.witness.as_ref()?;
+    let path = format!("{}/witness", store(env, app).dir());
+    let report: Option<crate::watch::WitnessReport> = match env.repo.read_state(&path) {
+        Ok(bytes) => bytes.and_then(|b| serde_json::from_slice(&b).ok()),
+        Err(e) => return Some(WitnessSays::Not(format!("the witness's report cannot be read: {e}"))),
+    };
+    let now = OffsetDateTime::now_utc();
+    Some(
+        match crate::watch::WitnessReport::verdict(report.as_ref(), site, now, rule.max_age.0) {
+            crate::watch::Verdict::Agrees => {
+                let r = report.expect("a verdict that agrees has a report");
+                WitnessSays::Agrees(format!(
+                    "report of {} s ago: {} failed probes in a row{}",
+                    (now - r.time).whole_seconds().max(0),
+                    r.failures,
+                    r.error.map(|e| format!(", last: {e}")).unwrap_or_default()
+                ))
+            }
+            crate::watch::Verdict::Disagrees(why) | crate::watch::Verdict::Silent(why) => WitnessSays::Not(why),
+        },
+    )
+}
+
+/// The error of a fence that is not confirmed: what failed, that nothing changed, how to go on.
+fn unconfirmed(
+    kind: Kind,
+    from: &str,
+    to: &str,
+    failure: &OrchestratorError,
+    witness: Option<WitnessSays>,
+) -> OrchestratorError {
+    let witness = match witness {
+        None => "the plan has no witness".to_string(),
+        Some(WitnessSays::Not(why)) | Some(WitnessSays::Agrees(why)) => {
+            format!("the witness does not confirm it: {why}")
+        }
+    };
+    let cause = match failure {
+        OrchestratorError::Unreachable { .. } => format!(
+            "{from} cannot be reached, which does not show that it stopped (a hung engine or a partition leaves \
+             the app running) and {witness}"
+        ),
+        OrchestratorError::Access { .. } => format!(
+            "{from} answers but cannot be used (fix the plan's address or credentials for {from}, then run the {} again)",
+            kind.as_str()
+        ),
+        _ => format!("stopping the app on {from} was not confirmed"),
+    };
+    OrchestratorError::Refused {
+        reason: format!(
+            "{from} is not fenced: {failure}. {cause}. Nothing was started on {to}. If {from} is really off, make \
+             sure it stays off (power it off, or cut it from the network and its storage), then run `lifeboat {} PLAN \
+             --fenced-by-hand {from}`",
+            kind.as_str(),
+        ),
+    }
+}
+
+/// Stops the app on `site` for good: its restart policies are recorded in `state` (saved) first,
+/// then cleared by the stop. A policy recorded earlier is never overwritten by the "none" that a
+/// second stop sees.
+pub(crate) fn hold_and_stop(
+    st: &Store,
+    state: &mut AppState,
+    platform: &dyn Platform,
+    site: &str,
+) -> Result<Vec<String>, OrchestratorError> {
+    let policies = platform.restart_policies()?;
+    if !policies.is_empty() {
+        let held = state.restart_policies.entry(site.to_string()).or_default();
+        let before = held.len();
+        for (name, policy) in policies {
+            held.entry(name).or_insert(policy);
+        }
+        if held.len() != before || before == 0 {
+            st.save_state(state)?;
+        }
+    }
+    platform.stop(None)
 }
 
 /// Stages `snapshot` on `site` (production names) and records it in `state`. What the site holds
@@ -753,3 +1005,7 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
     }
     Ok(out)
 }
+
+#[cfg(test)]
+#[path = "ops_fence_tests.rs"]
+mod fence_tests;

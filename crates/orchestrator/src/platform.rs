@@ -67,10 +67,23 @@ impl Definitions {
 pub trait Platform: Send + Sync {
     /// Backs the app up; the snapshot's id and time.
     fn backup(&self, repo: &Repository, tags: Vec<String>) -> Result<(String, OffsetDateTime), OrchestratorError>;
-    /// Stops the app's workloads (under `prefix`, or the production ones). Idempotent.
+    /// Stops the app's workloads (under `prefix`, or the production ones), so that they stay
+    /// stopped when the site restarts (Docker: restart policies cleared), and returns only once
+    /// they stopped: an error when that cannot be confirmed. Idempotent.
     fn stop(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError>;
     /// Starts them. Idempotent.
     fn start(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError>;
+    /// The restart policies of the app's production workloads that restart on their own
+    /// (container name to policy), which [`Platform::stop`] clears so that a fence survives the
+    /// site's restart. Docker only; none elsewhere.
+    fn restart_policies(&self) -> Result<BTreeMap<String, String>, OrchestratorError> {
+        Ok(BTreeMap::new())
+    }
+    /// Gives workloads back the policies [`Platform::restart_policies`] reported. One line each.
+    fn set_restart_policies(&self, policies: &BTreeMap<String, String>) -> Result<Vec<String>, OrchestratorError> {
+        let _ = policies;
+        Ok(Vec::new())
+    }
     /// Restores `snapshot` here with nothing started, replacing what exists (idempotent), under
     /// `prefix` (empty: the production names). `base`: the snapshot the site is known to hold
     /// now, if any (a hot standby's last staging); a platform may then write only what changed

@@ -21,7 +21,7 @@ use std::time::Duration;
 use lifeboat_plan::{Profile, StandbyMode};
 use serde::Serialize;
 
-use crate::ops::{app, standby, store, Env};
+use crate::ops::{app, hold_and_stop, standby, store, Env};
 use crate::platform::{drift, Drift};
 use crate::OrchestratorError;
 
@@ -99,7 +99,8 @@ pub fn sync_plan(
                 r.drift
                     .extend(running.iter().map(|w| Drift::Running { object: w.clone() }));
                 if !dry_run {
-                    for line in target.stop(None)? {
+                    let mut state = state.clone();
+                    for line in hold_and_stop(&st, &mut state, &*target, &r.to)? {
                         (env.log)(&format!("{}: fenced again on {}: {line}", app.name.value, r.to));
                         r.corrected.push(format!("fenced again: {line}"));
                     }

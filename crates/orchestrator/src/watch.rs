@@ -17,6 +17,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::journal::Kind;
+
 /// A boxed future, for the traits below.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -122,17 +124,48 @@ pub trait Trigger: Send + Sync {
         first_failure: OffsetDateTime,
         detected: OffsetDateTime,
     ) -> BoxFuture<'_, Result<String, String>>;
+    /// The kind of the app's unfinished operation, if one is open (a step failed or a process died
+    /// in it).
+    fn unfinished(&self, app: &str) -> BoxFuture<'_, Option<Kind>>;
+    /// Resumes the app's unfinished operation, whatever its kind. A line for the log.
+    fn resume(&self, app: &str) -> BoxFuture<'_, Result<String, String>>;
 }
+
+/// The longest pause between two attempts of a failover that keeps failing.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 /// What the watch reports as it goes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Failing { app: String, failures: u32, error: String },
-    Down { app: String },
-    Up { app: String },
-    WitnessRefused { app: String, why: String },
-    FailedOver { app: String, detail: String },
-    FailoverFailed { app: String, error: String },
+    Failing {
+        app: String,
+        failures: u32,
+        error: String,
+    },
+    Down {
+        app: String,
+    },
+    Up {
+        app: String,
+    },
+    WitnessRefused {
+        app: String,
+        why: String,
+    },
+    FailedOver {
+        app: String,
+        detail: String,
+    },
+    FailoverFailed {
+        app: String,
+        error: String,
+    },
+    /// An unfinished operation was resumed (whatever the probes say) and finished.
+    Resumed {
+        app: String,
+        kind: Kind,
+        detail: String,
+    },
 }
 
 /// Watches one app until it has failed over (then returns) or forever.
@@ -147,8 +180,51 @@ pub async fn watch_app(
     let mut tick = tokio::time::interval(w.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first_failure = None;
+    // After a failed attempt, the next waits (doubling up to MAX_RETRY_DELAY).
+    let mut retry: Option<(tokio::time::Instant, Duration)> = None;
+    let wait_retry = |retry: &Option<(tokio::time::Instant, Duration)>| {
+        retry.is_some_and(|(at, _)| tokio::time::Instant::now() < at)
+    };
+    let failed = |retry: &mut Option<(tokio::time::Instant, Duration)>| {
+        let delay = match *retry {
+            None => w.interval,
+            Some((_, d)) => (d * 2).min(MAX_RETRY_DELAY),
+        };
+        *retry = Some((tokio::time::Instant::now() + delay, delay));
+    };
     loop {
         tick.tick().await;
+        // An open operation is driven to its end first, whatever the probes of the active site
+        // say: half a failover (the standby started, traffic not moved) must not stay so because
+        // the primary answers again.
+        if let Some(kind) = trigger.unfinished(&w.app).await {
+            if wait_retry(&retry) {
+                continue;
+            }
+            match trigger.resume(&w.app).await {
+                Ok(detail) => {
+                    retry = None;
+                    events(Event::Resumed {
+                        app: w.app.clone(),
+                        kind,
+                        detail,
+                    });
+                    if kind == Kind::Failover {
+                        return;
+                    }
+                    monitor = Monitor::new(w.failure_threshold, w.success_threshold);
+                    first_failure = None;
+                }
+                Err(error) => {
+                    failed(&mut retry);
+                    events(Event::FailoverFailed {
+                        app: w.app.clone(),
+                        error,
+                    });
+                }
+            }
+            continue;
+        }
         let result = match tokio::time::timeout(w.timeout, prober.probe(&w.app)).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {:?}", w.timeout)),
@@ -176,8 +252,10 @@ pub async fn watch_app(
             Transition::WentDown => events(Event::Down { app: w.app.clone() }),
             Transition::None => {}
         }
-        // Down and still failing: fail over, if the witness agrees (asked again each round).
-        if monitor.is_down() && !ok {
+        // Down and still failing: fail over, if the witness agrees (asked again each round). The
+        // failover itself fences the primary or stops: one that cannot be reached is fenced only
+        // when the witness confirms it is down, so without a witness it is never failed over.
+        if monitor.is_down() && !ok && !wait_retry(&retry) {
             if let Some(wit) = &witness {
                 match wit.verdict(&w.app).await {
                     Verdict::Agrees => {}
@@ -200,11 +278,17 @@ pub async fn watch_app(
                     });
                     return;
                 }
-                Err(error) => events(Event::FailoverFailed {
-                    app: w.app.clone(),
-                    error,
-                }),
+                Err(error) => {
+                    failed(&mut retry);
+                    events(Event::FailoverFailed {
+                        app: w.app.clone(),
+                        error,
+                    })
+                }
             }
+        }
+        if !monitor.is_down() {
+            retry = None;
         }
     }
 }
@@ -281,7 +365,127 @@ mod tests {
             *self.at.lock().unwrap() = Some(tokio::time::Instant::now());
             Box::pin(async { Ok("failed over".to_string()) })
         }
+        fn unfinished(&self, _: &str) -> BoxFuture<'_, Option<Kind>> {
+            Box::pin(async { None })
+        }
+        fn resume(&self, _: &str) -> BoxFuture<'_, Result<String, String>> {
+            Box::pin(async { Err("nothing to resume".to_string()) })
+        }
     }
+    /// A trigger whose failover fails `fail_first` times and leaves an operation open when
+    /// `leaves_open`; resuming fails `resume_fails` times, then finishes it.
+    struct Stubborn {
+        fail_first: usize,
+        leaves_open: bool,
+        resume_fails: usize,
+        failovers: AtomicUsize,
+        resumes: AtomicUsize,
+        open: Mutex<bool>,
+        at: Mutex<Vec<tokio::time::Instant>>,
+    }
+    impl Stubborn {
+        fn new(fail_first: usize, leaves_open: bool, resume_fails: usize) -> Arc<Stubborn> {
+            Arc::new(Stubborn {
+                fail_first,
+                leaves_open,
+                resume_fails,
+                failovers: AtomicUsize::new(0),
+                resumes: AtomicUsize::new(0),
+                open: Mutex::new(false),
+                at: Mutex::new(Vec::new()),
+            })
+        }
+    }
+    impl Trigger for Stubborn {
+        fn failover(&self, _: &str, _: OffsetDateTime, _: OffsetDateTime) -> BoxFuture<'_, Result<String, String>> {
+            let n = self.failovers.fetch_add(1, Ordering::SeqCst);
+            self.at.lock().unwrap().push(tokio::time::Instant::now());
+            let r = if n < self.fail_first {
+                *self.open.lock().unwrap() = self.leaves_open;
+                Err("start: standby unhealthy".to_string())
+            } else {
+                Ok("failed over".to_string())
+            };
+            Box::pin(async move { r })
+        }
+        fn unfinished(&self, _: &str) -> BoxFuture<'_, Option<Kind>> {
+            let open = *self.open.lock().unwrap();
+            Box::pin(async move { open.then_some(Kind::Failover) })
+        }
+        fn resume(&self, _: &str) -> BoxFuture<'_, Result<String, String>> {
+            let n = self.resumes.fetch_add(1, Ordering::SeqCst);
+            let r = if n < self.resume_fails {
+                Err("health: still unhealthy".to_string())
+            } else {
+                *self.open.lock().unwrap() = false;
+                Ok("resumed and finished".to_string())
+            };
+            Box::pin(async move { r })
+        }
+    }
+
+    async fn run_with(results: Vec<bool>, trigger: Arc<Stubborn>, secs: u64) -> (bool, Vec<Event>) {
+        let prober = Arc::new(Script {
+            results,
+            next: AtomicUsize::new(0),
+        });
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let ev = events.clone();
+        let ended = tokio::time::timeout(
+            Duration::from_secs(secs),
+            watch_app(
+                watched(),
+                prober,
+                None,
+                trigger,
+                Arc::new(move |e| ev.lock().unwrap().push(e)),
+            ),
+        )
+        .await
+        .is_ok();
+        let events = events.lock().unwrap().clone();
+        (ended, events)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_operation_is_driven_to_its_end_even_when_the_primary_answers_again() {
+        // Down for three probes, then healthy forever: the failover that failed after starting
+        // the standby is resumed anyway, until it finishes.
+        let trigger = Stubborn::new(1, true, 2);
+        let (ended, events) = run_with(vec![false, false, false, true], trigger.clone(), 600).await;
+        assert!(ended, "the watch ends once the failover finished: {events:?}");
+        assert_eq!(trigger.failovers.load(Ordering::SeqCst), 1);
+        assert_eq!(trigger.resumes.load(Ordering::SeqCst), 3);
+        assert!(events.iter().any(|e| matches!(
+            e,
+            Event::Resumed {
+                kind: Kind::Failover,
+                ..
+            }
+        )));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failover_that_keeps_failing_is_retried_with_growing_pauses_and_stops_when_the_primary_recovers() {
+        // An unconfirmed fence closes the operation and fails the failover each time.
+        let trigger = Stubborn::new(usize::MAX, false, 0);
+        let (ended, _) = run_with(vec![false], trigger.clone(), 600).await;
+        assert!(!ended);
+        let at = trigger.at.lock().unwrap().clone();
+        let gaps: Vec<u64> = at.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
+        assert!(gaps.iter().all(|g| *g <= MAX_RETRY_DELAY.as_secs() + 1), "{gaps:?}");
+        assert!(
+            (8..=20).contains(&at.len()),
+            "{} attempts in 10 minutes: {gaps:?}",
+            at.len()
+        );
+        // The primary recovers after a failed attempt: no more attempts.
+        let trigger = Stubborn::new(usize::MAX, false, 0);
+        let (_, events) = run_with(vec![false, false, false, true], trigger.clone(), 600).await;
+        assert_eq!(trigger.failovers.load(Ordering::SeqCst), 1, "{events:?}");
+    }
+
     struct Fixed(Verdict);
     impl Witness for Fixed {
         fn verdict(&self, _: &str) -> BoxFuture<'_, Verdict> {

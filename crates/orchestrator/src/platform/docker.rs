@@ -26,16 +26,34 @@ pub(super) fn connect(
     app: &App,
 ) -> Result<std::sync::Arc<dyn Platform>, OrchestratorError> {
     let host = host.map(str::to_string).unwrap_or_else(lifeboat_docker::default_host);
-    let site = DockerSite::connect(&host).map_err(|e| OrchestratorError::Unreachable {
-        site: name.to_string(),
-        reason: e.to_string(),
-    })?;
+    let site = DockerSite::connect(&host).map_err(|e| connect_error(name, e))?;
     Ok(std::sync::Arc::new(Docker {
         name: name.to_string(),
         site,
         selection: selection(app),
         stop_grace: app.stop_grace.map(|g| g.0),
     }))
+}
+
+/// A failed connection as the orchestrator reads it: only [`lifeboat_docker::DockerError::Unreachable`]
+/// is "cannot be reached"; an address or handshake problem is [`OrchestratorError::Access`].
+pub(super) fn connect_error(site: &str, e: lifeboat_docker::DockerError) -> OrchestratorError {
+    match e {
+        lifeboat_docker::DockerError::Unreachable { reason, .. } => OrchestratorError::Unreachable {
+            site: site.to_string(),
+            reason,
+        },
+        lifeboat_docker::DockerError::Access { problem, host, reason } => OrchestratorError::Access {
+            site: site.to_string(),
+            problem,
+            reason: format!("{host}: {reason}"),
+        },
+        e => OrchestratorError::Access {
+            site: site.to_string(),
+            problem: lifeboat_model::reach::AccessProblem::Protocol,
+            reason: e.to_string(),
+        },
+    }
 }
 
 struct Docker {
@@ -102,6 +120,20 @@ impl Platform for Docker {
     fn start(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
         self.site
             .start_workloads(&self.selection, prefix)
+            .map(describe)
+            .map_err(self.err())
+    }
+
+    fn restart_policies(&self) -> Result<std::collections::BTreeMap<String, String>, OrchestratorError> {
+        self.site.restart_policies(&self.selection, None).map_err(self.err())
+    }
+
+    fn set_restart_policies(
+        &self,
+        policies: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Vec<String>, OrchestratorError> {
+        self.site
+            .set_restart_policies(policies)
             .map(describe)
             .map_err(self.err())
     }

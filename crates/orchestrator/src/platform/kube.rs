@@ -28,10 +28,7 @@ pub(super) fn connect(
     helper_image: Option<&str>,
     app: &App,
 ) -> Result<Arc<dyn Platform>, OrchestratorError> {
-    let cluster = Cluster::connect(kubeconfig, context).map_err(|e| OrchestratorError::Unreachable {
-        site: name.to_string(),
-        reason: e.to_string(),
-    })?;
+    let cluster = Cluster::connect(kubeconfig, context).map_err(|e| connect_error(name, e))?;
     let labels = &app.select.labels;
     Ok(Arc::new(Kube {
         name: name.to_string(),
@@ -49,6 +46,35 @@ pub(super) fn connect(
             .unwrap_or(lifeboat_kube::volumes::DEFAULT_HELPER_IMAGE)
             .to_string(),
     }))
+}
+
+/// A failed connection as the orchestrator reads it: only [`KubeError::Unreachable`] is "cannot be
+/// reached"; a kubeconfig that cannot be used is a configuration error, refused credentials, TLS
+/// and error answers are [`OrchestratorError::Access`] too.
+pub(super) fn connect_error(site: &str, e: KubeError) -> OrchestratorError {
+    use lifeboat_model::reach::AccessProblem;
+    let site = site.to_string();
+    match e {
+        KubeError::Unreachable { .. } => OrchestratorError::Unreachable {
+            site,
+            reason: e.to_string(),
+        },
+        KubeError::Access { problem, .. } => OrchestratorError::Access {
+            site,
+            problem,
+            reason: e.to_string(),
+        },
+        KubeError::Config(reason) => OrchestratorError::Access {
+            site,
+            problem: AccessProblem::Config,
+            reason: format!("kubeconfig: {reason}"),
+        },
+        e => OrchestratorError::Access {
+            site,
+            problem: AccessProblem::Protocol,
+            reason: e.to_string(),
+        },
+    }
 }
 
 struct Kube {
@@ -120,7 +146,7 @@ impl Platform for Kube {
 
     fn stop(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
         let namespaces = self.namespaces(prefix);
-        let mut done = describe(
+        let done = describe(
             self.cluster
                 .scale_down(&namespaces, self.selector.as_deref())
                 .map_err(self.err())?,
@@ -133,11 +159,18 @@ impl Platform for Kube {
             .wait_stopped(&namespaces, self.selector.as_deref(), limit)
             .map_err(self.err())?;
         if !running.is_empty() {
-            done.push(format!(
-                "pods still running after {} s (their node may not answer): {}",
-                limit.as_secs(),
-                running.join(", ")
-            ));
+            // Scaled to zero is not stopped: a kubelet cut off from the API server keeps its pods
+            // running. Not confirmed, so not fenced.
+            return Err(OrchestratorError::Site {
+                site: self.name.clone(),
+                reason: format!(
+                    "scaled to zero, but pods still run after {} s (their node may not answer), so the fence is not \
+                     confirmed: {} ({})",
+                    limit.as_secs(),
+                    running.join(", "),
+                    done.join("; ")
+                ),
+            });
         }
         Ok(done)
     }

@@ -1,0 +1,374 @@
+//! The fence step and the preflight of [`super::switch_over`] against in-memory sites and a real
+//! local repository: what counts as evidence, what fails before anything is stopped, and the
+//! restart policies a fence holds.
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lifeboat_model::reach::AccessProblem;
+use lifeboat_model::{Snapshot, SnapshotSummary, Tree};
+use lifeboat_plan::{App, Plan};
+use lifeboat_repo::backend::LocalBackend;
+use lifeboat_repo::keys::KdfParams;
+use lifeboat_repo::Repository;
+use time::OffsetDateTime;
+
+use super::*;
+use crate::platform::{Definitions, Workload};
+use crate::watch::WitnessReport;
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+/// A site that does what it is told and writes it down.
+struct Fake {
+    name: String,
+    log: Log,
+    policies: BTreeMap<String, String>,
+}
+
+impl Platform for Fake {
+    fn backup(&self, _: &Repository, _: Vec<String>) -> Result<(String, OffsetDateTime), OrchestratorError> {
+        Err(OrchestratorError::Refused {
+            reason: "no backups here".into(),
+        })
+    }
+    fn stop(&self, _: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
+        self.log.lock().unwrap().push(format!("{} stop", self.name));
+        Ok(vec!["container web: stopped".into()])
+    }
+    fn start(&self, _: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
+        self.log.lock().unwrap().push(format!("{} start", self.name));
+        Ok(vec!["container web: started".into()])
+    }
+    fn restart_policies(&self) -> Result<BTreeMap<String, String>, OrchestratorError> {
+        Ok(self.policies.clone())
+    }
+    fn set_restart_policies(&self, p: &BTreeMap<String, String>) -> Result<Vec<String>, OrchestratorError> {
+        let line = format!("{} policies {p:?}", self.name);
+        self.log.lock().unwrap().push(line.clone());
+        Ok(vec![line])
+    }
+    fn stage(&self, _: &Repository, s: &str, _: &str, _: Option<&str>) -> Result<String, OrchestratorError> {
+        self.log.lock().unwrap().push(format!("{} stage", self.name));
+        Ok(format!("staged {}", &s[..8]))
+    }
+    fn running(&self, _: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
+        Ok(Vec::new())
+    }
+    fn remove(&self, _: &str) -> Result<Vec<String>, OrchestratorError> {
+        Ok(Vec::new())
+    }
+    fn workloads(&self) -> Result<Vec<Workload>, OrchestratorError> {
+        Ok(Vec::new())
+    }
+    fn has_image(&self, _: &str) -> Result<bool, OrchestratorError> {
+        Ok(true)
+    }
+    fn capacity(&self) -> Result<(f64, u64), OrchestratorError> {
+        Ok((1.0, 1 << 30))
+    }
+    fn exec(&self, _: &str, _: &[String], _: Duration) -> Result<(i64, String), OrchestratorError> {
+        Ok((0, String::new()))
+    }
+    fn definitions(&self) -> Result<Definitions, OrchestratorError> {
+        Ok(Definitions::Kubernetes(Vec::new()))
+    }
+    fn apply_definitions(
+        &self,
+        _: &Repository,
+        _: Definitions,
+        _: &Definitions,
+        _: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<String>, OrchestratorError> {
+        Ok(Vec::new())
+    }
+}
+
+/// How each site answers the connector.
+#[derive(Clone)]
+enum Answer {
+    Up,
+    Unreachable,
+    Denied,
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    repo: Repository,
+    plan: Plan,
+    log: Log,
+    a: Answer,
+    b: Answer,
+    a_policies: BTreeMap<String, String>,
+}
+
+impl World {
+    fn new(witness: bool) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let kdf = KdfParams {
+            memory_kib: 8 * 1024,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let repo = Repository::init(Arc::new(LocalBackend::new(dir.path().join("repo"))), b"pw", kdf).unwrap();
+        let yaml = format!(
+            "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {{name: p}}\nrepository: repo\n{}sites:\n  \
+             a: {{docker: {{host: \"unix:///a.sock\", address: 127.0.0.1}}}}\n  b: {{docker: {{host: \"unix:///b.sock\", address: 127.0.0.1}}}}\n\
+             apps:\n  - name: web\n    primary: a\n    standby: b\n    standby_mode: hot\n    select: {{labels: {{app: web}}}}\n",
+            if witness { "witness: {max_age: 10s}\n" } else { "" }
+        );
+        let plan = Plan::parse("plan.yaml", &yaml).unwrap();
+        World {
+            _dir: dir,
+            repo,
+            plan,
+            log: Arc::default(),
+            a: Answer::Up,
+            b: Answer::Up,
+            a_policies: BTreeMap::new(),
+        }
+    }
+
+    /// A recovery point of the app.
+    fn backed_up(self) -> World {
+        let (tree, _) = self.repo.save_tree(&Tree { nodes: Vec::new() }).unwrap();
+        let snap = Snapshot {
+            time: OffsetDateTime::now_utc(),
+            kind: "docker".into(),
+            hostname: "h".into(),
+            username: "u".into(),
+            paths: Vec::new(),
+            tags: vec!["plan=p".into(), "app=web".into(), "site=a".into()],
+            tree,
+            parent: None,
+            program_version: "test".into(),
+            summary: SnapshotSummary::default(),
+        };
+        self.repo.save_snapshot(&snap).unwrap();
+        self
+    }
+
+    fn witness_says(&self, down: bool) {
+        let r = WitnessReport {
+            time: OffsetDateTime::now_utc(),
+            site: "a".into(),
+            down,
+            failures: if down { 5 } else { 0 },
+            error: down.then(|| "connection refused".into()),
+        };
+        self.repo
+            .write_state("p/web/witness", &serde_json::to_vec(&r).unwrap())
+            .unwrap();
+    }
+
+    fn run(&self, kind: Kind, opts: &Options) -> Result<Outcome, OrchestratorError> {
+        let (log, a, b, pol) = (
+            self.log.clone(),
+            self.a.clone(),
+            self.b.clone(),
+            self.a_policies.clone(),
+        );
+        let connect: Arc<Connector> = Arc::new(move |site: &str, _: &App| {
+            let answer = if site == "a" { &a } else { &b };
+            match answer {
+                Answer::Up => Ok(Arc::new(Fake {
+                    name: site.to_string(),
+                    log: log.clone(),
+                    policies: if site == "a" { pol.clone() } else { BTreeMap::new() },
+                }) as Arc<dyn Platform>),
+                Answer::Unreachable => Err(OrchestratorError::Unreachable {
+                    site: site.into(),
+                    reason: "connection refused (3 tries)".into(),
+                }),
+                Answer::Denied => Err(OrchestratorError::Access {
+                    site: site.into(),
+                    problem: AccessProblem::Auth,
+                    reason: "Unauthorized (401)".into(),
+                }),
+            }
+        });
+        let router = |_: &App| -> Result<Option<Box<dyn Router>>, OrchestratorError> { Ok(None) };
+        let env = Env {
+            plan: &self.plan,
+            plan_dir: PathBuf::from("."),
+            repo: &self.repo,
+            connect,
+            router: &router,
+            log: &|_| {},
+        };
+        switch_over(&env, "web", kind, opts)
+    }
+
+    fn store(&self) -> Store<'_> {
+        Store {
+            repo: &self.repo,
+            plan: "p".into(),
+            app: "web".into(),
+        }
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn fence_detail(op: &Operation) -> String {
+        op.finished("fence").unwrap().detail.clone()
+    }
+}
+
+fn no_final() -> Options {
+    Options {
+        final_backup: false,
+        ..Default::default()
+    }
+}
+
+fn by_hand(site: &str) -> Options {
+    Options {
+        fenced_by_hand: Some(ManualFence {
+            site: site.into(),
+            by: "operator ops on desk".into(),
+        }),
+        ..no_final()
+    }
+}
+
+#[test]
+fn an_unreachable_primary_without_evidence_is_not_fenced_and_nothing_starts_on_the_standby() {
+    let mut w = World::new(false).backed_up();
+    w.a = Answer::Unreachable;
+    let e = w.run(Kind::Failover, &no_final()).unwrap_err().to_string();
+    assert!(
+        e.contains("a is not fenced") && e.contains("the plan has no witness") && e.contains("--fenced-by-hand a"),
+        "{e}"
+    );
+    assert!(w.log().is_empty(), "nothing stopped, staged or started: {:?}", w.log());
+    let state = w.store().state().unwrap();
+    assert_eq!(state.running, None, "the failed attempt is closed");
+    assert!(state.fenced.is_empty() && state.active.is_none(), "{state:?}");
+    let ops = w.store().operations().unwrap();
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0].status, "failed");
+    assert!(ops[0].finished("fence").is_none());
+    // A witness that still sees a healthy is no evidence either.
+    let mut w = World::new(true).backed_up();
+    w.a = Answer::Unreachable;
+    w.witness_says(false);
+    let e = w.run(Kind::Failover, &no_final()).unwrap_err().to_string();
+    assert!(e.contains("the witness does not confirm it"), "{e}");
+    assert!(w.log().is_empty());
+}
+
+#[test]
+fn the_witness_or_the_operator_is_evidence_for_an_unreachable_primary() {
+    let mut w = World::new(true).backed_up();
+    w.a = Answer::Unreachable;
+    w.witness_says(true);
+    let Outcome::Done(op) = w.run(Kind::Failover, &no_final()).unwrap() else {
+        panic!("not done")
+    };
+    assert!(
+        World::fence_detail(&op).contains("the witness confirms it is down"),
+        "{op:?}"
+    );
+    assert_eq!(w.log(), vec!["b stage", "b start"]);
+    let state = w.store().state().unwrap();
+    assert_eq!(state.active.as_deref(), Some("b"));
+    assert!(
+        state.fenced[0].unreachable && state.fenced[0].evidence.is_some(),
+        "{state:?}"
+    );
+
+    let mut w = World::new(false).backed_up();
+    w.a = Answer::Unreachable;
+    let Outcome::Done(op) = w.run(Kind::Failover, &by_hand("a")).unwrap() else {
+        panic!("not done")
+    };
+    let detail = World::fence_detail(&op);
+    assert!(
+        detail.contains("operator ops on desk") && detail.contains("--fenced-by-hand a"),
+        "{detail}"
+    );
+    assert_eq!(op.finished("final-backup").unwrap().outcome, "skipped");
+    let fence = &w.store().state().unwrap().fenced[0];
+    assert!(
+        fence.evidence.as_deref().unwrap().contains("operator ops on desk"),
+        "{fence:?}"
+    );
+}
+
+#[test]
+fn an_authentication_error_is_no_evidence_even_when_the_witness_agrees() {
+    let mut w = World::new(true).backed_up();
+    w.a = Answer::Denied;
+    w.witness_says(true);
+    let e = w.run(Kind::Failover, &no_final()).unwrap_err().to_string();
+    assert!(
+        e.contains("a is not fenced")
+            && e.contains("authentication failed")
+            && e.contains("answers but cannot be used"),
+        "{e}"
+    );
+    assert!(w.log().is_empty());
+    // The operator's word covers it.
+    assert!(matches!(w.run(Kind::Failover, &by_hand("a")), Ok(Outcome::Done(_))));
+}
+
+#[test]
+fn fenced_by_hand_must_name_the_site_being_left() {
+    let mut w = World::new(false).backed_up();
+    w.a = Answer::Unreachable;
+    let e = w.run(Kind::Failover, &by_hand("b")).unwrap_err().to_string();
+    assert!(e.contains("name the site being left"), "{e}");
+    assert!(w.store().operations().unwrap().is_empty(), "nothing journaled");
+}
+
+#[test]
+fn an_unreachable_standby_a_missing_recovery_point_or_a_locked_repository_stop_the_failover_before_the_fence() {
+    let mut w = World::new(false).backed_up();
+    w.b = Answer::Unreachable;
+    let e = w.run(Kind::Failover, &Options::default()).unwrap_err().to_string();
+    assert!(
+        e.contains("b, which is to take over, cannot be used") && e.contains("nothing was fenced"),
+        "{e}"
+    );
+    assert!(w.log().is_empty(), "a was not stopped: {:?}", w.log());
+    assert!(w.store().operations().unwrap().is_empty());
+
+    // No backup, and none can be taken after fencing: refused before the fence.
+    let mut w = World::new(false);
+    w.a = Answer::Unreachable;
+    let e = w.run(Kind::Failover, &by_hand("a")).unwrap_err().to_string();
+    assert!(e.contains("has no backup to recover from"), "{e}");
+    assert!(w.log().is_empty());
+
+    // A prune holds the repository: refused before the fence, not after.
+    let w = World::new(false).backed_up();
+    let other = Repository::open(w.repo.backend().clone(), b"pw").unwrap();
+    let _prune = other.lock(true, "prune", Duration::ZERO).unwrap();
+    let e = w.run(Kind::Failover, &no_final()).unwrap_err().to_string();
+    assert!(
+        e.contains("repository cannot be locked") && e.contains("nothing was fenced"),
+        "{e}"
+    );
+    assert!(w.log().is_empty(), "{:?}", w.log());
+}
+
+#[test]
+fn restart_policies_are_held_by_the_fence_and_given_back_when_the_site_starts_again() {
+    let mut w = World::new(false).backed_up();
+    w.a_policies = BTreeMap::from([("web".to_string(), "always".to_string())]);
+    let Outcome::Done(op) = w.run(Kind::Failover, &no_final()).unwrap() else {
+        panic!()
+    };
+    assert!(World::fence_detail(&op).starts_with("a fenced"), "{op:?}");
+    let state = w.store().state().unwrap();
+    assert_eq!(state.restart_policies["a"]["web"], "always");
+    assert!(!state.fenced[0].unreachable);
+    // Failback starts a again, with its policy.
+    assert!(matches!(w.run(Kind::Failback, &no_final()), Ok(Outcome::Done(_))));
+    let log = w.log();
+    let start = log.iter().position(|l| l == "a start").unwrap();
+    assert_eq!(log[start + 1], "a policies {\"web\": \"always\"}", "{log:?}");
+    assert!(w.store().state().unwrap().restart_policies.is_empty());
+}
