@@ -182,6 +182,7 @@ pub fn switch(ctx: &Ctx, args: &crate::cli::OpArgs, kind: Kind) -> Result<bool> 
         health_timeout: Duration::from_secs(args.health_timeout),
         final_backup: !args.no_final_backup,
         accept_data_loss: args.accept_data_loss,
+        accept_incomplete: args.accept_incomplete,
         ..Default::default()
     };
     let mut results = Vec::new();
