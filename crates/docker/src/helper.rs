@@ -708,7 +708,10 @@ pub mod inside {
     /// [`Site::write_volume`]).
     pub fn volume_commit(dir: &Path) -> io::Result<()> {
         if !dir.join(NEW).is_dir() {
-            return Err(io::Error::other(format!("{}: no new copy to switch to", dir.join(NEW).display())));
+            return Err(io::Error::other(format!(
+                "{}: no new copy to switch to",
+                dir.join(NEW).display()
+            )));
         }
         // The new copy is on disk before anything of the old one moves.
         sync(dir)?;
@@ -859,10 +862,16 @@ mod tests {
     fn an_uncommitted_copy_is_discarded_and_the_old_contents_stay() {
         let d = tempfile::tempdir().unwrap();
         old_and_new(d.path());
-        let before: Vec<_> = listing(d.path()).into_iter().filter(|(p, _)| !p.starts_with(inside::NEW)).collect();
+        let before: Vec<_> = listing(d.path())
+            .into_iter()
+            .filter(|(p, _)| !p.starts_with(inside::NEW))
+            .collect();
         inside::volume_prepare(d.path()).unwrap();
         assert_eq!(listing(d.path()), before);
-        assert!(inside::volume_commit(d.path()).is_err(), "no new copy: nothing switched");
+        assert!(
+            inside::volume_commit(d.path()).is_err(),
+            "no new copy: nothing switched"
+        );
         assert_eq!(listing(d.path()), before);
     }
 
@@ -875,8 +884,11 @@ mod tests {
             std::fs::create_dir_all(d.path().join(inside::OLD)).unwrap();
             std::fs::rename(d.path().join("data"), d.path().join(inside::OLD).join("data")).unwrap();
             if phase == "2" {
-                std::fs::rename(d.path().join("deleted-later"), d.path().join(inside::OLD).join("deleted-later"))
-                    .unwrap();
+                std::fs::rename(
+                    d.path().join("deleted-later"),
+                    d.path().join(inside::OLD).join("deleted-later"),
+                )
+                .unwrap();
                 std::fs::rename(d.path().join(".hidden"), d.path().join(inside::OLD).join(".hidden")).unwrap();
                 std::fs::rename(d.path().join(inside::NEW).join("added"), d.path().join("added")).unwrap();
             }

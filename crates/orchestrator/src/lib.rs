@@ -20,6 +20,8 @@ pub mod report;
 pub mod runbook;
 pub mod schedule;
 pub mod sync;
+#[cfg(test)]
+mod testing;
 pub mod verify;
 pub mod watch;
 
@@ -64,7 +66,7 @@ pub enum OrchestratorError {
         /// Where in the snapshot the blob is used.
         path: String,
         #[source]
-        source: lifeboat_repo::RepoError,
+        source: Box<lifeboat_repo::RepoError>,
     },
     /// The recovered app did not pass its health probes in time. Traffic was not switched.
     #[error("app {app} at {address} was not healthy within {waited:?}; last failure: {last}")]

@@ -471,7 +471,11 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
                 Some(f) => format!(
                     "it was fenced at {} while it could not be reached{}",
                     f.at,
-                    if running.is_empty() { String::new() } else { format!(", and it ran {}", running.join(", ")) }
+                    if running.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", and it ran {}", running.join(", "))
+                    }
                 ),
                 None => "an interrupted quarantine step is repeated".into(),
             };
@@ -492,7 +496,10 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         let mut notes = Vec::new();
         if !running.is_empty() {
             notes.push(summary(
-                &format!("{to} ran the app ({}) while {from} was active: stopped", running.join(", ")),
+                &format!(
+                    "{to} ran the app ({}) while {from} was active: stopped",
+                    running.join(", ")
+                ),
                 &stopped,
             ));
             let why = format!("it ran {} while {from} was active (split brain)", running.join(", "));
@@ -990,4 +997,48 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
         out.push(item);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    #[test]
+    fn the_latest_recovery_point_is_the_newest_complete_snapshot() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = testing::repo(d.path());
+        let tags = ["plan=p", "app=web", "site=a"];
+        let complete = testing::snapshot(&repo, b"1", 300, &tags, 0);
+        let older = testing::snapshot(&repo, b"0", 600, &tags, 0);
+        let with_errors = testing::snapshot(&repo, b"2", 200, &tags, 1);
+        let tagged = testing::snapshot(&repo, b"3", 100, &["plan=p", "app=web", "incomplete"], 0);
+        testing::snapshot(&repo, b"4", 50, &["plan=p", "app=web", "site=a", "quarantine"], 0);
+        testing::snapshot(
+            &repo,
+            b"5",
+            40,
+            &["plan=p", "app=web", "site=a", "quarantine", "split-brain"],
+            0,
+        );
+        testing::snapshot(&repo, b"6", 10, &["plan=p", "app=other"], 0);
+        let rp = latest_recovery_point(&repo, "p", "web").unwrap().unwrap();
+        assert_eq!(rp.snapshot, complete.to_hex());
+        let all: Vec<String> = recovery_points(&repo, "p", "web", false)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.snapshot)
+            .collect();
+        assert_eq!(all, [complete.to_hex(), older.to_hex()], "newest first, complete only");
+        let accepted: Vec<String> = recovery_points(&repo, "p", "web", true)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.snapshot)
+            .collect();
+        assert_eq!(
+            accepted,
+            [tagged.to_hex(), with_errors.to_hex(), complete.to_hex(), older.to_hex()],
+            "accepted incomplete ones, never a quarantine snapshot"
+        );
+    }
 }

@@ -166,6 +166,57 @@ mod tests {
     }
 
     #[test]
+    fn retention_never_removes_a_quarantine_snapshot_and_keeps_incomplete_ones_out_of_its_slots() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = crate::testing::repo(d.path());
+        let plan = lifeboat_plan::Plan::parse(
+            "p.yaml",
+            "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {name: p}\nrepository: r\nsites:\n  a: {docker: \
+             {address: 10.0.0.1}}\n  b: {docker: {address: 10.0.0.2}}\napps:\n  - {name: web, primary: a, standby: b, \
+             backup: {every: 1m, keep: {last: 1}}}\n",
+        )
+        .unwrap();
+        let tags = ["plan=p", "app=web", "site=a"];
+        let snap = |age, extra: &[&str], errors| {
+            let mut t = tags.to_vec();
+            t.extend_from_slice(extra);
+            crate::testing::snapshot(&repo, format!("{age}").as_bytes(), age, &t, errors)
+        };
+        let quarantined = snap(1000, &["quarantine"], 0);
+        let split = snap(900, &["quarantine", "split-brain"], 0);
+        let old = snap(300, &[], 0);
+        let superseded = snap(250, &["incomplete"], 1);
+        let newest = snap(200, &[], 0);
+        let older_incomplete = snap(150, &["incomplete"], 1);
+        let newest_incomplete = snap(100, &[], 2);
+        let other_app = crate::testing::snapshot(&repo, b"x", 5000, &["plan=p", "app=other"], 0);
+        let router = |_: &App| Ok(None);
+        let log = |_: &str| {};
+        let env = Env {
+            plan: &plan,
+            plan_dir: d.path().to_path_buf(),
+            repo: &repo,
+            connect: Arc::new(|_: &str, _: &App| {
+                Err(OrchestratorError::Refused {
+                    reason: "no sites".into(),
+                })
+            }),
+            router: &router,
+            log: &log,
+        };
+        let removed = apply_retention(&env, &plan.apps[0], Duration::ZERO).unwrap();
+        let mut want = vec![old.short(), superseded.short(), older_incomplete.short()];
+        want.sort();
+        let mut got = removed.clone();
+        got.sort();
+        assert_eq!(got, want);
+        let left: Vec<_> = repo.snapshots().unwrap().into_iter().map(|(id, _)| id).collect();
+        for kept in [quarantined, split, newest, newest_incomplete, other_app] {
+            assert!(left.contains(&kept), "{} was removed", kept.short());
+        }
+    }
+
+    #[test]
     fn keep_maps_to_a_policy_and_no_keep_keeps_everything() {
         assert_eq!(policy(&Keep::default()), None);
         let p = policy(&Keep {

@@ -33,7 +33,7 @@ pub fn recovery_point(repo: &Repository, snapshot: &str) -> Result<Verified, Orc
     let damaged = |path: &str, source: lifeboat_repo::RepoError| OrchestratorError::Damaged {
         snapshot: id.short(),
         path: path.to_string(),
-        source,
+        source: Box::new(source),
     };
     let mut content: Vec<(Id, String)> = Vec::new();
     let mut seen: HashSet<Id> = HashSet::new();
@@ -86,4 +86,30 @@ pub fn recovery_point(repo: &Repository, snapshot: &str) -> Result<Verified, Orc
         blobs: content.len(),
         bytes: bytes.into_inner(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    #[test]
+    fn a_whole_recovery_point_is_read_and_a_flipped_bit_is_named_with_its_path() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = testing::repo(d.path());
+        let id = testing::snapshot(&repo, &vec![7u8; 100_000], 0, &[], 0);
+        let v = recovery_point(&repo, &id.to_hex()).unwrap();
+        assert_eq!((v.trees, v.blobs), (1, 2), "{v:?}");
+        assert!(v.bytes >= 100_000, "{v:?}");
+        let tree = repo.load_snapshot(&id).unwrap().tree;
+        let blob = repo.load_tree(&tree).unwrap().nodes[0].content[0];
+        testing::damage(&repo, d.path(), &blob);
+        match recovery_point(&repo, &id.to_hex()) {
+            Err(OrchestratorError::Damaged { snapshot, path, .. }) => {
+                assert_eq!(snapshot, id.short());
+                assert_eq!(path, "/f");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
