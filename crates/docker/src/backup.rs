@@ -144,7 +144,7 @@ pub fn backup(
         hostname: cap.manifest.engine_name.clone(),
         username: lifeboat_repo::username(),
         paths: vec![site.host().to_string()],
-        tags: opts.tags.clone(),
+        tags: with_incomplete_tag(opts.tags.clone(), !cap.manifest.errors.is_empty()),
         tree: root.subtree.expect("finish stores the root"),
         parent: None,
         program_version: concat!("lifeboat ", env!("CARGO_PKG_VERSION")).into(),
@@ -168,6 +168,14 @@ pub fn backup(
         snapshot,
         capture: cap,
     })
+}
+
+/// `tags`, with [`lifeboat_model::INCOMPLETE_TAG`] added when something could not be backed up.
+pub fn with_incomplete_tag(mut tags: Vec<String>, incomplete: bool) -> Vec<String> {
+    if incomplete && !tags.iter().any(|t| t == lifeboat_model::INCOMPLETE_TAG) {
+        tags.push(lifeboat_model::INCOMPLETE_TAG.to_string());
+    }
+    tags
 }
 
 /// The hooks of the running selected containers, and of the running tasks (on this engine) of the

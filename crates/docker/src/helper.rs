@@ -377,15 +377,40 @@ impl Site {
         Ok(out?)
     }
 
-    /// Writes a stored volume tree into the named volume (which must exist) through a helper
-    /// container's archive endpoint. Existing files of the same names are replaced; others stay.
+    /// Makes the named volume (which must exist) hold exactly a stored volume tree: files the tree
+    /// lacks are removed. The volume's old contents stay whole until the new copy is complete:
+    ///
+    /// 1. a helper container (network disabled, this binary as its program) mounts the volume and
+    ///    settles what an interrupted earlier write left (`lifeboat helper volume-prepare`);
+    /// 2. the tree is written through the archive endpoint into `.lifeboat-new` at the volume's
+    ///    top; a stream that breaks (a damaged blob, a full disk) fails here, and the copy is
+    ///    removed again: the volume is as it was;
+    /// 3. `lifeboat helper volume-commit` switches: it syncs the file system, records the switch,
+    ///    moves the old entries into `.lifeboat-old`, the new ones into place (renames within one
+    ///    file system), and removes the old copy. A crash during the switch is finished by the
+    ///    next write's step 1, since the new copy was complete.
+    ///
+    /// Needs room for both copies while it runs. The names `.lifeboat-new`, `.lifeboat-old`,
+    /// `.lifeboat-swap` at the top of a volume are Lifeboat's.
     pub fn write_volume(&self, repo: &Repository, volume: &str, root: &Node) -> Result<u64, DockerError> {
         let image = self.helper_image()?;
         let id = self.volume_container(&image, volume, false)?;
+        let result = self.write_volume_in(repo, &id, volume, root);
+        self.remove_container_quietly(&id);
+        result
+    }
+
+    fn write_volume_in(&self, repo: &Repository, id: &str, volume: &str, root: &Node) -> Result<u64, DockerError> {
+        self.block_on(
+            self.docker
+                .start_container(id, None::<bollard::query_parameters::StartContainerOptions>),
+        )
+        .map_err(self.api_err(format!("start the helper container for volume {volume}")))?;
+        self.helper_step(id, volume, "volume-prepare")?;
         let (writer, rx) = bridge::writer();
         let body = bollard::body_stream(tokio_stream_from(rx));
         let docker = self.docker.clone();
-        let cid = id.clone();
+        let cid = id.to_string();
         let upload = self.rt.spawn(async move {
             docker
                 .upload_to_container(
@@ -398,15 +423,47 @@ impl Site {
                 )
                 .await
         });
-        let written = tree_to_tar(repo, root, MOUNT.trim_start_matches('/'), writer);
+        let prefix = format!("{}/{}", MOUNT.trim_start_matches('/'), inside::NEW);
+        let written = tree_to_tar(repo, root, &prefix, writer);
         let uploaded = self.block_on(upload);
-        self.remove_container_quietly(&id);
-        let bytes = written?;
-        match uploaded {
-            Ok(Ok(())) => Ok(bytes),
-            Ok(Err(e)) => Err(self.api_err(format!("write volume {volume}"))(e)),
-            Err(e) => Err(DockerError::Unsupported(format!("write volume {volume}: {e}"))),
+        let copied = match (written, uploaded) {
+            (Ok(bytes), Ok(Ok(()))) => Ok(bytes),
+            (Err(e), _) => Err(DockerError::from(e)),
+            (_, Ok(Err(e))) => Err(self.api_err(format!("write volume {volume}"))(e)),
+            (_, Err(e)) => Err(DockerError::Unsupported(format!("write volume {volume}: {e}"))),
+        };
+        match copied {
+            Ok(bytes) => {
+                self.helper_step(id, volume, "volume-commit")?;
+                Ok(bytes)
+            }
+            Err(e) => {
+                // The partial copy goes; the volume keeps what it had.
+                let _ = self.helper_step(id, volume, "volume-prepare");
+                Err(e)
+            }
         }
+    }
+
+    /// Runs `lifeboat helper STEP /lifeboat-volume` in a started volume helper.
+    fn helper_step(&self, id: &str, volume: &str, step: &str) -> Result<(), DockerError> {
+        let out = self.exec(
+            id,
+            vec!["/lifeboat".into(), "helper".into(), step.into(), MOUNT.into()],
+            Duration::from_secs(3600),
+        )?;
+        if out.exit_code != 0 {
+            return Err(DockerError::Api {
+                host: self.host.clone(),
+                what: format!("write volume {volume} ({step})"),
+                reason: format!(
+                    "the helper exited with {}: {}",
+                    out.exit_code,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Runs `cmd` in a running container and collects its output, giving up after `timeout`
@@ -601,6 +658,95 @@ fn tokio_stream_from(
 /// The helper program's side, run inside helper containers by `lifeboat helper ...`.
 pub mod inside {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
+
+    /// The new copy of a volume being written, at its top.
+    pub const NEW: &str = ".lifeboat-new";
+    /// The old entries while a switch runs.
+    pub const OLD: &str = ".lifeboat-old";
+    /// Present while a switch runs: `1` while the old entries move out, `2` while the new move in.
+    pub const SWAP: &str = ".lifeboat-swap";
+    const SWAP_TMP: &str = ".lifeboat-swap.tmp";
+
+    fn reserved(name: &std::ffi::OsStr) -> bool {
+        [NEW, OLD, SWAP, SWAP_TMP].iter().any(|r| name == *r)
+    }
+
+    fn sync(dir: &Path) -> io::Result<()> {
+        rustix::fs::syncfs(fs::File::open(dir)?).map_err(io::Error::from)
+    }
+
+    fn mark(dir: &Path, phase: &str) -> io::Result<()> {
+        fs::write(dir.join(SWAP_TMP), phase)?;
+        fs::rename(dir.join(SWAP_TMP), dir.join(SWAP))?;
+        sync(dir)
+    }
+
+    fn remove(p: &Path) -> io::Result<()> {
+        match fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+            Ok(_) => fs::remove_file(p),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Settles `dir` before a new copy is written into it: a switch that was interrupted is
+    /// finished (its new copy was complete before it began); a new copy that was never switched
+    /// to, and old entries of a finished switch, are removed.
+    pub fn volume_prepare(dir: &Path) -> io::Result<()> {
+        if dir.join(SWAP).exists() {
+            switch(dir)?;
+        }
+        remove(&dir.join(NEW))?;
+        remove(&dir.join(OLD))?;
+        remove(&dir.join(SWAP_TMP))
+    }
+
+    /// Replaces what `dir` holds by the complete copy in `dir/.lifeboat-new` (see
+    /// [`Site::write_volume`]).
+    pub fn volume_commit(dir: &Path) -> io::Result<()> {
+        if !dir.join(NEW).is_dir() {
+            return Err(io::Error::other(format!(
+                "{}: no new copy to switch to",
+                dir.join(NEW).display()
+            )));
+        }
+        // The new copy is on disk before anything of the old one moves.
+        sync(dir)?;
+        mark(dir, "1")?;
+        switch(dir)
+    }
+
+    /// Carries a recorded switch to its end. Idempotent: every move is a rename, and each phase
+    /// is recorded before the next begins.
+    fn switch(dir: &Path) -> io::Result<()> {
+        let phase = fs::read_to_string(dir.join(SWAP))?;
+        if phase.trim() == "1" {
+            fs::create_dir_all(dir.join(OLD))?;
+            for e in fs::read_dir(dir)? {
+                let name = e?.file_name();
+                if !reserved(&name) {
+                    fs::rename(dir.join(&name), dir.join(OLD).join(&name))?;
+                }
+            }
+            mark(dir, "2")?;
+        }
+        let new = dir.join(NEW);
+        for e in fs::read_dir(&new)? {
+            let name = e?.file_name();
+            fs::rename(new.join(&name), dir.join(&name))?;
+        }
+        // The volume's top directory takes the snapshot's owner and mode.
+        let md = fs::metadata(&new)?;
+        std::os::unix::fs::chown(dir, Some(md.uid()), Some(md.gid()))?;
+        fs::set_permissions(dir, md.permissions())?;
+        sync(dir)?;
+        fs::remove_file(dir.join(SWAP))?;
+        remove(&new)?;
+        remove(&dir.join(OLD))
+    }
 
     /// Waits until the container is stopped.
     pub fn sleep() -> ! {
@@ -653,6 +799,103 @@ mod tests {
             "{files:?}"
         );
         assert!(!dirs.is_empty());
+    }
+
+    fn listing(dir: &Path) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for e in walk(dir) {
+            let rel = e.strip_prefix(dir).unwrap().display().to_string();
+            let content = if e.is_file() {
+                std::fs::read_to_string(&e).unwrap()
+            } else {
+                "<dir>".into()
+            };
+            out.push((rel, content));
+        }
+        out.sort();
+        out
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+        out
+    }
+
+    fn old_and_new(d: &Path) {
+        std::fs::create_dir_all(d.join("data")).unwrap();
+        std::fs::write(d.join("data/items"), "old").unwrap();
+        std::fs::write(d.join("deleted-later"), "private").unwrap();
+        std::fs::write(d.join(".hidden"), "old").unwrap();
+        let n = d.join(inside::NEW);
+        std::fs::create_dir_all(n.join("data")).unwrap();
+        std::fs::write(n.join("data/items"), "new").unwrap();
+        std::fs::write(n.join("added"), "new").unwrap();
+    }
+
+    fn expected() -> Vec<(String, String)> {
+        vec![
+            ("added".into(), "new".into()),
+            ("data".into(), "<dir>".into()),
+            ("data/items".into(), "new".into()),
+        ]
+    }
+
+    #[test]
+    fn a_committed_volume_holds_exactly_the_new_copy() {
+        let d = tempfile::tempdir().unwrap();
+        old_and_new(d.path());
+        inside::volume_commit(d.path()).unwrap();
+        assert_eq!(listing(d.path()), expected());
+        // A prepare afterwards finds nothing to do.
+        inside::volume_prepare(d.path()).unwrap();
+        assert_eq!(listing(d.path()), expected());
+    }
+
+    #[test]
+    fn an_uncommitted_copy_is_discarded_and_the_old_contents_stay() {
+        let d = tempfile::tempdir().unwrap();
+        old_and_new(d.path());
+        let before: Vec<_> = listing(d.path())
+            .into_iter()
+            .filter(|(p, _)| !p.starts_with(inside::NEW))
+            .collect();
+        inside::volume_prepare(d.path()).unwrap();
+        assert_eq!(listing(d.path()), before);
+        assert!(
+            inside::volume_commit(d.path()).is_err(),
+            "no new copy: nothing switched"
+        );
+        assert_eq!(listing(d.path()), before);
+    }
+
+    #[test]
+    fn a_switch_interrupted_in_either_phase_is_finished_by_the_next_prepare() {
+        for phase in ["1", "2"] {
+            let d = tempfile::tempdir().unwrap();
+            old_and_new(d.path());
+            // As a crash leaves it: the switch recorded, some entries moved.
+            std::fs::create_dir_all(d.path().join(inside::OLD)).unwrap();
+            std::fs::rename(d.path().join("data"), d.path().join(inside::OLD).join("data")).unwrap();
+            if phase == "2" {
+                std::fs::rename(
+                    d.path().join("deleted-later"),
+                    d.path().join(inside::OLD).join("deleted-later"),
+                )
+                .unwrap();
+                std::fs::rename(d.path().join(".hidden"), d.path().join(inside::OLD).join(".hidden")).unwrap();
+                std::fs::rename(d.path().join(inside::NEW).join("added"), d.path().join("added")).unwrap();
+            }
+            std::fs::write(d.path().join(inside::SWAP), phase).unwrap();
+            inside::volume_prepare(d.path()).unwrap();
+            assert_eq!(listing(d.path()), expected(), "phase {phase}");
+        }
     }
 
     #[test]

@@ -387,7 +387,13 @@ pub fn backup(repo: &Repository, cluster: &Cluster, opts: &BackupOptions) -> Res
         hostname: cluster.context().to_string(),
         username: lifeboat_repo::username(),
         paths: vec![cluster.server().to_string()],
-        tags: opts.tags.clone(),
+        tags: {
+            let mut t = opts.tags.clone();
+            if !manifest.errors.is_empty() && !t.iter().any(|x| x == lifeboat_model::INCOMPLETE_TAG) {
+                t.push(lifeboat_model::INCOMPLETE_TAG.to_string());
+            }
+            t
+        },
         tree: root.subtree.expect("finish stores the root"),
         parent: None,
         program_version: concat!("lifeboat ", env!("CARGO_PKG_VERSION")).into(),

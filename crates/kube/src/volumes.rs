@@ -3,9 +3,11 @@
 //!
 //! Backup: a helper pod mounts the claim read-only (on the node of a pod that uses the claim, so
 //! node-local volumes work) and `tar cf - -C /data .` streams over exec into the repository, chunked
-//! and deduplicated like any file tree. Restore: a helper pod mounts the claim, empties it
-//! and `tar xf - -C /data` takes the stored tree over exec's stdin. The helper image must have `sh`,
-//! `sleep` and `tar` (busybox does); pods are labelled `io.lifeboat.helper=1` and removed after use.
+//! and deduplicated like any file tree. Restore: a helper pod mounts the claim, `tar xf` takes the
+//! stored tree over exec's stdin into a new copy beside the old contents, and only a complete copy
+//! is switched to (see [`Cluster::write_pvc`]). The helper image must have `sh`, `sleep`, `tar`,
+//! `cp`, `mv`, `rm` and `stat` (busybox does); pods are labelled `io.lifeboat.helper=1` and
+//! removed after use.
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -20,19 +22,72 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::{Cluster, KubeError};
 
-/// What a helper runs to write a claim. Its stdin is a list of paths to remove first, one per
-/// line (`/` for everything in the claim), ended by an empty line, then a tar stream. `read` takes
-/// stdin a byte at a time, so the tar stream is left whole for `tar`. `rm` may be missing where
-/// only busybox is (the lab's images): then busybox's own.
-const REMOVE_AND_UNTAR: &str = r#"cd /data || exit 1
+/// Shell functions of the helpers that write a claim (see [`Cluster::write_pvc`]): the claim's
+/// top holds `.lifeboat-new` (the new copy), `.lifeboat-old` (old entries during a switch) and
+/// `.lifeboat-swap` (present while a switch runs: `1` while old entries move out, `2` while new
+/// ones move in). Every move is a rename within the claim's file system. `rm`, `mv`, `cp` and
+/// `stat` may be missing where only busybox is (the lab's images): then busybox's own.
+const SWITCH_FNS: &str = r#"cd /data || exit 1
+N=.lifeboat-new O=.lifeboat-old M=.lifeboat-swap
+rmf() { rm -rf -- "$@" 2>/dev/null || busybox rm -rf -- "$@"; }
+mvf() { mv -- "$@" 2>/dev/null || busybox mv -- "$@"; }
+cpf() { cp "$@" 2>/dev/null || busybox cp "$@"; }
+statf() { stat "$@" 2>/dev/null || busybox stat "$@"; }
+mark() { echo "$1" > "$M.tmp" && mvf "$M.tmp" "$M" && sync; }
+each() {
+  for g in * .[!.]* ..?*; do
+    case "$g" in "$N"|"$O"|"$M"|"$M.tmp") continue;; esac
+    if [ -e "$g" ] || [ -L "$g" ]; then "$1" "$g" || return 1; fi
+  done
+}
+to_old() { mvf "$1" "$O/"; }
+to_top() { mvf "$1" ../; }
+switch() {
+  if [ "$(cat "$M")" = 1 ]; then
+    mkdir -p "$O" && each to_old && mark 2 || return 1
+  fi
+  cd "$N" || return 1
+  each to_top || { cd /data; return 1; }
+  cd /data
+  chmod "$(statf -c %a "$N")" . || echo "cannot set the mode of the claim's top directory" >&2
+  chown "$(statf -c %u:%g "$N")" . 2>/dev/null || echo "cannot set the owner of the claim's top directory" >&2
+  sync
+  rmf "$M" && rmf "$N" "$O"
+}
+settle() {
+  if [ -f "$M" ]; then switch || return 1; fi
+  rmf "$N" "$O" "$M.tmp"
+}
+"#;
+
+/// Writes the new copy: settles what an earlier write left, then reads from stdin a mode line
+/// (`full` or `delta`), paths to remove (delta: from a copy of what the claim holds, made with
+/// hard links where the file system allows), one per line, ended by an empty line, then a tar
+/// stream into `.lifeboat-new`. `read` takes stdin a byte at a time, so the tar stream is left
+/// whole for `tar` (which replaces a file by unlinking it: a hard-linked old file is untouched).
+const PREPARE_AND_UNTAR: &str = r#"settle || exit 1
+IFS= read -r mode || exit 1
+mkdir "$N" || exit 1
+copy() { cpf -al "$1" "$N/" || { rmf "$N/$1"; cpf -a "$1" "$N/"; }; }
+if [ "$mode" = delta ]; then
+  chmod "$(statf -c %a .)" "$N"; chown "$(statf -c %u:%g .)" "$N" 2>/dev/null
+  each copy || exit 1
+fi
+cd "$N" || exit 1
 while IFS= read -r f; do
   [ -z "$f" ] && break
-  if [ "$f" = / ]; then set -- * .[!.]* ..?*; else set -- "./$f"; fi
-  for g; do
-    if [ -e "$g" ] || [ -L "$g" ]; then rm -rf -- "$g" 2>/dev/null || busybox rm -rf -- "$g" || exit 1; fi
-  done
+  [ "$mode" = delta ] && { rmf "./$f" || exit 1; }
 done
-exec tar xf - -C /data"#;
+exec tar xf - -C /data/.lifeboat-new"#;
+
+/// Switches the claim to its complete new copy.
+const COMMIT: &str = r#"[ -d "$N" ] || { echo "no new copy to switch to" >&2; exit 1; }
+sync
+mark 1 || exit 1
+switch"#;
+
+/// Settles the claim: finishes an interrupted switch, removes a copy never switched to.
+const SETTLE: &str = "settle";
 
 /// The default helper image.
 pub const DEFAULT_HELPER_IMAGE: &str = "busybox:1.36";
@@ -185,7 +240,15 @@ impl Cluster {
 
     /// Writes a stored tree into a claim (which must be bound or bindable), so that the claim
     /// holds exactly that tree. With `base`, the tree the claim is known to hold now, only what
-    /// changed is sent and what is gone removed; without, everything in the claim is replaced.
+    /// changed is sent and what is gone removed; without, everything is sent.
+    ///
+    /// The claim's old contents stay whole until the new copy is complete: the helper writes into
+    /// `.lifeboat-new` at the claim's top (delta: a hard-linked copy of what the claim holds, with
+    /// the changes applied), and only when the whole stream arrived and `tar` succeeded does a
+    /// second command switch (sync, record the switch, move the old entries aside and the new ones
+    /// into place by rename, remove the old). A stream that breaks (a damaged blob, a full disk, a
+    /// cut connection) leaves the claim as it was; a switch interrupted by a crash is finished by
+    /// the next write. Needs room for both copies (a delta: for what changed) while it runs.
     pub fn write_pvc(
         &self,
         repo: &Repository,
@@ -201,17 +264,43 @@ impl Cluster {
             None => None,
         };
         let pod = self.start_helper(ns, claim, image, false)?;
-        let result = self.write_pod(
-            repo,
-            ns,
-            claim,
-            &pod,
-            root,
-            removals.as_ref().and(base),
-            removals.as_deref(),
-        );
+        let result = self
+            .write_pod(
+                repo,
+                ns,
+                claim,
+                &pod,
+                root,
+                removals.as_ref().and(base),
+                removals.as_deref(),
+            )
+            .and_then(|bytes| self.helper_script(ns, claim, &pod, COMMIT).map(|()| bytes));
+        if result.is_err() {
+            // The partial copy goes; the claim keeps what it had.
+            let _ = self.helper_script(ns, claim, &pod, SETTLE);
+        }
         self.remove_helper(ns, &pod);
         result
+    }
+
+    /// Runs one of the claim scripts (after [`SWITCH_FNS`]) in the helper pod.
+    fn helper_script(&self, ns: &str, claim: &str, pod: &str, script: &str) -> Result<(), KubeError> {
+        let what = format!("write claim {ns}/{claim}");
+        let out = self.exec(
+            ns,
+            pod,
+            None,
+            &["sh".into(), "-c".into(), format!("{SWITCH_FNS}{script}")],
+            Duration::from_secs(3600),
+        )?;
+        if out.code != 0 {
+            return Err(self.helper_err(what)(format!(
+                "the helper's switch to the new copy failed (exit {}): {}",
+                out.code,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -229,13 +318,25 @@ impl Cluster {
         let what = format!("write claim {ns}/{claim}");
         let ap = AttachParams::default().stdin(true).stdout(false).stderr(true);
         let mut proc = self
-            .block_on(pods.exec(pod, ["sh", "-c", REMOVE_AND_UNTAR], &ap))
+            .block_on(pods.exec(
+                pod,
+                [
+                    "sh".to_string(),
+                    "-c".to_string(),
+                    format!("{SWITCH_FNS}{PREPARE_AND_UNTAR}"),
+                ],
+                &ap,
+            ))
             .map_err(self.api_err(what.clone()))?;
         let stdin = proc.stdin().expect("stdin was asked for");
         let status = proc.take_status();
         let mut writer = Writer(SyncIoBridge::new_with_handle(stdin, self.rt.handle().clone()));
-        let mut list = Vec::new();
-        for p in removals.unwrap_or(&[b"/".to_vec()]) {
+        let mut list = if base.is_some() {
+            b"delta\n".to_vec()
+        } else {
+            b"full\n".to_vec()
+        };
+        for p in removals.unwrap_or_default() {
             list.extend_from_slice(p);
             list.push(b'\n');
         }
@@ -259,5 +360,160 @@ impl Cluster {
             )));
         }
         Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+
+    /// Runs a claim script with `dir` standing for the claim, `stdin` as its input.
+    fn run(dir: &Path, script: &str, stdin: &[u8]) -> (bool, String) {
+        let text = format!("{SWITCH_FNS}{script}").replace("/data", dir.to_str().unwrap());
+        let mut c = Command::new("sh")
+            .args(["-c", &text])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = c.stdin.take().unwrap();
+        let _ = std::io::Write::write_all(&mut input, stdin);
+        drop(input);
+        let o = c.wait_with_output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+
+    /// Path and content ("<dir>" for directories) of everything under `dir`.
+    fn listing(dir: &Path) -> Vec<(String, String)> {
+        fn walk(top: &Path, d: &Path, out: &mut Vec<(String, String)>) {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                let rel = p.strip_prefix(top).unwrap().display().to_string();
+                if p.is_dir() {
+                    out.push((rel, "<dir>".into()));
+                    walk(top, &p, out);
+                } else {
+                    out.push((rel, std::fs::read_to_string(&p).unwrap()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(dir, dir, &mut out);
+        out.sort();
+        out
+    }
+
+    fn tar_of(files: &[(&str, &str)], truncate: bool) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, content) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(content.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, name, content.as_bytes()).unwrap();
+        }
+        let mut t = b.into_inner().unwrap();
+        if truncate {
+            t.truncate(600);
+        }
+        t
+    }
+
+    fn claim() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("data")).unwrap();
+        std::fs::write(d.path().join("data/items"), "old").unwrap();
+        std::fs::write(d.path().join("deleted-later"), "private").unwrap();
+        std::fs::write(d.path().join(".hidden"), "old").unwrap();
+        d
+    }
+
+    fn write(d: &Path, head: &str, tar: &[u8]) -> bool {
+        let mut input = head.as_bytes().to_vec();
+        input.extend_from_slice(tar);
+        let (ok, err) = run(d, PREPARE_AND_UNTAR, &input);
+        if !ok {
+            let (settled, e) = run(d, SETTLE, b"");
+            assert!(settled, "{e}");
+            return false;
+        }
+        let (ok, err2) = run(d, COMMIT, b"");
+        assert!(ok, "{err}{err2}");
+        true
+    }
+
+    #[test]
+    fn a_full_write_leaves_exactly_the_new_tree() {
+        let d = claim();
+        let t = tar_of(&[("data/items", "new"), ("added", "new")], false);
+        assert!(write(d.path(), "full\n\n", &t));
+        assert_eq!(
+            listing(d.path()),
+            [("added", "new"), ("data", "<dir>"), ("data/items", "new")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .to_vec()
+        );
+    }
+
+    #[test]
+    fn a_broken_stream_leaves_the_claim_as_it_was() {
+        let d = claim();
+        let before = listing(d.path());
+        let t = tar_of(&[("big", &"x".repeat(5000)), ("z.txt", "new")], true);
+        assert!(!write(d.path(), "full\n\n", &t), "a truncated stream must fail");
+        assert_eq!(listing(d.path()), before);
+    }
+
+    #[test]
+    fn a_delta_write_removes_changes_and_keeps_the_rest() {
+        let d = claim();
+        // A second name for the old file: the write must never change the old file itself.
+        let outside = tempfile::tempdir_in(d.path().parent().unwrap()).unwrap();
+        std::fs::hard_link(d.path().join("data/items"), outside.path().join("items")).unwrap();
+        let t = tar_of(&[("data/items", "changed"), ("added", "new")], false);
+        assert!(write(d.path(), "delta\ndeleted-later\n\n", &t));
+        assert_eq!(
+            listing(d.path()),
+            [
+                (".hidden", "old"),
+                ("added", "new"),
+                ("data", "<dir>"),
+                ("data/items", "changed")
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .to_vec()
+        );
+        assert_eq!(std::fs::read_to_string(outside.path().join("items")).unwrap(), "old");
+    }
+
+    #[test]
+    fn a_delta_stream_that_breaks_changes_nothing_even_through_hard_links() {
+        let d = claim();
+        let before = listing(d.path());
+        let t = tar_of(&[("data/items", &"y".repeat(5000))], true);
+        assert!(!write(d.path(), "delta\ndeleted-later\n\n", &t));
+        assert_eq!(listing(d.path()), before);
+    }
+
+    #[test]
+    fn an_interrupted_switch_is_finished_by_the_next_write() {
+        let d = claim();
+        let p = d.path();
+        std::fs::create_dir_all(p.join(".lifeboat-new/data")).unwrap();
+        std::fs::write(p.join(".lifeboat-new/data/items"), "new").unwrap();
+        std::fs::create_dir_all(p.join(".lifeboat-old")).unwrap();
+        std::fs::rename(p.join("data"), p.join(".lifeboat-old/data")).unwrap();
+        std::fs::write(p.join(".lifeboat-swap"), "1\n").unwrap();
+        let (ok, err) = run(p, SETTLE, b"");
+        assert!(ok, "{err}");
+        assert_eq!(
+            listing(p),
+            [("data", "<dir>"), ("data/items", "new")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .to_vec()
+        );
     }
 }

@@ -203,13 +203,18 @@ pub struct OpArgs {
     /// Do not take a last backup of the side being left (recover from the latest backup)
     #[arg(long)]
     pub no_final_backup: bool,
-    /// Failback: go on although the standby cannot be reached, losing its writes since its last backup
+    /// Go on although data may be lost: failback with the standby unreachable (its writes since its
+    /// last backup are lost), or a site to overwrite that cannot be read for its quarantine snapshot
     #[arg(long)]
     pub accept_data_loss: bool,
     /// You made sure SITE (the side being left) is off and stays off: go on although Lifeboat cannot
     /// stop it itself (it cannot be reached, or refuses). Recorded in the journal with your name
     #[arg(long, value_name = "SITE")]
     pub fenced_by_hand: Option<String>,
+    /// Recover from an incomplete snapshot (one that lists items it could not back up): the final
+    /// backup when it is incomplete, else the newest snapshot whether complete or not
+    #[arg(long)]
+    pub accept_incomplete: bool,
     /// Longest wait for the app to become healthy, in seconds
     #[arg(long, default_value_t = 300)]
     pub health_timeout: u64,
@@ -355,6 +360,10 @@ pub enum HelperCmd {
     Sleep,
     /// Print the files of a directory as JSON {name: base64}
     ReadFiles { dir: PathBuf },
+    /// Settle a volume before a new copy is written into it (finish an interrupted switch, remove leftovers)
+    VolumePrepare { dir: PathBuf },
+    /// Switch a volume to its complete new copy in DIR/.lifeboat-new
+    VolumeCommit { dir: PathBuf },
 }
 
 #[derive(Args, Debug)]

@@ -199,5 +199,15 @@ pub fn helper(cmd: HelperCmd) -> Result<bool> {
             println!("{}", lifeboat_docker::helper::inside::read_files(&dir)?);
             Ok(true)
         }
+        HelperCmd::VolumePrepare { dir } => {
+            lifeboat_docker::helper::inside::volume_prepare(&dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            Ok(true)
+        }
+        HelperCmd::VolumeCommit { dir } => {
+            lifeboat_docker::helper::inside::volume_commit(&dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            Ok(true)
+        }
     }
 }

@@ -195,6 +195,7 @@ pub fn switch(ctx: &Ctx, args: &crate::cli::OpArgs, kind: Kind) -> Result<bool> 
         final_backup: !args.no_final_backup,
         accept_data_loss: args.accept_data_loss,
         fenced_by_hand,
+        accept_incomplete: args.accept_incomplete,
         ..Default::default()
     };
     let mut results = Vec::new();

@@ -1382,3 +1382,343 @@ fn an_authentication_error_fails_the_fence_step() {
     assert!(app.items(a).is_some());
     assert_eq!(resolve(app.ns), a.addr);
 }
+
+impl App {
+    /// Ids of the snapshots carrying every one of `tags`, oldest first.
+    fn snapshot_ids(&self, tags: &[&str]) -> Vec<String> {
+        let v = common::json(&self.repo(), &["snapshots"]);
+        let list = v.as_array().or_else(|| v["snapshots"].as_array()).unwrap().clone();
+        list.iter()
+            .filter(|s| {
+                tags.iter().all(|t| {
+                    s["tags"]
+                        .as_array()
+                        .is_some_and(|have| have.iter().any(|x| x.as_str() == Some(*t)))
+                })
+            })
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Everything a snapshot holds, restored to a directory: the text of every file.
+    fn snapshot_text(&self, id: &str) -> String {
+        let out = tempfile::tempdir().unwrap();
+        common::ok(
+            &self.repo(),
+            &["restore", id, "--to", &format!("files:{}", out.path().display())],
+        );
+        let mut text = String::new();
+        let mut stack = vec![out.path().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let md = std::fs::symlink_metadata(&p).unwrap();
+                if md.is_dir() {
+                    stack.push(p);
+                } else if md.is_file() {
+                    text += &String::from_utf8_lossy(&std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        text
+    }
+
+    /// Failover with `a` unreachable. A build where an unreachable primary needs the operator's
+    /// word (`--fenced-by-hand`) gets it: this test is about what happens after.
+    fn failover_with_a_down(&self) {
+        let o = self.cmd(&["failover"]).output().unwrap();
+        if o.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(err.contains("--fenced-by-hand"), "failover failed: {err}");
+        self.ok(&["failover", "--fenced-by-hand", "a"]);
+    }
+
+    /// The step `name` of the first operation in a `--json` result.
+    fn step(v: &serde_json::Value, name: &str) -> serde_json::Value {
+        v["operations"][0]["steps"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no step {name}: {v}"))
+    }
+}
+
+fn volume_ls(site: &Site, volume: &str, dir: &str) -> String {
+    site.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{volume}:/www"),
+        "lifeboat-lab/web:1",
+        "ls",
+        "-a",
+        dir,
+    ])
+}
+
+#[test]
+fn a_restored_docker_volume_holds_exactly_the_snapshot() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "dra", 8191, None, "");
+    a.docker(&["exec", "dra-web", "sh", "-c", "echo private > /www/data/deleted-later"]);
+    app.ok(&["backup", "--plan"]);
+    assert!(volume_ls(b, "dra-www", "/www/data").contains("deleted-later"));
+    a.docker(&["exec", "dra-web", "rm", "/www/data/deleted-later"]);
+    app.ok(&["backup", "--plan"]);
+    let staged = volume_ls(b, "dra-www", "/www/data");
+    assert!(
+        !staged.contains("deleted-later"),
+        "a deletion reaches the staged copy: {staged}"
+    );
+    assert!(staged.contains("items"), "{staged}");
+    let top = volume_ls(b, "dra-www", "/www");
+    assert!(!top.contains(".lifeboat"), "no staging leftovers: {top}");
+    app.ok(&["failover"]);
+    assert_eq!(
+        http_get(&b.addr, 8191, "/data/deleted-later"),
+        None,
+        "the deleted file came back"
+    );
+    assert!(app.items(b).is_some_and(|i| i.contains("widget")));
+    app.ok(&["failback"]);
+}
+
+#[test]
+fn a_damaged_recovery_point_leaves_the_standbys_staged_copy_intact() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "drb", 8192, None, "");
+    a.docker(&[
+        "exec",
+        "drb-web",
+        "sh",
+        "-c",
+        "echo a > /www/data/a.txt && head -c 8000000 /dev/urandom > /www/data/big && echo z > /www/data/z.txt",
+    ]);
+    app.ok(&["backup", "--plan"]);
+    let sum = |s: &Site| {
+        s.docker(&[
+            "run",
+            "--rm",
+            "-v",
+            "drb-www:/www",
+            "lifeboat-lab/web:1",
+            "md5sum",
+            "/www/data/big",
+        ])
+    };
+    let staged = sum(b);
+    // One bit of the largest pack (the big file's chunks) flipped.
+    let mut packs: Vec<(u64, PathBuf)> = Vec::new();
+    let mut stack = vec![PathBuf::from(app.repo()).join("data")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                packs.push((std::fs::metadata(&p).unwrap().len(), p));
+            }
+        }
+    }
+    packs.sort();
+    let (len, pack) = packs.last().unwrap().clone();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[len as usize / 2] ^= 0x04;
+    std::fs::write(&pack, bytes).unwrap();
+    // The next backup deduplicates against the damaged chunk: staging it would stop half way.
+    a.docker(&["exec", "drb-web", "sh", "-c", "echo more >> /www/data/big"]);
+    let o = app.cmd(&["backup", "--plan"]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(out.contains("not staged on b") && out.contains("damaged"), "{out}");
+    assert_eq!(sum(b), staged, "the staged copy is intact");
+    let top = volume_ls(b, "drb-www", "/www");
+    assert!(!top.contains(".lifeboat"), "{top}");
+    // The failover finds the newest recovery point damaged and recovers from the staged one.
+    let v = app.json(&["failover", "--no-final-backup"]);
+    assert_eq!(v["operations"][0]["status"], "done", "{v}");
+    let data = App::step(&v, "data");
+    let detail = data["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("damaged") && detail.contains("recovering from the one before it"),
+        "{detail}"
+    );
+    assert!(detail.contains("already staged"), "{detail}");
+    assert_eq!(sum(b), staged);
+    assert!(app.items(b).is_some_and(|i| i.contains("widget")));
+    assert!(v["operations"][0]["rpo_seconds"].as_f64().is_some(), "{v}");
+}
+
+#[test]
+fn an_incomplete_final_backup_is_not_accepted_when_the_failover_resumes() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "drc", 8193, None, "");
+    // A second volume, bind-backed: it cannot be mounted once its source is gone.
+    let src = app.dir.path().join("cache-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("file"), "precious").unwrap();
+    a.docker(&[
+        "volume",
+        "create",
+        "--driver",
+        "local",
+        "--opt",
+        "type=none",
+        "--opt",
+        "o=bind",
+        "--opt",
+        &format!("device={}", src.display()),
+        "drc-cache",
+    ]);
+    a.docker(&["rm", "-f", "drc-web"]);
+    a.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "drc-web",
+        "--label",
+        "app=drc",
+        "-p",
+        "8193:8080",
+        "-v",
+        "drc-www:/www",
+        "-v",
+        "drc-cache:/cache",
+        "lifeboat-lab/web:1",
+    ]);
+    wait_for("the web app on a", Duration::from_secs(30), || app.items(a));
+    app.ok(&["backup", "--plan"]);
+    let complete = app.snapshot_ids(&["app=drc"]);
+    assert_eq!(complete.len(), 1);
+    std::fs::remove_dir_all(&src).unwrap();
+    for attempt in 1..=2 {
+        let o = app.cmd(&["failover"]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "attempt {attempt}: {err}");
+        assert!(
+            err.contains("final-backup") && err.contains("incomplete"),
+            "attempt {attempt}: {err}"
+        );
+        assert!(
+            err.contains("not used as the recovery point"),
+            "attempt {attempt}: {err}"
+        );
+        assert!(
+            !err.contains("taken before an interruption"),
+            "attempt {attempt}: {err}"
+        );
+        assert!(app.items(b).is_none(), "b must not start from an incomplete backup");
+    }
+    let incomplete = app.snapshot_ids(&["app=drc", "incomplete"]);
+    assert!(!incomplete.is_empty(), "the incomplete final backups are marked");
+    // With the source back, the operator recovers from the latest complete backup.
+    std::fs::create_dir_all(&src).unwrap();
+    let v = app.json(&["failover", "--no-final-backup"]);
+    assert_eq!(v["operations"][0]["status"], "done", "{v}");
+    let rp = v["operations"][0]["recovery_point"]["snapshot"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        complete[0].starts_with(&rp) || rp.starts_with(&complete[0]),
+        "recovered from {rp}, not the complete {}: {v}",
+        complete[0]
+    );
+    app.ok(&["failback"]);
+}
+
+#[test]
+fn failback_keeps_a_quarantine_snapshot_of_writes_only_the_old_primary_has() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let a = &sites[0];
+    let app = App::new(&sites, "drd", 8194, None, "");
+    app.ok(&["backup", "--plan"]);
+    app.add(a, "only-on-a");
+    let o = Command::new(lab()).args(["kill", "a"]).output().unwrap();
+    assert!(o.status.success());
+    let result = std::panic::catch_unwind(|| app.failover_with_a_down());
+    revive();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    let v = app.json(&["failback"]);
+    assert_eq!(v["operations"][0]["status"], "done", "{v}");
+    let q = App::step(&v, "quarantine");
+    assert!(q["detail"].as_str().unwrap().contains("quarantine snapshot"), "{q}");
+    let ids = app.snapshot_ids(&["quarantine", "app=drd", "site=a"]);
+    assert_eq!(ids.len(), 1, "one quarantine snapshot of a");
+    assert!(
+        app.snapshot_text(&ids[0]).contains("only-on-a"),
+        "the write only a had is kept"
+    );
+    // It is never a recovery point: a later failover recovers from an ordinary snapshot.
+    let v = app.json(&["failover", "--no-final-backup"]);
+    let rp = v["operations"][0]["recovery_point"]["snapshot"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!ids[0].starts_with(&rp) && !rp.starts_with(&ids[0]), "{v}");
+    app.ok(&["failback"]);
+}
+
+#[test]
+fn the_data_step_stops_the_target_before_writing_its_volumes() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let a = &sites[0];
+    let app = App::new(&sites, "dre", 8195, None, "");
+    app.ok(&["backup", "--plan"]);
+    app.ok(&["failover"]);
+    // The old primary comes back running (a restart policy, a hand): both sites serve.
+    a.docker(&["start", "dre-web"]);
+    wait_for("the app on a again", Duration::from_secs(30), || app.items(a));
+    app.add(a, "split-brain-write");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    std::thread::sleep(Duration::from_millis(1100));
+    let since = now().to_string();
+    let v = app.json(&["failback"]);
+    assert_eq!(v["operations"][0]["status"], "done", "{v}");
+    let data = App::step(&v, "data");
+    let detail = data["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("split brain") && detail.contains("quarantine snapshot"),
+        "{detail}"
+    );
+    let ids = app.snapshot_ids(&["split-brain", "app=dre", "site=a"]);
+    assert_eq!(ids.len(), 1, "{detail}");
+    assert!(app.snapshot_text(&ids[0]).contains("split-brain-write"));
+    // On a, the app's container died before any helper container touched its volume.
+    let events = a.docker(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &(now() + 1).to_string(),
+        "--filter",
+        "type=container",
+        "--format",
+        "{{.Action}} {{.Actor.Attributes.name}} helper={{index .Actor.Attributes \"io.lifeboat.helper\"}}",
+    ]);
+    let lines: Vec<&str> = events.lines().collect();
+    let died = lines
+        .iter()
+        .position(|l| l.starts_with("die dre-web"))
+        .unwrap_or_else(|| panic!("{events}"));
+    let helper = lines
+        .iter()
+        .position(|l| l.starts_with("create ") && l.contains("helper=1"))
+        .unwrap_or_else(|| panic!("{events}"));
+    assert!(died < helper, "the volume was touched while the app ran: {events}");
+}

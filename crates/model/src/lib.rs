@@ -13,5 +13,5 @@ mod snapshot;
 mod tree;
 
 pub use id::{Id, ParseIdError};
-pub use snapshot::{Snapshot, SnapshotSummary};
+pub use snapshot::{Snapshot, SnapshotSummary, INCOMPLETE_TAG, QUARANTINE_TAG, SPLIT_BRAIN_TAG};
 pub use tree::{FileName, Node, NodeKind, Tree, Xattr};

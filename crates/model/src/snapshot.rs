@@ -28,6 +28,30 @@ pub struct Snapshot {
     pub summary: SnapshotSummary,
 }
 
+/// Tag of a snapshot that misses something it was to hold: an item could not be read (listed in
+/// its manifest's `errors`; [`SnapshotSummary::errors`] counts them). Never a recovery point unless
+/// an operator accepts it.
+pub const INCOMPLETE_TAG: &str = "incomplete";
+/// Tag of a snapshot taken of a site just before Lifeboat wrote a recovery point over it, because
+/// the site may hold writes no other snapshot has (it was fenced while unreachable). Kept: never
+/// removed by retention, never a recovery point.
+pub const QUARANTINE_TAG: &str = "quarantine";
+/// Added to [`QUARANTINE_TAG`] when the overwritten site ran the app when it was quarantined: both
+/// sites were active (split brain).
+pub const SPLIT_BRAIN_TAG: &str = "split-brain";
+
+impl Snapshot {
+    /// Whether everything it was to hold is in it: no item failed when it was taken.
+    pub fn is_complete(&self) -> bool {
+        self.summary.errors == 0 && !self.tags.iter().any(|t| t == INCOMPLETE_TAG)
+    }
+
+    /// Whether it is a quarantine snapshot (see [`QUARANTINE_TAG`]).
+    pub fn is_quarantine(&self) -> bool {
+        self.tags.iter().any(|t| t == QUARANTINE_TAG || t == SPLIT_BRAIN_TAG)
+    }
+}
+
 /// Counters recorded with a snapshot when it is taken.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SnapshotSummary {
@@ -47,4 +71,37 @@ pub struct SnapshotSummary {
     /// Items that could not be backed up (listed when the backup ran); 0 for a complete snapshot.
     #[serde(default)]
     pub errors: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(tags: &[&str], errors: u64) -> Snapshot {
+        Snapshot {
+            time: OffsetDateTime::UNIX_EPOCH,
+            kind: "docker".into(),
+            hostname: "h".into(),
+            username: String::new(),
+            paths: vec![],
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            tree: Id([0; 32]),
+            parent: None,
+            program_version: String::new(),
+            summary: SnapshotSummary {
+                errors,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_snapshot_with_errors_or_the_incomplete_tag_is_not_complete() {
+        assert!(snap(&["app=x"], 0).is_complete());
+        assert!(!snap(&["app=x"], 2).is_complete());
+        assert!(!snap(&[INCOMPLETE_TAG], 0).is_complete());
+        assert!(!snap(&[], 0).is_quarantine());
+        assert!(snap(&[QUARANTINE_TAG], 0).is_quarantine());
+        assert!(snap(&[SPLIT_BRAIN_TAG], 0).is_quarantine());
+    }
 }

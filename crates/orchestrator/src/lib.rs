@@ -21,6 +21,9 @@ pub mod report;
 pub mod runbook;
 pub mod schedule;
 pub mod sync;
+#[cfg(test)]
+mod testing;
+pub mod verify;
 pub mod watch;
 
 use std::time::Duration;
@@ -67,6 +70,16 @@ pub enum OrchestratorError {
     /// There is no snapshot of the app to recover from.
     #[error("app {app} has no backup in the repository (run `lifeboat backup --plan PLAN --app {app}` first)")]
     NoRecoveryPoint { app: String },
+    /// A blob of a recovery point is missing or damaged: restoring it would stop half way.
+    /// Nothing was written with it.
+    #[error("recovery point {snapshot} cannot be restored: {path}: {source}")]
+    Damaged {
+        snapshot: String,
+        /// Where in the snapshot the blob is used.
+        path: String,
+        #[source]
+        source: Box<lifeboat_repo::RepoError>,
+    },
     /// The recovered app did not pass its health probes in time. Traffic was not switched.
     #[error("app {app} at {address} was not healthy within {waited:?}; last failure: {last}")]
     Unhealthy {

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lifeboat_model::{QUARANTINE_TAG, SPLIT_BRAIN_TAG};
 use lifeboat_plan::{App, Plan, Profile, StandbyMode};
 use lifeboat_repo::Repository;
 use lifeboat_traffic::{Router, Side, SwitchContext};
@@ -17,7 +18,7 @@ use time::OffsetDateTime;
 use crate::hooks;
 use crate::journal::{new_id, AppState, Fence, Kind, Operation, RecoveryPoint, Staged, StepRecord, Store};
 use crate::platform::{Connector, Platform};
-use crate::{probe, OrchestratorError};
+use crate::{probe, verify, OrchestratorError};
 
 /// The steps of a failover or failback, in order.
 /// (`hooks` comes after `health` when the app has `post_restore` hooks.)
@@ -59,9 +60,15 @@ pub struct Options {
     /// Take a last backup of the side being left when it can be reached (after fencing, so
     /// nothing is lost). Off: recover from the latest scheduled backup.
     pub final_backup: bool,
-    /// Failback only: go on when the active site cannot be reached, losing what was written there
-    /// since the last backup.
+    /// Go on although data may be lost: on failback, when the active site cannot be reached
+    /// (what was written there since the last backup is lost); on failover and failback, when the
+    /// site taken over may hold writes no snapshot has and cannot be read for its quarantine
+    /// snapshot.
     pub accept_data_loss: bool,
+    /// Accept an incomplete snapshot (one listing items that could not be backed up) as the
+    /// recovery point: the final backup when it is incomplete, else the newest snapshot whether
+    /// complete or not.
+    pub accept_incomplete: bool,
     /// Drill only: the site to recover on (default: the standby).
     pub drill_site: Option<String>,
     /// The operator's word that the site being left is off (`--fenced-by-hand SITE`): the fence
@@ -87,6 +94,7 @@ impl Default for Options {
             reason: "manual".into(),
             final_backup: true,
             accept_data_loss: false,
+            accept_incomplete: false,
             drill_site: None,
             fenced_by_hand: None,
         }
@@ -127,24 +135,47 @@ pub(crate) fn store<'a>(env: &Env<'a>, app: &App) -> Store<'a> {
     }
 }
 
-/// The newest snapshot of `app` in the repository (tags `plan=` and `app=`).
+/// The newest complete snapshot of `app` in the repository (tags `plan=` and `app=`), leaving out
+/// incomplete and quarantine snapshots: see [`recovery_points`].
 pub fn latest_recovery_point(
     repo: &Repository,
     plan: &str,
     app: &str,
 ) -> Result<Option<RecoveryPoint>, OrchestratorError> {
+    Ok(recovery_points(repo, plan, app, false)?.into_iter().next())
+}
+
+/// The snapshots of `app` that can be recovery points, newest first: tagged `plan=` and `app=`,
+/// never a quarantine snapshot (it holds what a site had before it was overwritten), and only
+/// complete ones unless `incomplete` (an operator's explicit choice).
+pub fn recovery_points(
+    repo: &Repository,
+    plan: &str,
+    app: &str,
+    incomplete: bool,
+) -> Result<Vec<RecoveryPoint>, OrchestratorError> {
     let (p, a) = (format!("plan={plan}"), format!("app={app}"));
-    Ok(repo
+    let mut snaps: Vec<_> = repo
         .snapshots()?
         .into_iter()
-        .filter(|(_, s)| s.tags.contains(&p) && s.tags.contains(&a))
-        .max_by_key(|(_, s)| s.time)
+        .filter(|(_, s)| {
+            s.tags.contains(&p) && s.tags.contains(&a) && !s.is_quarantine() && (incomplete || s.is_complete())
+        })
+        .collect();
+    snaps.sort_by(|x, y| y.1.time.cmp(&x.1.time).then(y.0.cmp(&x.0)));
+    Ok(snaps
+        .into_iter()
         .map(|(id, s)| RecoveryPoint {
             snapshot: id.to_hex(),
             time: s.time,
             final_backup: s.tags.iter().any(|t| t.starts_with("op=")),
-        }))
+        })
+        .collect())
 }
+
+/// How many recovery points a failover reads in full, newest first, before it gives up: each is
+/// verified before the target is touched.
+const RECOVERY_POINTS_TRIED: usize = 5;
 
 fn tags(plan: &str, app: &str, site: &str) -> Vec<String> {
     vec![format!("plan={plan}"), format!("app={app}"), format!("site={site}")]
@@ -448,21 +479,30 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         if !opts.final_backup {
             return Ok(("skipped", "turned off: the latest backup is the recovery point".into()));
         }
-        // A crash after the snapshot was written but before this step was journaled left it.
-        if let Some((id, s)) = env
-            .repo
-            .snapshots()?
-            .into_iter()
-            .find(|(_, s)| s.tags.contains(&op_tag))
-        {
+        // A crash after the snapshot was written but before this step was journaled left it. An
+        // incomplete one (an item could not be read) is never taken unless the operator accepts it.
+        let tagged = |incomplete: bool| -> Result<_, OrchestratorError> {
+            Ok(env
+                .repo
+                .snapshots()?
+                .into_iter()
+                .filter(|(_, s)| s.tags.contains(&op_tag) && (incomplete || s.is_complete()))
+                .max_by_key(|(_, s)| s.time))
+        };
+        if let Some((id, s)) = tagged(opts.accept_incomplete)? {
             op.recovery_point = Some(RecoveryPoint {
                 snapshot: id.to_hex(),
                 time: s.time,
                 final_backup: true,
             });
+            let note = if s.is_complete() {
+                ""
+            } else {
+                "; incomplete, accepted with --accept-incomplete"
+            };
             return Ok((
                 "done",
-                format!("snapshot {} (taken before an interruption)", id.short()),
+                format!("snapshot {} (taken before an interruption){note}", id.short()),
             ));
         }
         let p = match source.take() {
@@ -471,7 +511,37 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         };
         let mut t = tags(&op.plan, &op.app, &from);
         t.push(op_tag.clone());
-        let (id, time) = p.backup(env.repo, t)?;
+        let (id, time) = match p.backup(env.repo, t) {
+            Ok(done) => done,
+            Err(e) => {
+                // The snapshot may have been written, marked incomplete: accepted only when asked.
+                if let Some((id, s)) = tagged(true)? {
+                    if opts.accept_incomplete {
+                        op.recovery_point = Some(RecoveryPoint {
+                            snapshot: id.to_hex(),
+                            time: s.time,
+                            final_backup: true,
+                        });
+                        return Ok((
+                            "done",
+                            format!(
+                                "snapshot {} of {from} after fencing; incomplete ({e}), accepted with --accept-incomplete",
+                                id.short()
+                            ),
+                        ));
+                    }
+                    return Err(OrchestratorError::Refused {
+                        reason: format!(
+                            "the final backup {} of {from} is incomplete and is not used as the recovery point: {e}; fix \
+                             the cause and run again, or run again with --no-final-backup (recover from the latest \
+                             complete backup) or --accept-incomplete (recover from this one)",
+                            id.short()
+                        ),
+                    });
+                }
+                return Err(e);
+            }
+        };
         op.recovery_point = Some(RecoveryPoint {
             snapshot: id.clone(),
             time,
@@ -489,28 +559,124 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         let _ = target.set(Arc::clone(&p));
         Ok(p)
     };
+    // A site fenced while it could not be reached may hold writes that no snapshot has (what it
+    // wrote after its last backup, or while it ran cut off): keep a copy before overwriting it.
+    let unreachable_fence = state.fenced.iter().find(|f| f.site == to && f.unreachable).cloned();
+    if unreachable_fence.is_some() || run.op.steps.iter().any(|s| s.name == "quarantine") {
+        run.step("quarantine", |op| {
+            let t = connect_target()?;
+            let running = t.running(None)?;
+            let stopped = summary(&format!("{to} stopped before it is overwritten"), &t.stop(None)?);
+            let why = match &unreachable_fence {
+                Some(f) => format!(
+                    "it was fenced at {} while it could not be reached{}",
+                    f.at,
+                    if running.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", and it ran {}", running.join(", "))
+                    }
+                ),
+                None => "an interrupted quarantine step is repeated".into(),
+            };
+            let q = quarantine(env, &*t, op, &to, !running.is_empty(), &why, opts.accept_data_loss)?;
+            if !running.is_empty() && state.staged.as_ref().is_some_and(|s| s.site == to) {
+                state.staged = None;
+                st.save_state(&state)?;
+            }
+            Ok(("done", format!("{q}; {stopped}")))
+        })?;
+    }
     run.step("data", |op| {
-        if op.recovery_point.is_none() {
-            op.recovery_point = Some(
-                latest_recovery_point(env.repo, &op.plan, &op.app)?
-                    .ok_or_else(|| OrchestratorError::NoRecoveryPoint { app: op.app.clone() })?,
-            );
-        }
-        let rp = op.recovery_point.clone().expect("set above");
-        if hot
-            && state.staged
-                == Some(Staged {
-                    site: to.clone(),
-                    snapshot: rp.snapshot.clone(),
-                })
-        {
-            return Ok((
-                "skipped",
-                format!("hot standby: snapshot {} is already staged on {to}", &rp.snapshot[..8]),
+        let t = connect_target()?;
+        // The target is fenced before its volumes are written: nothing may write there meanwhile.
+        // If it ran the app, both sites were active (split brain): its data is kept first.
+        let running = t.running(None)?;
+        let stopped = t.stop(None)?;
+        let mut notes = Vec::new();
+        if !running.is_empty() {
+            notes.push(summary(
+                &format!(
+                    "{to} ran the app ({}) while {from} was active: stopped",
+                    running.join(", ")
+                ),
+                &stopped,
             ));
+            let why = format!("it ran {} while {from} was active (split brain)", running.join(", "));
+            notes.push(quarantine(env, &*t, op, &to, true, &why, opts.accept_data_loss)?);
+            if state.staged.as_ref().is_some_and(|s| s.site == to) {
+                state.staged = None;
+                st.save_state(&state)?;
+            }
         }
-        let done = stage_on(&st, &mut state, &*connect_target()?, env.repo, &to, &rp.snapshot)?;
-        Ok(("done", done))
+        // The recovery point: the final backup, else the newest complete snapshot; each read
+        // whole before the target is touched; a damaged one gives way to the one before it.
+        let mut candidates: Vec<RecoveryPoint> = op.recovery_point.clone().into_iter().collect();
+        for rp in recovery_points(env.repo, &op.plan, &op.app, opts.accept_incomplete)? {
+            if !candidates.iter().any(|c| c.snapshot == rp.snapshot) {
+                candidates.push(rp);
+            }
+        }
+        let newest = candidates
+            .first()
+            .cloned()
+            .ok_or_else(|| OrchestratorError::NoRecoveryPoint { app: op.app.clone() })?;
+        let mut damaged = Vec::new();
+        for rp in candidates.iter().take(RECOVERY_POINTS_TRIED) {
+            let fallback = if rp.snapshot == newest.snapshot {
+                String::new()
+            } else {
+                format!(
+                    "{}; recovering from the one before it, {} of {} ({} s older: the achieved RPO grows by that)",
+                    damaged.join("; "),
+                    &rp.snapshot[..8],
+                    rp.time,
+                    (newest.time - rp.time).whole_seconds()
+                )
+            };
+            if hot
+                && state.staged
+                    == Some(Staged {
+                        site: to.clone(),
+                        snapshot: rp.snapshot.clone(),
+                    })
+            {
+                op.recovery_point = Some(rp.clone());
+                notes.push(fallback);
+                notes.push(format!(
+                    "hot standby: snapshot {} is already staged on {to}",
+                    &rp.snapshot[..8]
+                ));
+                return Ok(("skipped", join_notes(&notes)));
+            }
+            match verify::recovery_point(env.repo, &rp.snapshot) {
+                Ok(v) => {
+                    op.recovery_point = Some(rp.clone());
+                    notes.push(fallback);
+                    notes.push(format!(
+                        "snapshot {} verified ({} blobs, {} bytes read)",
+                        &rp.snapshot[..8],
+                        v.blobs,
+                        v.bytes
+                    ));
+                    notes.push(stage_on(&st, &mut state, &*t, env.repo, &to, &rp.snapshot)?);
+                    return Ok(("done", join_notes(&notes)));
+                }
+                Err(e @ OrchestratorError::Damaged { .. }) => {
+                    (env.log)(&format!("data: {e}"));
+                    damaged.push(e.to_string());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(OrchestratorError::Refused {
+            reason: format!(
+                "no recovery point of {} could be read whole ({} tried, newest first; nothing was written on {to}): {}",
+                op.app,
+                damaged.len(),
+                damaged.join("; ")
+            ),
+        })
     })?;
 
     // 4. Start.
@@ -641,9 +807,17 @@ pub fn drill(env: &Env, app_name: &str, opts: &Options) -> Result<Operation, Orc
         run.step("data", |op| {
             let rp = latest_recovery_point(env.repo, &op.plan, &op.app)?
                 .ok_or_else(|| OrchestratorError::NoRecoveryPoint { app: op.app.clone() })?;
+            // A drill proves the newest recovery point: a damaged one fails it.
+            let v = verify::recovery_point(env.repo, &rp.snapshot)?;
             let done = platform.stage(env.repo, &rp.snapshot, &prefix, None)?;
             op.recovery_point = Some(rp);
-            Ok(("done", format!("{done} under the prefix {prefix}")))
+            Ok((
+                "done",
+                format!(
+                    "snapshot verified ({} blobs, {} bytes read); {done} under the prefix {prefix}",
+                    v.blobs, v.bytes
+                ),
+            ))
         })?;
         run.step("start", |_| {
             let changes = platform.start(Some(&prefix))?;
@@ -846,6 +1020,54 @@ fn stage_on(
     Ok(done)
 }
 
+/// Backs up `site` (stopped) as a quarantine snapshot before a recovery point is written over it:
+/// tagged `quarantine` (and `split-brain` when it ran the app) with the plan, app and site, never
+/// a recovery point, never removed by retention. `why` says what it may hold. When the site cannot
+/// be read, the operation is refused unless `accept_data_loss`.
+fn quarantine(
+    env: &Env,
+    p: &dyn Platform,
+    op: &Operation,
+    site: &str,
+    split_brain: bool,
+    why: &str,
+    accept_data_loss: bool,
+) -> Result<String, OrchestratorError> {
+    let mut t = tags(&op.plan, &op.app, site);
+    t.push(QUARANTINE_TAG.to_string());
+    if split_brain {
+        t.push(SPLIT_BRAIN_TAG.to_string());
+    }
+    match p.backup(env.repo, t) {
+        Ok((id, _)) => Ok(format!(
+            "quarantine snapshot {} of {site} ({why}): kept, never a recovery point; restore it by hand to recover \
+             what only {site} had",
+            &id[..8]
+        )),
+        Err(e) if accept_data_loss => Ok(format!(
+            "{site} could not be read whole for a quarantine snapshot ({e}): overwritten without a full copy, as \
+             --accept-data-loss allows"
+        )),
+        Err(e) => Err(OrchestratorError::Refused {
+            reason: format!(
+                "{site} may hold writes no snapshot has ({why}) and could not be read whole for a quarantine snapshot: \
+                 {e}; nothing was written there. Fix the cause and run again, or pass --accept-data-loss to overwrite \
+                 it without a copy"
+            ),
+        }),
+    }
+}
+
+/// Step details joined, without the empty ones.
+fn join_notes(notes: &[String]) -> String {
+    notes
+        .iter()
+        .filter(|n| !n.is_empty())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The address `{site}` stands for on `site`.
 pub fn site_address(plan: &Plan, site: &str) -> Result<String, OrchestratorError> {
     plan.sites
@@ -993,6 +1215,29 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
                     return Ok(());
                 }
                 let t = (env.connect)(&other, app)?;
+                // Never over a standby that runs the app: it may have writes of its own.
+                let running = t.running(None)?;
+                if !running.is_empty() {
+                    return Err(OrchestratorError::Refused {
+                        reason: format!(
+                            "snapshot {} not staged: the app runs on the standby {other} ({}), which may hold writes \
+                             of its own; stop it there (`lifeboat sync` fences it again) or fail over to it",
+                            &id[..8],
+                            running.join(", ")
+                        ),
+                    });
+                }
+                // Read whole before the standby is touched: a damaged snapshot leaves the staged
+                // copy (and its record) as they are.
+                verify::recovery_point(env.repo, &id).map_err(|e| OrchestratorError::Refused {
+                    reason: format!(
+                        "not staged on {other}, which keeps{}: {e}",
+                        match &state.staged {
+                            Some(s) if s.site == other => format!(" snapshot {}", &s.snapshot[..8]),
+                            _ => " what it had".into(),
+                        }
+                    ),
+                })?;
                 let done = stage_on(&st, &mut state, &*t, env.repo, &other, &id)?;
                 item.staged = Some(format!("{other}: {done}"));
             }
@@ -1009,3 +1254,47 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
 #[cfg(test)]
 #[path = "ops_fence_tests.rs"]
 mod fence_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    #[test]
+    fn the_latest_recovery_point_is_the_newest_complete_snapshot() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = testing::repo(d.path());
+        let tags = ["plan=p", "app=web", "site=a"];
+        let complete = testing::snapshot(&repo, b"1", 300, &tags, 0);
+        let older = testing::snapshot(&repo, b"0", 600, &tags, 0);
+        let with_errors = testing::snapshot(&repo, b"2", 200, &tags, 1);
+        let tagged = testing::snapshot(&repo, b"3", 100, &["plan=p", "app=web", "incomplete"], 0);
+        testing::snapshot(&repo, b"4", 50, &["plan=p", "app=web", "site=a", "quarantine"], 0);
+        testing::snapshot(
+            &repo,
+            b"5",
+            40,
+            &["plan=p", "app=web", "site=a", "quarantine", "split-brain"],
+            0,
+        );
+        testing::snapshot(&repo, b"6", 10, &["plan=p", "app=other"], 0);
+        let rp = latest_recovery_point(&repo, "p", "web").unwrap().unwrap();
+        assert_eq!(rp.snapshot, complete.to_hex());
+        let all: Vec<String> = recovery_points(&repo, "p", "web", false)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.snapshot)
+            .collect();
+        assert_eq!(all, [complete.to_hex(), older.to_hex()], "newest first, complete only");
+        let accepted: Vec<String> = recovery_points(&repo, "p", "web", true)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.snapshot)
+            .collect();
+        assert_eq!(
+            accepted,
+            [tagged.to_hex(), with_errors.to_hex(), complete.to_hex(), older.to_hex()],
+            "accepted incomplete ones, never a quarantine snapshot"
+        );
+    }
+}

@@ -48,9 +48,13 @@ pub fn policy(keep: &Keep) -> Option<Policy> {
     (!p.is_empty()).then_some(p)
 }
 
-/// Applies the app's `backup.keep` to its snapshots (tags `plan=` and `app=`). Never removes the
-/// newest recovery point, the snapshot staged on a hot standby, or the recovery point of an
-/// unfinished operation. The short ids removed.
+/// Applies the app's `backup.keep` to its complete snapshots (tags `plan=` and `app=`). Never
+/// removes the newest recovery point, the snapshot staged on a hot standby, the recovery point and
+/// the final backup of an unfinished operation, or a quarantine snapshot (tag `quarantine` or
+/// `split-brain`: what a site held before a recovery point was written over it). Incomplete
+/// snapshots take no place in the policy's slots: of those newer than the newest complete one the
+/// newest is kept (an operator may accept it with `--accept-incomplete`), the others are removed.
+/// The short ids removed.
 pub fn apply_retention(env: &Env, app: &App, lock_wait: Duration) -> Result<Vec<String>, OrchestratorError> {
     let Some(policy) = app.backup.as_ref().and_then(|b| policy(&b.keep)) else {
         return Ok(Vec::new());
@@ -64,23 +68,44 @@ pub fn apply_retention(env: &Env, app: &App, lock_wait: Duration) -> Result<Vec<
         .into_iter()
         .chain(state.staged.map(|s| s.snapshot))
         .collect();
+    let mut running_tag = None;
     if let Some(op) = state.running.as_deref() {
+        running_tag = Some(format!("op={op}"));
         if let Some(rp) = st.operation(op)?.and_then(|o| o.recovery_point) {
             protected.push(rp.snapshot);
         }
     }
     let (p, a) = (format!("plan={plan}"), format!("app={name}"));
-    let snaps: Vec<_> = env
+    let (complete, incomplete): (Vec<_>, Vec<_>) = env
         .repo
         .snapshots()?
         .into_iter()
-        .filter(|(_, s)| s.tags.contains(&p) && s.tags.contains(&a))
+        .filter(|(_, s)| s.tags.contains(&p) && s.tags.contains(&a) && !s.is_quarantine())
+        .filter(|(_, s)| running_tag.as_ref().is_none_or(|t| !s.tags.contains(t)))
+        .partition(|(_, s)| s.is_complete());
+    let newest_complete = complete.iter().map(|(_, s)| s.time).max();
+    let newest_incomplete = incomplete
+        .iter()
+        .filter(|(_, s)| newest_complete.is_none_or(|t| s.time > t))
+        .max_by_key(|(_, s)| s.time)
+        .map(|(id, _)| *id);
+    let mut remove: Vec<lifeboat_model::Id> = policy
+        .apply(&complete)?
+        .into_iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.id)
         .collect();
+    remove.extend(
+        incomplete
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| Some(*id) != newest_incomplete),
+    );
     let mut removed = Vec::new();
-    for d in policy.apply(&snaps)? {
-        if !d.keep && !protected.contains(&d.id.to_hex()) {
-            env.repo.remove_snapshot(&d.id)?;
-            removed.push(d.id.short());
+    for id in remove {
+        if !protected.contains(&id.to_hex()) {
+            env.repo.remove_snapshot(&id)?;
+            removed.push(id.short());
         }
     }
     Ok(removed)
@@ -138,6 +163,57 @@ mod tests {
         // The first runs until 150 (slots 60 and 120 missed): one more at once, until 300 (slot
         // 180 and 240 missed): one more at once. Never two for one gap.
         assert_eq!(runs, [0, 150, 300]);
+    }
+
+    #[test]
+    fn retention_never_removes_a_quarantine_snapshot_and_keeps_incomplete_ones_out_of_its_slots() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = crate::testing::repo(d.path());
+        let plan = lifeboat_plan::Plan::parse(
+            "p.yaml",
+            "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {name: p}\nrepository: r\nsites:\n  a: {docker: \
+             {address: 10.0.0.1}}\n  b: {docker: {address: 10.0.0.2}}\napps:\n  - {name: web, primary: a, standby: b, \
+             backup: {every: 1m, keep: {last: 1}}}\n",
+        )
+        .unwrap();
+        let tags = ["plan=p", "app=web", "site=a"];
+        let snap = |age, extra: &[&str], errors| {
+            let mut t = tags.to_vec();
+            t.extend_from_slice(extra);
+            crate::testing::snapshot(&repo, format!("{age}").as_bytes(), age, &t, errors)
+        };
+        let quarantined = snap(1000, &["quarantine"], 0);
+        let split = snap(900, &["quarantine", "split-brain"], 0);
+        let old = snap(300, &[], 0);
+        let superseded = snap(250, &["incomplete"], 1);
+        let newest = snap(200, &[], 0);
+        let older_incomplete = snap(150, &["incomplete"], 1);
+        let newest_incomplete = snap(100, &[], 2);
+        let other_app = crate::testing::snapshot(&repo, b"x", 5000, &["plan=p", "app=other"], 0);
+        let router = |_: &App| Ok(None);
+        let log = |_: &str| {};
+        let env = Env {
+            plan: &plan,
+            plan_dir: d.path().to_path_buf(),
+            repo: &repo,
+            connect: Arc::new(|_: &str, _: &App| {
+                Err(OrchestratorError::Refused {
+                    reason: "no sites".into(),
+                })
+            }),
+            router: &router,
+            log: &log,
+        };
+        let removed = apply_retention(&env, &plan.apps[0], Duration::ZERO).unwrap();
+        let mut want = vec![old.short(), superseded.short(), older_incomplete.short()];
+        want.sort();
+        let mut got = removed.clone();
+        got.sort();
+        assert_eq!(got, want);
+        let left: Vec<_> = repo.snapshots().unwrap().into_iter().map(|(id, _)| id).collect();
+        for kept in [quarantined, split, newest, newest_incomplete, other_app] {
+            assert!(left.contains(&kept), "{} was removed", kept.short());
+        }
     }
 
     #[test]
