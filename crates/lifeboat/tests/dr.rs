@@ -1280,8 +1280,35 @@ subjects: [{{kind: ServiceAccount, name: default, namespace: {ns}}}]
     b.kubectl(&["delete", "clusterrole", "kdr-iso-extra"]);
     let reader_b = b.get_json("clusterrole", None, "kdr-iso-reader").unwrap();
 
-    let drill = app.ok(&["drill"]);
+    // The drill runs while b is watched for the ClusterRole it lacks.
+    let child = Command::new(common::bin())
+        .arg("drill")
+        .arg(&app.plan)
+        .env("LIFEBOAT_PASSWORD", PASSWORD)
+        .env_remove("LIFEBOAT_REPO")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = child;
+    let mut seen = None;
+    while child.try_wait().unwrap().is_none() {
+        if seen.is_none() {
+            seen = b.get_json("clusterrole", None, "kdr-iso-extra");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = child.wait_with_output().unwrap();
+    let drill = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "lifeboat drill failed: {drill}");
     assert!(drill.contains("teardown"), "{drill}");
+    let made = seen.expect("the drill's copy got the ClusterRole b lacked");
+    assert!(
+        made["metadata"]["labels"]["io.lifeboat.drill"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("drill-")),
+        "{made}"
+    );
     // Nothing cluster-scoped that b had was replaced: same version, b's own change kept, and the
     // CRD's conversion webhook still points at the app's namespace, not the drill's (deleted).
     let reader_after = b.get_json("clusterrole", None, "kdr-iso-reader").unwrap();
@@ -1304,7 +1331,6 @@ subjects: [{{kind: ServiceAccount, name: default, namespace: {ns}}}]
         b.get_json("clusterrole", None, "kdr-iso-extra").is_none(),
         "the drill left the ClusterRole it created"
     );
-    assert!(drill.contains("ClusterRole kdr-iso-extra"), "{drill}");
     // The copy's namespace was isolated by a default-deny NetworkPolicy before it started. The
     // lab's kubelets run without a network plugin, so the policy is stored, not enforced here.
     assert!(

@@ -145,25 +145,21 @@ fn essence(defs: &Capture) -> BTreeMap<String, Value> {
                 // A global service held back on a standby differs by design, like replicas.
                 if lifeboat_docker::control::held_back(spec) {
                     lifeboat_docker::control::hold_global(spec, false);
-                    if spec
-                        .pointer("/TaskTemplate/Placement/Constraints")
+                }
+                // An empty placement is no placement, whichever way it was written.
+                if let Some(p) = spec
+                    .pointer_mut("/TaskTemplate/Placement")
+                    .and_then(|v| v.as_object_mut())
+                {
+                    if p.get("Constraints")
                         .and_then(Value::as_array)
                         .is_some_and(Vec::is_empty)
                     {
-                        if let Some(p) = spec
-                            .pointer_mut("/TaskTemplate/Placement")
-                            .and_then(|v| v.as_object_mut())
-                        {
-                            p.remove("Constraints");
-                        }
-                        if spec
-                            .pointer("/TaskTemplate/Placement")
-                            .and_then(Value::as_object)
-                            .is_some_and(|p| p.is_empty())
-                        {
-                            if let Some(t) = spec.get_mut("TaskTemplate").and_then(|v| v.as_object_mut()) {
-                                t.remove("Placement");
-                            }
+                        p.remove("Constraints");
+                    }
+                    if p.is_empty() {
+                        if let Some(t) = spec.get_mut("TaskTemplate").and_then(|v| v.as_object_mut()) {
+                            t.remove("Placement");
                         }
                     }
                 }
