@@ -24,6 +24,51 @@ use crate::{is_not_found, str_at, to_json, DockerError, Selection, Site, HELPER_
 pub const PREFIX_LABEL: &str = "io.lifeboat.prefix";
 /// Label on a Swarm service scaled to zero by Lifeboat: the replicas it had.
 pub const REPLICAS_LABEL: &str = "io.lifeboat.replicas";
+/// Label on a global Swarm service held back by Lifeboat (it cannot be scaled to zero): its
+/// placement has [`HOLD_CONSTRAINT`] added, which no node matches, so no task runs.
+pub const HOLD_LABEL: &str = "io.lifeboat.held-back";
+/// The placement constraint of a held-back global service (node ids never contain `-`).
+pub const HOLD_CONSTRAINT: &str = "node.id==lifeboat-held-back";
+
+/// Holds a global service's spec back (`hold`: [`HOLD_CONSTRAINT`] added, [`HOLD_LABEL`] set) or
+/// releases it (both removed). Other constraints and labels are kept.
+pub fn hold_global(spec: &mut Value, hold: bool) {
+    if !spec.get("Labels").is_some_and(Value::is_object) {
+        spec["Labels"] = json!({});
+    }
+    let constraints = spec
+        .pointer("/TaskTemplate/Placement/Constraints")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut kept: Vec<Value> = constraints
+        .into_iter()
+        .filter(|c| c.as_str() != Some(HOLD_CONSTRAINT))
+        .collect();
+    let labels = spec["Labels"].as_object_mut().expect("set above");
+    if hold {
+        kept.push(json!(HOLD_CONSTRAINT));
+        labels.insert(HOLD_LABEL.into(), json!("1"));
+    } else {
+        labels.remove(HOLD_LABEL);
+    }
+    if !spec.get("TaskTemplate").is_some_and(Value::is_object) {
+        spec["TaskTemplate"] = json!({});
+    }
+    if !spec["TaskTemplate"].get("Placement").is_some_and(Value::is_object) {
+        spec["TaskTemplate"]["Placement"] = json!({});
+    }
+    spec["TaskTemplate"]["Placement"]["Constraints"] = json!(kept);
+}
+
+/// Whether a service's spec is held back by [`hold_global`].
+pub fn held_back(spec: &Value) -> bool {
+    spec.pointer(&format!("/Labels/{HOLD_LABEL}")).is_some()
+        && spec
+            .pointer("/TaskTemplate/Placement/Constraints")
+            .and_then(Value::as_array)
+            .is_some_and(|c| c.iter().any(|c| c.as_str() == Some(HOLD_CONSTRAINT)))
+}
 
 /// One container or service and what was done to it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -160,6 +205,9 @@ impl Site {
                 "already stopped".to_string()
             } else if kind == "container" {
                 "stopped".to_string()
+            } else if replicas(&doc).is_none() {
+                self.hold_service(&name, &doc, true)?;
+                "held off every node (global)".to_string()
             } else {
                 let was = replicas(&doc).unwrap_or(0);
                 self.scale_service(&name, &doc, 0, Some(was))?;
@@ -256,6 +304,9 @@ impl Site {
                 self.block_on(self.docker.start_container(&name, None::<StartContainerOptions>))
                     .map_err(self.api_err(format!("start container {name}")))?;
                 "started".to_string()
+            } else if replicas(&doc).is_none() {
+                self.hold_service(&name, &doc, false)?;
+                "released onto its nodes (global)".to_string()
             } else {
                 let want = str_at(&doc, &format!("/Spec/Labels/{}", REPLICAS_LABEL.replace('/', "~1")))
                     .and_then(|r| r.parse().ok())
@@ -336,6 +387,26 @@ impl Site {
         Ok((info.ncpu.unwrap_or(0) as f64, info.mem_total.unwrap_or(0).max(0) as u64))
     }
 
+    /// Holds a global service back or releases it ([`hold_global`]).
+    fn hold_service(&self, name: &str, doc: &Value, hold: bool) -> Result<(), DockerError> {
+        let mut spec = doc.get("Spec").cloned().unwrap_or(json!({}));
+        hold_global(&mut spec, hold);
+        let spec: ServiceSpec = serde_json::from_value(spec)
+            .map_err(|e| DockerError::Unsupported(format!("service {name}: its spec does not round-trip: {e}")))?;
+        let version = doc.pointer("/Version/Index").and_then(Value::as_u64).unwrap_or(0) as i32;
+        self.block_on(self.docker.update_service(
+            name,
+            spec,
+            UpdateServiceOptions {
+                version,
+                ..Default::default()
+            },
+            None,
+        ))
+        .map_err(self.api_err(format!("{} service {name}", if hold { "hold back" } else { "release" })))?;
+        Ok(())
+    }
+
     fn scale_service(&self, name: &str, doc: &Value, replicas: u64, keep: Option<u64>) -> Result<(), DockerError> {
         let mut spec = doc.get("Spec").cloned().unwrap_or(json!({}));
         let Some(rep) = spec.pointer_mut("/Mode/Replicated") else {
@@ -407,7 +478,10 @@ fn workload(kind: &'static str, name: String, doc: &Value) -> Workload {
         Workload {
             kind,
             name,
-            running: replicas(doc).is_none_or(|r| r > 0),
+            running: match replicas(doc) {
+                Some(r) => r > 0,
+                None => !doc.get("Spec").is_some_and(held_back),
+            },
             image: str_at(doc, "/Spec/TaskTemplate/ContainerSpec/Image")
                 .unwrap_or_default()
                 .to_string(),
@@ -434,5 +508,39 @@ mod tests {
         assert_eq!(restart_policy(&doc("no", 0)), None);
         assert_eq!(restart_policy(&doc("", 0)), None);
         assert_eq!(restart_policy(&json!({})), None);
+    }
+
+    #[test]
+    fn a_held_back_global_service_keeps_its_own_placement_and_gets_it_back() {
+        let own = json!({"Name": "agent", "Labels": {"app": "rv"}, "Mode": {"Global": {}},
+                         "TaskTemplate": {"ContainerSpec": {"Image": "web:1"},
+                                          "Placement": {"Constraints": ["node.role==worker"]}}});
+        let mut spec = own.clone();
+        hold_global(&mut spec, true);
+        assert!(held_back(&spec));
+        assert_eq!(
+            spec["TaskTemplate"]["Placement"]["Constraints"],
+            json!(["node.role==worker", HOLD_CONSTRAINT])
+        );
+        assert_eq!(spec["Labels"]["app"], "rv");
+        // Held twice: one constraint.
+        hold_global(&mut spec, true);
+        assert_eq!(
+            spec["TaskTemplate"]["Placement"]["Constraints"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        let doc = json!({"Spec": spec.clone()});
+        assert!(!workload("service", "agent".into(), &doc).running);
+        hold_global(&mut spec, false);
+        assert!(!held_back(&spec));
+        assert_eq!(spec, own);
+        assert!(workload("service", "agent".into(), &json!({"Spec": spec})).running);
+        // A spec with no placement at all is held too.
+        let mut bare = json!({"Name": "g", "Mode": {"Global": {}}, "TaskTemplate": {"ContainerSpec": {}}});
+        hold_global(&mut bare, true);
+        assert!(held_back(&bare));
     }
 }

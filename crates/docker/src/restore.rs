@@ -787,6 +787,11 @@ impl Ctx<'_> {
                 if r == 0 && was > 0 {
                     spec["Labels"][crate::control::REPLICAS_LABEL] = json!(was.to_string());
                 }
+            } else if r == 0 {
+                // A global service cannot be scaled: it is held off every node until it is started.
+                crate::control::hold_global(&mut spec, true);
+                note =
+                    Some("global service: held off every node (placement constraint) until it is started".to_string());
             } else {
                 note = Some("global service: --replicas does not apply".to_string());
             }

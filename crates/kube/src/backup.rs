@@ -13,7 +13,7 @@ use lifeboat_repo::Repository;
 use serde_json::Value;
 
 use crate::discovery::{discover, Resource};
-use crate::rules::{self, SYSTEM_NAMESPACES};
+use crate::rules;
 use crate::{Cluster, KubeError, Manifest, ResourceCount, Selection};
 
 /// Objects asked for per list call.
@@ -67,6 +67,8 @@ struct Store<'a> {
     claims: Mutex<Vec<(String, String)>>,
     /// Running pods in scope that ask for backup hooks.
     hooks: Mutex<Vec<crate::hooks::PodHook>>,
+    /// The namespaces objects were stored from.
+    namespaces: Mutex<BTreeSet<String>>,
 }
 
 impl Store<'_> {
@@ -125,6 +127,11 @@ impl Store<'_> {
             return Ok(false);
         }
         self.note_references(r, &obj);
+        if let Some(ns) = &ns {
+            if !self.namespaces.lock().expect("poisoned").contains(ns) {
+                self.namespaces.lock().expect("poisoned").insert(ns.clone());
+            }
+        }
         let json = serde_json::to_vec_pretty(&obj).expect("JSON values serialise");
         let content = self.chunker.save_slice(&json)?;
         let mut node = lifeboat_model::Node::new(Default::default(), lifeboat_model::NodeKind::File);
@@ -232,6 +239,7 @@ pub fn backup(repo: &Repository, cluster: &Cluster, opts: &BackupOptions) -> Res
         skipped_objects: AtomicU64::new(0),
         claims: Mutex::new(Vec::new()),
         hooks: Mutex::new(Vec::new()),
+        namespaces: Mutex::new(BTreeSet::new()),
     };
 
     // Endpoints last: whether an Endpoints object is the controller's depends on its Service.
@@ -375,6 +383,7 @@ pub fn backup(repo: &Repository, cluster: &Cluster, opts: &BackupOptions) -> Res
         skipped,
         errors: store.errors.lock().expect("poisoned").clone(),
         hooks: hooks_ran,
+        namespaces: store.namespaces.lock().expect("poisoned").iter().cloned().collect(),
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("the manifest serialises");
     let mut asm = store.asm.into_inner().expect("poisoned");
@@ -466,7 +475,14 @@ async fn list_resource(
             };
             for obj in page.items {
                 let ns = obj.metadata.namespace.as_deref().unwrap_or_default();
-                if sel.namespaces.is_empty() && !sel.all_namespaces && SYSTEM_NAMESPACES.contains(&ns) {
+                let own_name = (r.group.is_empty() && r.plural == "namespaces")
+                    .then(|| obj.metadata.name.as_deref().unwrap_or_default());
+                if sel.namespaces.is_empty()
+                    && sel
+                        .exclude_namespaces
+                        .iter()
+                        .any(|x| x == ns || own_name == Some(x.as_str()))
+                {
                     continue;
                 }
                 if store.put(&r, serde_json::to_value(&obj).expect("objects serialise"))? {

@@ -527,9 +527,310 @@ impl Cluster {
     }
 }
 
+/// An API and the objects listed through it.
+type Listed = (Api<DynamicObject>, Vec<DynamicObject>);
+
+/// The name of the NetworkPolicy that isolates a drill's namespace.
+pub const ISOLATION_POLICY: &str = "lifeboat-drill-isolation";
+
+/// The NetworkPolicy of [`Cluster::isolate_namespace`].
+pub fn isolation_policy(ns: &str, copy: &str, allow: &[String]) -> Value {
+    let blocks: Vec<Value> = allow.iter().map(|c| json!({"ipBlock": {"cidr": c}})).collect();
+    let mut ingress = vec![json!({"from": [{"podSelector": {}}]})];
+    let mut egress = vec![
+        json!({"to": [{"podSelector": {}}]}),
+        json!({"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+               "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}),
+    ];
+    if !blocks.is_empty() {
+        ingress.push(json!({ "from": blocks.clone() }));
+        egress.push(json!({ "to": blocks }));
+    }
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": ISOLATION_POLICY, "namespace": ns, "labels": {crate::restore::DRILL_LABEL: copy}},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": ingress, "egress": egress},
+    })
+}
+
+/// Whether a server of this version keeps a Job's `spec.suspend`: Job suspension is on by
+/// default from Kubernetes 1.22 (on 1.21 it needs the `SuspendJob` feature gate, so 1.21 counts
+/// as without). `minor` may carry a suffix (`22+`).
+pub fn jobs_can_suspend(major: &str, minor: &str) -> bool {
+    let num = |s: &str| -> u32 { s.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0) };
+    let (major, minor) = (num(major), num(minor));
+    major > 1 || (major == 1 && minor >= 22)
+}
+
+impl Cluster {
+    /// Whether this cluster keeps a Job's `spec.suspend` (see [`jobs_can_suspend`]).
+    pub fn jobs_can_suspend(&self) -> Result<bool, KubeError> {
+        let v = self
+            .block_on(self.client().apiserver_version())
+            .map_err(self.api_err("version"))?;
+        Ok(jobs_can_suspend(&v.major, &v.minor))
+    }
+
+    /// Creates the Secret `secret` in `ns`, or replaces the one of its name.
+    pub(crate) fn put_secret(&self, ns: &str, secret: Value, dry_run: bool) -> Result<(), KubeError> {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client().clone(), ns, &api_resource("", "v1", "secrets", "Secret"));
+        let mut obj: DynamicObject =
+            serde_json::from_value(secret).map_err(|e| KubeError::BadOption(format!("held-back secret: {e}")))?;
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let what = format!("Secret {ns}/{name}");
+        let pp = kube::api::PostParams {
+            dry_run,
+            field_manager: Some("lifeboat".into()),
+        };
+        match self.block_on(api.create(&pp, &obj)) {
+            Ok(_) => Ok(()),
+            Err(e) if crate::status_code(&e) == Some(409) => {
+                let live = self.block_on(api.get(&name)).map_err(self.api_err(what.clone()))?;
+                obj.metadata.resource_version = live.metadata.resource_version;
+                self.block_on(api.replace(&name, &pp, &obj))
+                    .map_err(self.api_err(what))?;
+                Ok(())
+            }
+            Err(e) => Err(self.api_err(what)(e)),
+        }
+    }
+
+    /// The CronJob API of `ns`: `batch/v1` (Kubernetes 1.21 and later), else `batch/v1beta1`;
+    /// `None` when neither is served.
+    fn cronjobs(&self, ns: &str, lp: &ListParams) -> Result<Option<Listed>, KubeError> {
+        for version in ["v1", "v1beta1"] {
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                self.client().clone(),
+                ns,
+                &api_resource("batch", version, "cronjobs", "CronJob"),
+            );
+            match self.block_on(api.list(lp)) {
+                Ok(list) => return Ok(Some((api, list.items))),
+                Err(e) if crate::status_code(&e) == Some(404) => continue,
+                Err(e) => return Err(self.api_err(format!("list cronjobs in {ns}"))(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Starts what a held restore ([`crate::RestoreOptions::hold`]) held back in `namespaces`
+    /// (matching `selector`): DaemonSets released onto their nodes, the bare Pods and Jobs kept
+    /// for the start created, and, with `scheduled` (not for a drill's copy), CronJobs and Jobs
+    /// resumed (a CronJob its owner had suspended stays suspended). Idempotent: what was not held
+    /// back is left alone.
+    pub fn release(
+        &self,
+        namespaces: &[String],
+        selector: Option<&str>,
+        scheduled: bool,
+    ) -> Result<Vec<Change>, KubeError> {
+        let lp = match selector {
+            Some(s) => ListParams::default().labels(s),
+            None => ListParams::default(),
+        };
+        let held_lp = ListParams::default().labels(&match selector {
+            Some(s) => format!("{}=1,{s}", crate::restore::HELD_LABEL),
+            None => format!("{}=1", crate::restore::HELD_LABEL),
+        });
+        let mut out = Vec::new();
+        for ns in namespaces {
+            let mut workloads: Vec<(&'static str, Api<DynamicObject>, Vec<DynamicObject>)> = Vec::new();
+            if let Some((api, items)) = self.cronjobs(ns, &lp)? {
+                workloads.push(("CronJob", api, items));
+            }
+            for (kind, ar) in [
+                ("Job", api_resource("batch", "v1", "jobs", "Job")),
+                ("DaemonSet", api_resource("apps", "v1", "daemonsets", "DaemonSet")),
+            ] {
+                let api: Api<DynamicObject> = Api::namespaced_with(self.client().clone(), ns, &ar);
+                let list = self
+                    .block_on(api.list(&lp))
+                    .map_err(self.api_err(format!("list {} in {ns}", ar.plural)))?;
+                workloads.push((kind, api, list.items));
+            }
+            for (kind, api, items) in workloads {
+                for o in items {
+                    let v = serde_json::to_value(&o).unwrap_or_default();
+                    let Some((patch, action)) = crate::rules::release_patch(kind, &v, scheduled) else {
+                        continue;
+                    };
+                    let (_, name) = ns_name(&o);
+                    self.block_on(api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)))
+                        .map_err(self.api_err(format!("start {kind} {ns}/{name}")))?;
+                    out.push(Change {
+                        kind,
+                        name: format!("{ns}/{name}"),
+                        action,
+                    });
+                }
+            }
+            let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client().clone(), ns);
+            let held = self
+                .block_on(secrets.list(&held_lp))
+                .map_err(self.api_err(format!("list held-back objects in {ns}")))?;
+            for s in held.items {
+                if s.type_.as_deref() != Some(crate::restore::HELD_TYPE) {
+                    continue;
+                }
+                let secret = s.metadata.name.clone().unwrap_or_default();
+                let doc = s
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(crate::restore::HELD_KEY))
+                    .and_then(|b| serde_json::from_slice::<Value>(&b.0).ok())
+                    .ok_or_else(|| KubeError::BadOption(format!("Secret {ns}/{secret}: no held-back object in it")))?;
+                let kind: &'static str = match doc.get("kind").and_then(Value::as_str) {
+                    Some("Pod") => "Pod",
+                    Some("Job") => "Job",
+                    other => {
+                        return Err(KubeError::BadOption(format!(
+                            "Secret {ns}/{secret}: a held-back {other:?} cannot be started"
+                        )))
+                    }
+                };
+                let name = doc
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                if kind == "Job" && !scheduled {
+                    out.push(Change {
+                        kind,
+                        name: format!("{ns}/{name}"),
+                        action: "held back (a drill's copy runs no Jobs)".into(),
+                    });
+                    continue;
+                }
+                let ar = if kind == "Pod" {
+                    api_resource("", "v1", "pods", "Pod")
+                } else {
+                    api_resource("batch", "v1", "jobs", "Job")
+                };
+                let api: Api<DynamicObject> = Api::namespaced_with(self.client().clone(), ns, &ar);
+                let obj: DynamicObject = serde_json::from_value(doc)
+                    .map_err(|e| KubeError::BadOption(format!("Secret {ns}/{secret}: {e}")))?;
+                let pp = kube::api::PostParams {
+                    dry_run: false,
+                    field_manager: Some("lifeboat".into()),
+                };
+                let action = match self.block_on(api.create(&pp, &obj)) {
+                    Ok(_) => "created",
+                    Err(e) if crate::status_code(&e) == Some(409) => "already exists",
+                    Err(e) => return Err(self.api_err(format!("create {kind} {ns}/{name}"))(e)),
+                };
+                match self.block_on(secrets.delete(&secret, &Default::default())) {
+                    Ok(_) => {}
+                    Err(e) if crate::status_code(&e) == Some(404) => {}
+                    Err(e) => return Err(self.api_err(format!("delete Secret {ns}/{secret}"))(e)),
+                }
+                out.push(Change {
+                    kind,
+                    name: format!("{ns}/{name}"),
+                    action: action.into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Cuts the pods of `ns` off from everything but each other and the cluster's DNS (port 53 of
+    /// `k8s-app=kube-dns` pods): a NetworkPolicy [`ISOLATION_POLICY`] that denies all other
+    /// ingress and egress, opened to the networks in `allow` (CIDRs) both ways. Enforced by the
+    /// cluster's network plugin; a cluster without one (plain kubelet networking) stores it and
+    /// enforces nothing. Created or replaced.
+    pub fn isolate_namespace(&self, ns: &str, copy: &str, allow: &[String]) -> Result<Change, KubeError> {
+        let policy = isolation_policy(ns, copy, allow);
+        let ar = api_resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy");
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client().clone(), ns, &ar);
+        let mut obj: DynamicObject = serde_json::from_value(policy).expect("a valid NetworkPolicy");
+        let what = format!("NetworkPolicy {ns}/{ISOLATION_POLICY}");
+        let pp = kube::api::PostParams {
+            dry_run: false,
+            field_manager: Some("lifeboat".into()),
+        };
+        let action = match self.block_on(api.create(&pp, &obj)) {
+            Ok(_) => "created",
+            Err(e) if crate::status_code(&e) == Some(409) => {
+                let live = self
+                    .block_on(api.get(ISOLATION_POLICY))
+                    .map_err(self.api_err(what.clone()))?;
+                obj.metadata.resource_version = live.metadata.resource_version;
+                self.block_on(api.replace(ISOLATION_POLICY, &pp, &obj))
+                    .map_err(self.api_err(what))?;
+                "replaced"
+            }
+            Err(e) => return Err(self.api_err(what)(e)),
+        };
+        Ok(Change {
+            kind: "NetworkPolicy",
+            name: format!("{ns}/{ISOLATION_POLICY}"),
+            action: format!("{action} (default deny, {} networks allowed)", allow.len()),
+        })
+    }
+
+    /// Deletes the cluster-scoped objects an isolated restore named `copy` created (those with
+    /// [`crate::restore::DRILL_LABEL`]` = copy`), Namespaces left out ([`Cluster::delete_namespaces`]).
+    pub fn delete_isolated_cluster_objects(&self, copy: &str) -> Result<Vec<Change>, KubeError> {
+        let (resources, _) = crate::discovery::discover(self)?;
+        let lp = ListParams::default().labels(&format!("{}={copy}", crate::restore::DRILL_LABEL));
+        let mut out = Vec::new();
+        for r in resources
+            .iter()
+            .filter(|r| !r.namespaced && r.can("delete") && !(r.group.is_empty() && r.plural == "namespaces"))
+        {
+            let api: Api<DynamicObject> = Api::all_with(self.client().clone(), &r.api_resource());
+            let list = match self.block_on(api.list(&lp)) {
+                Ok(l) => l,
+                Err(e) if matches!(crate::status_code(&e), Some(404 | 405)) => continue,
+                Err(e) => return Err(self.api_err(format!("list {}", r.key()))(e)),
+            };
+            for o in list.items {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                match self.block_on(api.delete(&name, &Default::default())) {
+                    Ok(_) => {}
+                    Err(e) if crate::status_code(&e) == Some(404) => {}
+                    Err(e) => return Err(self.api_err(format!("delete {} {name}", r.kind))(e)),
+                }
+                out.push(Change {
+                    kind: "cluster-scoped",
+                    name: format!("{} {name}", r.kind),
+                    action: "deleted".into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drill_namespace_is_denied_everything_but_itself_dns_and_its_allow_list() {
+        let p = isolation_policy("drill-1-shop", "drill-1", &[]);
+        assert_eq!(p["spec"]["podSelector"], json!({}), "every pod of the namespace");
+        assert_eq!(p["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        assert_eq!(p["spec"]["ingress"], json!([{"from": [{"podSelector": {}}]}]));
+        let egress = p["spec"]["egress"].as_array().unwrap();
+        assert_eq!(egress.len(), 2, "own pods and DNS only");
+        assert_eq!(egress[1]["ports"][0]["port"], 53);
+        assert!(!p.to_string().contains("ipBlock"));
+        let p = isolation_policy("drill-1-shop", "drill-1", &["10.77.0.0/16".into()]);
+        assert_eq!(p["spec"]["ingress"][1]["from"][0]["ipBlock"]["cidr"], "10.77.0.0/16");
+        assert_eq!(p["spec"]["egress"][2]["to"][0]["ipBlock"]["cidr"], "10.77.0.0/16");
+    }
+
+    #[test]
+    fn job_suspension_is_known_from_kubernetes_1_22() {
+        assert!(!jobs_can_suspend("1", "20"));
+        assert!(!jobs_can_suspend("1", "21"));
+        assert!(jobs_can_suspend("1", "22"));
+        assert!(jobs_can_suspend("1", "27+"));
+        assert!(jobs_can_suspend("2", "0"));
+        assert!(!jobs_can_suspend("", ""));
+    }
 
     #[test]
     fn quantities_read_as_kubernetes_writes_them() {

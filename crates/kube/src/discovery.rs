@@ -114,10 +114,13 @@ pub fn discover(cluster: &Cluster) -> Result<(Vec<Resource>, Vec<String>), KubeE
                 wanted.push((g.name.clone(), rank, version));
             }
         }
+        // Without retries: an aggregated API whose backend is down answers 503 at once, and the
+        // client's retries would turn that into DISCOVERY_TIMEOUT.
+        let quick = &cluster.no_retry;
         let mut fetched: Vec<_> = stream::iter(wanted)
             .map(|(group, rank, version)| async move {
                 let gv = format!("{group}/{version}");
-                let r = match tokio::time::timeout(DISCOVERY_TIMEOUT, client.list_api_group_resources(&gv)).await {
+                let r = match tokio::time::timeout(DISCOVERY_TIMEOUT, quick.list_api_group_resources(&gv)).await {
                     Ok(r) => r.map_err(|e| crate::short_error(&e)),
                     Err(_) => Err(format!("no answer within {} s", DISCOVERY_TIMEOUT.as_secs())),
                 };

@@ -99,6 +99,9 @@ pub struct Manifest {
     pub skipped: Vec<String>,
     /// Objects or resources that could not be read.
     pub errors: Vec<String>,
+    /// The namespaces objects were taken from (sorted).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
     /// Backup hooks that ran (`pre pod NS/NAME container C`), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<String>,
@@ -116,14 +119,14 @@ pub struct ResourceCount {
 /// Which objects a backup takes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Selection {
-    /// Only these namespaces (empty: all but the system ones, see [`rules::SYSTEM_NAMESPACES`]).
+    /// Only these namespaces (empty: every namespace, the system ones too, see
+    /// [`rules::SYSTEM_NAMESPACES`]; objects the cluster makes itself are left out by
+    /// [`rules::excluded_object`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
-    /// With no `namespaces`: take the system namespaces too (`kube-system`, `kube-public`,
-    /// `kube-node-lease`), for applications that keep RBAC or service accounts there. Objects the
-    /// cluster makes itself are still left out by [`rules::excluded_object`].
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub all_namespaces: bool,
+    /// With no `namespaces`: every namespace but these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_namespaces: Vec<String>,
     /// A label selector (`app=web,tier!=db`), applied to every listed object (cluster-scoped ones
     /// too); cluster-scoped objects taken because something in scope refers to them are not filtered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,6 +143,10 @@ pub struct Selection {
 pub struct Cluster {
     rt: tokio::runtime::Runtime,
     client: Client,
+    /// The same server without the client's retries of 429/503/504 (kube-rs retries them up to 15
+    /// times, backing off): for discovery, where a 503 means an aggregated API whose backend is
+    /// down, to be skipped at once.
+    no_retry: Client,
     context: String,
     server: String,
 }
@@ -178,13 +185,19 @@ impl Cluster {
             .map(str::to_string)
             .or(current)
             .unwrap_or_else(|| "current".into());
-        let client = {
+        let mut no_retry = config.clone();
+        no_retry.default_retry = false;
+        let (client, no_retry) = {
             let _guard = rt.enter();
-            Client::try_from(config).map_err(|e| KubeError::Config(e.to_string()))?
+            (
+                Client::try_from(config).map_err(|e| KubeError::Config(e.to_string()))?,
+                Client::try_from(no_retry).map_err(|e| KubeError::Config(e.to_string()))?,
+            )
         };
         let cluster = Cluster {
             rt,
             client,
+            no_retry,
             context,
             server,
         };

@@ -55,7 +55,26 @@ pub struct RestoreOptions {
     /// known (a hot standby staged from an earlier snapshot): only what changed since is written.
     /// Wrong here means wrong data on the target: leave it empty unless it is certain.
     pub volume_base: BTreeMap<(String, String), Node>,
+    /// Run nothing ([`rules::hold_back`]): CronJobs and Jobs suspended, DaemonSets held off every
+    /// node, bare Pods (and Jobs on a cluster that cannot suspend them) not created but kept in a
+    /// Secret of their namespace ([`HELD_TYPE`]) until [`Cluster::release`] creates them.
+    pub hold: bool,
+    /// An isolated copy (a drill's), named by this value: cluster-scoped objects are created only
+    /// when missing and never replaced, the ones created carry [`DRILL_LABEL`] with this value (so
+    /// the drill's teardown removes them), and admission webhooks and API services are not
+    /// restored (they would act on the whole target cluster, its production objects included).
+    pub isolated: Option<String>,
 }
+
+/// Label on the cluster-scoped objects an isolated restore created: the copy's name.
+pub const DRILL_LABEL: &str = "io.lifeboat.drill";
+/// Type of the Secrets that keep a held-back object (its document under [`HELD_KEY`]) until the
+/// copy is started.
+pub const HELD_TYPE: &str = "lifeboat.io/held-back";
+/// Label on those Secrets.
+pub const HELD_LABEL: &str = "io.lifeboat.held-back";
+/// The key of the held object's document in its Secret.
+pub const HELD_KEY: &str = "object.json";
 
 /// The outcome for one object. A restore holds one per object until it reports, so the type
 /// is kept small: the type's names are shared with every object of the type, action and status
@@ -337,8 +356,34 @@ pub fn restore(
         if let Some(n) = opts.replicas {
             rules::set_replicas(kind, &mut v, n);
         }
+        if opts.isolated.is_some()
+            && matches!(
+                kind.as_str(),
+                "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration" | "APIService"
+            )
+        {
+            return Ok(Err(
+                "an isolated copy registers no admission webhook or API service: it would act on the whole cluster"
+                    .into(),
+            ));
+        }
+        if opts.isolated.is_some() && kind == "NetworkPolicy" {
+            return Ok(Err(
+                "an isolated copy gets Lifeboat's default-deny NetworkPolicy; the app's own would open it".into(),
+            ));
+        }
+        if let (Some(label), false) = (&opts.isolated, o.resource.namespaced) {
+            if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                let l = m.entry("labels").or_insert_with(|| Value::Object(Default::default()));
+                if let Some(l) = l.as_object_mut() {
+                    l.insert(DRILL_LABEL.into(), Value::String(label.clone()));
+                }
+            }
+        }
         Ok(Ok(v))
     };
+    let jobs_can_suspend =
+        opts.hold && objects.iter().any(|o| o.resource.api.kind == "Job") && cluster.jobs_can_suspend()?;
     let restore_one = |o: &StoredObject| -> ItemResult {
         let item = |action: &'static str, status: &'static str, message: String| ItemResult {
             api_version: o.resource.api_version.clone(),
@@ -350,6 +395,10 @@ pub fn restore(
             message: Some(message),
         };
         match prepare(o) {
+            Ok(Ok(mut v)) if opts.hold => match rules::hold_back(&o.resource.api.kind, &mut v, jobs_can_suspend) {
+                rules::Hold::Create => apply(cluster, o, v, opts, &planned_namespaces, &planned_groups),
+                rules::Hold::AtStart(why) => keep_for_start(cluster, o, &v, opts, why),
+            },
             Ok(Ok(v)) => apply(cluster, o, v, opts, &planned_namespaces, &planned_groups),
             Ok(Err(why)) => item("create", "skipped", why),
             Err(e) => item("read", "failed", e.to_string()),
@@ -513,10 +562,26 @@ fn apply(
         Err(_) => matches!(cluster.block_on(api.get_opt(&name)), Ok(Some(_))),
         Ok(_) => false,
     };
+    let existing = if opts.isolated.is_some() && !o.resource.namespaced {
+        Existing::Skip
+    } else {
+        opts.existing
+    };
     match created {
+        Ok(made) if opts.hold && !opts.dry_run && o.resource.api.kind == "Job" => {
+            // A cluster that does not know `spec.suspend` drops it, and the Job runs: never leave one.
+            if made.data.pointer("/spec/suspend") == Some(&Value::Bool(true)) {
+                item.status = done;
+            } else {
+                let _ = cluster.block_on(api.delete(&name, &kube::api::DeleteParams::background()));
+                item.status = "failed";
+                item.message =
+                    Some("the cluster dropped spec.suspend (Job suspension is off): the Job was deleted again".into());
+            }
+        }
         Ok(_) => item.status = done,
         Err(_) if exists => {
-            if opts.existing == Existing::Update {
+            if existing == Existing::Update {
                 item.action = "update";
                 match cluster.block_on(api.get(&name)) {
                     Ok(live) => {
@@ -536,6 +601,9 @@ fn apply(
                         item.message = Some(crate::short_error(&e));
                     }
                 }
+            } else if existing != opts.existing {
+                item.status = "exists";
+                item.message = Some("already exists; an isolated copy never replaces a cluster-scoped object".into());
             } else {
                 item.status = "exists";
                 item.message = Some("already exists; left as it is (--existing update replaces it)".into());
@@ -554,6 +622,51 @@ fn apply(
             item.status = "failed";
             item.message = Some(crate::short_error(&e));
         }
+    }
+    item
+}
+
+/// The name of the Secret that keeps a held-back object of `kind` named `name`.
+pub fn held_secret_name(kind: &str, name: &str) -> String {
+    let mut n = format!("lifeboat-held-{}-{name}", kind.to_ascii_lowercase());
+    n.truncate(253);
+    n.trim_end_matches(['-', '.']).to_string()
+}
+
+/// Keeps a held-back object (already prepared for the target) in a Secret of its namespace, with
+/// its labels, so that [`Cluster::release`] creates it when the copy is started.
+fn keep_for_start(cluster: &Cluster, o: &StoredObject, obj: &Value, opts: &RestoreOptions, why: &str) -> ItemResult {
+    let name = meta(obj, "name").unwrap_or_default().to_string();
+    let namespace = meta(obj, "namespace").map(str::to_string);
+    let mut item = ItemResult {
+        api_version: o.resource.api_version.clone(),
+        kind: o.resource.kind.clone(),
+        namespace: namespace.clone(),
+        name: name.clone(),
+        action: "hold",
+        status: if opts.dry_run { "planned" } else { "done" },
+        message: Some(format!("not created until the copy is started: {why}")),
+    };
+    let Some(ns) = namespace else {
+        item.status = "failed";
+        item.message = Some("a held-back object needs a namespace".into());
+        return item;
+    };
+    let mut labels = obj
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    labels.insert(HELD_LABEL.into(), Value::String("1".into()));
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": held_secret_name(&o.resource.api.kind, &name), "namespace": ns, "labels": labels},
+        "type": HELD_TYPE,
+        "stringData": {HELD_KEY: obj.to_string()},
+    });
+    if let Err(e) = cluster.put_secret(&ns, secret, opts.dry_run) {
+        item.status = "failed";
+        item.message = Some(e.to_string());
     }
     item
 }

@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 
 use crate::discovery::Resource;
 
-/// Namespaces left out unless selected with `-n`: they belong to the cluster, not to applications.
+/// The namespaces every cluster has. A whole-cluster backup takes what users made in them (RBAC,
+/// jobs, service accounts of add-ons); what the cluster makes there itself is left out by
+/// [`excluded_object`]; their Namespace objects are never restored (they exist).
 pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
 /// Resources never backed up (`group/plural`), and why. Documented in `docs/kubernetes.md`.
@@ -60,6 +62,55 @@ fn name(obj: &Value) -> &str {
         .unwrap_or_default()
 }
 
+fn namespace(obj: &Value) -> &str {
+    obj.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// The service accounts the controller manager makes in `kube-system` for its controllers
+/// (`--use-service-account-credentials`), Kubernetes 1.20 to 1.33.
+pub const CONTROLLER_SERVICE_ACCOUNTS: [&str; 38] = [
+    "attachdetach-controller",
+    "bootstrap-signer",
+    "certificate-controller",
+    "clusterrole-aggregation-controller",
+    "cronjob-controller",
+    "daemon-set-controller",
+    "deployment-controller",
+    "disruption-controller",
+    "endpoint-controller",
+    "endpointslice-controller",
+    "endpointslicemirroring-controller",
+    "ephemeral-volume-controller",
+    "expand-controller",
+    "generic-garbage-collector",
+    "horizontal-pod-autoscaler",
+    "job-controller",
+    "legacy-service-account-token-cleaner",
+    "namespace-controller",
+    "node-controller",
+    "persistent-volume-binder",
+    "pod-garbage-collector",
+    "pv-protection-controller",
+    "pvc-protection-controller",
+    "replicaset-controller",
+    "replication-controller",
+    "resource-claim-controller",
+    "resourcequota-controller",
+    "root-ca-cert-publisher",
+    "service-account-controller",
+    "service-cidrs-controller",
+    "service-controller",
+    "statefulset-controller",
+    "token-cleaner",
+    "ttl-after-finished-controller",
+    "ttl-controller",
+    "validatingadmissionpolicy-status-controller",
+    "volumeattributesclass-protection-controller",
+    "selinux-warning-controller",
+];
+
 /// Whether an object has a controlling owner (a controller recreates it).
 pub fn controlled(obj: &Value) -> bool {
     obj.pointer("/metadata/ownerReferences")
@@ -80,6 +131,25 @@ pub fn excluded_object(r: &Resource, obj: &Value) -> Option<&'static str> {
             Some("service-account token, minted by the target cluster")
         }
         "core/configmaps" if name(obj) == "kube-root-ca.crt" => Some("made in every namespace by the cluster"),
+        "core/configmaps"
+            if namespace(obj) == "kube-system"
+                && matches!(
+                    name(obj),
+                    "extension-apiserver-authentication" | "kube-apiserver-legacy-service-account-token-tracking"
+                ) =>
+        {
+            Some("written by the API server")
+        }
+        "core/configmaps" | "core/endpoints"
+            if annotation(obj, "control-plane.alpha.kubernetes.io/leader").is_some() =>
+        {
+            Some("a leader-election record")
+        }
+        "core/serviceaccounts"
+            if namespace(obj) == "kube-system" && CONTROLLER_SERVICE_ACCOUNTS.contains(&name(obj)) =>
+        {
+            Some("made by the controller manager for its controllers")
+        }
         "core/serviceaccounts" if name(obj) == "default" => Some("made in every namespace by the cluster"),
         "discovery.k8s.io/endpointslices"
             if labels(obj)
@@ -363,6 +433,107 @@ pub fn set_replicas(kind: &str, obj: &mut Value, replicas: u64) {
     }
 }
 
+/// Where a CronJob or Job suspended by Lifeboat keeps its own `spec.suspend` (`"true"` or
+/// `"false"`), so that starting it brings back exactly what the user set.
+pub const SUSPEND_ANNOTATION: &str = "lifeboat.io/suspend";
+/// The node label a held-back DaemonSet's pods must have: no node has it, so no pod is made.
+/// Starting the DaemonSet removes it from the pod template's `nodeSelector`.
+pub const HOLD_NODE_LABEL: &str = "lifeboat.io/held-back";
+/// The value [`HOLD_NODE_LABEL`] is given in a held-back DaemonSet's `nodeSelector`.
+pub const HOLD_NODE_VALUE: &str = "no-node-has-this";
+
+/// What a copy that must run nothing (a staged hot standby, a drill's copy before it starts)
+/// does with one object, after [`hold_back`] changed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// Created as it is now (it runs nothing as it stands).
+    Create,
+    /// Not created now: kept until the copy is started (the reason says why).
+    AtStart(&'static str),
+}
+
+fn annotate(obj: &mut Value, key: &str, value: &str) {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        let a = m
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(a) = a.as_object_mut() {
+            // A record made earlier (an object stored held back) stays: it says what the user set.
+            a.entry(key).or_insert_with(|| Value::String(value.to_string()));
+        }
+    }
+}
+
+/// Changes `obj` so that it runs nothing once created: CronJobs and (where the cluster can
+/// suspend them, `jobs_can_suspend`) Jobs get `spec.suspend: true` with their own value recorded in
+/// [`SUSPEND_ANNOTATION`]; a DaemonSet's pods get a node selector no node matches
+/// ([`HOLD_NODE_LABEL`]); bare Pods, and Jobs on a cluster that cannot suspend them, are kept for
+/// the start. Workloads with replicas are [`set_replicas`]'s. Everything else is left as it is.
+pub fn hold_back(kind: &str, obj: &mut Value, jobs_can_suspend: bool) -> Hold {
+    match kind {
+        "CronJob" | "Job" => {
+            if kind == "Job" && !jobs_can_suspend {
+                return Hold::AtStart(
+                    "a Job runs once created and this cluster cannot suspend Jobs (Kubernetes before 1.22)",
+                );
+            }
+            let own = obj.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false);
+            annotate(obj, SUSPEND_ANNOTATION, if own { "true" } else { "false" });
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.insert("suspend".into(), Value::Bool(true));
+            }
+            Hold::Create
+        }
+        "DaemonSet" => {
+            if let Some(spec) = obj.pointer_mut("/spec/template/spec").and_then(Value::as_object_mut) {
+                let sel = spec
+                    .entry("nodeSelector")
+                    .or_insert_with(|| Value::Object(Default::default()));
+                if !sel.is_object() {
+                    *sel = Value::Object(Default::default());
+                }
+                sel[HOLD_NODE_LABEL] = Value::String(HOLD_NODE_VALUE.into());
+            }
+            Hold::Create
+        }
+        "Pod" => Hold::AtStart("a bare Pod runs once created"),
+        _ => Hold::Create,
+    }
+}
+
+/// The merge patch that undoes [`hold_back`] on a live object, and what it does; `None` when the
+/// object was not held back by Lifeboat (a CronJob the user suspended stays suspended). With
+/// `scheduled: false` (a drill's copy), CronJobs and Jobs stay suspended: a drill must not run
+/// the app's scheduled and batch work against what it reaches.
+pub fn release_patch(kind: &str, obj: &Value, scheduled: bool) -> Option<(Value, String)> {
+    match kind {
+        "CronJob" | "Job" if scheduled => {
+            let own = annotation(obj, SUSPEND_ANNOTATION)?;
+            let own = own == "true";
+            let action = if own {
+                "suspended by its owner: left suspended".to_string()
+            } else {
+                "resumed".to_string()
+            };
+            Some((
+                serde_json::json!({"metadata": {"annotations": {SUSPEND_ANNOTATION: null}}, "spec": {"suspend": own}}),
+                action,
+            ))
+        }
+        "DaemonSet" => {
+            obj.pointer(&format!(
+                "/spec/template/spec/nodeSelector/{}",
+                HOLD_NODE_LABEL.replace('/', "~1")
+            ))?;
+            Some((
+                serde_json::json!({"spec": {"template": {"spec": {"nodeSelector": {HOLD_NODE_LABEL: null}}}}}),
+                "released onto its nodes".to_string(),
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Before `obj` replaces `live`: copies what the target cluster assigned and cannot change (a
 /// Service's cluster IPs and node ports, a claim's volume, class and mode, a Job's selector) from
 /// `live` where [`strip`] removed it, so that the replace is accepted.
@@ -449,6 +620,27 @@ mod tests {
         assert!(excluded_object(&res("apiregistration.k8s.io", "apiservices"), &remote).is_none());
         assert!(excluded_resource(&res("", "events")).is_some());
         assert!(excluded_resource(&res("", "configmaps")).is_none());
+    }
+
+    #[test]
+    fn in_the_system_namespaces_only_what_the_cluster_made_is_left_out() {
+        let obj = |ns: &str, name: &str| json!({"metadata": {"name": name, "namespace": ns}});
+        let sa = res("", "serviceaccounts");
+        let cm = res("", "configmaps");
+        // The controller manager's and API server's own objects.
+        assert!(excluded_object(&sa, &obj("kube-system", "deployment-controller")).is_some());
+        assert!(excluded_object(&cm, &obj("kube-system", "extension-apiserver-authentication")).is_some());
+        let leader = json!({"metadata": {"name": "kube-scheduler", "namespace": "kube-system",
+                            "annotations": {"control-plane.alpha.kubernetes.io/leader": "{}"}}});
+        assert!(excluded_object(&res("", "endpoints"), &leader).is_some());
+        // What add-ons put there (descheduler, cert-manager, kube-prometheus) is kept.
+        assert!(excluded_object(&sa, &obj("kube-system", "descheduler-sa")).is_none());
+        assert!(excluded_object(&cm, &obj("kube-system", "descheduler-policy-configmap")).is_none());
+        let role = res("rbac.authorization.k8s.io", "roles");
+        assert!(excluded_object(&role, &obj("kube-system", "cert-manager:leaderelection")).is_none());
+        assert!(excluded_object(&res("batch", "cronjobs"), &obj("kube-system", "descheduler-cronjob")).is_none());
+        // A controller's name outside kube-system is an app's own.
+        assert!(excluded_object(&sa, &obj("shop", "job-controller")).is_none());
     }
 
     #[test]
@@ -548,6 +740,71 @@ mod tests {
         assert_eq!(d["metadata"]["annotations"][crate::control::REPLICAS_ANNOTATION], "3");
         let mut cm = json!({"kind": "ConfigMap", "metadata": {"name": "c"}});
         set_replicas("ConfigMap", &mut cm, 0);
+        assert_eq!(cm, json!({"kind": "ConfigMap", "metadata": {"name": "c"}}));
+    }
+
+    #[test]
+    fn a_held_back_copy_runs_nothing_and_its_start_brings_back_what_the_user_set() {
+        // CronJobs: suspended, the user's own value recorded; the start resumes only what was running.
+        let mut cj = json!({"kind": "CronJob", "metadata": {"name": "tick"}, "spec": {"schedule": "* * * * *"}});
+        assert_eq!(hold_back("CronJob", &mut cj, false), Hold::Create);
+        assert_eq!(cj["spec"]["suspend"], true);
+        assert_eq!(cj["metadata"]["annotations"][SUSPEND_ANNOTATION], "false");
+        let (patch, action) = release_patch("CronJob", &cj, true).unwrap();
+        assert_eq!(patch["spec"]["suspend"], false);
+        assert!(patch["metadata"]["annotations"][SUSPEND_ANNOTATION].is_null());
+        assert_eq!(action, "resumed");
+        // A drill's copy keeps its CronJobs suspended.
+        assert_eq!(release_patch("CronJob", &cj, false), None);
+        // Held twice (stored held back), the first record stays.
+        hold_back("CronJob", &mut cj, false);
+        assert_eq!(cj["metadata"]["annotations"][SUSPEND_ANNOTATION], "false");
+        let mut own = json!({"kind": "CronJob", "metadata": {"name": "off"}, "spec": {"suspend": true}});
+        hold_back("CronJob", &mut own, false);
+        let (patch, _) = release_patch("CronJob", &own, true).unwrap();
+        assert_eq!(
+            patch["spec"]["suspend"], true,
+            "what its owner suspended stays suspended"
+        );
+        // A CronJob the user suspended by hand, not by Lifeboat, is not touched by a start.
+        let by_hand = json!({"kind": "CronJob", "metadata": {"name": "x"}, "spec": {"suspend": true}});
+        assert_eq!(release_patch("CronJob", &by_hand, true), None);
+
+        // Jobs: suspended where the cluster can, else kept for the start.
+        let job = json!({"kind": "Job", "metadata": {"name": "once"}, "spec": {"template": {}}});
+        let mut j = job.clone();
+        assert_eq!(hold_back("Job", &mut j, true), Hold::Create);
+        assert_eq!(j["spec"]["suspend"], true);
+        let mut j = job.clone();
+        assert!(matches!(hold_back("Job", &mut j, false), Hold::AtStart(_)));
+        assert_eq!(j, job, "a Job kept for the start is not changed");
+
+        // DaemonSets: a node selector no node matches, added to the user's own.
+        let mut ds = json!({"kind": "DaemonSet", "metadata": {"name": "agent"},
+                            "spec": {"template": {"spec": {"nodeSelector": {"disk": "ssd"}, "containers": []}}}});
+        assert_eq!(hold_back("DaemonSet", &mut ds, true), Hold::Create);
+        assert_eq!(ds["spec"]["template"]["spec"]["nodeSelector"]["disk"], "ssd");
+        assert_eq!(
+            ds["spec"]["template"]["spec"]["nodeSelector"][HOLD_NODE_LABEL],
+            HOLD_NODE_VALUE
+        );
+        let (patch, _) = release_patch("DaemonSet", &ds, false).unwrap();
+        assert!(patch["spec"]["template"]["spec"]["nodeSelector"][HOLD_NODE_LABEL].is_null());
+        assert!(patch["spec"]["template"]["spec"]["nodeSelector"].get("disk").is_none());
+        let mut bare = json!({"kind": "DaemonSet", "metadata": {"name": "a"}, "spec": {"template": {"spec": {}}}});
+        hold_back("DaemonSet", &mut bare, true);
+        assert_eq!(
+            bare["spec"]["template"]["spec"]["nodeSelector"][HOLD_NODE_LABEL],
+            HOLD_NODE_VALUE
+        );
+        let running = json!({"kind": "DaemonSet", "metadata": {"name": "a"}, "spec": {"template": {"spec": {}}}});
+        assert_eq!(release_patch("DaemonSet", &running, true), None);
+
+        // Bare Pods wait for the start; what does not run is created as it is.
+        let mut pod = json!({"kind": "Pod", "metadata": {"name": "debug"}});
+        assert!(matches!(hold_back("Pod", &mut pod, true), Hold::AtStart(_)));
+        let mut cm = json!({"kind": "ConfigMap", "metadata": {"name": "c"}});
+        assert_eq!(hold_back("ConfigMap", &mut cm, true), Hold::Create);
         assert_eq!(cm, json!({"kind": "ConfigMap", "metadata": {"name": "c"}}));
     }
 

@@ -92,6 +92,92 @@ const SETTLE: &str = "settle";
 /// The default helper image.
 pub const DEFAULT_HELPER_IMAGE: &str = "busybox:1.36";
 
+/// How long a helper pod may take to start when nothing says it cannot (a slow image pull).
+const HELPER_START_LIMIT: Duration = Duration::from_secs(120);
+/// How long a helper pod may stay unschedulable: a claim restored a moment ago may still be
+/// binding (the scheduler says "unbound immediate PersistentVolumeClaims" meanwhile).
+const UNSCHEDULABLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Container waiting reasons that mean the helper will not start by waiting longer.
+const HOPELESS_WAITING: [&str; 6] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// Whether a failed create of a helper pod may succeed when tried again: the API server is busy,
+/// or a namespace this restore just made has no default service account yet. Quota and limit
+/// refusals (also 403) do not pass by waiting.
+fn transient_create_error(e: &kube::Error) -> bool {
+    match crate::status_code(e) {
+        Some(c) if c >= 500 || c == 429 => true,
+        Some(403) => {
+            let m = crate::short_error(e).to_ascii_lowercase();
+            !m.contains("quota") && (m.contains("serviceaccount") || m.contains("service account"))
+        }
+        _ => false,
+    }
+}
+
+/// The scheduler's message when it reports the pod unschedulable.
+fn unschedulable_reason(pod: &Value) -> Option<String> {
+    let conds = pod.pointer("/status/conditions")?.as_array()?;
+    conds.iter().find_map(|c| {
+        (c.get("type").and_then(Value::as_str) == Some("PodScheduled")
+            && c.get("status").and_then(Value::as_str) == Some("False")
+            && c.get("reason").and_then(Value::as_str) == Some("Unschedulable"))
+        .then(|| c.get("message").and_then(Value::as_str).unwrap_or_default().to_string())
+    })
+}
+
+/// Why a helper pod (as the API server reports it) will not start, if something says so: a
+/// container waiting for a reason that waiting does not cure (an image that cannot be pulled or
+/// is not on the node), the pod failed, or unschedulable for `unschedulable_for` beyond
+/// [`UNSCHEDULABLE_LIMIT`].
+fn helper_failure(pod: &Value, unschedulable_for: Duration) -> Option<String> {
+    let statuses = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    for c in statuses {
+        if let Some(w) = c.pointer("/state/waiting") {
+            let reason = w.get("reason").and_then(Value::as_str).unwrap_or_default();
+            if HOPELESS_WAITING.contains(&reason) {
+                let msg = w.get("message").and_then(Value::as_str).unwrap_or_default();
+                return Some(if msg.is_empty() {
+                    format!("container waiting: {reason}")
+                } else {
+                    format!("container waiting: {reason}: {msg}")
+                });
+            }
+        }
+        if let Some(t) = c.pointer("/state/terminated") {
+            let reason = t.get("reason").and_then(Value::as_str).unwrap_or("terminated");
+            let code = t.get("exitCode").and_then(Value::as_i64).unwrap_or_default();
+            return Some(format!(
+                "container ended: {reason} (exit code {code}); the image needs sh and sleep"
+            ));
+        }
+    }
+    if pod.pointer("/status/phase").and_then(Value::as_str) == Some("Failed") {
+        let msg = pod
+            .pointer("/status/message")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        return Some(format!("pod failed: {msg}"));
+    }
+    if unschedulable_for >= UNSCHEDULABLE_LIMIT {
+        if let Some(msg) = unschedulable_reason(pod) {
+            return Some(format!("Unschedulable for {} s: {msg}", unschedulable_for.as_secs()));
+        }
+    }
+    None
+}
+
 struct Writer<W: std::io::Write>(W);
 
 impl<W: std::io::Write> std::io::Write for Writer<W> {
@@ -162,26 +248,50 @@ impl Cluster {
         let created = loop {
             match self.block_on(pods.create(&PostParams::default(), &pod)) {
                 Ok(p) => break p,
-                Err(e)
-                    if started.elapsed() < Duration::from_secs(60)
-                        && crate::status_code(&e).is_some_and(|c| c == 403 || c >= 500) =>
-                {
+                Err(e) if started.elapsed() < Duration::from_secs(60) && transient_create_error(&e) => {
                     std::thread::sleep(Duration::from_millis(500));
                 }
-                Err(e) => return Err(self.api_err(what.clone())(e)),
+                Err(e) => {
+                    return Err(self.helper_err(what.clone())(format!(
+                        "cannot be created (image {image}): {}",
+                        crate::short_error(&e)
+                    )))
+                }
             }
         };
         let name = created.metadata.name.unwrap_or_default();
         let started = Instant::now();
+        let mut unschedulable_since: Option<Instant> = None;
         loop {
             let p = self.block_on(pods.get(&name)).map_err(self.api_err(what.clone()))?;
+            let v = serde_json::to_value(&p).unwrap_or_default();
             let phase = p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
             if phase == "Running" {
                 return Ok(name);
             }
-            if phase == "Failed" || started.elapsed() > Duration::from_secs(120) {
+            let unschedulable = unschedulable_reason(&v).is_some();
+            let since = match (unschedulable, unschedulable_since) {
+                (false, _) => {
+                    unschedulable_since = None;
+                    Duration::ZERO
+                }
+                (true, None) => {
+                    unschedulable_since = Some(Instant::now());
+                    Duration::ZERO
+                }
+                (true, Some(t)) => t.elapsed(),
+            };
+            let failure = helper_failure(&v, since).or_else(|| {
+                (started.elapsed() > HELPER_START_LIMIT).then(|| {
+                    format!(
+                        "did not start within {} s (phase {phase:?})",
+                        HELPER_START_LIMIT.as_secs()
+                    )
+                })
+            });
+            if let Some(why) = failure {
                 self.remove_helper(ns, &name);
-                return Err(self.helper_err(what)(format!("did not start (phase {phase:?})")));
+                return Err(self.helper_err(what)(format!("image {image}: {why}")));
             }
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -515,5 +625,49 @@ mod tests {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .to_vec()
         );
+    }
+
+    fn waiting(reason: &str, message: &str) -> Value {
+        json!({"status": {"phase": "Pending", "containerStatuses": [
+            {"name": "helper", "state": {"waiting": {"reason": reason, "message": message}}}]}})
+    }
+
+    #[test]
+    fn a_helper_that_cannot_start_is_named_with_its_reason_at_once() {
+        for reason in ["ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull"] {
+            let why = helper_failure(
+                &waiting(reason, "Back-off pulling image \"busybox:1.36\""),
+                Duration::ZERO,
+            )
+            .unwrap_or_else(|| panic!("{reason} is not hopeless"));
+            assert!(why.contains(reason) && why.contains("busybox:1.36"), "{why}");
+        }
+        // Pulling or creating the container is waiting worth doing.
+        assert_eq!(
+            helper_failure(&waiting("ContainerCreating", ""), Duration::from_secs(60)),
+            None
+        );
+        let ended = json!({"status": {"phase": "Running", "containerStatuses": [
+            {"state": {"terminated": {"reason": "Error", "exitCode": 127}}}]}});
+        assert!(helper_failure(&ended, Duration::ZERO).unwrap().contains("127"));
+        let failed = json!({"status": {"phase": "Failed", "message": "evicted"}});
+        assert!(helper_failure(&failed, Duration::ZERO).unwrap().contains("evicted"));
+    }
+
+    #[test]
+    fn an_unschedulable_helper_fails_once_the_claim_had_time_to_bind() {
+        let pod = json!({"status": {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": "0/1 nodes are available: 1 Insufficient cpu."}]}});
+        assert!(unschedulable_reason(&pod).is_some());
+        assert_eq!(helper_failure(&pod, Duration::from_secs(3)), None);
+        let why = helper_failure(&pod, UNSCHEDULABLE_LIMIT).unwrap();
+        assert!(
+            why.contains("Unschedulable") && why.contains("Insufficient cpu"),
+            "{why}"
+        );
+        let scheduled = json!({"status": {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "True"}]}});
+        assert_eq!(unschedulable_reason(&scheduled), None);
     }
 }

@@ -266,9 +266,13 @@ pub enum BackupCmd {
         /// Only these namespaces (repeatable); cluster-scoped objects they refer to come along
         #[arg(short = 'n', long = "namespace")]
         namespaces: Vec<String>,
-        /// Every namespace, the system ones (kube-system, kube-public, kube-node-lease) too
+        /// Every namespace, the system ones (kube-system, kube-public, kube-node-lease) too: the
+        /// default without -n (kept for scripts written when it was not)
         #[arg(short = 'A', long, conflicts_with = "namespaces")]
         all_namespaces: bool,
+        /// Without -n: leave this namespace out (repeatable), e.g. kube-system
+        #[arg(long = "exclude-namespace", value_name = "NS", conflicts_with = "namespaces")]
+        exclude_namespaces: Vec<String>,
         /// Label selector (app=web,tier!=db) for every listed object
         #[arg(short = 'l', long = "selector")]
         selector: Option<String>,

@@ -145,7 +145,8 @@ pub fn run(args: Cli) -> Result<bool> {
                     kubeconfig,
                     context,
                     namespaces,
-                    all_namespaces,
+                    all_namespaces: _,
+                    exclude_namespaces,
                     selector,
                     include,
                     exclude,
@@ -161,7 +162,7 @@ pub fn run(args: Cli) -> Result<bool> {
             lifeboat_kube::BackupOptions {
                 selection: lifeboat_kube::Selection {
                     namespaces,
-                    all_namespaces,
+                    exclude_namespaces,
                     label_selector: selector,
                     include,
                     exclude,

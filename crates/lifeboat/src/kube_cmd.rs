@@ -21,6 +21,9 @@ pub fn backup(
     let repo = ctx.open()?;
     let cluster = Cluster::connect(kubeconfig.as_deref(), context.as_deref())?;
     let _lock = repo.lock(false, "backup kube", ctx.lock_wait)?;
+    if opts.volumes {
+        warn_missing_helper(&cluster, &opts.helper_image);
+    }
     let out = lifeboat_kube::backup(&repo, &cluster, &opts)?;
     let s = &out.snapshot.summary;
     let m = &out.manifest;
@@ -33,6 +36,7 @@ pub fn backup(
             "objects": out.objects,
             "resources": m.resources,
             "skipped": m.skipped,
+            "namespaces": m.namespaces,
             "errors": m.errors,
             "hooks": m.hooks,
             "blobs_added": s.blobs_added,
@@ -43,6 +47,11 @@ pub fn backup(
             for e in &m.errors {
                 eprintln!("error: {e}");
             }
+            // Groups left out because their discovery failed (an aggregated API that is down).
+            for g in m.skipped.iter().filter(|s| s.contains("discovery failed")) {
+                eprintln!("skipped: {g}");
+            }
+            println!("namespaces: {}", m.namespaces.join(", "));
             println!(
                 "snapshot {} saved from {} ({} {}): {} objects of {} resource types, {} added to the repository, {:.2} s",
                 out.snapshot_id.short(),
@@ -57,6 +66,19 @@ pub fn backup(
         },
     );
     Ok(m.errors.is_empty())
+}
+
+/// Says so before the work starts when no node has the helper image (the nodes would have to
+/// pull it; an air-gapped cluster cannot, and each helper then fails naming the image).
+fn warn_missing_helper(cluster: &Cluster, image: &str) {
+    match cluster.has_image(image) {
+        Ok(true) => {}
+        Ok(false) => eprintln!(
+            "warning: helper image {image} is on no node of {}: volume data can only be read or written if the nodes can pull it (--helper-image names another)",
+            cluster.context()
+        ),
+        Err(e) => eprintln!("warning: cannot check for the helper image {image}: {e}"),
+    }
 }
 
 fn pairs(flag: &str, values: &[String]) -> Result<BTreeMap<String, String>> {
@@ -88,6 +110,8 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs, context: Option<&str>) -> Result<b
         no_volume_data: args.no_volume_data,
         helper_image: args.helper_image.clone(),
         volume_base: Default::default(),
+        hold: false,
+        isolated: None,
     };
     let repo = ctx.open()?;
     let _lock = repo.lock(false, "restore", ctx.lock_wait)?;
@@ -97,6 +121,9 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs, context: Option<&str>) -> Result<b
     }
     let stored = load(&repo, &id.to_string(), &snap.tree)?;
     let cluster = Cluster::connect(args.kubeconfig.as_deref(), context)?;
+    if !stored.volume_data.is_empty() && !opts.no_volume_data && !opts.dry_run {
+        warn_missing_helper(&cluster, &opts.helper_image);
+    }
     let started = Instant::now();
     let report = lifeboat_kube::restore(&repo, &cluster, &stored, &opts)?;
     let secs = started.elapsed().as_secs_f64();

@@ -1722,3 +1722,348 @@ fn the_data_step_stops_the_target_before_writing_its_volumes() {
         .unwrap_or_else(|| panic!("{events}"));
     assert!(died < helper, "the volume was touched while the app ran: {events}");
 }
+
+/// The pods of `ns` on `s` (names).
+fn pods_in(s: &KubeSite, ns: &str) -> Vec<String> {
+    s.kubectl(&["-n", ns, "get", "pods", "-o", "name"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn staging_suspends_cronjobs_and_jobs_and_starts_no_pods() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let app = KubeApp::new(kube_sites(2), "kst-hold", 18182);
+    let (a, b) = (&app.sites[0], &app.sites[1]);
+    let ns = app.ns;
+    // What runs without replicas: a CronJob (batch/v1beta1 on Kubernetes 1.20), a standalone Job,
+    // a DaemonSet and a bare Pod, all the app's (its label).
+    let pod = |extra: &str| {
+        format!(
+            "{{restartPolicy: {extra}, terminationGracePeriodSeconds: 1, containers: [{{name: c, image: lifeboat-lab/web:1, \
+             imagePullPolicy: Never, command: [sleep, \"3600\"]}}]}}"
+        )
+    };
+    a.apply(&format!(
+        r#"
+apiVersion: batch/v1beta1
+kind: CronJob
+metadata: {{name: tick, namespace: {ns}, labels: {{app: {ns}}}}}
+spec:
+  schedule: "*/1 * * * *"
+  jobTemplate: {{spec: {{template: {{spec: {never}}}}}}}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: once, namespace: {ns}, labels: {{app: {ns}}}}}
+spec: {{template: {{spec: {never}}}}}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent, namespace: {ns}, labels: {{app: {ns}}}}}
+spec:
+  selector: {{matchLabels: {{app: {ns}, part: agent}}}}
+  template:
+    metadata: {{labels: {{app: {ns}, part: agent}}}}
+    spec: {always}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: solo, namespace: {ns}, labels: {{app: {ns}}}}}
+spec: {never}
+"#,
+        never = pod("Never"),
+        always = pod("Always"),
+    ));
+    wait_for("the agent and solo pods on a", Duration::from_secs(60), || {
+        let p = pods_in(a, ns);
+        (p.iter().any(|n| n.contains("agent-")) && p.iter().any(|n| n.ends_with("/solo"))).then_some(())
+    });
+
+    // Staged on b: everything is there, nothing runs.
+    let out = app.ok(&["backup", "--plan"]);
+    assert!(out.contains("held back until start"), "{out}");
+    let cj = b
+        .get_json("cronjob.v1beta1.batch", Some(ns), "tick")
+        .expect("the CronJob on b");
+    assert_eq!(cj["spec"]["suspend"], true, "{cj}");
+    assert_eq!(cj["metadata"]["annotations"]["lifeboat.io/suspend"], "false");
+    let ds = b.get_json("daemonset", Some(ns), "agent").expect("the DaemonSet on b");
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["nodeSelector"]["lifeboat.io/held-back"], "no-node-has-this",
+        "{ds}"
+    );
+    // Kubernetes 1.20 cannot suspend Jobs: the Job and the bare Pod wait for the start, kept
+    // in Secrets of the namespace.
+    assert!(
+        b.get_json("job", Some(ns), "once").is_none(),
+        "a Job was created on the standby"
+    );
+    assert!(
+        b.get_json("pod", Some(ns), "solo").is_none(),
+        "a bare Pod was created on the standby"
+    );
+    let held = b.kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "secrets",
+        "-l",
+        "io.lifeboat.held-back=1",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(held.lines().count(), 2, "{held}");
+    // The DaemonSet controller, the scheduler and the CronJob controller had time to act.
+    std::thread::sleep(Duration::from_secs(15));
+    let ds = b.get_json("daemonset", Some(ns), "agent").unwrap();
+    assert_eq!(ds["status"]["desiredNumberScheduled"], 0, "{ds}");
+    assert_eq!(pods_in(b, ns), Vec::<String>::new(), "pods run on the staged standby");
+    assert_eq!(
+        b.kubectl(&["-n", ns, "get", "jobs", "-o", "name"]),
+        "",
+        "jobs run on the standby"
+    );
+
+    // Failover starts it all on b: what was held back is released, exactly as the user set it.
+    let out = app.ok(&["failover"]);
+    assert!(
+        out.contains("resumed") && out.contains("released onto its nodes"),
+        "{out}"
+    );
+    let cj = b.get_json("cronjob.v1beta1.batch", Some(ns), "tick").unwrap();
+    assert_eq!(cj["spec"]["suspend"], false, "{cj}");
+    assert!(cj["metadata"]["annotations"]["lifeboat.io/suspend"].is_null(), "{cj}");
+    assert!(
+        b.get_json("job", Some(ns), "once").is_some(),
+        "the Job is created at start"
+    );
+    wait_for("the agent, solo and once pods on b", Duration::from_secs(60), || {
+        let p = pods_in(b, ns);
+        (p.iter().any(|n| n.contains("agent-"))
+            && p.iter().any(|n| n.ends_with("/solo"))
+            && p.iter().any(|n| n.contains("once-")))
+        .then_some(())
+    });
+    let held = b.kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "secrets",
+        "-l",
+        "io.lifeboat.held-back=1",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(held, "", "the held-back records are gone once started");
+    let ds = b.get_json("daemonset", Some(ns), "agent").unwrap();
+    assert!(ds["spec"]["template"]["spec"]["nodeSelector"]["lifeboat.io/held-back"].is_null());
+}
+
+#[test]
+fn a_kubernetes_drill_replaces_no_cluster_scoped_object() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let app = KubeApp::new(kube_sites(2), "kdr-iso", 18183);
+    let (a, b) = (&app.sites[0], &app.sites[1]);
+    let ns = app.ns;
+    let crd = "widgets.kdr-iso.lab.test";
+    let drop_cluster = |s: &KubeSite| {
+        for (kind, name) in [
+            ("clusterrole", "kdr-iso-reader"),
+            ("clusterrole", "kdr-iso-extra"),
+            ("crd", crd),
+        ] {
+            let _ = s.kubectl_try(&["delete", kind, name, "--ignore-not-found"], None);
+        }
+    };
+    drop_cluster(a);
+    drop_cluster(b);
+    struct Dropped<'a>(&'a [KubeSite], &'a dyn Fn(&KubeSite));
+    impl Drop for Dropped<'_> {
+        fn drop(&mut self) {
+            for s in self.0 {
+                (self.1)(s);
+            }
+        }
+    }
+    let _d = Dropped(&app.sites, &drop_cluster);
+    // Cluster-scoped objects the app's namespace refers to: two ClusterRoles bound in it, and a
+    // two-version CRD with a conversion webhook in the app's namespace, with one custom resource.
+    a.apply(&format!(
+        r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {{name: {crd}, labels: {{app: {ns}}}}}
+spec:
+  group: kdr-iso.lab.test
+  scope: Namespaced
+  names: {{plural: widgets, singular: widget, kind: Widget}}
+  conversion:
+    strategy: Webhook
+    webhook:
+      conversionReviewVersions: [v1]
+      clientConfig: {{service: {{namespace: {ns}, name: convert, path: /convert, port: 443}}}}
+  versions:
+    - {{name: v1, served: true, storage: true, schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}}}
+    - {{name: v1beta1, served: true, storage: false, schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}}}
+"#
+    ));
+    a.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "crd", crd]);
+    a.apply(&format!(
+        r#"
+apiVersion: kdr-iso.lab.test/v1
+kind: Widget
+metadata: {{name: w1, namespace: {ns}, labels: {{app: {ns}}}}}
+spec: {{size: 3}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: kdr-iso-reader, labels: {{app: {ns}}}}}
+rules: [{{apiGroups: [""], resources: [configmaps], verbs: [get]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: kdr-iso-extra, labels: {{app: {ns}}}}}
+rules: [{{apiGroups: [""], resources: [services], verbs: [get]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: reader, namespace: {ns}, labels: {{app: {ns}}}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kdr-iso-reader}}
+subjects: [{{kind: ServiceAccount, name: default, namespace: {ns}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: extra, namespace: {ns}, labels: {{app: {ns}}}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kdr-iso-extra}}
+subjects: [{{kind: ServiceAccount, name: default, namespace: {ns}}}]
+"#
+    ));
+    // Staged on b (production names): b has the CRD and the ClusterRoles now.
+    app.ok(&["backup", "--plan"]);
+    let crd_b = b.get_json("crd", None, crd).expect("the CRD staged on b");
+    // b's own state of its cluster-scoped objects: a change made there, and one of them missing.
+    b.kubectl(&["annotate", "clusterrole", "kdr-iso-reader", "site=b-own"]);
+    b.kubectl(&["delete", "clusterrole", "kdr-iso-extra"]);
+    let reader_b = b.get_json("clusterrole", None, "kdr-iso-reader").unwrap();
+
+    // The drill runs while b is watched for the ClusterRole it lacks.
+    let child = Command::new(common::bin())
+        .arg("drill")
+        .arg(&app.plan)
+        .env("LIFEBOAT_PASSWORD", PASSWORD)
+        .env_remove("LIFEBOAT_REPO")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = child;
+    let mut seen = None;
+    while child.try_wait().unwrap().is_none() {
+        if seen.is_none() {
+            seen = b.get_json("clusterrole", None, "kdr-iso-extra");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = child.wait_with_output().unwrap();
+    let drill = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "lifeboat drill failed: {drill}");
+    assert!(drill.contains("teardown"), "{drill}");
+    let made = seen.expect("the drill's copy got the ClusterRole b lacked");
+    assert!(
+        made["metadata"]["labels"]["io.lifeboat.drill"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("drill-")),
+        "{made}"
+    );
+    // Nothing cluster-scoped that b had was replaced: same version, b's own change kept, and the
+    // CRD's conversion webhook still points at the app's namespace, not the drill's (deleted).
+    let reader_after = b.get_json("clusterrole", None, "kdr-iso-reader").unwrap();
+    assert_eq!(
+        reader_after["metadata"]["resourceVersion"], reader_b["metadata"]["resourceVersion"],
+        "the drill replaced b's ClusterRole"
+    );
+    assert_eq!(reader_after["metadata"]["annotations"]["site"], "b-own");
+    let crd_after = b.get_json("crd", None, crd).unwrap();
+    assert_eq!(
+        crd_after["spec"]["conversion"]["webhook"]["clientConfig"]["service"]["namespace"], ns,
+        "{crd_after}"
+    );
+    assert_eq!(
+        crd_after["metadata"]["resourceVersion"], crd_b["metadata"]["resourceVersion"],
+        "the drill replaced b's CRD"
+    );
+    // What b lacked, the drill created for its copy and its teardown removed.
+    assert!(
+        b.get_json("clusterrole", None, "kdr-iso-extra").is_none(),
+        "the drill left the ClusterRole it created"
+    );
+    // The copy's namespace was isolated by a default-deny NetworkPolicy before it started. The
+    // lab's kubelets run without a network plugin, so the policy is stored, not enforced here.
+    assert!(
+        drill.contains("NetworkPolicy") && drill.contains("lifeboat-drill-isolation"),
+        "{drill}"
+    );
+}
+
+#[test]
+fn a_global_swarm_service_is_not_started_on_a_hot_standby() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "drg", 8193, None, "");
+    a.docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--mode",
+        "global",
+        "--label",
+        "app=drg",
+        "--name",
+        "drg-agent",
+        "--no-resolve-image",
+        "lifeboat-lab/web:1",
+        "sleep",
+        "3600",
+    ]);
+    let tasks = |s: &Site| {
+        s.docker(&[
+            "service",
+            "ps",
+            "drg-agent",
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.CurrentState}}",
+        ])
+    };
+    wait_for("the global service's task on a", Duration::from_secs(60), || {
+        tasks(a).contains("Running").then_some(())
+    });
+
+    app.ok(&["backup", "--plan"]);
+    let spec = b.docker(&["service", "inspect", "-f", "{{json .Spec}}", "drg-agent"]);
+    assert!(
+        spec.contains("node.id==lifeboat-held-back") && spec.contains("io.lifeboat.held-back"),
+        "{spec}"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(tasks(b), "", "a task of the global service runs on the hot standby");
+    // The drift check sees the held-back service as in step with a's.
+    let line = app.check_line("drift");
+    assert_eq!(line["status"], "ok", "{line}");
+
+    // Failover: a's global service is held back (fenced), b's released.
+    let out = app.ok(&["failover"]);
+    assert!(out.contains("released onto its nodes"), "{out}");
+    wait_for("the global service's task on b", Duration::from_secs(60), || {
+        tasks(b).contains("Running").then_some(())
+    });
+    wait_for("no task of the global service on a", Duration::from_secs(60), || {
+        tasks(a).is_empty().then_some(())
+    });
+    let spec = b.docker(&["service", "inspect", "-f", "{{json .Spec}}", "drg-agent"]);
+    assert!(!spec.contains("lifeboat-held-back"), "{spec}");
+}

@@ -650,3 +650,181 @@ spec:
     // running side by side, can make namespace deletion slow).
     let _ = a.kubectl_try(&["delete", "namespace", "k3-app", "--wait=false"], None);
 }
+
+/// Removes the APIService `name` from `site` when dropped.
+struct ApiServiceGone<'a>(&'a KubeSite, &'static str);
+impl Drop for ApiServiceGone<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .kubectl_try(&["delete", "apiservice", self.1, "--ignore-not-found"], None);
+    }
+}
+
+#[test]
+fn discovery_skips_an_aggregated_api_without_endpoints_at_once() {
+    let sites = kube_sites(1);
+    let a = &sites[0];
+    a.drop_namespace("k4-api");
+    // metrics-server down: its APIService points at a Service without endpoints, so the API
+    // server answers 503 for the group.
+    a.apply(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: k4-api}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: metrics, namespace: k4-api}
+spec: {ports: [{port: 443, targetPort: 4443}]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: k4-api}
+data: {a: "1"}
+"#,
+    );
+    let _gone = ApiServiceGone(a, "v1beta1.metrics.k8s.io");
+    a.apply(
+        r#"
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.metrics.k8s.io}
+spec:
+  group: metrics.k8s.io
+  version: v1beta1
+  service: {namespace: k4-api, name: metrics, port: 443}
+  insecureSkipTLSVerify: true
+  groupPriorityMinimum: 100
+  versionPriority: 100
+"#,
+    );
+    wait_for("the APIService to be unavailable", Duration::from_secs(60), || {
+        let s = a.get_json("apiservice", None, "v1beta1.metrics.k8s.io")?;
+        s["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Available" && c["status"] == "False")
+            .then_some(())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo").display().to_string();
+    ok(&repo, &["repo", "init"]);
+    let started = std::time::Instant::now();
+    let out = common::run(
+        &repo,
+        &[
+            "backup",
+            "kube",
+            "--kubeconfig",
+            &a.kubeconfig,
+            "-n",
+            "k4-api",
+            "--no-volumes",
+        ],
+    );
+    let took = started.elapsed();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    // Reported as skipped, with the server's answer, not as a timeout.
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("skipped: group metrics.k8s.io/v1beta1"))
+        .unwrap_or_else(|| panic!("the down group is not reported: {stderr}"));
+    assert!(line.contains("503") && !line.contains("no answer"), "{line}");
+    assert!(took < Duration::from_secs(8), "backup took {took:?} (discovery waited)");
+    assert!(stdout.contains("namespaces: k4-api"), "{stdout}");
+    drop(_gone);
+    let _ = a.kubectl_try(&["delete", "namespace", "k4-api", "--wait=false"], None);
+}
+
+#[test]
+fn a_helper_pod_whose_image_cannot_be_pulled_fails_within_seconds_naming_it() {
+    let sites = kube_sites(1);
+    let a = &sites[0];
+    a.drop_namespace("k5-helper");
+    a.apply(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: k5-helper}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: www, namespace: k5-helper}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 10Mi}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: k5-helper}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: k5}}
+  template:
+    metadata: {labels: {app: k5}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{name: web, image: lifeboat-lab/web:1, imagePullPolicy: Never, command: [sleep, "3600"],
+                    volumeMounts: [{name: www, mountPath: /www}]}]
+      volumes: [{name: www, persistentVolumeClaim: {claimName: www}}]
+"#,
+    );
+    wait_for("the claim to bind", Duration::from_secs(60), || {
+        (a.get_json("pvc", Some("k5-helper"), "www")?["status"]["phase"] == "Bound").then_some(())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo").display().to_string();
+    ok(&repo, &["repo", "init"]);
+    // No registry is reachable from the lab: the image cannot be pulled.
+    let image = "lifeboat-lab/not-here:1";
+    let started = std::time::Instant::now();
+    let out = common::run(
+        &repo,
+        &[
+            "--json",
+            "backup",
+            "kube",
+            "--kubeconfig",
+            &a.kubeconfig,
+            "-n",
+            "k5-helper",
+            "--helper-image",
+            image,
+        ],
+    );
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a backup without its volume data is not a success"
+    );
+    assert!(
+        stderr.contains(&format!("helper image {image} is on no node")),
+        "no warning before the work: {stderr}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json output");
+    let errors = report["errors"].to_string();
+    assert!(
+        errors.contains("k5-helper/www")
+            && errors.contains(image)
+            && (errors.contains("ErrImagePull") || errors.contains("ImagePullBackOff")),
+        "{errors}"
+    );
+    assert!(took < Duration::from_secs(60), "the helper was waited for {took:?}");
+    let helpers = a.kubectl(&[
+        "-n",
+        "k5-helper",
+        "get",
+        "pods",
+        "-l",
+        "io.lifeboat.helper",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(helpers, "", "the failed helper is removed");
+    let _ = a.kubectl_try(&["delete", "namespace", "k5-helper", "--wait=false"], None);
+}

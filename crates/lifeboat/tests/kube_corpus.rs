@@ -289,7 +289,8 @@ fn published_manifests_of_seven_projects_move_to_an_empty_cluster() {
     let missing: Vec<&Key> = keys.iter().filter(|k| !on_a.contains_key(*k)).collect();
     assert!(missing.is_empty(), "site a did not accept {missing:?}");
 
-    // The whole cluster, the system namespaces too (the corpus keeps RBAC in kube-system).
+    // The whole cluster with no scope flag: the system namespaces too (the corpus keeps RBAC, a
+    // CronJob, a Job, a ServiceAccount and a ConfigMap in kube-system).
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo").display().to_string();
     ok(&repo, &["repo", "init"]);
@@ -300,12 +301,21 @@ fn published_manifests_of_seven_projects_move_to_an_empty_cluster() {
             "kube",
             "--kubeconfig",
             &a.kubeconfig,
-            "--all-namespaces",
             "--helper-image",
             "lifeboat-lab/web:1",
         ],
     );
     assert_eq!(backup["errors"], json!([]), "{backup}");
+    let covered: Vec<&str> = backup["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        covered.contains(&"kube-system"),
+        "the summary lists kube-system: {covered:?}"
+    );
     let snap = backup["snapshot_id"].as_str().unwrap().to_string();
 
     let report = json(
@@ -328,6 +338,24 @@ fn published_manifests_of_seven_projects_move_to_an_empty_cluster() {
         .filter(|i| i["status"] == "failed")
         .collect();
     assert!(failed.is_empty(), "the restore into b failed for {failed:#?}");
+
+    // The 11 objects the corpus keeps in kube-system reached b (a whole-cluster backup is whole).
+    let system: Vec<&Key> = keys.iter().filter(|k| k.1 == "kube-system").collect();
+    let names: BTreeSet<(&str, &str)> = system.iter().map(|k| (k.0.as_str(), k.2.as_str())).collect();
+    assert_eq!(
+        system.len(),
+        11,
+        "the corpus keeps 11 objects in kube-system: {names:?}"
+    );
+    for kind in ["CronJob", "Job", "ServiceAccount", "ConfigMap", "Role", "RoleBinding"] {
+        assert!(
+            names.iter().any(|(k, _)| *k == kind),
+            "no {kind} in kube-system: {names:?}"
+        );
+    }
+    let on_b = objects_on(b, &resources, &cluster_kinds);
+    let lost: Vec<&&Key> = system.iter().filter(|k| !on_b.contains_key(**k)).collect();
+    assert!(lost.is_empty(), "not restored into b: {lost:?}");
 
     // Every corpus object on b, equal to a's. Controllers finish some objects on both sides
     // (aggregated ClusterRoles, bound claims), so compare until they agree or time runs out.

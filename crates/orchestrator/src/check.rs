@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use lifeboat_plan::{Plan, Profile, StandbyMode};
+use lifeboat_plan::{Plan, Profile, Site, StandbyMode};
 use lifeboat_repo::Repository;
 use lifeboat_traffic::Route;
 use serde::Serialize;
@@ -99,6 +99,38 @@ pub fn run(
             .filter(|_| app.profile == Profile::Dr)
             .map(|s| s.value.clone());
         let standby = standby_name.as_deref().and_then(|s| site(s, &mut out));
+
+        // The helper image that reads and writes volume data on Kubernetes sites: a site that
+        // cannot pull it (air-gapped, or the lab) starts no helper.
+        for (name, p) in [
+            (Some(app.primary.value.as_str()), primary.as_ref()),
+            (standby_name.as_deref(), standby.as_ref()),
+        ] {
+            let (Some(name), Some(p)) = (name, p) else { continue };
+            let Some(Site::Kubernetes { helper_image, .. }) = plan.sites.get(name) else {
+                continue;
+            };
+            let image = helper_image
+                .as_deref()
+                .unwrap_or(lifeboat_kube::volumes::DEFAULT_HELPER_IMAGE);
+            out.push(match p.has_image(image) {
+                Ok(true) => line(
+                    Some(a),
+                    &format!("helper image on {name}"),
+                    Status::Ok,
+                    format!("{image} present"),
+                ),
+                Ok(false) => line(
+                    Some(a),
+                    &format!("helper image on {name}"),
+                    Status::Fail,
+                    format!(
+                        "{image} is on no node of {name}: volume data cannot be read or written there unless its nodes can pull it (sites.{name}.helper_image names another)"
+                    ),
+                ),
+                Err(e) => line(Some(a), &format!("helper image on {name}"), Status::Fail, e.to_string()),
+            });
+        }
 
         // Recovery point age.
         if let Some(repo) = repo {

@@ -154,6 +154,29 @@ fn essence(defs: &Capture) -> BTreeMap<String, Value> {
             if let Some(m) = e.pointer_mut("/Spec/Mode/Replicated").and_then(|v| v.as_object_mut()) {
                 m.remove("Replicas");
             }
+            if let Some(spec) = e.get_mut("Spec") {
+                // A global service held back on a standby differs by design, like replicas.
+                if lifeboat_docker::control::held_back(spec) {
+                    lifeboat_docker::control::hold_global(spec, false);
+                }
+                // An empty placement is no placement, whichever way it was written.
+                if let Some(p) = spec
+                    .pointer_mut("/TaskTemplate/Placement")
+                    .and_then(|v| v.as_object_mut())
+                {
+                    if p.get("Constraints")
+                        .and_then(Value::as_array)
+                        .is_some_and(Vec::is_empty)
+                    {
+                        p.remove("Constraints");
+                    }
+                    if p.is_empty() {
+                        if let Some(t) = spec.get_mut("TaskTemplate").and_then(|v| v.as_object_mut()) {
+                            t.remove("Placement");
+                        }
+                    }
+                }
+            }
             if let Some(l) = e.pointer_mut("/Spec/Labels").and_then(|v| v.as_object_mut()) {
                 l.remove(lifeboat_docker::control::REPLICAS_LABEL);
             }

@@ -294,6 +294,22 @@ impl Plan {
                     }
                 }
             }
+            for a in &app.drill.allow {
+                if !is_cidr(&a.value) {
+                    out.push(Problem {
+                        line: line(a),
+                        field: f("drill.allow"),
+                        message: format!("{:?} is not a network (ADDRESS/PREFIX, e.g. 10.77.0.0/16)", a.value),
+                    });
+                }
+            }
+            if !app.drill.allow.is_empty() && kinds.first().is_some_and(|k| !k.1) {
+                out.push(Problem {
+                    line: line(&app.drill.allow[0]),
+                    field: f("drill.allow"),
+                    message: "a Docker drill copy is not network-isolated, so there is nothing to allow; drill.allow is for Kubernetes sites".into(),
+                });
+            }
             if let Some(b) = &app.backup {
                 if b.every.value.0.is_zero() {
                     out.push(Problem {
@@ -322,6 +338,19 @@ fn is_name(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
+}
+
+/// Whether `s` is `ADDRESS/PREFIX` with a prefix length that fits the address.
+fn is_cidr(s: &str) -> bool {
+    let Some((addr, len)) = s.split_once('/') else {
+        return false;
+    };
+    let Ok(len) = len.parse::<u8>() else { return false };
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => len <= 32,
+        Ok(std::net::IpAddr::V6(_)) => len <= 128,
+        Err(_) => false,
+    }
 }
 
 /// The parser's message without its own `error: line L column C: ` prefix (the error carries both).

@@ -134,6 +134,20 @@ pub struct App {
     /// them (whole seconds). Default: each container's own stop timeout, else the engine's 10 s.
     #[serde(default)]
     pub stop_grace: Option<Dur>,
+    /// How a drill's copy is isolated.
+    #[serde(default)]
+    pub drill: Drill,
+}
+
+/// A drill's copy is cut off from everything but itself (on Kubernetes: a default-deny
+/// NetworkPolicy in each of its namespaces); `allow` opens it to these networks.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Drill {
+    /// Networks (`10.77.0.0/16`, `192.0.2.7/32`) the copy may exchange traffic with, both ways:
+    /// e.g. where Lifeboat's health probes come from. Kubernetes drill sites only.
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
 }
 
 /// Commands run in the app's containers around its backups and after it is started elsewhere.

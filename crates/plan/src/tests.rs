@@ -212,3 +212,36 @@ fn apps_on_kubernetes_select_namespaces_and_keep_to_one_kind_of_site() {
     let e = Plan::parse("shop.yaml", &docker_ns).unwrap_err().to_string();
     assert!(e.contains("namespaces are Kubernetes'"), "{e}");
 }
+
+#[test]
+fn a_drill_allow_list_is_networks_and_only_for_kubernetes_sites() {
+    let kube = GOOD
+        .replace(
+            "  east: {docker: {host: \"unix:///run/east.sock\", address: 10.77.1.2}}\n  west: {docker: {host: \"tcp://10.77.2.2:2375\"}}",
+            "  east: {kubernetes: {context: e, address: 10.77.1.2}}\n  west: {kubernetes: {context: w, address: 10.77.2.2}}",
+        )
+        .replace("select: {labels: {app: shop}}", "select: {namespaces: [shop]}");
+    assert!(Plan::parse("p.yaml", &kube).unwrap().apps[0].drill.allow.is_empty());
+    let allow = |list: &str| {
+        kube.replace(
+            "    verify: [",
+            &format!("    drill: {{allow: [{list}]}}\n    verify: ["),
+        )
+    };
+    let p = Plan::parse("p.yaml", &allow("10.77.0.0/16, \"fd00::/8\"")).unwrap();
+    let nets: Vec<&str> = p.apps[0].drill.allow.iter().map(|a| a.value.as_str()).collect();
+    assert_eq!(nets, ["10.77.0.0/16", "fd00::/8"]);
+    for bad in ["10.77.0.0", "10.77.0.0/33", "shop/8", "fd00::/129"] {
+        let e = Plan::parse("p.yaml", &allow(&format!("\"{bad}\"")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("apps[0].drill.allow") && e.contains("is not a network"),
+            "{bad}: {e}"
+        );
+    }
+    // A Docker drill copy has no network isolation to open: the field would do nothing.
+    let docker = GOOD.replace("    verify: [", "    drill: {allow: [10.77.0.0/16]}\n    verify: [");
+    let e = Plan::parse("p.yaml", &docker).unwrap_err().to_string();
+    assert!(e.contains("drill.allow") && e.contains("Docker"), "{e}");
+}

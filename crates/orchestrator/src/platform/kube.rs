@@ -3,10 +3,14 @@
 //!
 //! - Stop and start scale the Deployments and StatefulSets to zero and back
 //!   ([`lifeboat_kube::Cluster::scale_down`] records what ran).
-//! - Stage restores a snapshot with every workload at zero replicas (the count recorded),
-//!   replacing existing objects and the files of existing claims.
-//! - A drill's copy lives in the app's namespaces with the drill's prefix in front; removing it
-//!   deletes those namespaces.
+//! - Stage restores a snapshot so that it runs nothing: every workload at zero replicas (the
+//!   count recorded), CronJobs and Jobs suspended, DaemonSets held off every node, bare Pods (and
+//!   Jobs on clusters that cannot suspend them) kept until the start; existing objects and the
+//!   files of existing claims are replaced. Start undoes all of it.
+//! - A drill's copy lives in the app's namespaces with the drill's prefix in front, behind a
+//!   default-deny NetworkPolicy; its cluster-scoped objects are only created when missing, never
+//!   replaced; its start leaves CronJobs and Jobs suspended. Removing it deletes those namespaces
+//!   and the cluster-scoped objects it created.
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +49,7 @@ pub(super) fn connect(
         helper_image: helper_image
             .unwrap_or(lifeboat_kube::volumes::DEFAULT_HELPER_IMAGE)
             .to_string(),
+        drill_allow: app.drill.allow.iter().map(|a| a.value.clone()).collect(),
     }))
 }
 
@@ -77,6 +82,11 @@ pub(super) fn connect_error(site: &str, e: KubeError) -> OrchestratorError {
     }
 }
 
+/// The name of the copy made under `prefix` (a label value: `drill-ID-` without its dash).
+fn copy_name(prefix: &str) -> String {
+    prefix.trim_matches('-').to_string()
+}
+
 struct Kube {
     name: String,
     /// The app's `stop_grace`: how long its pods may take to stop (beyond 30 s).
@@ -85,6 +95,8 @@ struct Kube {
     namespaces: Vec<String>,
     selector: Option<String>,
     helper_image: String,
+    /// The app's `drill.allow`: networks a drill's copy may reach.
+    drill_allow: Vec<String>,
 }
 
 fn describe(changes: Vec<lifeboat_kube::control::Change>) -> Vec<String> {
@@ -176,10 +188,19 @@ impl Platform for Kube {
     }
 
     fn start(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
-        self.cluster
-            .scale_up(&self.namespaces(prefix), self.selector.as_deref())
-            .map(describe)
-            .map_err(self.err())
+        let namespaces = self.namespaces(prefix);
+        let mut done = describe(
+            self.cluster
+                .scale_up(&namespaces, self.selector.as_deref())
+                .map_err(self.err())?,
+        );
+        // What staging held back: a drill's copy runs no CronJobs and Jobs.
+        done.extend(describe(
+            self.cluster
+                .release(&namespaces, self.selector.as_deref(), prefix.is_none())
+                .map_err(self.err())?,
+        ));
+        Ok(done)
     }
 
     fn stage(
@@ -218,9 +239,22 @@ impl Platform for Kube {
             existing: Existing::Update,
             helper_image: self.helper_image.clone(),
             volume_base,
+            hold: true,
+            isolated: (!prefix.is_empty()).then(|| copy_name(prefix)),
             ..Default::default()
         };
         let report = lifeboat_kube::restore(repo, &self.cluster, &stored, &opts).map_err(self.err())?;
+        let mut isolated = Vec::new();
+        if !prefix.is_empty() {
+            // Before anything of the copy runs (its start comes after).
+            for ns in self.namespaces(Some(prefix)) {
+                let c = self
+                    .cluster
+                    .isolate_namespace(&ns, &copy_name(prefix), &self.drill_allow)
+                    .map_err(self.err())?;
+                isolated.push(format!("{} {}: {}", c.kind, c.name, c.action));
+            }
+        }
         if report.failed > 0 {
             let first = report.items.iter().find(|i| i.status == "failed");
             return Err(OrchestratorError::Site {
@@ -254,12 +288,24 @@ impl Platform for Kube {
                 )
             })
             .collect();
+        let held: Vec<String> = report
+            .items
+            .iter()
+            .filter(|i| i.action == "hold")
+            .map(|i| format!("{} {}/{}", i.kind, i.namespace.as_deref().unwrap_or_default(), i.name))
+            .collect();
         let objects = report.items.len() - data.len();
-        Ok(if data.is_empty() {
-            format!("{objects} objects restored from {}", id.short())
-        } else {
-            format!("{objects} objects restored from {} ({})", id.short(), data.join("; "))
-        })
+        let mut out = format!("{objects} objects restored from {}", id.short());
+        if !data.is_empty() {
+            out.push_str(&format!(" ({})", data.join("; ")));
+        }
+        if !held.is_empty() {
+            out.push_str(&format!("; held back until start: {}", held.join(", ")));
+        }
+        if !isolated.is_empty() {
+            out.push_str(&format!("; {}", isolated.join("; ")));
+        }
+        Ok(out)
     }
 
     fn running(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
@@ -274,10 +320,17 @@ impl Platform for Kube {
                 reason: "removing needs a prefix: the production namespaces are never removed".into(),
             });
         }
-        self.cluster
-            .delete_namespaces(&self.namespaces(Some(prefix)))
-            .map(describe)
-            .map_err(self.err())
+        let mut done = describe(
+            self.cluster
+                .delete_isolated_cluster_objects(&copy_name(prefix))
+                .map_err(self.err())?,
+        );
+        done.extend(describe(
+            self.cluster
+                .delete_namespaces(&self.namespaces(Some(prefix)))
+                .map_err(self.err())?,
+        ));
+        Ok(done)
     }
 
     fn workloads(&self) -> Result<Vec<Workload>, OrchestratorError> {
