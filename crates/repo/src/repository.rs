@@ -773,6 +773,15 @@ impl Repository {
 
     // ----- snapshots ------------------------------------------------------------------------
 
+    /// Flushes pending data, then records a snapshot that no backup session produced (an import,
+    /// a test fixture): unlike [`Repository::commit_snapshot`] it does not check for write
+    /// failures since a start, only that the locks taken through this handle hold.
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id, RepoError> {
+        self.flush()?;
+        self.check_locks(true)?;
+        self.write_named("snapshots", &serde_json::to_vec(snap).expect("serialisable"))
+    }
+
     /// Finishes a backup that started at `started`: flushes pending data, fills in the snapshot's
     /// `blobs_added`, `bytes_added` (what this repository handle wrote) and `seconds`, then records
     /// it. Returns the snapshot id.
