@@ -8,6 +8,7 @@
 
 pub mod hook;
 mod id;
+pub mod redact;
 mod snapshot;
 mod tree;
 

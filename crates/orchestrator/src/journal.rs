@@ -28,6 +28,13 @@ pub struct AppState {
     /// The last operation that finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<String>,
+    /// The sequence number of the app's last traffic switch request (webhook bodies carry it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub traffic_sequence: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A fenced site.

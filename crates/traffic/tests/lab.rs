@@ -82,6 +82,8 @@ fn ctx() -> SwitchContext {
         plan: "lab".into(),
         app: "app".into(),
         reason: "drill".into(),
+        operation: "20260102T030405Z-lab1".into(),
+        sequence: 1,
     }
 }
 
@@ -571,7 +573,76 @@ fn webhook_posts_a_signed_body() {
     .unwrap();
     assert_eq!(req.headers["x-lifeboat-timestamp"], time.unix_timestamp().to_string());
     let keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys.len(), 5, "{keys:?}");
+    assert_eq!(keys.len(), 7, "{keys:?}");
+}
+
+/// A failover and the failback after it, as the orchestrator sends them: each request names its
+/// operation and carries a higher sequence, inside the signed body; the reference receiver acts
+/// on each once and refuses the failover's request replayed after the failback.
+#[test]
+fn webhook_bodies_carry_the_operation_and_a_sequence_number() {
+    use lifeboat_traffic::{check_delivery, DeliveryRefused, WebhookBody};
+    let dir = tempfile::tempdir().unwrap();
+    let (url, got) = http_server(200, "ok");
+    let r = webhook(&url, dir.path());
+    let over = SwitchContext {
+        reason: "failover".into(),
+        operation: "20260102T030405Z-0001".into(),
+        sequence: 41,
+        ..ctx()
+    };
+    let back = SwitchContext {
+        reason: "failback".into(),
+        operation: "20260102T031000Z-0002".into(),
+        sequence: 42,
+        ..ctx()
+    };
+    r.switch(Side::Standby, &over).unwrap();
+    r.switch(Side::Primary, &back).unwrap();
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 2);
+    let window = Duration::from_secs(300);
+    let now = time::OffsetDateTime::now_utc();
+    // The receiver's memory: the last sequence it acted on.
+    let mut last = None;
+    let mut acted: Vec<WebhookBody> = Vec::new();
+    for req in got.iter() {
+        let body = check_delivery(
+            b"lab-webhook-secret",
+            &req.headers["x-lifeboat-signature"],
+            &req.body,
+            now,
+            window,
+            last,
+        )
+        .unwrap();
+        last = Some(body.sequence);
+        acted.push(body);
+    }
+    assert_eq!(
+        acted
+            .iter()
+            .map(|b| (b.operation.as_str(), b.sequence, b.to))
+            .collect::<Vec<_>>(),
+        [
+            ("20260102T030405Z-0001", 41, Side::Standby),
+            ("20260102T031000Z-0002", 42, Side::Primary)
+        ]
+    );
+    // The failover's request captured and replayed after the failback (within the time window):
+    // refused, traffic stays where the failback put it.
+    let replay = &got[0];
+    assert_eq!(
+        check_delivery(
+            b"lab-webhook-secret",
+            &replay.headers["x-lifeboat-signature"],
+            &replay.body,
+            now,
+            window,
+            last
+        ),
+        Err(DeliveryRefused::Replayed { sequence: 41, last: 42 })
+    );
 }
 
 #[test]
