@@ -672,3 +672,46 @@ fn webhook_error_status_is_an_error() {
     assert!(matches!(e, TrafficError::Unreachable { .. }), "{e}");
     assert!(!e.to_string().contains("t0ps3cret"), "{e}");
 }
+
+/// Finding 16: maintenance stops new connections only; a switch also closes the sessions still
+/// open to the old server. A keep-alive connection through the lab's frontend to a (site a) is
+/// cut by the switch to b.
+#[test]
+fn a_switch_closes_sessions_to_the_old_server() {
+    let _guard = HAPROXY.lock().unwrap_or_else(|e| e.into_inner());
+    haproxy_reset();
+    let be = &lab().haproxy_backend;
+    let frontend = lab_env()
+        .get("LAB_HAPROXY_FRONTEND")
+        .cloned()
+        .expect("lab/lab env has LAB_HAPROXY_FRONTEND");
+    // A session to a: a request through HAProxy that waits for its answer (a listens only when a
+    // lab site serves on 10.77.1.2:8080; otherwise the session is still open, waiting on a).
+    let mut conn = std::net::TcpStream::connect(&frontend).expect("connect to the lab frontend");
+    conn.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n").unwrap();
+    let sessions_on_a = || {
+        haproxy_cmd("show sess")
+            .lines()
+            .filter(|l| l.contains(&format!("be={be} srv=a")))
+            .count()
+    };
+    let start = Instant::now();
+    while sessions_on_a() == 0 && start.elapsed() < Duration::from_secs(3) {
+        // The request is not complete yet: HAProxy holds the session but has not chosen a server.
+        let _ = conn.write_all(b"X-Wait: 1\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = sessions_on_a();
+    let r = router(&haproxy_traffic(&lab().haproxy_socket, "a", "b"), Path::new("/")).unwrap();
+    r.switch(Side::Standby, &ctx()).unwrap();
+    assert_eq!(
+        sessions_on_a(),
+        0,
+        "sessions to a left open after the switch (before: {before})"
+    );
+    // The client sees its connection end.
+    let mut buf = Vec::new();
+    let _ = conn.read_to_end(&mut buf);
+    haproxy_reset();
+}
