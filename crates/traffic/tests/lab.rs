@@ -674,44 +674,60 @@ fn webhook_error_status_is_an_error() {
 }
 
 /// Finding 16: maintenance stops new connections only; a switch also closes the sessions still
-/// open to the old server. A keep-alive connection through the lab's frontend to a (site a) is
-/// cut by the switch to b.
+/// open to the old server. Server a is pointed (runtime API `set server ... addr`) at a listener
+/// of this test that accepts and never answers, so a request through the lab's frontend holds a
+/// session on a; the switch to b must end it (the listener sees its connection closed).
 #[test]
 fn a_switch_closes_sessions_to_the_old_server() {
     let _guard = HAPROXY.lock().unwrap_or_else(|e| e.into_inner());
     haproxy_reset();
-    let be = &lab().haproxy_backend;
+    let be = lab().haproxy_backend.clone();
     let frontend = lab_env()
         .get("LAB_HAPROXY_FRONTEND")
         .cloned()
         .expect("lab/lab env has LAB_HAPROXY_FRONTEND");
-    // A session to a: a request through HAProxy that waits for its answer (a listens only when a
-    // lab site serves on 10.77.1.2:8080; otherwise the session is still open, waiting on a).
-    let mut conn = std::net::TcpStream::connect(&frontend).expect("connect to the lab frontend");
-    conn.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
-    conn.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n").unwrap();
+    let slow = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = slow.local_addr().unwrap().port();
+    let set_addr = |addr: &str, port: u16| {
+        let answer = haproxy_cmd(&format!("set server {be}/a addr {addr} port {port}"));
+        assert!(!answer.contains("failed") && !answer.contains("No such"), "{answer}");
+    };
+    set_addr("127.0.0.1", port);
+    struct Restore<F: Fn()>(F);
+    impl<F: Fn()> Drop for Restore<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _restore = Restore(|| {
+        let _ = haproxy_cmd(&format!("set server {be}/a addr {SITE_A} port 8080"));
+        haproxy_reset();
+    });
+    let mut client = std::net::TcpStream::connect(&frontend).expect("connect to the lab frontend");
+    client.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n").unwrap();
+    let (mut upstream, _) = slow.accept().expect("HAProxy forwards the request to a");
+    upstream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let sessions_on_a = || {
-        haproxy_cmd("show sess")
+        haproxy_cmd("show sess all")
             .lines()
-            .filter(|l| l.contains(&format!("be={be} srv=a")))
+            .filter(|l| l.contains(&format!("be={be} srv=a ")) || l.contains(&format!("backend=app/a")))
             .count()
     };
-    let start = Instant::now();
-    while sessions_on_a() == 0 && start.elapsed() < Duration::from_secs(3) {
-        // The request is not complete yet: HAProxy holds the session but has not chosen a server.
-        let _ = conn.write_all(b"X-Wait: 1\r\n\r\n");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let before = sessions_on_a();
     let r = router(&haproxy_traffic(&lab().haproxy_socket, "a", "b"), Path::new("/")).unwrap();
     r.switch(Side::Standby, &ctx()).unwrap();
-    assert_eq!(
-        sessions_on_a(),
-        0,
-        "sessions to a left open after the switch (before: {before})"
-    );
-    // The client sees its connection end.
-    let mut buf = Vec::new();
-    let _ = conn.read_to_end(&mut buf);
-    haproxy_reset();
+    // HAProxy closed its side of the session to a: the upstream connection ends.
+    let mut buf = [0u8; 4096];
+    let mut got = 0;
+    let closed = loop {
+        match upstream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got += n,
+            Err(e) => {
+                panic!("the session to a was not closed within 5 s ({e}; {got} bytes read, {before} sessions before)")
+            }
+        }
+    };
+    assert!(closed);
+    assert_eq!(sessions_on_a(), 0, "sessions to a left after the switch");
 }
