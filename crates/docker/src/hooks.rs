@@ -52,8 +52,9 @@ impl Site {
             Ok(out) => format!(
                 "exit code {}: {}",
                 out.exit_code,
-                String::from_utf8_lossy(&out.stderr)
-                    .trim()
+                // Redacted before it goes anywhere (an error, a snapshot manifest, a journal
+                // step): a database client may echo its connection string.
+                lifeboat_model::redact::redact(String::from_utf8_lossy(&out.stderr).trim())
                     .chars()
                     .take(500)
                     .collect::<String>()

@@ -1,7 +1,10 @@
 //! Docker Engine and Swarm adapter.
 //!
-//! [`Site`] talks to one Docker Engine through its API (bollard), locally or at `tcp://` / `unix://`
-//! addresses, so a remote host works the same as the local one. It turns the applications on that
+//! [`Site`] talks to one Docker Engine through its API (bollard), locally (`unix://`) or remotely:
+//! `tcp://` with TLS and a client certificate ([`Transport`], dockerd `--tlsverify`), or `ssh://`
+//! (the system's `ssh` client runs `docker system dial-stdio` on the host). Plain `tcp://` is
+//! refused unless [`Transport::insecure`] says otherwise: whoever reaches such a port is root on
+//! that host, and volume data and secret values would cross the network in clear. It turns the applications on that
 //! host into a snapshot ([`backup`]) and a snapshot back into applications ([`restore`]), and
 //! compares a snapshot with what runs now ([`diff`]).
 //!
@@ -47,6 +50,11 @@ pub const HELPER_LABEL: &str = "io.lifeboat.helper";
 /// Errors of the Docker adapter.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
+    /// The way to the engine is refused or cannot be set up: plain `tcp://` without
+    /// [`Transport::insecure`], TLS files that cannot be read, an unknown scheme. Nothing was sent;
+    /// retrying does not help: fix the plan, the flags or the files.
+    #[error("cannot use the Docker engine at {host}: {reason}")]
+    Transport { host: String, reason: String },
     /// The engine cannot be reached or did not answer the version handshake. Nothing was changed;
     /// retrying makes sense once the host is reachable.
     #[error("cannot reach the Docker engine at {host}: {reason}")]
@@ -100,6 +108,142 @@ pub struct Site {
     helper: std::sync::Mutex<Option<String>>,
 }
 
+/// How to reach a remote engine, beyond its address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transport {
+    /// TLS with a client certificate, for `tcp://` (and `https://`) engines.
+    pub tls: Option<TlsFiles>,
+    /// Plain `tcp://` is allowed (no encryption, no authentication).
+    pub insecure: bool,
+}
+
+/// The PEM files of a TLS connection with a client certificate (Docker's `DOCKER_CERT_PATH`
+/// holds them as `ca.pem`, `cert.pem`, `key.pem`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA that signed the engine's certificate.
+    pub ca: std::path::PathBuf,
+    /// The client certificate.
+    pub cert: std::path::PathBuf,
+    /// Its private key.
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// `ca.pem`, `cert.pem` and `key.pem` in `dir`.
+    pub fn in_dir(dir: &std::path::Path) -> TlsFiles {
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        }
+    }
+}
+
+impl Transport {
+    /// As the `docker` CLI reads the environment: `DOCKER_TLS_VERIFY` set and not empty means TLS
+    /// with the files in `DOCKER_CERT_PATH` (default `~/.docker`). `LIFEBOAT_DOCKER_INSECURE=1`
+    /// allows plain `tcp://`.
+    pub fn from_env() -> Transport {
+        let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty() && v != "0");
+        let tls = set("DOCKER_TLS_VERIFY").then(|| {
+            let dir = std::env::var_os("DOCKER_CERT_PATH")
+                .filter(|d| !d.is_empty())
+                .map(std::path::PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".docker")))
+                .unwrap_or_else(|| std::path::PathBuf::from(".docker"));
+            TlsFiles::in_dir(&dir)
+        });
+        Transport {
+            tls,
+            insecure: set("LIFEBOAT_DOCKER_INSECURE"),
+        }
+    }
+}
+
+/// The API client for `host` over `transport`; sends nothing yet. Chooses the transport only:
+/// `unix://` (the socket must exist), `tcp://`/`https://` with TLS, plain `tcp://`/`http://` only
+/// when `insecure`, `ssh://`.
+fn client(host: &str, transport: &Transport) -> Result<Docker, DockerError> {
+    let refused = |reason: String| DockerError::Transport {
+        host: host.to_string(),
+        reason,
+    };
+    let unreachable = |reason: String| DockerError::Unreachable {
+        host: host.to_string(),
+        reason,
+    };
+    const TIMEOUT: u64 = 600;
+    let version = bollard::API_DEFAULT_VERSION;
+    if let Some(path) = host.strip_prefix("unix://") {
+        if transport.tls.is_some() {
+            return Err(refused("TLS applies to tcp:// engines, not to a unix socket".into()));
+        }
+        if !std::path::Path::new(path).exists() {
+            return Err(unreachable(format!("no socket at {path}")));
+        }
+        return Docker::connect_with_unix(host, TIMEOUT, version).map_err(|e| refused(e.to_string()));
+    }
+    if host.starts_with("ssh://") {
+        if transport.tls.is_some() {
+            return Err(refused(
+                "TLS applies to tcp:// engines; ssh:// brings its own encryption".into(),
+            ));
+        }
+        return Docker::connect_with_ssh(host, TIMEOUT, version, None).map_err(|e| refused(e.to_string()));
+    }
+    let tcp = host.starts_with("tcp://") || host.starts_with("http://") || host.starts_with("https://");
+    if !tcp {
+        return Err(refused(
+            "the address is neither unix:///PATH, tcp://HOST:PORT nor ssh://[USER@]HOST".into(),
+        ));
+    }
+    match &transport.tls {
+        Some(tls) => {
+            for (what, path) in [
+                ("CA certificate", &tls.ca),
+                ("client certificate", &tls.cert),
+                ("client key", &tls.key),
+            ] {
+                check_pem(path).map_err(|reason| refused(format!("{what} {}: {reason}", path.display())))?;
+            }
+            if let Some(warning) = lifeboat_model::redact::loose_permissions(&tls.key) {
+                tracing::warn!("{warning}");
+            }
+            let h = host.replacen("http://", "tcp://", 1);
+            Docker::connect_with_ssl(&h, &tls.key, &tls.cert, &tls.ca, TIMEOUT, version)
+                .map_err(|e| refused(format!("TLS setup: {e}")))
+        }
+        None if host.starts_with("https://") => Err(refused(
+            "https:// needs the TLS files (ca, cert, key; DOCKER_TLS_VERIFY and DOCKER_CERT_PATH)".into(),
+        )),
+        None if transport.insecure => {
+            let h = host.replacen("tcp://", "http://", 1);
+            Docker::connect_with_http(&h, TIMEOUT, version).map_err(|e| refused(e.to_string()))
+        }
+        None => Err(refused(
+            "plain tcp:// is unencrypted and unauthenticated (whoever reaches the port is root on that host); \
+             use TLS with a client certificate (the plan's tls: {ca, cert, key}, or DOCKER_TLS_VERIFY=1 with \
+             DOCKER_CERT_PATH), ssh://, or allow it explicitly (the plan's insecure: true, or \
+             LIFEBOAT_DOCKER_INSECURE=1)"
+                .into(),
+        )),
+    }
+}
+
+/// Whether `path` is a readable PEM file (its content is not shown: a key is a secret).
+fn check_pem(path: &std::path::Path) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => e.to_string(),
+    })?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err("not a PEM file (no -----BEGIN line)".into());
+    }
+    Ok(())
+}
+
 /// The default engine address: `DOCKER_HOST`, else the local socket.
 pub fn default_host() -> String {
     std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
@@ -128,8 +272,8 @@ impl Default for Attempts {
 }
 
 impl Site {
-    /// Connects to `host` (`unix:///path`, `tcp://HOST:PORT`, `http://...`) and negotiates the API
-    /// version (engines from API 1.41, Docker 20.10, on), trying as [`Attempts::default`] says.
+    /// Connects to `host` (`unix:///path`, `tcp://HOST:PORT`, `ssh://[USER@]HOST`) over
+    /// `transport` and negotiates the API version (engines from API 1.41, Docker 20.10, on), trying as [`Attempts::default`] says.
     ///
     /// [`DockerError::Unreachable`] only when no handshake got an answer: the connection was
     /// refused, there was no route, or no answer came in time, on every try; or the socket file
@@ -137,12 +281,12 @@ impl Site {
     /// [`DockerError::Access`] for everything else: a socket directory that does not exist or a
     /// path that is not a socket (configuration), a socket the user may not open or an HTTP
     /// 401/403 (authentication), any other error answer (protocol).
-    pub fn connect(host: &str) -> Result<Site, DockerError> {
-        Site::connect_with(host, Attempts::default())
+    pub fn connect(host: &str, transport: &Transport) -> Result<Site, DockerError> {
+        Site::connect_with(host, transport, Attempts::default())
     }
 
     /// [`Site::connect`] with its own [`Attempts`].
-    pub fn connect_with(host: &str, attempts: Attempts) -> Result<Site, DockerError> {
+    pub fn connect_with(host: &str, transport: &Transport, attempts: Attempts) -> Result<Site, DockerError> {
         let unreachable = |reason: String| DockerError::Unreachable {
             host: host.to_string(),
             reason,
@@ -157,7 +301,7 @@ impl Site {
             .enable_all()
             .build()
             .map_err(|e| access(AccessProblem::Config, format!("cannot start the I/O runtime: {e}")))?;
-        let docker = if let Some(path) = host.strip_prefix("unix://") {
+        if let Some(path) = host.strip_prefix("unix://") {
             use std::os::unix::fs::FileTypeExt;
             let p = std::path::Path::new(path);
             match std::fs::metadata(p) {
@@ -182,12 +326,8 @@ impl Site {
                     return Err(access(problem, format!("{path}: {e}")));
                 }
             }
-            Docker::connect_with_unix(host, 600, bollard::API_DEFAULT_VERSION)
-        } else {
-            let h = host.replacen("tcp://", "http://", 1);
-            Docker::connect_with_http(&h, 600, bollard::API_DEFAULT_VERSION)
         }
-        .map_err(|e| access(AccessProblem::Config, short_error(&e)))?;
+        let docker = client(host, transport)?;
         let docker = rt.block_on(async {
             let mut last = String::new();
             for n in 0..attempts.tries.max(1) {
@@ -317,7 +457,14 @@ mod connect_tests {
     }
 
     fn err(host: &str) -> DockerError {
-        match Site::connect_with(host, quick()) {
+        match Site::connect_with(
+            host,
+            &Transport {
+                tls: None,
+                insecure: true,
+            },
+            quick(),
+        ) {
             Ok(_) => panic!("{host}: connected"),
             Err(e) => e,
         }

@@ -34,7 +34,28 @@ pub struct RestoreOutcome {
     pub bytes: u64,
     /// Items that could not be restored (a file with damaged data is removed, never left with wrong bytes).
     pub errors: Vec<ItemError>,
+    /// Device nodes left out ([`Specials::Drop`]), by path.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_devices: Vec<String>,
+    /// Files and directories restored without their set-uid/set-gid bits ([`Specials::Drop`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub setid_removed: Vec<String>,
 }
+
+/// What a restore does with device nodes and set-uid/set-gid bits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Specials {
+    /// Recreate them as recorded (a `files` snapshot of this host restored to this host).
+    #[default]
+    Keep,
+    /// Leave device nodes out and remove set-uid/set-gid bits: for a container's data restored to a
+    /// host directory, where the container's device cgroup and namespaces no longer confine them
+    /// (a block device node or a set-uid root shell from a container works on the host).
+    Drop,
+}
+
+/// Set-uid and set-gid bits.
+const SETID: u32 = 0o6000;
 
 /// Blobs of one large file fetched in parallel at once.
 const BLOBS_IN_FLIGHT: usize = 4;
@@ -48,11 +69,26 @@ struct Engine<'a> {
     /// Hard links to create once every file exists: (link path, (dev, inode)).
     deferred_links: Mutex<Vec<(PathBuf, (u64, u64))>>,
     as_root: bool,
+    specials: Specials,
+    skipped_devices: Mutex<Vec<String>>,
+    setid_removed: Mutex<Vec<String>>,
 }
 
-/// Restores the tree `root` into `target` (created if missing). Existing files of the same names are
-/// replaced; nothing else in `target` is touched.
+/// Restores the tree `root` into `target` (created if missing, mode 0700). Existing files of the
+/// same names are replaced; nothing else in `target` is touched. Device nodes and set-id bits are
+/// kept ([`Specials::Keep`]); see [`restore_with`].
 pub fn restore(repo: &Repository, root: &Id, target: &Path, progress: &Progress) -> Result<RestoreOutcome, FsError> {
+    restore_with(repo, root, target, progress, Specials::Keep)
+}
+
+/// [`restore`], with what to do with device nodes and set-id bits.
+pub fn restore_with(
+    repo: &Repository,
+    root: &Id,
+    target: &Path,
+    progress: &Progress,
+    specials: Specials,
+) -> Result<RestoreOutcome, FsError> {
     let bad = |reason: String| FsError::BadTarget {
         path: target.to_path_buf(),
         reason,
@@ -60,7 +96,15 @@ pub fn restore(repo: &Repository, root: &Id, target: &Path, progress: &Progress)
     match fs::symlink_metadata(target) {
         Ok(md) if !md.is_dir() => return Err(bad("exists and is not a directory".into())),
         Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(target).map_err(|e| bad(e.to_string()))?,
+        // 0700: until the restore is done (and after it), only the owner sees what it holds.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(target)
+                .map_err(|e| bad(e.to_string()))?
+        }
         Err(e) => return Err(bad(e.to_string())),
     }
     // Load the root first so a wrong or damaged snapshot fails before anything is written.
@@ -72,16 +116,26 @@ pub fn restore(repo: &Repository, root: &Id, target: &Path, progress: &Progress)
         links: Mutex::new(HashMap::new()),
         deferred_links: Mutex::new(Vec::new()),
         as_root: rustix::process::geteuid().is_root(),
+        specials,
+        skipped_devices: Mutex::new(Vec::new()),
+        setid_removed: Mutex::new(Vec::new()),
     };
     engine.entries(target, tree.nodes)?;
     engine.finish_links();
     let errors = engine.errors.into_sorted();
+    let sorted = |m: Mutex<Vec<String>>| {
+        let mut v = m.into_inner().expect("poisoned");
+        v.sort();
+        v
+    };
     Ok(RestoreOutcome {
         files: progress.files.load(Relaxed),
         dirs: progress.dirs.load(Relaxed),
         other: progress.other.load(Relaxed),
         bytes: progress.bytes.load(Relaxed),
         errors,
+        skipped_devices: sorted(engine.skipped_devices),
+        setid_removed: sorted(engine.setid_removed),
     })
 }
 
@@ -141,6 +195,13 @@ impl Engine<'_> {
                 self.progress.other.fetch_add(1, Relaxed);
                 let target = OsStr::from_bytes(n.target.as_ref().map(|t| t.0.as_slice()).unwrap_or(b""));
                 clear(path).and_then(|_| std::os::unix::fs::symlink(target, path))
+            }
+            NodeKind::Chardev | NodeKind::Blockdev if self.specials == Specials::Drop => {
+                self.skipped_devices
+                    .lock()
+                    .expect("poisoned")
+                    .push(path.display().to_string());
+                return Ok(());
             }
             NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => {
                 self.progress.other.fetch_add(1, Relaxed);
@@ -290,7 +351,15 @@ impl Engine<'_> {
             }
         }
         if n.kind != NodeKind::Symlink {
-            if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(n.mode)) {
+            let mut mode = n.mode;
+            if self.specials == Specials::Drop && mode & SETID != 0 {
+                mode &= !SETID;
+                self.setid_removed
+                    .lock()
+                    .expect("poisoned")
+                    .push(path.display().to_string());
+            }
+            if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(mode)) {
                 self.item_error(path, format!("mode: {e}"));
             }
         }

@@ -102,7 +102,11 @@ impl Cluster {
         ) {
             Ok(out) if out.code == 0 => Ok(()),
             Ok(out) => {
-                let stderr: String = String::from_utf8_lossy(&out.stderr).trim().chars().take(500).collect();
+                // Redacted before it goes anywhere (a database client may echo its connection string).
+                let stderr: String = lifeboat_model::redact::redact(String::from_utf8_lossy(&out.stderr).trim())
+                    .chars()
+                    .take(500)
+                    .collect();
                 Err(format!("exit code {}: {stderr}", out.code))
             }
             Err(KubeError::Api { reason, .. }) => Err(reason),

@@ -356,6 +356,10 @@ pub struct RestoreArgs {
     /// Kubernetes: image of the helper pods that write volume data (needs sh, sleep and tar)
     #[arg(long, default_value = lifeboat_kube::volumes::DEFAULT_HELPER_IMAGE)]
     pub helper_image: String,
+    /// files:DIR of a docker or kube snapshot: also recreate device nodes and set-uid/set-gid bits
+    /// (left out by default: outside the container they are no longer confined)
+    #[arg(long)]
+    pub allow_special: bool,
 }
 
 #[derive(Subcommand, Debug)]

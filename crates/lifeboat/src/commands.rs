@@ -36,6 +36,9 @@ fn default_location() -> String {
 fn read_password(file: Option<&PathBuf>, env: &str, what: &str) -> Result<Vec<u8>> {
     if let Some(f) = file {
         let mut pw = std::fs::read(f).with_context(|| format!("cannot read {what} file {}", f.display()))?;
+        if let Some(warning) = lifeboat_model::redact::loose_permissions(f) {
+            tracing::warn!("{what} file {warning}");
+        }
         while pw.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
             pw.pop();
         }
@@ -116,7 +119,7 @@ pub fn run(args: Cli) -> Result<bool> {
                     let context = rest.strip_prefix(':').filter(|c| !c.is_empty());
                     kube_cmd::restore(&ctx, &r, context)
                 }
-                _ => restore_cmd(&ctx, &r.snapshot, &r.to),
+                _ => restore_cmd(&ctx, &r.snapshot, &r.to, r.allow_special),
             },
         },
         Command::Backup(BackupArgs {
@@ -440,7 +443,7 @@ fn show(ctx: &Ctx, query: &str, recursive: bool) -> Result<bool> {
     Ok(true)
 }
 
-fn restore_cmd(ctx: &Ctx, query: &str, to: &str) -> Result<bool> {
+fn restore_cmd(ctx: &Ctx, query: &str, to: &str, allow_special: bool) -> Result<bool> {
     let Some(dir) = to.strip_prefix("files:") else {
         bail!("unsupported restore target {to:?}: use files:DIR, docker[:HOST] or kube[:CONTEXT]");
     };
@@ -460,15 +463,36 @@ fn restore_cmd(ctx: &Ctx, query: &str, to: &str) -> Result<bool> {
             bytes(p.bytes.load(Relaxed))
         )
     });
-    let out = restore::restore(&repo, &snap.tree, std::path::Path::new(dir), &progress)?;
+    // A container's data on the host: its device nodes and set-id files are no longer confined by
+    // the container's device cgroup and namespaces. A `files` snapshot came from a host and goes
+    // back as it was.
+    let specials = if snap.kind == "files" || allow_special {
+        restore::Specials::Keep
+    } else {
+        restore::Specials::Drop
+    };
+    let out = restore::restore_with(&repo, &snap.tree, std::path::Path::new(dir), &progress, specials)?;
     drop(ticker);
     let secs = started.elapsed().as_secs_f64();
     ctx.print(
         json!({"snapshot_id": id, "target": dir, "files": out.files, "dirs": out.dirs, "other": out.other,
-               "bytes": out.bytes, "seconds": secs, "errors": out.errors}),
+               "bytes": out.bytes, "seconds": secs, "errors": out.errors,
+               "skipped_devices": out.skipped_devices, "setid_removed": out.setid_removed}),
         || {
             for e in &out.errors {
                 eprintln!("error: {}: {}", e.path, e.error);
+            }
+            for p in &out.skipped_devices {
+                eprintln!(
+                    "skipped device node {p} (a {} snapshot; --allow-special keeps it)",
+                    snap.kind
+                );
+            }
+            for p in &out.setid_removed {
+                eprintln!(
+                    "removed the set-uid/set-gid bits of {p} (a {} snapshot; --allow-special keeps them)",
+                    snap.kind
+                );
             }
             println!(
                 "restored snapshot {} into {dir}: {} files, {} dirs, {} others, {} in {secs:.2} s",

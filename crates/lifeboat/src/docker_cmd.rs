@@ -15,7 +15,7 @@ use crate::progress::{bytes, Ticker};
 
 fn connect(host: Option<&str>) -> Result<Site> {
     let host = host.map(str::to_string).unwrap_or_else(lifeboat_docker::default_host);
-    Ok(Site::connect(&host)?)
+    Ok(Site::connect(&host, &lifeboat_docker::Transport::from_env())?)
 }
 
 pub fn backup(

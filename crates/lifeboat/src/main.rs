@@ -15,6 +15,24 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Warnings (and worse) of every crate go to stderr, as `lifeboat: warning: ...`.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .event_format(
+            tracing_subscriber::fmt::format()
+                .without_time()
+                .with_target(false)
+                .with_level(false),
+        )
+        .fmt_fields(tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+            if field.name() == "message" {
+                write!(w, "lifeboat: warning: {value:?}")
+            } else {
+                write!(w, " {}={value:?}", field.name())
+            }
+        }))
+        .init();
     let args = cli::Cli::parse();
     let json = args.json;
     match commands::run(args) {

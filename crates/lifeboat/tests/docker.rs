@@ -588,3 +588,117 @@ fn regression_a_helper_left_by_a_killed_backup_is_removed_by_the_next_backup() {
         "a live process's helper stays: {objs:?}"
     );
 }
+
+/// Every entry under `dir` (not following symlinks): relative path -> metadata.
+fn walk(dir: &std::path::Path) -> std::collections::BTreeMap<String, std::fs::Metadata> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let md = std::fs::symlink_metadata(e.path()).unwrap();
+            if md.is_dir() {
+                todo.push(e.path());
+            }
+            out.insert(e.path().strip_prefix(dir).unwrap().display().to_string(), md);
+        }
+    }
+    out
+}
+
+/// Finding 15: a container may make device nodes (Docker grants MKNOD) and set-uid files as its
+/// root; restored to a host directory they are no longer confined. By default they are left out
+/// (devices) or lose the bits (set-id), and the directory is the owner's only; `--allow-special`
+/// restores them as they were.
+#[test]
+fn a_container_snapshot_restored_to_a_directory_has_no_devices_or_setid_files() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let sites = docker_sites(1);
+    let a = &sites[0];
+    let _c = cleanup(&sites[..1], &["t15_"]);
+    let (dir, repo) = new_repo();
+    a.docker(&["volume", "create", "t15_vol"]);
+    a.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        "t15_vol:/v",
+        "lifeboat-lab/web:1",
+        "sh",
+        "-c",
+        "mknod /v/disk b 8 0 && chmod 666 /v/disk && mknod /v/tty c 5 0 && cp /bin/sh /v/rootsh && chmod 4755 /v/rootsh \
+         && mkdir /v/shared && chmod 2775 /v/shared && echo hi > /v/shared/plain && mkfifo /v/fifo",
+    ]);
+    a.docker(&[
+        "create",
+        "--name",
+        "t15_app",
+        "--label",
+        "t15=1",
+        "-v",
+        "t15_vol:/v",
+        "lifeboat-lab/web:1",
+    ]);
+    ok(
+        &repo,
+        &["backup", "docker", "--host", &a.docker_host, "--label", "t15=1"],
+    );
+
+    let safe = dir.path().join("inspect");
+    let out = run(
+        &repo,
+        &["restore", "latest", "--to", &format!("files:{}", safe.display())],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(std::fs::metadata(&safe).unwrap().permissions().mode() & 0o777, 0o700);
+    let entries = walk(&safe);
+    let find = |name: &str| {
+        entries
+            .iter()
+            .find(|(p, _)| p.ends_with(&format!("/{name}")))
+            .map(|(p, md)| (p.clone(), md.clone()))
+    };
+    for (p, md) in &entries {
+        let ft = md.file_type();
+        assert!(
+            !ft.is_block_device() && !ft.is_char_device(),
+            "device node {p} restored"
+        );
+        assert_eq!(md.mode() & 0o6000, 0, "{p} has set-id bits: {:o}", md.mode());
+    }
+    assert!(find("disk").is_none() && find("tty").is_none());
+    let (_, sh) = find("rootsh").expect("the set-uid file is restored, without its bit");
+    assert_eq!(sh.mode() & 0o7777, 0o755);
+    assert_eq!(find("shared").unwrap().1.mode() & 0o7777, 0o775);
+    assert!(find("fifo").unwrap().1.file_type().is_fifo());
+    let (plain, _) = find("plain").unwrap();
+    assert_eq!(std::fs::read_to_string(safe.join(plain)).unwrap(), "hi\n");
+    assert!(
+        stderr.contains("skipped device node") && stderr.contains("--allow-special"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("removed the set-uid/set-gid bits"), "{stderr}");
+
+    // Asked for: as it was.
+    let full = dir.path().join("full");
+    ok(
+        &repo,
+        &[
+            "restore",
+            "latest",
+            "--to",
+            &format!("files:{}", full.display()),
+            "--allow-special",
+        ],
+    );
+    let entries = walk(&full);
+    let (_, disk) = entries
+        .iter()
+        .find(|(p, _)| p.ends_with("/disk"))
+        .expect("the device node");
+    assert!(disk.file_type().is_block_device());
+    assert_eq!(disk.rdev(), rustix::fs::makedev(8, 0));
+    let (_, sh) = entries.iter().find(|(p, _)| p.ends_with("/rootsh")).unwrap();
+    assert_eq!(sh.mode() & 0o7777, 0o4755);
+}

@@ -9,6 +9,7 @@
 pub mod hook;
 mod id;
 pub mod reach;
+pub mod redact;
 mod snapshot;
 mod tree;
 

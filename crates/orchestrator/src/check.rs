@@ -43,6 +43,60 @@ fn line(app: Option<&str>, check: &str, status: Status, detail: impl Into<String
     }
 }
 
+/// Whether a switch of `app`'s traffic outlives the router's own restarts (HAProxy: a reload
+/// forgets runtime changes unless they are saved to its server-state file), and whether a webhook
+/// travels in clear.
+fn traffic_durability(app: &lifeboat_plan::App, a: &str) -> Option<CheckResult> {
+    use lifeboat_plan::Traffic;
+    match app.traffic.as_ref()? {
+        Traffic::Haproxy { state_file: None, .. } => Some(line(
+            Some(a),
+            "traffic-reload",
+            Status::Fail,
+            "HAProxy forgets a switch when it is reloaded and sends traffic back to the server its configuration              marks ready: set traffic.haproxy.state_file to the file HAProxy's `server-state-file` names (with              `load-server-state-from-file global` in `defaults`); Lifeboat saves the state there after each switch",
+        )),
+        Traffic::Haproxy {
+            state_file: Some(f), ..
+        } => {
+            let dir = f.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            let writable = std::fs::metadata(dir).map(|m| m.is_dir() && !m.permissions().readonly());
+            Some(match writable {
+                Ok(true) => line(
+                    Some(a),
+                    "traffic-reload",
+                    Status::Ok,
+                    format!(
+                        "the server state is saved to {} after each switch (HAProxy must load it:                          `server-state-file` and `load-server-state-from-file global`)",
+                        f.display()
+                    ),
+                ),
+                Ok(false) => line(
+                    Some(a),
+                    "traffic-reload",
+                    Status::Fail,
+                    format!("state_file {}: {} is not a writable directory", f.display(), dir.display()),
+                ),
+                Err(e) => line(
+                    Some(a),
+                    "traffic-reload",
+                    Status::Fail,
+                    format!("state_file {}: directory {}: {e}", f.display(), dir.display()),
+                ),
+            })
+        }
+        Traffic::Webhook { url, .. } if url.starts_with("http://") => Some(line(
+            Some(a),
+            "traffic-transport",
+            Status::Warn,
+            format!(
+                "webhook {} is plain http: the signed request can be read (not forged) on the way; use https",
+                lifeboat_model::redact::shown_url(url)
+            ),
+        )),
+        _ => None,
+    }
+}
+
 /// Runs every check.
 pub fn run(
     plan: &Plan,
@@ -292,6 +346,9 @@ pub fn run(
                 Err(e) => line(Some(a), "traffic", Status::Fail, format!("{}: {e}", r.describe())),
             }),
             Err(e) => out.push(line(Some(a), "traffic", Status::Fail, e.to_string())),
+        }
+        if let Some(l) = traffic_durability(app, a) {
+            out.push(l);
         }
     }
     // Capacity: each standby must hold what it would run with every primary gone.

@@ -28,6 +28,10 @@ pub fn run(
             Ok((code, output)) => format!("exit code {code}: {output}"),
             Err(e) => e.to_string(),
         };
+        // The hook's output goes into the journal, the reports (plaintext) and the logs: URLs lose
+        // their user info and query, secret-looking values are replaced (a database client may
+        // echo its connection string).
+        let failure = lifeboat_model::redact::redact(&failure);
         match h.on_error {
             HookOnError::Fail => {
                 return Err(OrchestratorError::Hook {

@@ -33,6 +33,13 @@ pub struct AppState {
     /// them back. Recorded before they are cleared, so a crash in between loses nothing.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub restart_policies: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// The sequence number of the app's last traffic switch request (webhook bodies carry it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub traffic_sequence: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A fenced site.

@@ -720,12 +720,18 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         None => Ok(("skipped", "the plan has no traffic section for this app".into())),
         Some(r) => {
             let side = if to == primary { Side::Primary } else { Side::Standby };
+            // Every request gets a new number, saved before it is sent, so none is ever reused
+            // (a webhook receiver refuses a sequence it has seen: replays, late deliveries).
+            state.traffic_sequence += 1;
+            st.save_state(&state)?;
             r.switch(
                 side,
                 &SwitchContext {
                     plan: op.plan.clone(),
                     app: op.app.clone(),
                     reason: op.kind.as_str().into(),
+                    operation: op.id.clone(),
+                    sequence: state.traffic_sequence,
                 },
             )
             .map_err(|e| OrchestratorError::Traffic {

@@ -259,7 +259,14 @@ pub fn connector(plan: &Plan) -> Arc<Connector> {
             reason: format!("no site {name:?} in the plan"),
         })?;
         match site {
-            Site::Docker { host, .. } => docker::connect(name, host.as_deref(), app),
+            Site::Docker {
+                host, tls, insecure, ..
+            } => docker::connect(
+                name,
+                host.as_deref(),
+                &docker::transport(host.is_some(), tls.as_ref(), *insecure),
+                app,
+            ),
             Site::Kubernetes {
                 kubeconfig,
                 context,

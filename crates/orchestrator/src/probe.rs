@@ -2,9 +2,13 @@
 //!
 //! `{site}` in a URL or address becomes the site's address. A probe passes when an HTTP GET answers
 //! with an accepted status (default 200-399) within the timeout, or a TCP connection is accepted.
+//!
+//! What a probe or check says (it goes into journals, reports and logs) names its URL without user
+//! info, query and fragment ([`shown_url`]), where credentials and tokens hide.
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use lifeboat_model::redact::{redact, shown_url};
 use lifeboat_plan::{App, Check, Health};
 
 /// Fills in `{site}`.
@@ -18,6 +22,7 @@ pub fn probe(h: &Health, address: &str) -> Result<(), String> {
     if let Some(http) = &h.probe.http {
         let url = fill(&http.url, address);
         let (status, _) = get(&url, timeout, 0)?;
+        let url = shown_url(&url);
         let ok = if http.expect_status.is_empty() {
             (200..400).contains(&status)
         } else {
@@ -55,6 +60,7 @@ pub fn verify(c: &Check, address: &str) -> Result<String, String> {
     };
     let url = fill(&http.url, address);
     let (status, body) = get(&url, Duration::from_secs(10), 1 << 20)?;
+    let url = shown_url(&url);
     if !(200..300).contains(&status) {
         return Err(format!("GET {url}: status {status}"));
     }
@@ -63,6 +69,20 @@ pub fn verify(c: &Check, address: &str) -> Result<String, String> {
         Some(want) => Ok(format!("GET {url}: {status}, contains {want:?}")),
         None => Ok(format!("GET {url}: {status}")),
     }
+}
+
+/// What went wrong with a request that got no answer, without its URL (ureq's `Display` of a
+/// transport error starts with the whole URL).
+fn transport_reason(t: &ureq::Transport) -> String {
+    use std::error::Error as _;
+    let mut reason = t.kind().to_string();
+    if let Some(m) = t.message() {
+        reason = format!("{reason}: {}", redact(m));
+    }
+    if let Some(io) = t.source().and_then(|s| s.downcast_ref::<std::io::Error>()) {
+        reason = format!("{reason}: {}", redact(&io.to_string()));
+    }
+    reason
 }
 
 /// GET with a total timeout; the status and up to `max_body` bytes of the body.
@@ -75,7 +95,7 @@ fn get(url: &str, timeout: Duration, max_body: u64) -> Result<(u16, String), Str
     let resp = match agent.get(url).call() {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => return Err(format!("GET {url}: {e}")),
+        Err(ureq::Error::Transport(t)) => return Err(format!("GET {}: {}", shown_url(url), transport_reason(&t))),
     };
     let status = resp.status();
     let mut body = String::new();
@@ -84,4 +104,33 @@ fn get(url: &str, timeout: Duration, max_body: u64) -> Result<(u16, String), Str
         let _ = resp.into_reader().take(max_body).read_to_string(&mut body);
     }
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_and_check_messages_name_no_credential() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let yaml = format!(
+            "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {{name: p}}\nrepository: /r\n\
+             sites:\n  a: {{docker: {{host: unix:///a.sock, address: 127.0.0.1}}}}\n\
+             apps:\n  - name: x\n    profile: single-site\n    primary: a\n    select: {{labels: {{app: x}}}}\n\
+             \x20   health: [{{http: {{url: \"http://user:MARKERPW@{{site}}:{port}/healthz?token=MARKERTOKEN\"}}, timeout: 1s}}]\n\
+             \x20   verify: [{{http: {{url: \"http://user:MARKERPW@{{site}}:{port}/items?token=MARKERTOKEN\"}}}}]\n"
+        );
+        let plan = lifeboat_plan::Plan::parse("p.yaml", &yaml).unwrap();
+        let app = &plan.apps[0];
+        let e = probe(&app.health[0], "127.0.0.1").unwrap_err();
+        assert!(!e.contains("MARKER"), "{e}");
+        assert!(e.contains(&format!("GET http://127.0.0.1:{port}/healthz: ")), "{e}");
+        let e = verify(&app.verify[0], "127.0.0.1").unwrap_err();
+        assert!(!e.contains("MARKER"), "{e}");
+        assert!(e.contains("/items"), "{e}");
+    }
 }

@@ -82,7 +82,18 @@ pub struct DrillReport {
 }
 
 impl DrillReport {
-    pub fn new(plan: &Plan, operations: Vec<Operation>, errors: Vec<String>) -> DrillReport {
+    /// Every step detail, operation error and app error is passed through
+    /// [`lifeboat_model::redact::redact`] once more (reports are plaintext, often CI artifacts):
+    /// the places that write them already keep secrets out, this is the safety net.
+    pub fn new(plan: &Plan, mut operations: Vec<Operation>, errors: Vec<String>) -> DrillReport {
+        use lifeboat_model::redact::redact;
+        for op in &mut operations {
+            for st in &mut op.steps {
+                st.detail = redact(&st.detail);
+            }
+            op.error = op.error.as_deref().map(redact);
+        }
+        let errors = errors.iter().map(|e| redact(e)).collect();
         let objectives = plan
             .apps
             .iter()

@@ -1,7 +1,11 @@
 //! A Markdown runbook: how to fail each app over and back by hand, with the plain `docker`,
 //! `lifeboat restore`, `nsupdate`, `socat` and `curl` commands, for the day the tool itself cannot
-//! run. It is written from the plan alone (no site is contacted) and names no secret.
+//! run. It is written from the plan alone (no site is contacted) and names no secret: URLs are
+//! shown without user info, query and fragment (`lifeboat_model::redact::shown_url`), with a note
+//! to take those from the plan when the plan's URL has them.
 use std::path::Path;
+
+use lifeboat_model::redact::shown_url;
 
 use lifeboat_plan::{App, Plan, Profile, Site, StandbyMode, Traffic};
 
@@ -319,9 +323,10 @@ fn probes(app: &App, address: &str) -> String {
         .map(|h| {
             if let Some(http) = &h.probe.http {
                 format!(
-                    "`curl -fsS -m {} {}`",
+                    "`curl -fsS -m {} {}`{}",
                     h.timeout.0.as_secs().max(1),
-                    http.url.replace("{site}", address)
+                    runbook_url(&http.url.replace("{site}", address)),
+                    secret_note(&http.url)
                 )
             } else if let Some(tcp) = &h.probe.tcp {
                 let a = tcp.address.replace("{site}", address);
@@ -344,8 +349,9 @@ fn checks(app: &App, address: &str) -> String {
         .filter_map(|c| c.http.as_ref())
         .map(|h| {
             format!(
-                "   `curl -fsS {}`{}\n",
-                h.url.replace("{site}", address),
+                "   `curl -fsS {}`{}{}\n",
+                runbook_url(&h.url.replace("{site}", address)),
+                secret_note(&h.url),
                 h.expect_body_contains
                     .as_ref()
                     .map(|w| format!(" must contain `{w}`"))
@@ -380,21 +386,43 @@ fn traffic(app: &App, to_standby: bool) -> String {
             backend,
             primary,
             standby,
+            state_file,
         }) => {
             let (off, on) = if to_standby { (primary, standby) } else { (standby, primary) };
             let sock = socket
                 .strip_prefix("unix://")
                 .map(|p| format!("UNIX-CONNECT:{p}"))
                 .unwrap_or_else(|| format!("TCP:{}", socket.trim_start_matches("tcp://")));
+            let save = state_file
+                .as_ref()
+                .map(|f| format!("   echo 'show servers state' | socat stdio {sock} > {}\n", f.display()))
+                .unwrap_or_default();
             format!(
-                "   ```\n   echo 'set server {backend}/{off} state maint' | socat stdio {sock}\n   echo 'set server {backend}/{on} state ready' | socat stdio {sock}\n   ```\n   (in this order: traffic is never on both)\n"
+                "   ```\n   echo 'set server {backend}/{off} state maint' | socat stdio {sock}\n   echo 'set server {backend}/{on} state ready' | socat stdio {sock}\n   echo 'shutdown sessions server {backend}/{off}' | socat stdio {sock}\n{save}   ```\n   (in this order: traffic is never on both; the last lines close what is still open to {off} and keep the switch across a reload)\n"
             )
         }
         Some(Traffic::Webhook { url, .. }) => format!(
-            "   POST to `{url}` the JSON `{{\"plan\",\"app\",\"to\":\"{}\",\"reason\",\"time\"}}` signed with the secret file's HMAC-SHA256 \
+            "   POST to `{}`{} the JSON `{{\"plan\",\"app\",\"operation\",\"sequence\",\"to\":\"{}\",\"reason\",\"time\"}}` (a new operation id and a sequence above the last one sent) signed with the secret file's HMAC-SHA256 \
              in the header `X-Lifeboat-Signature: sha256=HEX` (see docs/traffic.md), or switch in the balancer's own console.\n",
+            runbook_url(url),
+            secret_note(url),
             if to_standby { "standby" } else { "primary" }
         ),
+    }
+}
+
+/// A URL as the runbook prints it: without the parts where secrets hide.
+fn runbook_url(url: &str) -> String {
+    shell_quote(&shown_url(url))
+}
+
+/// When the plan's URL has user info, a query or a fragment (left out of the runbook): a note
+/// saying where to find them.
+fn secret_note(url: &str) -> &'static str {
+    if shown_url(url) != url && (url.contains('@') || url.contains('?') || url.contains('#')) {
+        " (add the user info, query or fragment of the plan's URL, left out here)"
+    } else {
+        ""
     }
 }
 
@@ -459,6 +487,30 @@ mod tests {
         );
         assert!(md.contains("`lifeboat backup kube --kubeconfig /k/b --context b -n shop -l app=shop --tag plan=shop --tag app=shop`"), "{md}");
         assert!(!md.contains("docker"), "{md}");
+    }
+
+    #[test]
+    fn the_runbook_prints_no_url_credential_or_token() {
+        let yaml = "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {name: shop}\nrepository: /r\n\
+                    sites:\n  a: {docker: {host: unix:///a.sock, address: 10.0.0.1}}\n  b: {docker: {host: unix:///b.sock, address: 10.0.0.2}}\n\
+                    apps:\n  - name: shop\n    primary: a\n    standby: b\n    select: {labels: {app: shop}}\n\
+                    \x20   health: [{http: {url: \"http://u:MARKERPW@{site}:8080/healthz?token=MARKERTOKEN\"}}]\n\
+                    \x20   verify: [{http: {url: \"http://{site}:8080/items?key=MARKERKEY\", expect_body_contains: widget}}]\n\
+                    \x20   traffic: {webhook: {url: \"https://u:MARKERHOOKPW@hooks.example.test/x?token=MARKERHOOK#f\", secret_file: s}}\n";
+        let md = markdown(&Plan::parse("p.yaml", yaml).unwrap(), Path::new("p.yaml"));
+        assert!(!md.contains("MARKER"), "{md}");
+        assert!(
+            md.contains("`curl -fsS -m 2 http://10.0.0.2:8080/healthz` (add the user info"),
+            "{md}"
+        );
+        assert!(
+            md.contains("`curl -fsS http://10.0.0.2:8080/items` (add the user info"),
+            "{md}"
+        );
+        assert!(
+            md.contains("POST to `https://hooks.example.test/x` (add the user info"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -107,6 +107,34 @@ impl Plan {
         if self.apps.is_empty() {
             push(&mut out, 0, "apps".into(), "a plan needs at least one app".into());
         }
+        for (name, site) in &self.sites {
+            if let Site::Docker {
+                host, tls, insecure, ..
+            } = site
+            {
+                if let Some(message) = docker_transport_problem(host.as_deref(), tls.is_some(), *insecure) {
+                    push(&mut out, 0, format!("sites.{name}.docker"), message);
+                }
+            }
+        }
+        for (i, app) in self.apps.iter().enumerate() {
+            if let Some(Traffic::Haproxy {
+                state_file: Some(f), ..
+            }) = &app.traffic
+            {
+                if !f.is_absolute() {
+                    push(
+                        &mut out,
+                        line(&app.name),
+                        format!("apps[{i}].traffic.haproxy.state_file"),
+                        format!(
+                            "{} must be an absolute path (the file HAProxy's server-state-file names)",
+                            f.display()
+                        ),
+                    );
+                }
+            }
+        }
         let site_names: Vec<&str> = self.sites.keys().map(String::as_str).collect();
         let mut seen = Vec::new();
         for (i, app) in self.apps.iter().enumerate() {
@@ -322,6 +350,29 @@ impl Plan {
         }
         out
     }
+}
+
+/// Why a Docker site's transport is refused, if it is: a plain `tcp://` (or `http://`) engine
+/// without `insecure: true` (anyone who reaches the port is root on the host, and volume data and
+/// secret values cross the network in clear), `tls` on an engine that is not `tcp://`, or `tls`
+/// and `insecure` together.
+pub fn docker_transport_problem(host: Option<&str>, tls: bool, insecure: bool) -> Option<String> {
+    let host = host?;
+    let tcp = host.starts_with("tcp://") || host.starts_with("http://") || host.starts_with("https://");
+    if tls && insecure {
+        return Some("tls and insecure: true together: say which (tls, normally)".into());
+    }
+    if tls && !tcp {
+        return Some(format!("tls applies to tcp:// engines only, not to {host}"));
+    }
+    if tcp && !tls && !insecure {
+        return Some(format!(
+            "{host} without tls is plain, unauthenticated TCP (anyone who reaches the port is root on that host, \
+             and volume data and secret values cross the network in clear): give tls: {{ca, cert, key}} for an \
+             engine started with --tlsverify, use ssh://, or say insecure: true"
+        ));
+    }
+    None
 }
 
 fn push(out: &mut Vec<Problem>, line: u64, field: String, message: String) {

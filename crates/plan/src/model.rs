@@ -47,12 +47,20 @@ pub struct Metadata {
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Site {
     Docker {
-        /// `unix:///PATH` or `tcp://HOST:PORT`; default: `DOCKER_HOST`, else the local socket.
+        /// `unix:///PATH`, `tcp://HOST:PORT` (with `tls`, or `insecure: true`) or `ssh://[USER@]HOST`;
+        /// default: `DOCKER_HOST`, else the local socket.
         #[serde(default)]
         host: Option<String>,
         /// What `{site}` becomes in probe and check URLs (default: the host of a `tcp://` engine).
         #[serde(default)]
         address: Option<String>,
+        /// TLS with a client certificate for a `tcp://` engine (dockerd `--tlsverify`).
+        #[serde(default)]
+        tls: Option<DockerTls>,
+        /// Allows a plain `tcp://` engine: no encryption, no authentication (anyone who reaches the
+        /// port is root on that host). Refused without it.
+        #[serde(default)]
+        insecure: bool,
     },
     Kubernetes {
         #[serde(default)]
@@ -69,13 +77,31 @@ pub enum Site {
     },
 }
 
+/// The files of a TLS connection to a Docker engine, as `DOCKER_CERT_PATH` holds them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DockerTls {
+    /// The CA that signed the engine's certificate (`ca.pem`).
+    pub ca: PathBuf,
+    /// The client certificate (`cert.pem`).
+    pub cert: PathBuf,
+    /// The client certificate's private key (`key.pem`).
+    pub key: PathBuf,
+}
+
 impl Site {
     /// What `{site}` stands for on this site, if known.
     pub fn address(&self) -> Option<String> {
         match self {
             Site::Docker { address: Some(a), .. } | Site::Kubernetes { address: Some(a), .. } => Some(a.clone()),
             Site::Docker { host: Some(h), .. } => {
-                let rest = h.strip_prefix("tcp://").or_else(|| h.strip_prefix("http://"))?;
+                let rest = h
+                    .strip_prefix("tcp://")
+                    .or_else(|| h.strip_prefix("http://"))
+                    .or_else(|| h.strip_prefix("https://"))
+                    .or_else(|| h.strip_prefix("ssh://"))?;
+                let rest = rest.trim_end_matches('/');
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
                 Some(rest.rsplit_once(':').map_or(rest, |(host, _)| host).to_string())
             }
             _ => None,
@@ -312,6 +338,11 @@ pub enum Traffic {
         backend: String,
         primary: String,
         standby: String,
+        /// The file HAProxy's `server-state-file` names (with `load-server-state-from-file global`
+        /// in `defaults`): after every switch Lifeboat writes `show servers state` into it, so a
+        /// reload keeps traffic where the switch put it. `plan check` fails without it.
+        #[serde(default)]
+        state_file: Option<PathBuf>,
     },
     /// An HTTP POST with an HMAC-SHA256-signed body.
     Webhook {

@@ -7,7 +7,7 @@ metadata: {name: shop}
 repository: /var/lib/lifeboat/repo
 sites:
   east: {docker: {host: "unix:///run/east.sock", address: 10.77.1.2}}
-  west: {docker: {host: "tcp://10.77.2.2:2375"}}
+  west: {docker: {host: "tcp://10.77.2.2:2376", tls: {ca: /etc/lifeboat/west/ca.pem, cert: /etc/lifeboat/west/cert.pem, key: /etc/lifeboat/west/key.pem}}}
 apps:
   - name: shop
     profile: dr
@@ -37,7 +37,12 @@ fn the_design_example_parses_with_every_field() {
         Site::Docker {
             host: Some("unix:///run/east.sock".into()),
             address: Some("10.77.1.2".into()),
+            tls: None,
+            insecure: false,
         }
+    );
+    assert!(
+        matches!(&p.sites["west"], Site::Docker { tls: Some(t), insecure: false, .. } if t.key.ends_with("key.pem"))
     );
     assert!(p.witness.is_none());
     let a = p.app("shop").unwrap();
@@ -115,8 +120,17 @@ fn a_site_address_comes_from_a_tcp_host_or_must_be_given_when_probes_use_it() {
     let tcp = Site::Docker {
         host: Some("tcp://10.77.1.2:2375".into()),
         address: None,
+        tls: None,
+        insecure: true,
     };
     assert_eq!(tcp.address().as_deref(), Some("10.77.1.2"));
+    let ssh = Site::Docker {
+        host: Some("ssh://ops@10.77.1.3:22".into()),
+        address: None,
+        tls: None,
+        insecure: false,
+    };
+    assert_eq!(ssh.address().as_deref(), Some("10.77.1.3"));
     let bad = GOOD.replace(", address: 10.77.1.2", "");
     let e = Plan::parse("shop.yaml", &bad).unwrap_err();
     let PlanError::Invalid { problems, .. } = &e else {
@@ -244,4 +258,40 @@ fn a_drill_allow_list_is_networks_and_only_for_kubernetes_sites() {
     let docker = GOOD.replace("    verify: [", "    drill: {allow: [10.77.0.0/16]}\n    verify: [");
     let e = Plan::parse("p.yaml", &docker).unwrap_err().to_string();
     assert!(e.contains("drill.allow") && e.contains("Docker"), "{e}");
+}
+
+#[test]
+fn a_plain_tcp_engine_is_refused_without_insecure() {
+    let plain = GOOD.replace(
+        "tls: {ca: /etc/lifeboat/west/ca.pem, cert: /etc/lifeboat/west/cert.pem, key: /etc/lifeboat/west/key.pem}",
+        "address: 10.77.2.2",
+    );
+    let e = Plan::parse("shop.yaml", &plain).unwrap_err();
+    let PlanError::Invalid { problems, .. } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(problems.len(), 1, "{e}");
+    assert_eq!(problems[0].field, "sites.west.docker");
+    assert!(problems[0].message.contains("plain, unauthenticated TCP"), "{e}");
+    assert!(problems[0].message.contains("insecure: true"), "{e}");
+    // Said on purpose: accepted.
+    let insecure = plain.replace("address: 10.77.2.2", "address: 10.77.2.2, insecure: true");
+    Plan::parse("shop.yaml", &insecure).unwrap();
+    // TLS on a unix socket, or TLS and insecure together: refused.
+    let both = GOOD.replace(
+        "key: /etc/lifeboat/west/key.pem}",
+        "key: /etc/lifeboat/west/key.pem}, insecure: true",
+    );
+    assert!(Plan::parse("shop.yaml", &both)
+        .unwrap_err()
+        .to_string()
+        .contains("together"));
+    let unix_tls = GOOD.replace(
+        "{host: \"unix:///run/east.sock\", address: 10.77.1.2}",
+        "{host: \"unix:///run/east.sock\", address: 10.77.1.2, tls: {ca: /c, cert: /c, key: /k}}",
+    );
+    assert!(Plan::parse("shop.yaml", &unix_tls)
+        .unwrap_err()
+        .to_string()
+        .contains("tcp:// engines only"));
 }

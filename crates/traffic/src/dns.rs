@@ -138,6 +138,9 @@ impl DnsRouter {
                 format!("primary and standby are the same address {primary}"),
             ));
         }
+        if let Some(warning) = lifeboat_model::redact::loose_permissions(c.key_path) {
+            tracing::warn!("TSIG key file {warning}");
+        }
         let text = std::fs::read_to_string(c.key_path).map_err(|e| TrafficError::SecretFile {
             router: router.clone(),
             what: "TSIG key file",

@@ -173,6 +173,17 @@ pub enum TrafficError {
         rollback: Option<String>,
     },
 
+    /// The switch moved traffic to `to`, but what must follow it failed: closing the sessions
+    /// still open to the old server (HAProxy's `shutdown sessions`), or saving the server state
+    /// for reloads. Traffic is on `to`; retrying the switch (idempotent) does the rest.
+    #[error("{router}: traffic moved to the {to}, but {what}: {reason}")]
+    AfterSwitch {
+        router: String,
+        to: Side,
+        what: String,
+        reason: String,
+    },
+
     /// The webhook answered with a status other than 2xx (redirects are not followed). `body` is the
     /// start of its answer (at most 512 bytes, control characters replaced). Whether traffic moved is
     /// up to the receiver; retrying may help for 5xx and 429.
@@ -216,6 +227,7 @@ impl TrafficError {
             TrafficError::DnsRcode { rcode, .. } => rcode == "SERVFAIL",
             TrafficError::WebhookStatus { status, .. } => *status >= 500 || *status == 429,
             TrafficError::SwitchFailed { traffic, .. } => matches!(traffic, TrafficAfter::On(_)),
+            TrafficError::AfterSwitch { .. } => true,
             _ => false,
         }
     }
@@ -230,6 +242,7 @@ impl TrafficError {
             // The receiver owns the switch; a 5xx may have moved part of it.
             TrafficError::WebhookStatus { status, .. } if *status >= 500 => TrafficAfter::Unknown,
             TrafficError::SwitchFailed { traffic, .. } => *traffic,
+            TrafficError::AfterSwitch { to, .. } => TrafficAfter::On(*to),
             _ => TrafficAfter::Unchanged,
         }
     }

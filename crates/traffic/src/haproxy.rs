@@ -7,6 +7,13 @@
 //! made ready again and the error says traffic is still there; if that fails too, the error says
 //! plainly that no side takes traffic.
 //!
+//! Then `shutdown sessions server BACKEND/OLD` closes the connections still open to the old side
+//! (keep-alive, websockets, TCP-mode database sessions): maintenance only stops new ones. Last,
+//! when the plan names a `state_file`, the output of `show servers state` (all backends) is
+//! written into it (a new file renamed over the old), so a reload of HAProxy with
+//! `server-state-file FILE` and `load-server-state-from-file global` keeps traffic on the new side
+//! instead of going back to what the configuration says.
+//!
 //! `current` reads the servers' administrative state: a server takes traffic unless it is in
 //! maintenance (forced, inherited, DNS-resolution or health-check maintenance; admin state bits
 //! 0x63) or draining (0x18). The configuration's `disabled` bit (0x04) stays set after `set server
@@ -41,6 +48,8 @@ pub(crate) struct HaproxyRouter {
     backend: String,
     primary: String,
     standby: String,
+    /// Where `show servers state` goes after a switch.
+    state_file: Option<PathBuf>,
     timeout: Duration,
 }
 
@@ -155,6 +164,7 @@ impl HaproxyRouter {
         backend: &str,
         primary: &str,
         standby: &str,
+        state_file: Option<PathBuf>,
     ) -> Result<HaproxyRouter, TrafficError> {
         let router = format!("haproxy backend {backend} at {socket}");
         let config = |reason: String| TrafficError::Config {
@@ -190,13 +200,85 @@ impl HaproxyRouter {
         if primary == standby {
             return Err(config(format!("primary and standby are the same server {primary}")));
         }
+        if let Some(f) = &state_file {
+            if f.file_name().is_none() {
+                return Err(config(format!(
+                    "state_file {}: needs the path of a file (the one HAProxy's server-state-file names)",
+                    f.display()
+                )));
+            }
+        }
         Ok(HaproxyRouter {
             socket: socket.to_string(),
             endpoint,
             backend: backend.to_string(),
             primary: primary.to_string(),
             standby: standby.to_string(),
+            state_file,
             timeout: TRY_TIMEOUT,
+        })
+    }
+
+    /// After a switch to `to`: closes the old server's sessions, then saves the server state.
+    fn after_switch(&self, to: Side) -> Result<(), TrafficError> {
+        let old = self.server(to.other());
+        let command = format!("shutdown sessions server {}/{old}", self.backend);
+        let closed = self
+            .command(&command, true)
+            .and_then(|answer| {
+                command_succeeded(&answer).map_err(|answer| TrafficError::Haproxy {
+                    router: self.describe(),
+                    server: self.socket.clone(),
+                    command: command.clone(),
+                    answer,
+                })
+            })
+            .map_err(|e| TrafficError::AfterSwitch {
+                router: self.describe(),
+                to,
+                what: format!("the sessions still open to the old server {old} could not be closed"),
+                reason: e.without_router(&self.describe()),
+            });
+        // The state is saved even when closing failed: traffic is on the new side either way.
+        let saved = self.save_state().map_err(|reason| TrafficError::AfterSwitch {
+            router: self.describe(),
+            to,
+            what: format!(
+                "the server state could not be saved to {} (a reload of HAProxy would send traffic back)",
+                self.state_file
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("?"))
+                    .display()
+            ),
+            reason,
+        });
+        closed.and(saved)
+    }
+
+    /// Writes `show servers state` (every backend: the file is HAProxy's, for all of them) into the
+    /// state file, through a new file renamed over the old one.
+    fn save_state(&self) -> Result<(), String> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let answer = self
+            .command("show servers state", false)
+            .map_err(|e| e.without_router(&self.describe()))?;
+        parse_servers_state(&answer).map_err(|m| format!("`show servers state`: {m}"))?;
+        let tmp = path.with_file_name(format!(
+            ".{}.lifeboat-{}",
+            path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+            std::process::id()
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(answer.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io_reason(&e)
         })
     }
 
@@ -357,7 +439,8 @@ impl Router for HaproxyRouter {
         self.set_state(old, "maint")?;
         // 2. The new side starts.
         let failed = match self.set_state(new, "ready") {
-            Ok(()) => return Ok(()),
+            // 3. The old side's open sessions are closed, the state saved.
+            Ok(()) => return self.after_switch(to),
             Err(e) => e,
         };
         let router = self.describe();
@@ -365,11 +448,11 @@ impl Router for HaproxyRouter {
             // The command may have been applied after all: if so, the switch is done.
             if let Ok(states) = self.states() {
                 if self.route(&states) == Route::On(to) {
-                    return Ok(());
+                    return self.after_switch(to);
                 }
             }
         }
-        // 3. It did not: the old side takes traffic again.
+        // It did not: the old side takes traffic again.
         let (traffic, rollback) = match self.set_state(old, "ready") {
             Ok(()) => (TrafficAfter::On(from), None),
             Err(e @ TrafficError::Timeout { .. }) => (TrafficAfter::Unknown, Some(e.without_router(&router))),
@@ -455,9 +538,9 @@ mod tests {
 
     #[test]
     fn settings_are_checked() {
-        let ok = HaproxyRouter::new("unix:///run/haproxy/admin.sock", "app", "a", "b").unwrap();
+        let ok = HaproxyRouter::new("unix:///run/haproxy/admin.sock", "app", "a", "b", None).unwrap();
         assert_eq!(ok.describe(), "haproxy backend app at unix:///run/haproxy/admin.sock");
-        assert!(HaproxyRouter::new("tcp://127.0.0.1:9999", "app", "a", "b").is_ok());
+        assert!(HaproxyRouter::new("tcp://127.0.0.1:9999", "app", "a", "b", None).is_ok());
         for (sock, be, p, s) in [
             ("unix://relative.sock", "app", "a", "b"),
             ("tcp://127.0.0.1", "app", "a", "b"),
@@ -468,7 +551,10 @@ mod tests {
             ("unix:///x.sock", "app", "a", "a"),
         ] {
             assert!(
-                matches!(HaproxyRouter::new(sock, be, p, s), Err(TrafficError::Config { .. })),
+                matches!(
+                    HaproxyRouter::new(sock, be, p, s, None),
+                    Err(TrafficError::Config { .. })
+                ),
                 "{sock} {be} {p} {s}"
             );
         }
@@ -511,7 +597,7 @@ mod tests {
             ("set server app/b state ready", "Server b is being deleted.\n".into()),
             ("set server app/a state ready", "\n".into()),
         ]);
-        let r = HaproxyRouter::new(&sock, "app", "a", "b").unwrap();
+        let r = HaproxyRouter::new(&sock, "app", "a", "b", None).unwrap();
         let e = r.switch(Side::Standby, &SwitchContext::default()).unwrap_err();
         assert_eq!(e.traffic_after(), TrafficAfter::On(Side::Primary));
         let text = e.to_string();
@@ -536,7 +622,7 @@ mod tests {
             ("set server app/b state ready", "Permission denied.\n".into()),
             ("set server app/a state ready", "Permission denied.\n".into()),
         ]);
-        let r = HaproxyRouter::new(&sock, "app", "a", "b").unwrap();
+        let r = HaproxyRouter::new(&sock, "app", "a", "b", None).unwrap();
         let e = r.switch(Side::Standby, &SwitchContext::default()).unwrap_err();
         assert_eq!(e.traffic_after(), TrafficAfter::Nowhere);
         assert!(e.to_string().contains("NO SIDE TAKES TRAFFIC NOW"), "{e}");
@@ -549,11 +635,52 @@ mod tests {
             ("show servers state app", lab_output((2, 0), (0, 5))),
             ("set server app/a state maint", "Permission denied.\n".into()),
         ]);
-        let r = HaproxyRouter::new(&sock, "app", "a", "b").unwrap();
+        let r = HaproxyRouter::new(&sock, "app", "a", "b", None).unwrap();
         let e = r.switch(Side::Standby, &SwitchContext::default()).unwrap_err();
         assert!(matches!(e, TrafficError::Haproxy { .. }), "{e}");
         assert_eq!(e.traffic_after(), TrafficAfter::Unchanged);
         assert_eq!(log.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_switch_closes_the_old_sides_sessions_and_saves_the_state() {
+        let (d, sock, log) = fake(vec![
+            ("show servers state", lab_output((2, 0), (0, 5))),
+            ("set server app/a state maint", "\n".into()),
+            ("set server app/b state ready", "\n".into()),
+            ("shutdown sessions server app/a", "\n".into()),
+        ]);
+        let file = d.path().join("server-state");
+        let r = HaproxyRouter::new(&sock, "app", "a", "b", Some(file.clone())).unwrap();
+        r.switch(Side::Standby, &SwitchContext::default()).unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "show servers state app",
+                "set server app/a state maint",
+                "set server app/b state ready",
+                "shutdown sessions server app/a",
+                "show servers state"
+            ]
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), lab_output((2, 0), (0, 5)));
+        assert!(HaproxyRouter::new(&sock, "app", "a", "b", Some("/".into())).is_err());
+    }
+
+    #[test]
+    fn sessions_that_cannot_be_closed_fail_the_switch_with_traffic_on_the_new_side() {
+        let (_d, sock, _log) = fake(vec![
+            ("show servers state app", lab_output((2, 0), (0, 5))),
+            ("set server app/a state maint", "\n".into()),
+            ("set server app/b state ready", "\n".into()),
+            ("shutdown sessions server app/a", "Permission denied.\n".into()),
+        ]);
+        let r = HaproxyRouter::new(&sock, "app", "a", "b", None).unwrap();
+        let e = r.switch(Side::Standby, &SwitchContext::default()).unwrap_err();
+        assert_eq!(e.traffic_after(), TrafficAfter::On(Side::Standby));
+        assert!(e.to_string().contains("sessions still open to the old server a"), "{e}");
+        assert!(e.to_string().contains("Permission denied."), "{e}");
+        assert!(e.retry_may_help());
     }
 
     #[test]
@@ -565,7 +692,7 @@ mod tests {
             ((0, 1), (0, 5), None),
         ] {
             let (_d, sock, _log) = fake(vec![("show servers state app", lab_output(a, b))]);
-            let r = HaproxyRouter::new(&sock, "app", "a", "b").unwrap();
+            let r = HaproxyRouter::new(&sock, "app", "a", "b", None).unwrap();
             let route = r.current().unwrap();
             match want {
                 Some(side) => assert_eq!(route, Route::On(side)),
@@ -573,7 +700,7 @@ mod tests {
             }
         }
         let (_d, sock, _log) = fake(vec![("show servers state app", lab_output((2, 0), (0, 5)))]);
-        let r = HaproxyRouter::new(&sock, "app", "a", "c").unwrap();
+        let r = HaproxyRouter::new(&sock, "app", "a", "c", None).unwrap();
         let e = r.current().unwrap_err();
         assert!(
             matches!(&e, TrafficError::NoSuchServer { name, known, .. } if name == "c" && known == "a, b"),
@@ -583,7 +710,7 @@ mod tests {
 
     #[test]
     fn missing_socket_is_unreachable() {
-        let r = HaproxyRouter::new("unix:///nonexistent/admin.sock", "app", "a", "b").unwrap();
+        let r = HaproxyRouter::new("unix:///nonexistent/admin.sock", "app", "a", "b", None).unwrap();
         let e = r.current().unwrap_err();
         assert!(matches!(e, TrafficError::Unreachable { .. }), "{e}");
         assert!(e.retry_may_help());

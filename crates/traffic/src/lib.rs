@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{TrafficAfter, TrafficError};
 pub use keyfile::TsigKey;
-pub use webhook::{webhook_body, webhook_signature, WebhookBody};
+pub use webhook::{check_delivery, webhook_body, webhook_signature, DeliveryRefused, WebhookBody};
 
 /// One of the two sides an app's traffic can go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -101,6 +101,14 @@ pub struct SwitchContext {
     pub app: String,
     /// `failover`, `failback`, `drill`, ... (free text, passed on as is).
     pub reason: String,
+    /// The id of the operation that switches (the journal's operation id); a receiver
+    /// deduplicates by it.
+    pub operation: String,
+    /// A number that grows with every switch request of this app (kept in the app's state in the
+    /// repository, never reused, also across crashes and resumes): a receiver refuses a request
+    /// whose sequence is not above the last one it acted on, so an old request replayed or
+    /// delivered late cannot move traffic back.
+    pub sequence: u64,
 }
 
 /// Moves an app's traffic between its primary and standby site.
@@ -159,8 +167,13 @@ pub fn router(traffic: &lifeboat_plan::Traffic, base_dir: &Path) -> Result<Box<d
             backend,
             primary,
             standby,
+            state_file,
         } => Ok(Box::new(haproxy::HaproxyRouter::new(
-            socket, backend, primary, standby,
+            socket,
+            backend,
+            primary,
+            standby,
+            state_file.as_ref().map(|f| resolve(base_dir, f)),
         )?)),
         lifeboat_plan::Traffic::Webhook { url, secret_file } => {
             let path = resolve(base_dir, secret_file);

@@ -82,6 +82,8 @@ fn ctx() -> SwitchContext {
         plan: "lab".into(),
         app: "app".into(),
         reason: "drill".into(),
+        operation: "20260102T030405Z-lab1".into(),
+        sequence: 1,
     }
 }
 
@@ -361,6 +363,7 @@ fn haproxy_traffic(socket: &str, primary: &str, standby: &str) -> Traffic {
         backend: lab().haproxy_backend.clone(),
         primary: primary.into(),
         standby: standby.into(),
+        state_file: None,
     }
 }
 
@@ -450,6 +453,7 @@ fn haproxy_nonexistent_server_leaves_traffic_on_the_old_side() {
             backend: "nope".into(),
             primary: "a".into(),
             standby: "b".into(),
+            state_file: None,
         },
         Path::new("/"),
     )
@@ -571,7 +575,76 @@ fn webhook_posts_a_signed_body() {
     .unwrap();
     assert_eq!(req.headers["x-lifeboat-timestamp"], time.unix_timestamp().to_string());
     let keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys.len(), 5, "{keys:?}");
+    assert_eq!(keys.len(), 7, "{keys:?}");
+}
+
+/// A failover and the failback after it, as the orchestrator sends them: each request names its
+/// operation and carries a higher sequence, inside the signed body; the reference receiver acts
+/// on each once and refuses the failover's request replayed after the failback.
+#[test]
+fn webhook_bodies_carry_the_operation_and_a_sequence_number() {
+    use lifeboat_traffic::{check_delivery, DeliveryRefused, WebhookBody};
+    let dir = tempfile::tempdir().unwrap();
+    let (url, got) = http_server(200, "ok");
+    let r = webhook(&url, dir.path());
+    let over = SwitchContext {
+        reason: "failover".into(),
+        operation: "20260102T030405Z-0001".into(),
+        sequence: 41,
+        ..ctx()
+    };
+    let back = SwitchContext {
+        reason: "failback".into(),
+        operation: "20260102T031000Z-0002".into(),
+        sequence: 42,
+        ..ctx()
+    };
+    r.switch(Side::Standby, &over).unwrap();
+    r.switch(Side::Primary, &back).unwrap();
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 2);
+    let window = Duration::from_secs(300);
+    let now = time::OffsetDateTime::now_utc();
+    // The receiver's memory: the last sequence it acted on.
+    let mut last = None;
+    let mut acted: Vec<WebhookBody> = Vec::new();
+    for req in got.iter() {
+        let body = check_delivery(
+            b"lab-webhook-secret",
+            &req.headers["x-lifeboat-signature"],
+            &req.body,
+            now,
+            window,
+            last,
+        )
+        .unwrap();
+        last = Some(body.sequence);
+        acted.push(body);
+    }
+    assert_eq!(
+        acted
+            .iter()
+            .map(|b| (b.operation.as_str(), b.sequence, b.to))
+            .collect::<Vec<_>>(),
+        [
+            ("20260102T030405Z-0001", 41, Side::Standby),
+            ("20260102T031000Z-0002", 42, Side::Primary)
+        ]
+    );
+    // The failover's request captured and replayed after the failback (within the time window):
+    // refused, traffic stays where the failback put it.
+    let replay = &got[0];
+    assert_eq!(
+        check_delivery(
+            b"lab-webhook-secret",
+            &replay.headers["x-lifeboat-signature"],
+            &replay.body,
+            now,
+            window,
+            last
+        ),
+        Err(DeliveryRefused::Replayed { sequence: 41, last: 42 })
+    );
 }
 
 #[test]
@@ -600,4 +673,56 @@ fn webhook_error_status_is_an_error() {
         .unwrap_err();
     assert!(matches!(e, TrafficError::Unreachable { .. }), "{e}");
     assert!(!e.to_string().contains("t0ps3cret"), "{e}");
+}
+
+/// Finding 16: maintenance stops new connections only; a switch also closes the sessions still
+/// open to the old server. Server a is pointed (runtime API `set server ... addr`) at a listener
+/// of this test that accepts and never answers, so a request through the lab's frontend holds a
+/// session on a; the switch to b must end it (the listener sees its connection closed).
+#[test]
+fn a_switch_closes_sessions_to_the_old_server() {
+    let _guard = HAPROXY.lock().unwrap_or_else(|e| e.into_inner());
+    haproxy_reset();
+    let be = lab().haproxy_backend.clone();
+    let frontend = lab_env()
+        .get("LAB_HAPROXY_FRONTEND")
+        .cloned()
+        .expect("lab/lab env has LAB_HAPROXY_FRONTEND");
+    let slow = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = slow.local_addr().unwrap().port();
+    let set_addr = |addr: &str, port: u16| {
+        let answer = haproxy_cmd(&format!("set server {be}/a addr {addr} port {port}"));
+        assert!(!answer.contains("failed") && !answer.contains("No such"), "{answer}");
+    };
+    set_addr("127.0.0.1", port);
+    struct Restore<F: Fn()>(F);
+    impl<F: Fn()> Drop for Restore<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _restore = Restore(|| {
+        let _ = haproxy_cmd(&format!("set server {be}/a addr {SITE_A} port 8080"));
+        haproxy_reset();
+    });
+    let mut client = std::net::TcpStream::connect(&frontend).expect("connect to the lab frontend");
+    client.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n").unwrap();
+    let (mut upstream, _) = slow.accept().expect("HAProxy forwards the request to a");
+    upstream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let r = router(&haproxy_traffic(&lab().haproxy_socket, "a", "b"), Path::new("/")).unwrap();
+    r.switch(Side::Standby, &ctx()).unwrap();
+    // HAProxy closed its side of the session to a: the upstream connection ends.
+    let mut buf = [0u8; 4096];
+    let mut got = 0;
+    let closed = loop {
+        match upstream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got += n,
+            Err(e) => {
+                panic!("the session to a was not closed within 5 s ({e}; {got} bytes read)")
+            }
+        }
+    };
+    assert!(closed);
+    drop(client);
 }

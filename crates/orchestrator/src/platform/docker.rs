@@ -19,14 +19,35 @@ pub fn selection(app: &App) -> Selection {
     }
 }
 
+/// How to reach a site's engine: the plan's `tls`/`insecure`; for a site without a `host`
+/// (`DOCKER_HOST`), the environment's `DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH` unless the plan says.
+pub(super) fn transport(
+    has_host: bool,
+    tls: Option<&lifeboat_plan::DockerTls>,
+    insecure: bool,
+) -> lifeboat_docker::Transport {
+    if !has_host && tls.is_none() && !insecure {
+        return lifeboat_docker::Transport::from_env();
+    }
+    lifeboat_docker::Transport {
+        tls: tls.map(|t| lifeboat_docker::TlsFiles {
+            ca: t.ca.clone(),
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        }),
+        insecure,
+    }
+}
+
 /// Connects to the engine of site `name` (`host`: default `DOCKER_HOST` or the local socket).
 pub(super) fn connect(
     name: &str,
     host: Option<&str>,
+    transport: &lifeboat_docker::Transport,
     app: &App,
 ) -> Result<std::sync::Arc<dyn Platform>, OrchestratorError> {
     let host = host.map(str::to_string).unwrap_or_else(lifeboat_docker::default_host);
-    let site = DockerSite::connect(&host).map_err(|e| connect_error(name, e))?;
+    let site = DockerSite::connect(&host, transport).map_err(|e| connect_error(name, e))?;
     Ok(std::sync::Arc::new(Docker {
         name: name.to_string(),
         site,
@@ -47,6 +68,11 @@ pub(super) fn connect_error(site: &str, e: lifeboat_docker::DockerError) -> Orch
             site: site.to_string(),
             problem,
             reason: format!("{host}: {reason}"),
+        },
+        e @ lifeboat_docker::DockerError::Transport { .. } => OrchestratorError::Access {
+            site: site.to_string(),
+            problem: lifeboat_model::reach::AccessProblem::Config,
+            reason: e.to_string(),
         },
         e => OrchestratorError::Access {
             site: site.to_string(),

@@ -4,6 +4,8 @@ use std::time::Duration;
 use rusty_s3::actions::{ListObjectsV2, S3Action};
 use rusty_s3::{Bucket, Credentials, UrlStyle};
 
+use lifeboat_model::redact::redact;
+
 use super::{Backend, BackendError, Listed};
 
 const SIGN_FOR: Duration = Duration::from_secs(600);
@@ -79,7 +81,11 @@ impl S3Backend {
             },
             ureq::Error::Status(code, resp) => {
                 let body = resp.into_string().unwrap_or_default();
-                let msg = extract_xml(&body, "Message").unwrap_or(body.chars().take(200).collect());
+                // Only the error's code and message: an S3 error document may also quote the
+                // request (`CanonicalRequest`, `StringToSign`, the access key id).
+                let msg = extract_xml(&body, "Message")
+                    .or_else(|| extract_xml(&body, "Code"))
+                    .unwrap_or_else(|| redact(&body.chars().take(200).collect::<String>()));
                 BackendError::Io {
                     location: self.location.clone(),
                     op,
@@ -92,7 +98,7 @@ impl S3Backend {
                 location: self.location.clone(),
                 op,
                 path: path.to_string(),
-                message: t.to_string(),
+                message: transport_reason(&t),
                 retryable: true,
             },
         }
@@ -129,12 +135,28 @@ impl S3Backend {
                     location: self.location.clone(),
                     op: "read",
                     path: path.to_string(),
-                    message: e.to_string(),
+                    message: redact(&e.to_string()),
                     retryable: true,
                 })?;
             Ok(buf)
         })
     }
+}
+
+/// What went wrong with a request that got no answer, without its URL: ureq's `Display` of a
+/// transport error starts with the URL, and every URL here is presigned (`X-Amz-Credential` names
+/// the access key id, `X-Amz-Security-Token` is the session token, `X-Amz-Signature` allows the
+/// request for [`SIGN_FOR`]).
+fn transport_reason(t: &ureq::Transport) -> String {
+    use std::error::Error as _;
+    let mut reason = t.kind().to_string();
+    if let Some(m) = t.message() {
+        reason = format!("{reason}: {}", redact(m));
+    }
+    if let Some(io) = t.source().and_then(|s| s.downcast_ref::<std::io::Error>()) {
+        reason = format!("{reason}: {}", redact(&io.to_string()));
+    }
+    reason
 }
 
 fn extract_xml(body: &str, tag: &str) -> Option<String> {
@@ -295,5 +317,58 @@ impl Backend for S3Backend {
     /// restic waits 200 ms before it checks for other locks, and so do we.
     fn listing_settle(&self) -> Duration {
         Duration::from_millis(200)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An endpoint nothing listens on (port 9, discard): every request fails in transport, after
+    /// the retries; the error must say what failed without the presigned URL's credentials.
+    #[test]
+    fn an_unreachable_s3_endpoint_error_names_no_credential() {
+        let mut b = S3Backend::from_location("s3:http://127.0.0.1:9/bucket/prefix").unwrap();
+        b.credentials = Some(Credentials::new_with_token(
+            "AKIAMARKERKEYID",
+            "MARKERSECRETKEY",
+            "MARKERSESSIONTOKEN",
+        ));
+        let e = b.read("keys/abc").unwrap_err();
+        let text = format!("{e} {e:?}");
+        for secret in [
+            "AKIAMARKERKEYID",
+            "MARKERSECRETKEY",
+            "MARKERSESSIONTOKEN",
+            "X-Amz-",
+            "Signature",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        // Still clear: where, what, and why.
+        assert!(text.contains("127.0.0.1:9"), "{text}");
+        assert!(text.contains("keys/abc"), "{text}");
+        assert!(text.to_lowercase().contains("connect"), "{text}");
+    }
+
+    #[test]
+    fn error_documents_are_cut_to_their_message() {
+        let b = S3Backend::from_location("s3:http://127.0.0.1:9/bucket").unwrap();
+        let body = "<Error><Code>SignatureDoesNotMatch</Code><Message>The request signature does not match</Message>\
+                    <AWSAccessKeyId>AKIAMARKER</AWSAccessKeyId><CanonicalRequest>X-Amz-Security-Token=MARKER</CanonicalRequest></Error>";
+        let resp = ureq::Response::new(403, "Forbidden", body).unwrap();
+        let e = b.err("read", "keys/x", ureq::Error::Status(403, resp));
+        let text = e.to_string();
+        assert!(
+            text.contains("HTTP 403: The request signature does not match"),
+            "{text}"
+        );
+        assert!(!text.contains("MARKER"), "{text}");
+        // A body that is not an S3 error document is shown redacted.
+        let resp =
+            ureq::Response::new(502, "Bad Gateway", "proxy: GET http://u:MARKER@x/y?token=MARKER failed").unwrap();
+        let text = b.err("read", "keys/x", ureq::Error::Status(502, resp)).to_string();
+        assert!(text.contains("proxy: GET http://x/y failed"), "{text}");
+        assert!(!text.contains("MARKER"), "{text}");
     }
 }
