@@ -1466,7 +1466,7 @@ fn a_restored_docker_volume_holds_exactly_the_snapshot() {
     a.docker(&["exec", "dra-web", "sh", "-c", "echo private > /www/data/deleted-later"]);
     app.ok(&["backup", "--plan"]);
     assert!(volume_ls(b, "dra-www", "/www/data").contains("deleted-later"));
-    a.docker(&["exec", "dra-web", "rm", "/www/data/deleted-later"]);
+    a.docker(&["exec", "dra-web", "busybox", "rm", "/www/data/deleted-later"]);
     app.ok(&["backup", "--plan"]);
     let staged = volume_ls(b, "dra-www", "/www/data");
     assert!(
@@ -1497,7 +1497,7 @@ fn a_damaged_recovery_point_leaves_the_standbys_staged_copy_intact() {
         "drb-web",
         "sh",
         "-c",
-        "echo a > /www/data/a.txt && head -c 8000000 /dev/urandom > /www/data/big && echo z > /www/data/z.txt",
+        "echo a > /www/data/a.txt && busybox head -c 8000000 /dev/urandom > /www/data/big && echo z > /www/data/z.txt",
     ]);
     app.ok(&["backup", "--plan"]);
     let sum = |s: &Site| {
