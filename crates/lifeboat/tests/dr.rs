@@ -1507,6 +1507,7 @@ fn a_damaged_recovery_point_leaves_the_standbys_staged_copy_intact() {
             "-v",
             "drb-www:/www",
             "lifeboat-lab/web:1",
+            "busybox",
             "md5sum",
             "/www/data/big",
         ])
