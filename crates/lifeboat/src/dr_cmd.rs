@@ -722,7 +722,7 @@ fn watch_tasks(
         if wit.is_some() {
             " (a witness must agree before a failover)"
         } else {
-            " (no witness: a primary that cannot be reached is not failed over, see `failover --fenced-by-hand`)"
+            " (no witness: a primary that cannot be reached stays active until `failover --fenced-by-hand`)"
         }
     );
     Ok(watched
