@@ -58,6 +58,18 @@ pub fn hold_global(spec: &mut Value, hold: bool) {
     if !spec["TaskTemplate"].get("Placement").is_some_and(Value::is_object) {
         spec["TaskTemplate"]["Placement"] = json!({});
     }
+    if kept.is_empty() && !hold {
+        // Released to what the owner had: no constraints, and no placement if that was all of it.
+        let placement = spec["TaskTemplate"]["Placement"].as_object_mut().expect("set above");
+        placement.remove("Constraints");
+        if placement.is_empty() {
+            spec["TaskTemplate"]
+                .as_object_mut()
+                .expect("set above")
+                .remove("Placement");
+        }
+        return;
+    }
     spec["TaskTemplate"]["Placement"]["Constraints"] = json!(kept);
 }
 

@@ -67,7 +67,16 @@ pub fn essence(kind: &str, doc: &Value) -> Value {
                 "Running": doc.pointer("/State/Running"),
             })
         }
-        "services" | "configs" => doc.get("Spec").cloned().unwrap_or(Value::Null),
+        // A global service held back on a hot standby (see `control::hold_global`) is compared
+        // as its owner defined it: the hold is Lifeboat's, not drift.
+        "services" => {
+            let mut spec = doc.get("Spec").cloned().unwrap_or(Value::Null);
+            if crate::control::held_back(&spec) {
+                crate::control::hold_global(&mut spec, false);
+            }
+            spec
+        }
+        "configs" => doc.get("Spec").cloned().unwrap_or(Value::Null),
         "secrets" => {
             let mut spec = doc.get("Spec").cloned().unwrap_or(json!({}));
             if let Some(s) = spec.as_object_mut() {
@@ -163,6 +172,21 @@ pub fn diff(snapshot: &Capture, live: &Capture) -> Vec<Difference> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (lab: `a_global_swarm_service_is_not_started_on_a_hot_standby`): `plan check`
+    /// reported a held-back global service on the standby as drift.
+    #[test]
+    fn a_held_back_global_service_is_not_drift() {
+        let own = json!({"Name": "agent", "Labels": {"app": "rv"}, "Mode": {"Global": {}},
+                         "TaskTemplate": {"ContainerSpec": {"Image": "web:1"}}});
+        let mut held = own.clone();
+        crate::control::hold_global(&mut held, true);
+        assert_ne!(held, own);
+        assert_eq!(
+            essence("services", &json!({"Spec": held})),
+            essence("services", &json!({"Spec": own}))
+        );
+    }
 
     #[test]
     fn engine_assigned_fields_are_not_drift() {
