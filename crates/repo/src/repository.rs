@@ -131,7 +131,12 @@ impl Repository {
         // Key slots without a config: an interrupted init (or a lost config). Adding a second slot
         // for another master key would make the location ambiguous; removing them could destroy
         // the only way to read data that exists. Refuse and say what is there.
-        let slots = backend.list("keys")?;
+        // (On S3 a bucket that does not exist yet lists as "not found": nothing there.)
+        let slots = match backend.list("keys") {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         if !slots.is_empty() {
             return Err(RepoError::InterruptedInit {
                 location: backend.location().to_string(),
