@@ -10,6 +10,8 @@ export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/lifeboat-fuzz-target}"
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo +nightly install cargo-fuzz --locked
 targets=$(cd fuzz && cargo +nightly fuzz list)
+# Built once up front, so a build problem is reported as such and not as a target's crash.
+(cd fuzz && cargo +nightly fuzz build)
 failed=()
 for t in $targets; do
   mkdir -p "fuzz/corpus/$t"
