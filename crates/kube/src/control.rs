@@ -132,19 +132,30 @@ impl Cluster {
         selector: Option<&str>,
         limit: std::time::Duration,
     ) -> Result<Vec<String>, KubeError> {
-        let mut pod_selectors = Vec::new();
+        // The app's own pods (its selector, or every pod of its namespaces), and its workloads'
+        // pods, whose labels may not carry the app's.
+        let mut pod_selectors: Vec<(String, String)> = namespaces
+            .iter()
+            .map(|ns| (ns.clone(), selector.unwrap_or_default().to_string()))
+            .collect();
         for (_, _, o) in self.scalable_workloads(namespaces, selector)? {
             if let Some(labels) = pod_selector(&o.data) {
                 pod_selectors.push((ns_name(&o).0, labels));
             }
         }
+        pod_selectors.sort();
+        pod_selectors.dedup();
         let started = std::time::Instant::now();
         loop {
             let mut running = Vec::new();
             for (ns, labels) in &pod_selectors {
                 let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client().clone(), ns);
+                let lp = match labels.as_str() {
+                    "" => ListParams::default(),
+                    l => ListParams::default().labels(l),
+                };
                 let list = self
-                    .block_on(pods.list(&ListParams::default().labels(labels)))
+                    .block_on(pods.list(&lp))
                     .map_err(self.api_err(format!("list pods {labels} in {ns}")))?;
                 for p in list.items {
                     let v = serde_json::to_value(&p).unwrap_or_default();
@@ -157,6 +168,8 @@ impl Cluster {
                     }
                 }
             }
+            running.sort();
+            running.dedup();
             if running.is_empty() || started.elapsed() >= limit {
                 return Ok(running);
             }
@@ -529,6 +542,8 @@ impl Cluster {
 
 /// An API and the objects listed through it.
 type Listed = (Api<DynamicObject>, Vec<DynamicObject>);
+/// An object kind that runs without replicas, its API and its objects.
+type Unreplicated = (&'static str, Api<DynamicObject>, Vec<DynamicObject>);
 
 /// The name of the NetworkPolicy that isolates a drill's namespace.
 pub const ISOLATION_POLICY: &str = "lifeboat-drill-isolation";
@@ -614,6 +629,77 @@ impl Cluster {
         Ok(None)
     }
 
+    /// The CronJobs, Jobs and DaemonSets of `ns` matching `lp` (and its Pods, `with_pods`): what
+    /// runs without replicas, with its kind and API.
+    fn unreplicated(&self, ns: &str, lp: &ListParams, with_pods: bool) -> Result<Vec<Unreplicated>, KubeError> {
+        let mut workloads = Vec::new();
+        if let Some((api, items)) = self.cronjobs(ns, lp)? {
+            workloads.push(("CronJob", api, items));
+        }
+        let mut kinds = vec![
+            ("Job", api_resource("batch", "v1", "jobs", "Job")),
+            ("DaemonSet", api_resource("apps", "v1", "daemonsets", "DaemonSet")),
+        ];
+        if with_pods {
+            kinds.push(("Pod", api_resource("", "v1", "pods", "Pod")));
+        }
+        for (kind, ar) in kinds {
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client().clone(), ns, &ar);
+            let list = self
+                .block_on(api.list(lp))
+                .map_err(self.api_err(format!("list {} in {ns}", ar.plural)))?;
+            workloads.push((kind, api, list.items));
+        }
+        Ok(workloads)
+    }
+
+    /// The fence's part for what runs without replicas in `namespaces` (matching `selector`):
+    /// CronJobs suspended, Jobs suspended where the cluster can (else a running Job kept in a
+    /// held-back Secret and deleted with its pods), DaemonSets held off their nodes, running bare
+    /// Pods kept and deleted; see [`crate::rules::fence_hold`]. [`Cluster::release`] undoes it.
+    /// Idempotent: what is held already is left, and a retried fence keeps what it kept before.
+    pub fn hold(&self, namespaces: &[String], selector: Option<&str>) -> Result<Vec<Change>, KubeError> {
+        let lp = match selector {
+            Some(s) => ListParams::default().labels(s),
+            None => ListParams::default(),
+        };
+        let can_suspend = self.jobs_can_suspend()?;
+        let mut out = Vec::new();
+        for ns in namespaces {
+            for (kind, api, items) in self.unreplicated(ns, &lp, true)? {
+                for o in items {
+                    let v = serde_json::to_value(&o).unwrap_or_default();
+                    let (_, name) = ns_name(&o);
+                    let action = match crate::rules::fence_hold(kind, &v, can_suspend) {
+                        crate::rules::FenceHold::Leave => continue,
+                        crate::rules::FenceHold::Patch(patch, action) => {
+                            self.block_on(api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)))
+                                .map_err(self.api_err(format!("hold {kind} {ns}/{name}")))?;
+                            action
+                        }
+                        crate::rules::FenceHold::KeepAndDelete(doc, action) => {
+                            // Kept before it is deleted: a fence cut short between the two keeps it twice,
+                            // never not at all.
+                            self.put_secret(ns, crate::restore::held_secret(kind, ns, &doc), false)?;
+                            match self.block_on(api.delete(&name, &kube::api::DeleteParams::background())) {
+                                Ok(_) => {}
+                                Err(e) if crate::status_code(&e) == Some(404) => {}
+                                Err(e) => return Err(self.api_err(format!("delete {kind} {ns}/{name}"))(e)),
+                            }
+                            action.to_string()
+                        }
+                    };
+                    out.push(Change {
+                        kind,
+                        name: format!("{ns}/{name}"),
+                        action,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Starts what a held restore ([`crate::RestoreOptions::hold`]) held back in `namespaces`
     /// (matching `selector`): DaemonSets released onto their nodes, the bare Pods and Jobs kept
     /// for the start created, and, with `scheduled` (not for a drill's copy), CronJobs and Jobs
@@ -635,21 +721,7 @@ impl Cluster {
         });
         let mut out = Vec::new();
         for ns in namespaces {
-            let mut workloads: Vec<(&'static str, Api<DynamicObject>, Vec<DynamicObject>)> = Vec::new();
-            if let Some((api, items)) = self.cronjobs(ns, &lp)? {
-                workloads.push(("CronJob", api, items));
-            }
-            for (kind, ar) in [
-                ("Job", api_resource("batch", "v1", "jobs", "Job")),
-                ("DaemonSet", api_resource("apps", "v1", "daemonsets", "DaemonSet")),
-            ] {
-                let api: Api<DynamicObject> = Api::namespaced_with(self.client().clone(), ns, &ar);
-                let list = self
-                    .block_on(api.list(&lp))
-                    .map_err(self.api_err(format!("list {} in {ns}", ar.plural)))?;
-                workloads.push((kind, api, list.items));
-            }
-            for (kind, api, items) in workloads {
+            for (kind, api, items) in self.unreplicated(ns, &lp, false)? {
                 for o in items {
                     let v = serde_json::to_value(&o).unwrap_or_default();
                     let Some((patch, action)) = crate::rules::release_patch(kind, &v, scheduled) else {

@@ -633,6 +633,24 @@ pub fn held_secret_name(kind: &str, name: &str) -> String {
     n.trim_end_matches(['-', '.']).to_string()
 }
 
+/// The Secret of namespace `ns` that keeps `obj`, an object of `kind` held back until the start,
+/// with its labels and [`HELD_LABEL`].
+pub(crate) fn held_secret(kind: &str, ns: &str, obj: &Value) -> Value {
+    let mut labels = obj
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    labels.insert(HELD_LABEL.into(), Value::String("1".into()));
+    let name = meta(obj, "name").unwrap_or_default();
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": held_secret_name(kind, name), "namespace": ns, "labels": labels},
+        "type": HELD_TYPE,
+        "stringData": {HELD_KEY: obj.to_string()},
+    })
+}
+
 /// Keeps a held-back object (already prepared for the target) in a Secret of its namespace, with
 /// its labels, so that [`Cluster::release`] creates it when the copy is started.
 fn keep_for_start(cluster: &Cluster, o: &StoredObject, obj: &Value, opts: &RestoreOptions, why: &str) -> ItemResult {
@@ -652,18 +670,7 @@ fn keep_for_start(cluster: &Cluster, o: &StoredObject, obj: &Value, opts: &Resto
         item.message = Some("a held-back object needs a namespace".into());
         return item;
     };
-    let mut labels = obj
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    labels.insert(HELD_LABEL.into(), Value::String("1".into()));
-    let secret = serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": held_secret_name(&o.resource.api.kind, &name), "namespace": ns, "labels": labels},
-        "type": HELD_TYPE,
-        "stringData": {HELD_KEY: obj.to_string()},
-    });
+    let secret = held_secret(&o.resource.api.kind, &ns, obj);
     if let Err(e) = cluster.put_secret(&ns, secret, opts.dry_run) {
         item.status = "failed";
         item.message = Some(e.to_string());

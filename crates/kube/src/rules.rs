@@ -534,6 +534,103 @@ pub fn release_patch(kind: &str, obj: &Value, scheduled: bool) -> Option<(Value,
     }
 }
 
+/// What fencing a live site does with one object that runs without replicas (see [`fence_hold`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FenceHold {
+    /// Patched in place (a merge patch), with what it does.
+    Patch(Value, String),
+    /// Kept, as [`strip`] left it, in a held-back Secret and then deleted: it can not be held in
+    /// place (a bare Pod; a Job on a cluster that cannot suspend Jobs). The start creates it again.
+    KeepAndDelete(Value, &'static str),
+    /// Nothing to do: it runs nothing (a finished Job or Pod), was held already, or is owned by a
+    /// controller that the fence stops otherwise.
+    Leave,
+}
+
+fn finished(kind: &str, live: &Value) -> bool {
+    match kind {
+        "Job" => live
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    matches!(c.get("type").and_then(Value::as_str), Some("Complete" | "Failed"))
+                        && c.get("status").and_then(Value::as_str) == Some("True")
+                })
+            }),
+        "Pod" => matches!(
+            live.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        ),
+        _ => false,
+    }
+}
+
+/// How the fence of a live site stops `live`, an object of `kind` that runs without replicas:
+/// the same hold a staged copy gets ([`hold_back`]), applied to what runs. CronJobs (and Jobs where
+/// `jobs_can_suspend`) are suspended with their own value recorded; DaemonSets get the node
+/// selector no node has; bare Pods and unsuspendable Jobs that still run are kept for the start
+/// and deleted. [`release_patch`] and the start undo all of it. Idempotent: an object held
+/// already is left.
+pub fn fence_hold(kind: &str, live: &Value, jobs_can_suspend: bool) -> FenceHold {
+    let owned = live
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|o| !o.is_empty());
+    match kind {
+        "CronJob" | "Job" if kind == "CronJob" || jobs_can_suspend => {
+            if annotation(live, SUSPEND_ANNOTATION).is_some() || (kind == "Job" && finished(kind, live)) {
+                return FenceHold::Leave;
+            }
+            let own = live.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false);
+            FenceHold::Patch(
+                serde_json::json!({"metadata": {"annotations": {SUSPEND_ANNOTATION: own.to_string()}},
+                                   "spec": {"suspend": true}}),
+                "suspended".into(),
+            )
+        }
+        "Job" | "Pod" => {
+            // A CronJob's Jobs stop with it (suspended CronJobs make none); one already running
+            // is owned, and held here like any Job.
+            if finished(kind, live) || (kind == "Pod" && owned) {
+                return FenceHold::Leave;
+            }
+            let mut doc = live.clone();
+            strip(kind, &mut doc);
+            // The items of a list carry no type; the start needs it to create the object again.
+            if let Some(m) = doc.as_object_mut() {
+                m.insert("kind".into(), Value::String(kind.into()));
+                m.entry("apiVersion")
+                    .or_insert_with(|| Value::String(if kind == "Pod" { "v1" } else { "batch/v1" }.into()));
+            }
+            FenceHold::KeepAndDelete(
+                doc,
+                if kind == "Pod" {
+                    "a bare Pod: kept for the start and deleted"
+                } else {
+                    "this cluster cannot suspend Jobs: kept for the start and deleted"
+                },
+            )
+        }
+        "DaemonSet" => {
+            let held = live
+                .pointer(&format!(
+                    "/spec/template/spec/nodeSelector/{}",
+                    HOLD_NODE_LABEL.replace('/', "~1")
+                ))
+                .is_some();
+            if held {
+                return FenceHold::Leave;
+            }
+            FenceHold::Patch(
+                serde_json::json!({"spec": {"template": {"spec": {"nodeSelector": {HOLD_NODE_LABEL: HOLD_NODE_VALUE}}}}}),
+                "held off its nodes".into(),
+            )
+        }
+        _ => FenceHold::Leave,
+    }
+}
+
 /// Before `obj` replaces `live`: copies what the target cluster assigned and cannot change (a
 /// Service's cluster IPs and node ports, a claim's volume, class and mode, a Job's selector) from
 /// `live` where [`strip`] removed it, so that the replace is accepted.
@@ -806,6 +903,97 @@ mod tests {
         let mut cm = json!({"kind": "ConfigMap", "metadata": {"name": "c"}});
         assert_eq!(hold_back("ConfigMap", &mut cm, true), Hold::Create);
         assert_eq!(cm, json!({"kind": "ConfigMap", "metadata": {"name": "c"}}));
+    }
+
+    /// Applies a merge patch (RFC 7386) to `v`.
+    fn merge(v: &mut Value, patch: &Value) {
+        match (v.as_object_mut(), patch.as_object()) {
+            (Some(o), Some(p)) => {
+                for (k, pv) in p {
+                    if pv.is_null() {
+                        o.remove(k);
+                    } else {
+                        merge(o.entry(k.clone()).or_insert(Value::Null), pv);
+                    }
+                }
+            }
+            _ => *v = patch.clone(),
+        }
+    }
+
+    #[test]
+    fn a_fence_holds_what_runs_without_replicas_and_the_start_undoes_exactly_that() {
+        // CronJob: suspended, the owner's value recorded; start gives it back; held twice is once.
+        let cj = json!({"kind": "CronJob", "metadata": {"name": "tick"}, "spec": {"schedule": "* * * * *"}});
+        let FenceHold::Patch(p, _) = fence_hold("CronJob", &cj, false) else {
+            panic!()
+        };
+        let mut held = cj.clone();
+        merge(&mut held, &p);
+        assert_eq!(held["spec"]["suspend"], true);
+        assert_eq!(fence_hold("CronJob", &held, false), FenceHold::Leave);
+        let (back, _) = release_patch("CronJob", &held, true).unwrap();
+        merge(&mut held, &back);
+        assert_eq!(held["spec"]["suspend"], false);
+        assert!(held["metadata"]
+            .get("annotations")
+            .is_none_or(|a| a.as_object().unwrap().is_empty()));
+        // One its owner suspended stays suspended after the start.
+        let off = json!({"kind": "CronJob", "metadata": {"name": "off"}, "spec": {"suspend": true}});
+        let FenceHold::Patch(p, _) = fence_hold("CronJob", &off, false) else {
+            panic!()
+        };
+        let mut held = off.clone();
+        merge(&mut held, &p);
+        let (back, _) = release_patch("CronJob", &held, true).unwrap();
+        merge(&mut held, &back);
+        assert_eq!(held["spec"]["suspend"], true);
+
+        // DaemonSet: off its nodes, the owner's selector kept, released exactly.
+        let ds = json!({"kind": "DaemonSet", "metadata": {"name": "agent"},
+                        "spec": {"template": {"spec": {"nodeSelector": {"disk": "ssd"}}}}});
+        let FenceHold::Patch(p, _) = fence_hold("DaemonSet", &ds, true) else {
+            panic!()
+        };
+        let mut held = ds.clone();
+        merge(&mut held, &p);
+        assert_eq!(
+            held["spec"]["template"]["spec"]["nodeSelector"][HOLD_NODE_LABEL],
+            HOLD_NODE_VALUE
+        );
+        assert_eq!(fence_hold("DaemonSet", &held, true), FenceHold::Leave);
+        let (back, _) = release_patch("DaemonSet", &held, true).unwrap();
+        merge(&mut held, &back);
+        assert_eq!(held, ds);
+
+        // Jobs: suspended where the cluster can; else a running one is kept and deleted.
+        let job = json!({"kind": "Job", "metadata": {"name": "once", "uid": "u1", "resourceVersion": "9"},
+                         "spec": {"template": {"spec": {}}}, "status": {"active": 1}});
+        assert!(matches!(fence_hold("Job", &job, true), FenceHold::Patch(..)));
+        let FenceHold::KeepAndDelete(doc, _) = fence_hold("Job", &job, false) else {
+            panic!()
+        };
+        assert!(doc.get("status").is_none() && doc["metadata"].get("uid").is_none());
+        assert_eq!((&doc["kind"], &doc["apiVersion"]), (&json!("Job"), &json!("batch/v1")));
+        let done = json!({"kind": "Job", "metadata": {"name": "d"},
+                          "status": {"conditions": [{"type": "Complete", "status": "True"}]}});
+        assert_eq!(fence_hold("Job", &done, false), FenceHold::Leave);
+        assert_eq!(fence_hold("Job", &done, true), FenceHold::Leave);
+
+        // Pods: a bare one that runs is kept (without its node) and deleted; owned or finished ones are left.
+        let pod = json!({"kind": "Pod", "metadata": {"name": "solo"}, "spec": {"nodeName": "n1"},
+                         "status": {"phase": "Running"}});
+        let FenceHold::KeepAndDelete(doc, _) = fence_hold("Pod", &pod, true) else {
+            panic!()
+        };
+        assert!(doc["spec"].get("nodeName").is_none());
+        assert_eq!((&doc["kind"], &doc["apiVersion"]), (&json!("Pod"), &json!("v1")));
+        let owned = json!({"kind": "Pod", "metadata": {"name": "web-1", "ownerReferences": [{"kind": "ReplicaSet"}]},
+                           "status": {"phase": "Running"}});
+        assert_eq!(fence_hold("Pod", &owned, true), FenceHold::Leave);
+        let gone = json!({"kind": "Pod", "metadata": {"name": "x"}, "status": {"phase": "Succeeded"}});
+        assert_eq!(fence_hold("Pod", &gone, true), FenceHold::Leave);
+        assert_eq!(fence_hold("ConfigMap", &json!({}), true), FenceHold::Leave);
     }
 
     #[test]

@@ -1833,6 +1833,23 @@ spec: {never}
         out.contains("resumed") && out.contains("released onto its nodes"),
         "{out}"
     );
+    // The fence stopped all of it on a, not only what has replicas: no pod runs there, the
+    // CronJob is suspended, the DaemonSet is off its nodes, the Job and the Pod are kept.
+    assert!(
+        out.contains("Pod kst-hold/solo: a bare Pod: kept for the start and deleted"),
+        "{out}"
+    );
+    // (Terminated pods may take a moment to be removed; the fence already saw none running.)
+    wait_for("no pod on the fenced primary", Duration::from_secs(60), || {
+        pods_in(a, ns).is_empty().then_some(())
+    });
+    let cj = a.get_json("cronjob.v1beta1.batch", Some(ns), "tick").unwrap();
+    assert_eq!(cj["spec"]["suspend"], true, "{cj}");
+    let ds = a.get_json("daemonset", Some(ns), "agent").unwrap();
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["nodeSelector"]["lifeboat.io/held-back"], "no-node-has-this",
+        "{ds}"
+    );
     let cj = b.get_json("cronjob.v1beta1.batch", Some(ns), "tick").unwrap();
     assert_eq!(cj["spec"]["suspend"], false, "{cj}");
     assert!(cj["metadata"]["annotations"]["lifeboat.io/suspend"].is_null(), "{cj}");

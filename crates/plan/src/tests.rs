@@ -231,10 +231,11 @@ fn apps_on_kubernetes_select_namespaces_and_keep_to_one_kind_of_site() {
 fn a_drill_allow_list_is_networks_and_only_for_kubernetes_sites() {
     let kube = GOOD
         .replace(
-            "  east: {docker: {host: \"unix:///run/east.sock\", address: 10.77.1.2}}\n  west: {docker: {host: \"tcp://10.77.2.2:2375\"}}",
+            "  east: {docker: {host: \"unix:///run/east.sock\", address: 10.77.1.2}}\n  west: {docker: {host: \"tcp://10.77.2.2:2376\", tls: {ca: /etc/lifeboat/west/ca.pem, cert: /etc/lifeboat/west/cert.pem, key: /etc/lifeboat/west/key.pem}}}",
             "  east: {kubernetes: {context: e, address: 10.77.1.2}}\n  west: {kubernetes: {context: w, address: 10.77.2.2}}",
         )
         .replace("select: {labels: {app: shop}}", "select: {namespaces: [shop]}");
+    assert!(!kube.contains("docker:"), "the fixture's sites changed: {kube}");
     assert!(Plan::parse("p.yaml", &kube).unwrap().apps[0].drill.allow.is_empty());
     let allow = |list: &str| {
         kube.replace(

@@ -158,11 +158,18 @@ impl Platform for Kube {
 
     fn stop(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
         let namespaces = self.namespaces(prefix);
-        let done = describe(
+        let mut done = describe(
             self.cluster
                 .scale_down(&namespaces, self.selector.as_deref())
                 .map_err(self.err())?,
         );
+        // What runs without replicas (CronJobs, Jobs, DaemonSets, bare Pods) is held as a staged
+        // copy's is; the start releases it.
+        done.extend(describe(
+            self.cluster
+                .hold(&namespaces, self.selector.as_deref())
+                .map_err(self.err())?,
+        ));
         // Stopped means no longer writing: the pods' containers must have ended, within their
         // grace period and the app's stop_grace.
         let limit = self.stop_grace.unwrap_or(Duration::from_secs(30)) + Duration::from_secs(30);
