@@ -252,78 +252,81 @@ pub fn run(
             }
         }
 
-        let (Some(sb_name), Some(primary)) = (standby_name.as_deref(), primary.as_ref()) else {
-            continue;
-        };
-        let workloads = match primary.workloads() {
-            Ok(w) => w,
-            Err(e) => {
-                out.push(line(Some(a), "workloads", Status::Fail, e.to_string()));
-                continue;
-            }
-        };
-        if workloads.is_empty() {
-            out.push(line(
-                Some(a),
-                "workloads",
-                Status::Fail,
-                format!("the selection finds nothing on {}", app.primary.value),
-            ));
-        }
-        let e = load.entry(sb_name.to_string()).or_default();
-        e.0 += workloads.iter().map(|w| w.cpus).sum::<f64>();
-        e.1 += workloads.iter().map(|w| w.memory).sum::<u64>();
-        e.2.push(a.to_string());
-
-        if let Some(standby) = &standby {
-            // Images.
-            let images: BTreeSet<&str> = workloads.iter().flat_map(|w| &w.images).map(String::as_str).collect();
-            let mut missing = Vec::new();
-            for i in &images {
-                match standby.has_image(i) {
-                    Ok(true) => {}
-                    Ok(false) => missing.push(i.to_string()),
-                    Err(e) => missing.push(format!("{i} ({e})")),
+        // What needs both sites; the traffic checks below run whatever happens here.
+        'sites: {
+            let (Some(sb_name), Some(primary)) = (standby_name.as_deref(), primary.as_ref()) else {
+                break 'sites;
+            };
+            let workloads = match primary.workloads() {
+                Ok(w) => w,
+                Err(e) => {
+                    out.push(line(Some(a), "workloads", Status::Fail, e.to_string()));
+                    break 'sites;
                 }
-            }
-            out.push(if missing.is_empty() {
-                line(
+            };
+            if workloads.is_empty() {
+                out.push(line(
                     Some(a),
-                    "images on standby",
-                    Status::Ok,
-                    format!("{} images present on {sb_name}", images.len()),
-                )
-            } else {
-                line(
-                    Some(a),
-                    "images on standby",
+                    "workloads",
                     Status::Fail,
-                    format!("missing on {sb_name}: {}", missing.join(", ")),
-                )
-            });
-            // Drift (hot standby only: a cold one holds nothing until failover).
-            if app.standby_mode == StandbyMode::Hot {
-                match (primary.definitions(), standby.definitions()) {
-                    (Ok(p), Ok(s)) => {
-                        let p = p.essence();
-                        let d: Vec<String> = drift(&p, &s.essence()).iter().map(|d| d.describe(sb_name)).collect();
-                        out.push(if d.is_empty() {
-                            line(
-                                Some(a),
-                                "drift",
-                                Status::Ok,
-                                format!("{} objects identical on {sb_name}", p.len()),
-                            )
-                        } else {
-                            line(
-                                Some(a),
-                                "drift",
-                                Status::Fail,
-                                format!("{} (`lifeboat sync` corrects it)", d.join("; ")),
-                            )
-                        });
+                    format!("the selection finds nothing on {}", app.primary.value),
+                ));
+            }
+            let e = load.entry(sb_name.to_string()).or_default();
+            e.0 += workloads.iter().map(|w| w.cpus).sum::<f64>();
+            e.1 += workloads.iter().map(|w| w.memory).sum::<u64>();
+            e.2.push(a.to_string());
+
+            if let Some(standby) = &standby {
+                // Images.
+                let images: BTreeSet<&str> = workloads.iter().flat_map(|w| &w.images).map(String::as_str).collect();
+                let mut missing = Vec::new();
+                for i in &images {
+                    match standby.has_image(i) {
+                        Ok(true) => {}
+                        Ok(false) => missing.push(i.to_string()),
+                        Err(e) => missing.push(format!("{i} ({e})")),
                     }
-                    (Err(e), _) | (_, Err(e)) => out.push(line(Some(a), "drift", Status::Fail, e.to_string())),
+                }
+                out.push(if missing.is_empty() {
+                    line(
+                        Some(a),
+                        "images on standby",
+                        Status::Ok,
+                        format!("{} images present on {sb_name}", images.len()),
+                    )
+                } else {
+                    line(
+                        Some(a),
+                        "images on standby",
+                        Status::Fail,
+                        format!("missing on {sb_name}: {}", missing.join(", ")),
+                    )
+                });
+                // Drift (hot standby only: a cold one holds nothing until failover).
+                if app.standby_mode == StandbyMode::Hot {
+                    match (primary.definitions(), standby.definitions()) {
+                        (Ok(p), Ok(s)) => {
+                            let p = p.essence();
+                            let d: Vec<String> = drift(&p, &s.essence()).iter().map(|d| d.describe(sb_name)).collect();
+                            out.push(if d.is_empty() {
+                                line(
+                                    Some(a),
+                                    "drift",
+                                    Status::Ok,
+                                    format!("{} objects identical on {sb_name}", p.len()),
+                                )
+                            } else {
+                                line(
+                                    Some(a),
+                                    "drift",
+                                    Status::Fail,
+                                    format!("{} (`lifeboat sync` corrects it)", d.join("; ")),
+                                )
+                            });
+                        }
+                        (Err(e), _) | (_, Err(e)) => out.push(line(Some(a), "drift", Status::Fail, e.to_string())),
+                    }
                 }
             }
         }
@@ -343,7 +346,8 @@ pub fn run(
                     format!("{}: traffic on the {side}", r.describe()),
                 ),
                 Ok(Route::Unknown(why)) => line(Some(a), "traffic", Status::Warn, format!("{}: {why}", r.describe())),
-                Err(e) => line(Some(a), "traffic", Status::Fail, format!("{}: {e}", r.describe())),
+                // The error names the router itself.
+                Err(e) => line(Some(a), "traffic", Status::Fail, e.to_string()),
             }),
             Err(e) => out.push(line(Some(a), "traffic", Status::Fail, e.to_string())),
         }
