@@ -215,6 +215,10 @@ pub struct OpArgs {
     /// backup when it is incomplete, else the newest snapshot whether complete or not
     #[arg(long)]
     pub accept_incomplete: bool,
+    /// Go on although the site taking over has fewer CPUs or less memory than the app's workloads
+    /// ask for (checked before anything is fenced)
+    #[arg(long)]
+    pub ignore_capacity: bool,
     /// Longest wait for the app to become healthy, in seconds
     #[arg(long, default_value_t = 300)]
     pub health_timeout: u64,

@@ -196,6 +196,7 @@ pub fn switch(ctx: &Ctx, args: &crate::cli::OpArgs, kind: Kind) -> Result<bool> 
         accept_data_loss: args.accept_data_loss,
         fenced_by_hand,
         accept_incomplete: args.accept_incomplete,
+        ignore_capacity: args.ignore_capacity,
         ..Default::default()
     };
     let mut results = Vec::new();

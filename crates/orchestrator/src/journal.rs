@@ -163,6 +163,18 @@ impl Operation {
     }
 }
 
+/// How long a request to give way ([`Store::request_preemption`]) stays current.
+pub const PREEMPTION_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// A failover's or failback's request that a scheduled backup of the same app give way.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Preemption {
+    /// `failover`, `failback`.
+    pub by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+}
+
 /// The repository paths of a plan's app.
 pub struct Store<'a> {
     pub repo: &'a Repository,
@@ -182,6 +194,38 @@ impl Store<'_> {
 
     pub fn save_state(&self, s: &AppState) -> Result<(), OrchestratorError> {
         self.write(&format!("{}/state", self.dir()), s)
+    }
+
+    /// Asks a scheduled `backup --plan` of the app that holds its lock to give way to `by` (a
+    /// failover or failback waiting for the lock); see [`Store::preempted`].
+    pub fn request_preemption(&self, by: &str) -> Result<(), OrchestratorError> {
+        let p = Preemption {
+            by: by.to_string(),
+            time: OffsetDateTime::now_utc(),
+        };
+        self.write(&format!("{}/preempt", self.dir()), &p)
+    }
+
+    /// Withdraws the request of [`Store::request_preemption`].
+    pub fn clear_preemption(&self) -> Result<(), OrchestratorError> {
+        Ok(self.repo.remove_state(&format!("{}/preempt", self.dir()))?)
+    }
+
+    /// A request to give way that is still current: made less than [`PREEMPTION_TTL`] ago (by the
+    /// reader's clock: a request left by a failover that died is ignored after that). A request
+    /// that cannot be read is honoured (a failover asked; giving way is the safe side).
+    pub fn preempted(&self) -> Option<Preemption> {
+        match self.read::<Preemption>(&format!("{}/preempt", self.dir())) {
+            Ok(Some(p)) => {
+                let age = OffsetDateTime::now_utc() - p.time;
+                (age.unsigned_abs() < PREEMPTION_TTL).then_some(p)
+            }
+            Ok(None) => None,
+            Err(e) => Some(Preemption {
+                by: format!("an unreadable request ({e})"),
+                time: OffsetDateTime::now_utc(),
+            }),
+        }
     }
 
     pub fn operation(&self, id: &str) -> Result<Option<Operation>, OrchestratorError> {

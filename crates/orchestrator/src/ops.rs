@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use lifeboat_model::{QUARANTINE_TAG, SPLIT_BRAIN_TAG};
 use lifeboat_plan::{App, Plan, Profile, StandbyMode};
-use lifeboat_repo::Repository;
+use lifeboat_repo::{RepoError, Repository};
 use lifeboat_traffic::{Router, Side, SwitchContext};
 use time::OffsetDateTime;
 
@@ -74,6 +74,9 @@ pub struct Options {
     /// The operator's word that the site being left is off (`--fenced-by-hand SITE`): the fence
     /// step goes on when Lifeboat cannot stop that site itself.
     pub fenced_by_hand: Option<ManualFence>,
+    /// Go on although the site taking over has fewer CPUs or less memory than the app's workloads
+    /// ask for (it then runs degraded, or some of them stay pending).
+    pub ignore_capacity: bool,
 }
 
 /// An operator's acknowledgment that a site is fenced (the `fence_ack_manual` of Lifeboat).
@@ -97,6 +100,7 @@ impl Default for Options {
             accept_incomplete: false,
             drill_site: None,
             fenced_by_hand: None,
+            ignore_capacity: false,
         }
     }
 }
@@ -313,6 +317,32 @@ fn begin<'a, 'e>(
     Ok(Runner { env, store, op })
 }
 
+/// The longest a failover or failback waits for a scheduled backup of the same app to give way
+/// (it gives way before its data is read and before it stages; a stream it is reading is not cut).
+pub const PREEMPT_WAIT: Duration = Duration::from_secs(300);
+
+/// The app's lock for a failover or failback. Held by a scheduled `backup --plan`: that backup is
+/// asked to give way ([`Store::request_preemption`]) and the lock is waited for up to
+/// [`PREEMPT_WAIT`]; held by anything else (another operation, a drill, a sync): refused at once,
+/// naming the holder.
+fn app_lock(env: &Env, st: &Store, kind: Kind) -> Result<lifeboat_repo::lock::LockGuard, OrchestratorError> {
+    match env.repo.lock_state(&st.dir(), kind.as_str(), Duration::ZERO) {
+        Ok(l) => Ok(l),
+        Err(RepoError::Locked { holder, .. }) if holder.contains("`backup --plan`") => {
+            st.request_preemption(kind.as_str())?;
+            (env.log)(&format!(
+                "waiting up to {} s for the scheduled backup of {} to give way ({holder})",
+                PREEMPT_WAIT.as_secs(),
+                st.app
+            ));
+            let lock = env.repo.lock_state(&st.dir(), kind.as_str(), PREEMPT_WAIT);
+            st.clear_preemption()?;
+            Ok(lock?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Moves `app` to its standby (`Kind::Failover`) or back to its primary (`Kind::Failback`).
 /// Holds the app's lock for the whole run: a second call for the same app fails at once, naming
 /// the holder. A call after a crash resumes the unfinished operation.
@@ -321,7 +351,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
     let standby = standby(app)?.to_string();
     let primary = app.primary.value.clone();
     let st = store(env, app);
-    let _lock = env.repo.lock_state(&st.dir(), kind.as_str(), Duration::ZERO)?;
+    let _lock = app_lock(env, &st, kind)?;
     let mut state = st.state()?;
     let active = state.active.clone().unwrap_or_else(|| primary.clone());
     let (from, to) = match kind {
@@ -897,6 +927,9 @@ fn preflight(
         Ok(_) => lines.push(format!("{from} answers")),
         Err(e) => lines.push(format!("{from} cannot be used ({e})")),
     }
+    if let Ok(source) = &source {
+        lines.push(fits(source.as_ref(), target.as_ref(), from, to, opts.ignore_capacity).map_err(nothing_done)?);
+    }
     if source.is_err() || !opts.final_backup {
         let plan = &env.plan.metadata.name;
         let rp = latest_recovery_point(env.repo, plan, &app.name.value)?
@@ -911,6 +944,46 @@ fn preflight(
         lines.push(format!("recovery point {} readable", &rp.snapshot[..8]));
     }
     Ok(Preflight { source, target, lines })
+}
+
+/// Whether `target` has the CPUs and memory that the app's workloads on `source` ask for: the
+/// preflight's line, or why it does not fit (unless `ignore` says to go on). Workloads that ask
+/// for nothing cannot be judged and pass with a line saying so; a site that cannot tell its
+/// capacity passes with the reason (the fit is unknown, not failed).
+fn fits(source: &dyn Platform, target: &dyn Platform, from: &str, to: &str, ignore: bool) -> Result<String, String> {
+    let workloads = match source.workloads() {
+        Ok(w) => w,
+        Err(e) => {
+            return Ok(format!(
+                "fit on {to} unknown: the workloads of {from} cannot be listed ({e})"
+            ))
+        }
+    };
+    let cpus: f64 = workloads.iter().map(|w| w.cpus).sum();
+    let memory: u64 = workloads.iter().map(|w| w.memory).sum();
+    if cpus == 0.0 && memory == 0 {
+        return Ok(format!(
+            "fit on {to} not judged (no workload sets CPU or memory requests or limits)"
+        ));
+    }
+    let (have_cpus, have_memory) = match target.capacity() {
+        Ok(c) => c,
+        Err(e) => return Ok(format!("fit on {to} unknown: its capacity cannot be read ({e})")),
+    };
+    let need = format!("{cpus:.2} CPUs and {} MiB", memory >> 20);
+    let have = format!("{have_cpus:.2} CPUs and {} MiB", have_memory >> 20);
+    if cpus <= have_cpus && memory <= have_memory {
+        Ok(format!("{to} fits the app ({need} of {have})"))
+    } else if ignore {
+        Ok(format!(
+            "{to} does not fit the app ({need} asked for, {have} there): going on, --ignore-capacity"
+        ))
+    } else {
+        Err(format!(
+            "{to} does not fit the app: its workloads ask for {need}, {to} has {have} \
+             (free capacity there, or run again with --ignore-capacity to start it degraded)"
+        ))
+    }
 }
 
 /// What the witness says about `site` now, when the plan has one: [`WitnessSays::Agrees`] carries
@@ -1197,6 +1270,12 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
                     reason: format!("operation {r} is unfinished; finish it before backing up by plan"),
                 });
             }
+            // A failover or failback of the app waits for this lock: it goes first.
+            if let Some(p) = st.preempted() {
+                return Err(OrchestratorError::Refused {
+                    reason: format!("not backed up: a {} of the app is waiting, and goes first", p.by),
+                });
+            }
             let p = (env.connect)(&active, app)?;
             // The post hooks run whatever happened after the pre hooks began (they undo them).
             let pre = hooks::run(&*p, app, &active, "pre_backup", &app.hooks.pre_backup, "");
@@ -1218,6 +1297,12 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
                 };
                 if state.fenced.iter().any(|f| f.site == other && f.unreachable) {
                     item.staged = Some(format!("not staged: {other} is fenced (unreachable at failover)"));
+                    return Ok(());
+                }
+                // Staging can take as long as the backup: a failover that now waits goes first
+                // (it stages what it needs itself).
+                if let Some(p) = st.preempted() {
+                    item.staged = Some(format!("not staged: a {} of the app is waiting, and goes first", p.by));
                     return Ok(());
                 }
                 let t = (env.connect)(&other, app)?;

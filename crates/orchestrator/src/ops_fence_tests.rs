@@ -24,13 +24,41 @@ struct Fake {
     name: String,
     log: Log,
     policies: BTreeMap<String, String>,
+    /// CPUs and memory its workloads ask for.
+    asks: (f64, u64),
+    /// How long a backup takes (none: it has no backups).
+    backup_takes: Option<Duration>,
+}
+
+/// An empty snapshot with `tags`.
+fn save_snapshot(repo: &Repository, tags: Vec<String>) -> lifeboat_model::Id {
+    let (tree, _) = repo.save_tree(&Tree { nodes: Vec::new() }).unwrap();
+    let snap = Snapshot {
+        time: OffsetDateTime::now_utc(),
+        kind: "docker".into(),
+        hostname: "h".into(),
+        username: "u".into(),
+        paths: Vec::new(),
+        tags,
+        tree,
+        parent: None,
+        program_version: "test".into(),
+        summary: SnapshotSummary::default(),
+    };
+    repo.save_snapshot(&snap).unwrap()
 }
 
 impl Platform for Fake {
-    fn backup(&self, _: &Repository, _: Vec<String>) -> Result<(String, OffsetDateTime), OrchestratorError> {
-        Err(OrchestratorError::Refused {
-            reason: "no backups here".into(),
-        })
+    fn backup(&self, repo: &Repository, tags: Vec<String>) -> Result<(String, OffsetDateTime), OrchestratorError> {
+        let Some(takes) = self.backup_takes else {
+            return Err(OrchestratorError::Refused {
+                reason: "no backups here".into(),
+            });
+        };
+        self.log.lock().unwrap().push(format!("{} backup", self.name));
+        std::thread::sleep(takes);
+        let id = save_snapshot(repo, tags);
+        Ok((id.to_hex(), OffsetDateTime::now_utc()))
     }
     fn stop(&self, _: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
         self.log.lock().unwrap().push(format!("{} stop", self.name));
@@ -59,7 +87,13 @@ impl Platform for Fake {
         Ok(Vec::new())
     }
     fn workloads(&self) -> Result<Vec<Workload>, OrchestratorError> {
-        Ok(Vec::new())
+        Ok(vec![Workload {
+            name: "container web".into(),
+            running: true,
+            images: Vec::new(),
+            cpus: self.asks.0,
+            memory: self.asks.1,
+        }])
     }
     fn has_image(&self, _: &str) -> Result<bool, OrchestratorError> {
         Ok(true)
@@ -100,6 +134,10 @@ struct World {
     a: Answer,
     b: Answer,
     a_policies: BTreeMap<String, String>,
+    /// What a's workloads ask for (b has 1 CPU and 1 GiB).
+    a_asks: (f64, u64),
+    /// How long a backup of a takes (none: a has no backups).
+    a_backup_takes: Option<Duration>,
 }
 
 impl World {
@@ -126,25 +164,14 @@ impl World {
             a: Answer::Up,
             b: Answer::Up,
             a_policies: BTreeMap::new(),
+            a_asks: (0.5, 256 << 20),
+            a_backup_takes: None,
         }
     }
 
     /// A recovery point of the app.
     fn backed_up(self) -> World {
-        let (tree, _) = self.repo.save_tree(&Tree { nodes: Vec::new() }).unwrap();
-        let snap = Snapshot {
-            time: OffsetDateTime::now_utc(),
-            kind: "docker".into(),
-            hostname: "h".into(),
-            username: "u".into(),
-            paths: Vec::new(),
-            tags: vec!["plan=p".into(), "app=web".into(), "site=a".into()],
-            tree,
-            parent: None,
-            program_version: "test".into(),
-            summary: SnapshotSummary::default(),
-        };
-        self.repo.save_snapshot(&snap).unwrap();
+        save_snapshot(&self.repo, vec!["plan=p".into(), "app=web".into(), "site=a".into()]);
         self
     }
 
@@ -162,11 +189,19 @@ impl World {
     }
 
     fn run(&self, kind: Kind, opts: &Options) -> Result<Outcome, OrchestratorError> {
-        let (log, a, b, pol) = (
+        let env = self.env();
+        switch_over(&env, "web", kind, opts)
+    }
+
+    /// What an operation runs against: the plan, the repository and the sites as they answer.
+    fn env(&self) -> Env<'_> {
+        let (log, a, b, pol, asks, takes) = (
             self.log.clone(),
             self.a.clone(),
             self.b.clone(),
             self.a_policies.clone(),
+            self.a_asks,
+            self.a_backup_takes,
         );
         let connect: Arc<Connector> = Arc::new(move |site: &str, _: &App| {
             let answer = if site == "a" { &a } else { &b };
@@ -175,6 +210,8 @@ impl World {
                     name: site.to_string(),
                     log: log.clone(),
                     policies: if site == "a" { pol.clone() } else { BTreeMap::new() },
+                    asks: if site == "a" { asks } else { (0.0, 0) },
+                    backup_takes: if site == "a" { takes } else { None },
                 }) as Arc<dyn Platform>),
                 Answer::Unreachable => Err(OrchestratorError::Unreachable {
                     site: site.into(),
@@ -187,16 +224,14 @@ impl World {
                 }),
             }
         });
-        let router = |_: &App| -> Result<Option<Box<dyn Router>>, OrchestratorError> { Ok(None) };
-        let env = Env {
+        Env {
             plan: &self.plan,
             plan_dir: PathBuf::from("."),
             repo: &self.repo,
             connect,
-            router: &router,
+            router: &NO_ROUTER,
             log: &|_| {},
-        };
-        switch_over(&env, "web", kind, opts)
+        }
     }
 
     fn store(&self) -> Store<'_> {
@@ -215,6 +250,11 @@ impl World {
         op.finished("fence").unwrap().detail.clone()
     }
 }
+
+fn no_router(_: &App) -> Result<Option<Box<dyn Router>>, OrchestratorError> {
+    Ok(None)
+}
+static NO_ROUTER: fn(&App) -> Result<Option<Box<dyn Router>>, OrchestratorError> = no_router;
 
 fn no_final() -> Options {
     Options {
@@ -353,6 +393,74 @@ fn an_unreachable_standby_a_missing_recovery_point_or_a_locked_repository_stop_t
         "{e}"
     );
     assert!(w.log().is_empty(), "{:?}", w.log());
+}
+
+#[test]
+fn a_standby_too_small_for_the_app_is_found_before_the_primary_is_fenced() {
+    let mut w = World::new(false).backed_up();
+    w.a_asks = (4.0, 256 << 20);
+    let e = w.run(Kind::Failover, &no_final()).unwrap_err().to_string();
+    assert!(
+        e.contains("b does not fit the app")
+            && e.contains("4.00 CPUs")
+            && e.contains("--ignore-capacity")
+            && e.contains("nothing was fenced"),
+        "{e}"
+    );
+    assert!(w.log().is_empty(), "a was not stopped: {:?}", w.log());
+    assert!(w.store().operations().unwrap().is_empty());
+    // The operator may choose to run degraded.
+    let opts = Options {
+        ignore_capacity: true,
+        ..no_final()
+    };
+    assert!(matches!(w.run(Kind::Failover, &opts), Ok(Outcome::Done(_))));
+    // What fits passes, and says so in the preflight's line.
+    let w = World::new(false).backed_up();
+    assert!(matches!(w.run(Kind::Failover, &no_final()), Ok(Outcome::Done(_))));
+}
+
+#[test]
+fn a_failover_preempts_a_scheduled_backup_of_the_same_app() {
+    let mut w = World::new(false).backed_up();
+    w.a_backup_takes = Some(Duration::from_millis(1500));
+    let w = Arc::new(w);
+    // A scheduled backup of a (hot standby: it would stage on b afterwards) holds the app's lock.
+    let backup = {
+        let w = w.clone();
+        std::thread::spawn(move || backup_plan(&w.env(), Some("web"), Duration::ZERO).unwrap())
+    };
+    while !w.log().contains(&"a backup".to_string()) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The failover does not fail on the lock: it asks the backup to give way and waits.
+    let Outcome::Done(op) = w.run(Kind::Failover, &no_final()).unwrap() else {
+        panic!("not done")
+    };
+    let backed = backup.join().unwrap();
+    assert_eq!(backed.len(), 1);
+    assert!(backed[0].snapshot.is_some(), "the backup that ran is kept: {backed:?}");
+    assert_eq!(
+        backed[0].staged.as_deref(),
+        Some("not staged: a failover of the app is waiting, and goes first"),
+        "{backed:?}"
+    );
+    assert_eq!(op.status, "done");
+    // Only the failover staged on b, after the backup gave way.
+    assert_eq!(w.log(), ["a backup", "a stop", "b stop", "b stage", "b start"]);
+    assert_eq!(w.store().preempted(), None, "the request is withdrawn");
+    // A backup that starts while a failover waits does not start its read.
+    w.store().request_preemption("failover").unwrap();
+    let backed = backup_plan(&w.env(), Some("web"), Duration::ZERO).unwrap();
+    assert!(
+        backed[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("a failover of the app is waiting"),
+        "{backed:?}"
+    );
+    assert_eq!(w.log().iter().filter(|l| *l == "a backup").count(), 1);
 }
 
 #[test]

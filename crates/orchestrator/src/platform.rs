@@ -228,15 +228,18 @@ pub fn drift(active: &BTreeMap<String, Value>, standby: &BTreeMap<String, Value>
     for (k, v) in active {
         match standby.get(k) {
             None => out.push(Drift::Missing { object: k.clone() }),
-            Some(w) if w != v => {
+            Some(w) => {
+                // Different as `compare` sees it: an empty map or list is the same as none (a
+                // hold that was undone may leave `Labels: {}` where the owner wrote nothing).
                 let mut f = Vec::new();
                 lifeboat_docker::diff::compare("", v, w, &mut f);
-                out.push(Drift::Differs {
-                    object: k.clone(),
-                    fields: f.into_iter().take(5).map(|c| c.path).collect(),
-                });
+                if !f.is_empty() {
+                    out.push(Drift::Differs {
+                        object: k.clone(),
+                        fields: f.into_iter().take(5).map(|c| c.path).collect(),
+                    });
+                }
             }
-            _ => {}
         }
     }
     out.extend(
@@ -324,5 +327,22 @@ mod tests {
             }
         );
         assert!(drift(&active, &active).is_empty());
+    }
+
+    #[test]
+    fn a_global_service_released_with_empty_labels_does_not_drift() {
+        // The regression: `Labels: {}` left by an undone hold against an owner's spec without
+        // labels was reported as "differs ()", with no field to show.
+        let active: BTreeMap<String, Value> = [(
+            "services/agent".to_string(),
+            json!({"Spec": {"Name": "agent", "Mode": {"Global": {}}}}),
+        )]
+        .into();
+        let standby: BTreeMap<String, Value> = [(
+            "services/agent".to_string(),
+            json!({"Spec": {"Name": "agent", "Labels": {}, "Mode": {"Global": {}}}}),
+        )]
+        .into();
+        assert_eq!(drift(&active, &standby), Vec::new());
     }
 }

@@ -373,6 +373,15 @@ impl Repository {
             .map_err(|e| damaged(&*self.backend, &full, e))
     }
 
+    /// Removes the DR state file `dr/PATH`; one that is not there is not an error.
+    pub fn remove_state(&self, path: &str) -> Result<(), RepoError> {
+        match self.backend.remove(&format!("dr/{path}")) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The names of the state files under `dr/DIR` (relative to it).
     pub fn list_state(&self, dir: &str) -> Result<Vec<String>, RepoError> {
         Ok(self
