@@ -229,7 +229,7 @@ impl World {
             plan_dir: PathBuf::from("."),
             repo: &self.repo,
             connect,
-            router: &NO_ROUTER,
+            router: &no_router,
             log: &|_| {},
         }
     }
@@ -254,7 +254,6 @@ impl World {
 fn no_router(_: &App) -> Result<Option<Box<dyn Router>>, OrchestratorError> {
     Ok(None)
 }
-static NO_ROUTER: fn(&App) -> Result<Option<Box<dyn Router>>, OrchestratorError> = no_router;
 
 fn no_final() -> Options {
     Options {
