@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -2084,4 +2084,85 @@ fn a_global_swarm_service_is_not_started_on_a_hot_standby() {
     });
     let spec = b.docker(&["service", "inspect", "-f", "{{json .Spec}}", "drg-agent"]);
     assert!(!spec.contains("lifeboat-held-back"), "{spec}");
+}
+
+/// Everything under `dir` (recursively) as (path, bytes).
+fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.push((p, b));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_secret_marker_appears_in_any_output_of_a_failover_and_a_drill() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let app = App::new(&sites, "sec", 8193, None, "");
+    // Secrets where a plan carries them: a probe's user info, a check's query token, the TSIG
+    // key of the DNS traffic, the repository's password.
+    let plan = std::fs::read_to_string(&app.plan).unwrap();
+    let plan = plan
+        .replace("\"http://{site}:8193/healthz\"", "\"http://u:MRKPROBEPW7@{site}:8193/healthz\"")
+        .replace(
+            "\"http://{site}:8193/cgi-bin/items\"",
+            "\"http://{site}:8193/cgi-bin/items?token=MRKCHECKTOKEN7\"",
+        );
+    assert!(plan.contains("MRKPROBEPW7") && plan.contains("MRKCHECKTOKEN7"), "{plan}");
+    std::fs::write(&app.plan, plan).unwrap();
+    let key = std::fs::read_to_string(lab_var("LAB_DNS_KEY")).unwrap();
+    let tsig = key
+        .split('"')
+        .skip_while(|s| !s.trim_end().ends_with("secret"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no secret in the lab's key file"))
+        .to_string();
+    let markers = ["MRKPROBEPW7", "MRKCHECKTOKEN7", tsig.as_str(), common::PASSWORD];
+
+    let mut outputs: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut run = |args: &[&str], must_pass: bool| {
+        let o = app.cmd(args).output().unwrap();
+        assert!(
+            !must_pass || o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        outputs.push((format!("the stdout of {args:?}"), o.stdout));
+        outputs.push((format!("the stderr of {args:?}"), o.stderr));
+    };
+    let report = app.dir.path().join("reports/drill");
+    run(&["backup", "--plan"], true);
+    run(&["drill", "--report", report.to_str().unwrap()], true);
+    run(&["--json", "failover"], true);
+    // With a fenced, its probes fail: their errors name the URL too.
+    run(&["--json", "plan", "check"], false);
+    run(&["plan", "check"], false);
+    run(&["runbook"], true);
+    run(&["--json", "failback"], true);
+    for (path, bytes) in all_files(&app.dir.path().join("reports")) {
+        outputs.push((format!("the report {}", path.display()), bytes));
+    }
+    // At rest: the repository holds the journal, the drill's record and the state, all sealed.
+    for (path, bytes) in all_files(&app.dir.path().join("repo")) {
+        outputs.push((format!("the repository file {}", path.display()), bytes));
+    }
+    assert!(outputs.iter().any(|(w, _)| w.contains("drill.html")), "the reports were written");
+    for (what, bytes) in &outputs {
+        let text = String::from_utf8_lossy(bytes);
+        for m in markers {
+            assert!(!text.contains(m), "a secret ({}...) appears in {what}:\n{text}", &m[..4]);
+        }
+    }
+    // The outputs did say where they probed, without the secrets.
+    let all: String = outputs.iter().map(|(_, b)| String::from_utf8_lossy(b).into_owned()).collect();
+    assert!(all.contains(":8193/healthz"), "the probe is named");
 }
