@@ -38,6 +38,7 @@ struct Lab {
     haproxy_socket: String,
     haproxy_tcp_socket: Option<String>,
     haproxy_backend: String,
+    haproxy_state_file: PathBuf,
 }
 
 /// The lab's traffic servers; starts them (once per test run) when they are not up.
@@ -70,6 +71,7 @@ fn lab() -> &'static Lab {
             haproxy_socket: get("LAB_HAPROXY_SOCKET"),
             haproxy_tcp_socket: vars.get("LAB_HAPROXY_TCP_SOCKET").cloned(),
             haproxy_backend: get("LAB_HAPROXY_BACKEND"),
+            haproxy_state_file: PathBuf::from(get("LAB_HAPROXY_STATE_FILE")),
         }
     })
 }
@@ -428,6 +430,48 @@ fn haproxy_switch_to_b_and_back() {
     let s = admin_states();
     assert!(!in_maint(s["a"]) && in_maint(s["b"]), "{s:?}");
     assert_eq!(r.current().unwrap(), Route::On(Side::Primary));
+    haproxy_reset();
+}
+
+/// `lab/lab reload-haproxy`: a new HAProxy process on the same configuration takes over.
+fn haproxy_reload() {
+    let out = Command::new(lab_script()).arg("reload-haproxy").output().unwrap();
+    assert!(
+        out.status.success(),
+        "lab/lab reload-haproxy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_haproxy_reload_after_a_switch_keeps_traffic_on_the_new_side() {
+    let _guard = HAPROXY.lock().unwrap_or_else(|e| e.into_inner());
+    let state = &lab().haproxy_state_file;
+    haproxy_reset();
+    let _ = std::fs::remove_file(state);
+    // Without a state file the reload undoes the switch: the configuration (b `disabled`) wins.
+    let bare = router(&haproxy_traffic(&lab().haproxy_socket, "a", "b"), Path::new("/")).unwrap();
+    bare.switch(Side::Standby, &ctx()).unwrap();
+    haproxy_reload();
+    assert_eq!(bare.current().unwrap(), Route::On(Side::Primary), "{:?}", admin_states());
+
+    // With it, each switch writes the runtime state where `server-state-file` reads it.
+    let kept = Traffic::Haproxy {
+        socket: lab().haproxy_socket.clone(),
+        backend: lab().haproxy_backend.clone(),
+        primary: "a".into(),
+        standby: "b".into(),
+        state_file: Some(state.clone()),
+    };
+    let r = router(&kept, Path::new("/")).unwrap();
+    r.switch(Side::Standby, &ctx()).unwrap();
+    haproxy_reload();
+    let s = admin_states();
+    assert!(in_maint(s["a"]) && !in_maint(s["b"]), "after the reload: {s:?}");
+    assert_eq!(r.current().unwrap(), Route::On(Side::Standby));
+    r.switch(Side::Primary, &ctx()).unwrap();
+    haproxy_reload();
+    assert_eq!(r.current().unwrap(), Route::On(Side::Primary), "{:?}", admin_states());
     haproxy_reset();
 }
 
