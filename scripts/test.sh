@@ -39,6 +39,10 @@ lab/lab up --docker 2 --kube 2 --dns --haproxy >/dev/null
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Every fuzz target for a fixed 10 s, its corpus kept between runs (seeded from fuzz/corpus).
+fuzz_corpus="$HOME/.cache/lifeboat-fuzz-corpus"
+mkdir -p "$fuzz_corpus" && cp -rn fuzz/corpus/. "$fuzz_corpus/"
+FUZZ_CORPUS="$fuzz_corpus" scripts/fuzz.sh 10
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e
