@@ -702,3 +702,86 @@ fn a_container_snapshot_restored_to_a_directory_has_no_devices_or_setid_files() 
     let (_, sh) = entries.iter().find(|(p, _)| p.ends_with("/rootsh")).unwrap();
     assert_eq!(sh.mode() & 0o7777, 0o4755);
 }
+
+#[test]
+fn a_remote_engine_is_reached_over_tls_with_client_certificates() {
+    let sites = docker_sites(1);
+    let a = &sites[0];
+    let (Some(tls_host), Some(tls)) = (a.docker_tls_host.clone(), common::lab::docker_tls_dir()) else {
+        panic!("the lab has no Docker TLS listener: restart it with `lab/lab up --docker 2` (as root)")
+    };
+    let _c = cleanup(&sites[..1], &["t9_"]);
+    a.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "t9_app",
+        "--label",
+        "app=t9",
+        "lifeboat-lab/web:1",
+    ]);
+    let (d, repo) = new_repo();
+    let backup = |cert_path: Option<&std::path::Path>| {
+        let mut c = common::cmd(
+            &repo,
+            &["--json", "backup", "docker", "--host", &tls_host, "--label", "app=t9"],
+        );
+        c.env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .env_remove("LIFEBOAT_DOCKER_INSECURE");
+        if let Some(p) = cert_path {
+            c.env("DOCKER_TLS_VERIFY", "1").env("DOCKER_CERT_PATH", p);
+        }
+        c.output().unwrap()
+    };
+    // The lab's client certificate, as the docker CLI would take it: backed up over TLS.
+    let o = backup(Some(&tls));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(out["snapshot_id"].is_string(), "{out}");
+
+    // A client certificate from a CA the engine does not trust: one clear error, nothing stored.
+    let rogue = d.path().join("rogue");
+    std::fs::create_dir(&rogue).unwrap();
+    std::fs::copy(tls.join("ca.pem"), rogue.join("ca.pem")).unwrap();
+    std::fs::copy(tls.join("rogue-cert.pem"), rogue.join("cert.pem")).unwrap();
+    std::fs::copy(tls.join("rogue-key.pem"), rogue.join("key.pem")).unwrap();
+    let o = backup(Some(&rogue));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a certificate no one trusts was accepted");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("10.77.1.2:2376") || err.contains(&tls_host), "names the engine: {err}");
+    // Plain TCP is not tried without being allowed.
+    let o = backup(None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("TLS"), "{err}");
+    assert_eq!(json(&repo, &["snapshots"]).as_array().unwrap().len(), 1);
+
+    // A plan names the same files: `plan check` reaches the site over TLS.
+    let plan = d.path().join("plan.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {{name: t9}}\nrepository: {repo}\nsites:\n  \
+             a: {{docker: {{host: \"{tls_host}\", tls: {{ca: {t}/ca.pem, cert: {t}/cert.pem, key: {t}/key.pem}}}}}}\n  \
+             b: {{docker: {{host: \"{b}\"}}}}\napps:\n  - name: t9\n    primary: a\n    standby: b\n    \
+             select: {{labels: {{app: t9}}}}\n",
+            t = tls.display(),
+            b = a.docker_host,
+        ),
+    )
+    .unwrap();
+    let o = common::cmd(&repo, &["--json", "plan", "check", plan.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    let site_a = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["check"] == "site a")
+        .cloned()
+        .unwrap_or_else(|| panic!("no site a line: {v}"));
+    assert_eq!(site_a["status"], "ok", "{site_a}");
+}

@@ -11,6 +11,14 @@ pub struct Site {
     pub name: String,
     pub addr: String,
     pub docker_host: String,
+    /// The engine's TLS listener (`tcp://ADDR:2376`, client certificates required), when the lab has one.
+    pub docker_tls_host: Option<String>,
+}
+
+/// The lab's Docker TLS files (`ca.pem`, `cert.pem`, `key.pem` of a trusted client, and
+/// `rogue-cert.pem`, `rogue-key.pem` from a CA no site trusts), when the lab made them.
+pub fn docker_tls_dir() -> Option<PathBuf> {
+    lab_env().get("LAB_DOCKER_TLS_DIR").map(PathBuf::from)
 }
 
 fn lab_script() -> PathBuf {
@@ -52,6 +60,7 @@ pub fn docker_sites(n: usize) -> Vec<Site> {
             Some(Site {
                 addr: vars.get(&format!("LAB_{up}_ADDR"))?.clone(),
                 docker_host: vars.get(&format!("LAB_{up}_DOCKER_HOST"))?.clone(),
+                docker_tls_host: vars.get(&format!("LAB_{up}_DOCKER_TLS_HOST")).cloned(),
                 name: s,
             })
         })
