@@ -750,7 +750,10 @@ fn a_remote_engine_is_reached_over_tls_with_client_certificates() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "a certificate no one trusts was accepted");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("10.77.1.2:2376") || err.contains(&tls_host), "names the engine: {err}");
+    assert!(
+        err.contains("10.77.1.2:2376") || err.contains(&tls_host),
+        "names the engine: {err}"
+    );
     // Plain TCP is not tried without being allowed.
     let o = backup(None);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -774,8 +777,8 @@ fn a_remote_engine_is_reached_over_tls_with_client_certificates() {
     let o = common::cmd(&repo, &["--json", "plan", "check", plan.to_str().unwrap()])
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
     let site_a = v["checks"]
         .as_array()
         .unwrap()

@@ -2112,12 +2112,18 @@ fn no_secret_marker_appears_in_any_output_of_a_failover_and_a_drill() {
     // key of the DNS traffic, the repository's password.
     let plan = std::fs::read_to_string(&app.plan).unwrap();
     let plan = plan
-        .replace("\"http://{site}:8193/healthz\"", "\"http://u:MRKPROBEPW7@{site}:8193/healthz\"")
+        .replace(
+            "\"http://{site}:8193/healthz\"",
+            "\"http://u:MRKPROBEPW7@{site}:8193/healthz\"",
+        )
         .replace(
             "\"http://{site}:8193/cgi-bin/items\"",
             "\"http://{site}:8193/cgi-bin/items?token=MRKCHECKTOKEN7\"",
         );
-    assert!(plan.contains("MRKPROBEPW7") && plan.contains("MRKCHECKTOKEN7"), "{plan}");
+    assert!(
+        plan.contains("MRKPROBEPW7") && plan.contains("MRKCHECKTOKEN7"),
+        "{plan}"
+    );
     std::fs::write(&app.plan, plan).unwrap();
     let key = std::fs::read_to_string(lab_var("LAB_DNS_KEY")).unwrap();
     let tsig = key
@@ -2155,14 +2161,24 @@ fn no_secret_marker_appears_in_any_output_of_a_failover_and_a_drill() {
     for (path, bytes) in all_files(&app.dir.path().join("repo")) {
         outputs.push((format!("the repository file {}", path.display()), bytes));
     }
-    assert!(outputs.iter().any(|(w, _)| w.contains("drill.html")), "the reports were written");
+    assert!(
+        outputs.iter().any(|(w, _)| w.contains("drill.html")),
+        "the reports were written"
+    );
     for (what, bytes) in &outputs {
         let text = String::from_utf8_lossy(bytes);
         for m in markers {
-            assert!(!text.contains(m), "a secret ({}...) appears in {what}:\n{text}", &m[..4]);
+            assert!(
+                !text.contains(m),
+                "a secret ({}...) appears in {what}:\n{text}",
+                &m[..4]
+            );
         }
     }
     // The outputs did say where they probed, without the secrets.
-    let all: String = outputs.iter().map(|(_, b)| String::from_utf8_lossy(b).into_owned()).collect();
+    let all: String = outputs
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
     assert!(all.contains(":8193/healthz"), "the probe is named");
 }

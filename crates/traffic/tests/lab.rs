@@ -453,7 +453,12 @@ fn a_haproxy_reload_after_a_switch_keeps_traffic_on_the_new_side() {
     let bare = router(&haproxy_traffic(&lab().haproxy_socket, "a", "b"), Path::new("/")).unwrap();
     bare.switch(Side::Standby, &ctx()).unwrap();
     haproxy_reload();
-    assert_eq!(bare.current().unwrap(), Route::On(Side::Primary), "{:?}", admin_states());
+    assert_eq!(
+        bare.current().unwrap(),
+        Route::On(Side::Primary),
+        "{:?}",
+        admin_states()
+    );
 
     // With it, each switch writes the runtime state where `server-state-file` reads it.
     let kept = Traffic::Haproxy {
