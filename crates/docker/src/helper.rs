@@ -309,13 +309,18 @@ impl Site {
         }
     }
 
+    /// Best effort, and bounded: an engine that does not answer within 15 s (hung, the reason a
+    /// stream stalled) keeps the helper, which the next backup removes.
     fn remove_container_quietly(&self, id: &str) {
-        let _ = self.block_on(self.docker.remove_container(
-            id,
-            Some(RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
+        let _ = self.block_on(tokio::time::timeout(
+            Duration::from_secs(15),
+            self.docker.remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            ),
         ));
     }
 
@@ -343,35 +348,12 @@ impl Site {
                 path: MOUNT.to_string(),
             }),
         );
-        let host = self.host.clone();
-        let what = format!("read volume {volume}");
-        let pump = self.rt.spawn(async move {
-            // Whatever pieces are ready go over together: far fewer wake-ups of the reading thread.
-            let mut ready = stream.ready_chunks(64);
-            while let Some(items) = ready.next().await {
-                let mut batch = Vec::with_capacity(items.len());
-                let mut failed = None;
-                for item in items {
-                    match item {
-                        Ok(b) => batch.push(b),
-                        Err(e) => {
-                            failed = Some(io::Error::other(format!("{host}: {what}: {}", crate::short_error(&e))));
-                            break;
-                        }
-                    }
-                }
-                let stop = failed.is_some();
-                if !batch.is_empty() && tx.send(Ok(batch)).await.is_err() {
-                    break;
-                }
-                if let Some(e) = failed {
-                    let _ = tx.send(Err(e)).await;
-                }
-                if stop {
-                    break;
-                }
-            }
-        });
+        let what = format!("{}: read volume {volume}", self.host);
+        let pump = self
+            .rt
+            .spawn(bridge::pump(stream, tx, bridge::stream_stall(), what, |e| {
+                crate::short_error(e)
+            }));
         let out = tar_to_tree(repo, reader, 1, &format!("volume {volume}"), progress);
         let _ = self.block_on(pump);
         Ok(out?)
