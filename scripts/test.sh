@@ -35,6 +35,11 @@ command -v moto_server >/dev/null || { echo "scripts/test.sh: moto_server is not
 # traffic servers (BIND 9 on 127.0.0.1:5353, HAProxy) for the traffic tests. lab/lab installs what it needs (docker.io, debootstrap, ...) and builds
 # its images once (cached in /var/cache/lifeboat-lab); it needs root.
 if [ "$(id -u)" != 0 ]; then echo "scripts/test.sh: run as root (the lab starts network namespaces and daemons)" >&2; exit 1; fi
+# The lab's kubelets delete unused images (the lab's own among them) when the disk is nearly full.
+free_kib=$(df -Pk /var/lib | awk 'NR == 2 { print $4 }')
+if [ "${free_kib:-0}" -lt $((5 << 20)) ]; then
+  echo "scripts/test.sh: warning: only $((free_kib >> 20)) GiB free under /var/lib; the lab needs several (old cargo target directories?)" >&2
+fi
 lab/lab up --docker 2 --kube 2 --dns --haproxy >/dev/null
 
 cargo fmt --all -- --check
