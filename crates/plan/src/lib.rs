@@ -101,6 +101,18 @@ impl Plan {
                 format!("{:?} is not {KIND:?}", self.kind.value),
             );
         }
+        // The plan's name is a path segment of its state in the repository (`dr/PLAN/APP/...`).
+        if !is_name(&self.metadata.name) {
+            push(
+                &mut out,
+                0,
+                "metadata.name".into(),
+                format!(
+                    "{:?}: use lower-case letters, digits and '-' (it names the plan's journals in the repository)",
+                    self.metadata.name
+                ),
+            );
+        }
         if self.sites.is_empty() {
             push(&mut out, 0, "sites".into(), "a plan needs at least one site".into());
         }

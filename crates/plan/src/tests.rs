@@ -296,3 +296,16 @@ fn a_plain_tcp_engine_is_refused_without_insecure() {
         .to_string()
         .contains("tcp:// engines only"));
 }
+
+#[test]
+fn a_plan_name_that_is_not_a_plain_name_is_refused() {
+    // Found by review: the name is a path segment of `dr/PLAN/APP/...` in the repository, and
+    // `../x` wrote state files outside it on a local repository.
+    for bad in ["../x", "a/b", "Shop", ""] {
+        let text = GOOD.replacen("metadata: {name: shop}", &format!("metadata: {{name: \"{bad}\"}}"), 1);
+        assert_ne!(text, GOOD);
+        let e = Plan::parse("p.yaml", &text).unwrap_err().to_string();
+        assert!(e.contains("metadata.name") && e.contains("lower-case"), "{bad}: {e}");
+    }
+    assert!(Plan::parse("p.yaml", GOOD).is_ok());
+}
