@@ -5,7 +5,9 @@
 //!   any of its volumes is read, for example `psql -U postgres -c CHECKPOINT` or a dump into the
 //!   volume;
 //! - `io.lifeboat.hook.post`: run after the volumes were read (also when reading failed);
-//! - `io.lifeboat.hook.timeout`: seconds to wait for each command (default 60, `30` or `30s`);
+//! - `io.lifeboat.hook.timeout`: seconds to wait for each command (default 60, `30` or `30s`, at
+//!   most [`MAX_TIMEOUT`]: the annotation is set by whoever may edit the app, and a hook holds the
+//!   app's lock, and with it a failover, for as long as it runs);
 //! - `io.lifeboat.hook.on-error`: `fail` (default: the backup stops and writes no snapshot) or
 //!   `continue` (the failure is recorded in the snapshot's manifest and the backup goes on);
 //! - `io.lifeboat.hook.container` (Kubernetes only): the pod's container to run in (default: the
@@ -19,6 +21,8 @@ pub const POST: &str = "io.lifeboat.hook.post";
 pub const TIMEOUT: &str = "io.lifeboat.hook.timeout";
 pub const ON_ERROR: &str = "io.lifeboat.hook.on-error";
 pub const CONTAINER: &str = "io.lifeboat.hook.container";
+/// The longest timeout a hook may ask for (15 minutes).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// What to do when a hook fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +56,13 @@ impl HookSpec {
                     .map_err(|_| format!("{TIMEOUT}={t:?} is not a number of seconds"))?,
             ),
         };
+        if timeout > MAX_TIMEOUT {
+            return Err(format!(
+                "{TIMEOUT}={:?} is more than {} s, the longest a hook may hold the app (and a failover waiting for it)",
+                get(TIMEOUT).unwrap_or_default(),
+                MAX_TIMEOUT.as_secs()
+            ));
+        }
         let on_error = match get(ON_ERROR) {
             None | Some("fail") => OnError::Fail,
             Some("continue") => OnError::Continue,
@@ -101,6 +112,9 @@ mod tests {
     fn bad_values_are_named() {
         let e = parse(&[(PRE, "true"), (TIMEOUT, "soon")]).unwrap_err();
         assert!(e.contains(TIMEOUT) && e.contains("soon"), "{e}");
+        let e = parse(&[(PRE, "true"), (TIMEOUT, "86400")]).unwrap_err();
+        assert!(e.contains("86400") && e.contains("900 s"), "{e}");
+        assert!(parse(&[(PRE, "true"), (TIMEOUT, "900")]).is_ok());
         let e = parse(&[(PRE, "true"), (ON_ERROR, "ignore")]).unwrap_err();
         assert!(e.contains("ignore"), "{e}");
     }

@@ -46,6 +46,29 @@ fn line(app: Option<&str>, check: &str, status: Status, detail: impl Into<String
 /// Whether a switch of `app`'s traffic outlives the router's own restarts (HAProxy: a reload
 /// forgets runtime changes unless they are saved to its server-state file), and whether a webhook
 /// travels in clear.
+/// A warning for an HAProxy runtime API on a TCP address other than loopback: at `level admin` it
+/// has no authentication of its own, so whoever reaches the port moves the app's traffic.
+fn haproxy_socket_exposure(app: &lifeboat_plan::App, a: &str) -> Option<CheckResult> {
+    let lifeboat_plan::Traffic::Haproxy { socket, .. } = app.traffic.as_ref()? else {
+        return None;
+    };
+    let host = socket.strip_prefix("tcp://")?;
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_matches(['[', ']']);
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| {
+        line(
+            Some(a),
+            "traffic-access",
+            Status::Warn,
+            format!(
+                "the HAProxy runtime API at {socket} has no authentication of its own: whoever reaches that port \
+                 can move this app's traffic; use a unix socket or a loopback address (with an SSH tunnel to a \
+                 remote HAProxy)"
+            ),
+        )
+    })
+}
+
 fn traffic_durability(app: &lifeboat_plan::App, a: &str) -> Option<CheckResult> {
     use lifeboat_plan::Traffic;
     match app.traffic.as_ref()? {
@@ -351,9 +374,8 @@ pub fn run(
             }),
             Err(e) => out.push(line(Some(a), "traffic", Status::Fail, e.to_string())),
         }
-        if let Some(l) = traffic_durability(app, a) {
-            out.push(l);
-        }
+        out.extend(traffic_durability(app, a));
+        out.extend(haproxy_socket_exposure(app, a));
     }
     // Capacity: each standby must hold what it would run with every primary gone.
     for (site, (cpus, mem, apps)) in load {
@@ -417,4 +439,37 @@ pub fn table(results: &[CheckResult]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app_with_socket(socket: &str) -> lifeboat_plan::App {
+        let yaml = format!(
+            "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {{name: p}}\nrepository: repo\nsites:\n  \
+             a: {{docker: {{host: \"unix:///a.sock\", address: 127.0.0.1}}}}\n  b: {{docker: {{host: \"unix:///b.sock\", address: 127.0.0.1}}}}\n\
+             apps:\n  - name: web\n    primary: a\n    standby: b\n    select: {{labels: {{app: web}}}}\n    \
+             traffic: {{haproxy: {{socket: \"{socket}\", backend: app, primary: a, standby: b, state_file: /run/hs}}}}\n"
+        );
+        lifeboat_plan::Plan::parse("p.yaml", &yaml).unwrap().apps.remove(0)
+    }
+
+    #[test]
+    fn an_haproxy_runtime_api_reachable_from_the_network_is_warned_about() {
+        let l = haproxy_socket_exposure(&app_with_socket("tcp://10.0.0.5:9999"), "web").unwrap();
+        assert_eq!(l.status, Status::Warn);
+        assert!(l.detail.contains("no authentication"), "{}", l.detail);
+        for quiet in [
+            "tcp://127.0.0.1:9999",
+            "tcp://[::1]:9999",
+            "tcp://localhost:9999",
+            "unix:///run/haproxy.sock",
+        ] {
+            assert!(
+                haproxy_socket_exposure(&app_with_socket(quiet), "web").is_none(),
+                "{quiet}"
+            );
+        }
+    }
 }
