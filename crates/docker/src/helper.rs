@@ -312,16 +312,17 @@ impl Site {
     /// Best effort, and bounded: an engine that does not answer within 15 s (hung, the reason a
     /// stream stalled) keeps the helper, which the next backup removes.
     fn remove_container_quietly(&self, id: &str) {
-        let _ = self.block_on(tokio::time::timeout(
-            Duration::from_secs(15),
-            self.docker.remove_container(
+        // The timer is made inside the runtime (a tokio timer needs one).
+        let _ = self.block_on(async {
+            let remove = self.docker.remove_container(
                 id,
                 Some(RemoveContainerOptions {
                     force: true,
                     ..Default::default()
                 }),
-            ),
-        ));
+            );
+            tokio::time::timeout(Duration::from_secs(15), remove).await
+        });
     }
 
     /// Reads a named volume's files into the repository (through the archive endpoint of a helper
