@@ -21,7 +21,7 @@ use crate::progress::{bytes, Ticker};
 
 pub(crate) struct Ctx {
     location: String,
-    password_file: Option<PathBuf>,
+    pub(crate) password_file: Option<PathBuf>,
     pub(crate) json: bool,
     pub(crate) lock_wait: Duration,
 }

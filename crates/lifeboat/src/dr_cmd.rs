@@ -510,6 +510,15 @@ pub fn watch(ctx: &Ctx, plan_path: &Path, only: Option<&str>, witness: bool) -> 
 /// `serve PLAN`: the plan's backup schedule with its retention, sync rounds, and the watch, in one
 /// process until interrupted.
 pub fn serve(ctx: &Ctx, plan_path: &Path, only: Option<&str>, no_watch: bool, sync_every: Duration) -> Result<bool> {
+    if ctx.password_file.is_none() && std::env::var_os("LIFEBOAT_PASSWORD").is_some() {
+        // A daemon's environment is shown to others: `systemctl show` prints an `Environment=`
+        // line to every local user, and /proc/PID/environ to root and the same user.
+        tracing::warn!(
+            "the repository password comes from LIFEBOAT_PASSWORD, which a service's environment shows to others \
+             (systemctl show); give serve --password-file (with systemd: LoadCredential= and \
+             --password-file $CREDENTIALS_DIRECTORY/NAME)"
+        );
+    }
     let l = load(ctx, plan_path)?;
     let dir = l.dir.clone();
     let plan = Arc::new(l.plan);

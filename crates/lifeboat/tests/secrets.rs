@@ -118,3 +118,29 @@ fn secret_markers_never_reach_the_cli_outputs_runbook_plan_check_or_repository()
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("webhook secret file"), "{stderr}");
 }
+
+#[test]
+fn serve_warns_when_its_password_comes_from_the_environment() {
+    let run = |pw_file: Option<&std::path::Path>| {
+        let mut c = Command::new(bin());
+        c.env("LIFEBOAT_PASSWORD", "x").env_remove("LIFEBOAT_REPO");
+        if let Some(f) = pw_file {
+            c.arg("--password-file").arg(f);
+        }
+        // No such plan: serve stops right after its start, which is all this looks at.
+        let o = c.args(["serve", "/nonexistent/plan.yaml"]).output().unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = run(None);
+    assert!(
+        err.contains("LIFEBOAT_PASSWORD") && err.contains("--password-file"),
+        "{err}"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let pw = d.path().join("pw");
+    std::fs::write(&pw, "x\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = run(Some(&pw));
+    assert!(!err.contains("LIFEBOAT_PASSWORD"), "{err}");
+}
