@@ -143,6 +143,23 @@ impl Cluster {
                 pod_selectors.push((ns_name(&o).0, labels));
             }
         }
+        // And the pods of its Jobs (a CronJob's among them) and DaemonSets.
+        let lp = match selector {
+            Some(s) => ListParams::default().labels(s),
+            None => ListParams::default(),
+        };
+        for ns in namespaces {
+            for (kind, _, items) in self.unreplicated(ns, &lp, false)? {
+                if kind == "CronJob" {
+                    continue;
+                }
+                for o in items {
+                    if let Some(labels) = pod_selector(&o.data) {
+                        pod_selectors.push((ns.clone(), labels));
+                    }
+                }
+            }
+        }
         pod_selectors.sort();
         pod_selectors.dedup();
         let started = std::time::Instant::now();
@@ -633,7 +650,9 @@ impl Cluster {
     /// runs without replicas, with its kind and API.
     fn unreplicated(&self, ns: &str, lp: &ListParams, with_pods: bool) -> Result<Vec<Unreplicated>, KubeError> {
         let mut workloads = Vec::new();
+        let mut cronjob_uids = Vec::new();
         if let Some((api, items)) = self.cronjobs(ns, lp)? {
+            cronjob_uids = items.iter().filter_map(|o| o.metadata.uid.clone()).collect();
             workloads.push(("CronJob", api, items));
         }
         let mut kinds = vec![
@@ -645,10 +664,30 @@ impl Cluster {
         }
         for (kind, ar) in kinds {
             let api: Api<DynamicObject> = Api::namespaced_with(self.client().clone(), ns, &ar);
-            let list = self
+            let mut items = self
                 .block_on(api.list(lp))
-                .map_err(self.api_err(format!("list {} in {ns}", ar.plural)))?;
-            workloads.push((kind, api, list.items));
+                .map_err(self.api_err(format!("list {} in {ns}", ar.plural)))?
+                .items;
+            // The Jobs a selected CronJob made carry its job template's labels, not the app's
+            // (found by the staging test: one kept running on a fenced primary): they are the
+            // app's by their owner.
+            if kind == "Job" && !cronjob_uids.is_empty() && lp.label_selector.is_some() {
+                let all = self
+                    .block_on(api.list(&ListParams::default()))
+                    .map_err(self.api_err(format!("list {} in {ns}", ar.plural)))?;
+                for j in all.items {
+                    let owned = j
+                        .metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|o| cronjob_uids.contains(&o.uid));
+                    if owned && !items.iter().any(|i| i.metadata.name == j.metadata.name) {
+                        items.push(j);
+                    }
+                }
+            }
+            workloads.push((kind, api, items));
         }
         Ok(workloads)
     }
@@ -681,7 +720,9 @@ impl Cluster {
                             // Kept before it is deleted: a fence cut short between the two keeps it twice,
                             // never not at all.
                             self.put_secret(ns, crate::restore::held_secret(kind, ns, &doc), false)?;
-                            match self.block_on(api.delete(&name, &kube::api::DeleteParams::background())) {
+                            // Foreground: the object stays (being deleted) until its pods are gone,
+                            // so the fence's wait sees them through its pod selector.
+                            match self.block_on(api.delete(&name, &kube::api::DeleteParams::foreground())) {
                                 Ok(_) => {}
                                 Err(e) if crate::status_code(&e) == Some(404) => {}
                                 Err(e) => return Err(self.api_err(format!("delete {kind} {ns}/{name}"))(e)),

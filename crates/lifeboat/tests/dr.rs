@@ -1777,9 +1777,14 @@ spec: {never}
         never = pod("Never"),
         always = pod("Always"),
     ));
-    wait_for("the agent and solo pods on a", Duration::from_secs(60), || {
+    // And a run of the CronJob (its Job and pod carry the job template's labels, not the app's:
+    // the regression this waits for is one that kept running on the fenced primary).
+    wait_for("the agent, solo and tick pods on a", Duration::from_secs(150), || {
         let p = pods_in(a, ns);
-        (p.iter().any(|n| n.contains("agent-")) && p.iter().any(|n| n.ends_with("/solo"))).then_some(())
+        (p.iter().any(|n| n.contains("agent-"))
+            && p.iter().any(|n| n.ends_with("/solo"))
+            && p.iter().any(|n| n.contains("/tick-")))
+        .then_some(())
     });
 
     // Staged on b: everything is there, nothing runs.
