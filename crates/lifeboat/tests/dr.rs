@@ -741,7 +741,7 @@ fn plan_hooks_run_around_backups_and_after_a_drill_starts_the_copy_and_a_failing
         .unwrap_or_else(|| panic!("{json}"));
     let hook = steps
         .iter()
-        .find(|s| s["name"] == "hooks")
+        .find(|s| s["name"] == "hook 1")
         .unwrap_or_else(|| panic!("{json}"));
     assert!(
         hook["detail"].as_str().unwrap().contains("post_restore hook in drill-"),

@@ -250,6 +250,34 @@ impl Runner<'_, '_> {
     }
 }
 
+impl Runner<'_, '_> {
+    /// The app's `post_restore` hooks on `site` (container names prefixed by `prefix`), each its
+    /// own journaled step `hook N`: a resume runs again only the hook that was under way when the
+    /// process died, never one that finished.
+    fn post_restore_hooks(
+        &mut self,
+        app: &App,
+        site: &str,
+        prefix: &str,
+        platform: impl Fn() -> Result<Arc<dyn Platform>, OrchestratorError>,
+    ) -> Result<(), OrchestratorError> {
+        for (i, hook) in app.hooks.post_restore.iter().enumerate() {
+            self.step(&format!("hook {}", i + 1), |_| {
+                let lines = hooks::run(
+                    &*platform()?,
+                    app,
+                    site,
+                    "post_restore",
+                    std::slice::from_ref(hook),
+                    prefix,
+                )?;
+                Ok(("done", lines.join("; ")))
+            })?;
+        }
+        Ok(())
+    }
+}
+
 /// Begins or resumes an operation of `kind` on `app`, from `from` to `to`.
 fn begin<'a, 'e>(
     env: &'a Env<'e>,
@@ -727,23 +755,12 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         Ok(("done", summary(&format!("{to} started"), &changes)))
     })?;
 
-    // 5. Health, then the plan's post_restore hooks (their own step, so a finished one is never
-    // run again on resume).
+    // 5. Health, then the plan's post_restore hooks, each its own step (`hook N`), so that a
+    // resume runs again only the hook that was under way when the process died, never one that
+    // finished.
     let address = site_address(env.plan, &to)?;
     run.step("health", |_| wait_healthy(app, &address, opts.health_timeout))?;
-    if !app.hooks.post_restore.is_empty() {
-        run.step("hooks", |_| {
-            let lines = hooks::run(
-                &*connect_target()?,
-                app,
-                &to,
-                "post_restore",
-                &app.hooks.post_restore,
-                "",
-            )?;
-            Ok(("done", lines.join("; ")))
-        })?;
-    }
+    run.post_restore_hooks(app, &to, "", || connect_target())?;
 
     // 6. Traffic.
     run.step("traffic", |op| match (env.router)(app)? {
@@ -860,12 +877,7 @@ pub fn drill(env: &Env, app_name: &str, opts: &Options) -> Result<Operation, Orc
             Ok(("done", summary("drill copy started", &changes)))
         })?;
         run.step("health", |_| wait_healthy(app, &address, opts.health_timeout))?;
-        if !app.hooks.post_restore.is_empty() {
-            run.step("hooks", |_| {
-                let lines = hooks::run(&*platform, app, &site, "post_restore", &app.hooks.post_restore, &prefix)?;
-                Ok(("done", lines.join("; ")))
-            })?;
-        }
+        run.post_restore_hooks(app, &site, &prefix, || Ok(platform.clone()))?;
         run.step("verify", |_| verify(app, &address))
     })();
     // Tear down whatever happened.

@@ -28,6 +28,8 @@ struct Fake {
     asks: (f64, u64),
     /// How long a backup takes (none: it has no backups).
     backup_takes: Option<Duration>,
+    /// Containers whose next exec exits 1.
+    fail_next: Arc<Mutex<Vec<String>>>,
 }
 
 /// An empty snapshot with `tags`.
@@ -101,8 +103,16 @@ impl Platform for Fake {
     fn capacity(&self) -> Result<(f64, u64), OrchestratorError> {
         Ok((1.0, 1 << 30))
     }
-    fn exec(&self, _: &str, _: &[String], _: Duration) -> Result<(i64, String), OrchestratorError> {
-        Ok((0, String::new()))
+    fn exec(&self, container: &str, _: &[String], _: Duration) -> Result<(i64, String), OrchestratorError> {
+        self.log.lock().unwrap().push(format!("{} exec {container}", self.name));
+        let mut fail = self.fail_next.lock().unwrap();
+        match fail.iter().position(|c| c == container) {
+            Some(i) => {
+                fail.remove(i);
+                Ok((1, "refused".into()))
+            }
+            None => Ok((0, String::new())),
+        }
     }
     fn definitions(&self) -> Result<Definitions, OrchestratorError> {
         Ok(Definitions::Kubernetes(Vec::new()))
@@ -138,10 +148,17 @@ struct World {
     a_asks: (f64, u64),
     /// How long a backup of a takes (none: a has no backups).
     a_backup_takes: Option<Duration>,
+    /// Containers whose next exec exits 1, on either site.
+    fail_next: Arc<Mutex<Vec<String>>>,
 }
 
 impl World {
     fn new(witness: bool) -> World {
+        World::with_app_lines(witness, "")
+    }
+
+    /// A world whose app has `lines` more of YAML (indented as the app's fields).
+    fn with_app_lines(witness: bool, lines: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
         let kdf = KdfParams {
             memory_kib: 8 * 1024,
@@ -152,7 +169,7 @@ impl World {
         let yaml = format!(
             "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {{name: p}}\nrepository: repo\n{}sites:\n  \
              a: {{docker: {{host: \"unix:///a.sock\", address: 127.0.0.1}}}}\n  b: {{docker: {{host: \"unix:///b.sock\", address: 127.0.0.1}}}}\n\
-             apps:\n  - name: web\n    primary: a\n    standby: b\n    standby_mode: hot\n    select: {{labels: {{app: web}}}}\n",
+             apps:\n  - name: web\n    primary: a\n    standby: b\n    standby_mode: hot\n    select: {{labels: {{app: web}}}}\n{lines}",
             if witness { "witness: {max_age: 10s}\n" } else { "" }
         );
         let plan = Plan::parse("plan.yaml", &yaml).unwrap();
@@ -166,6 +183,7 @@ impl World {
             a_policies: BTreeMap::new(),
             a_asks: (0.5, 256 << 20),
             a_backup_takes: None,
+            fail_next: Arc::default(),
         }
     }
 
@@ -195,13 +213,14 @@ impl World {
 
     /// What an operation runs against: the plan, the repository and the sites as they answer.
     fn env(&self) -> Env<'_> {
-        let (log, a, b, pol, asks, takes) = (
+        let (log, a, b, pol, asks, takes, fail_next) = (
             self.log.clone(),
             self.a.clone(),
             self.b.clone(),
             self.a_policies.clone(),
             self.a_asks,
             self.a_backup_takes,
+            self.fail_next.clone(),
         );
         let connect: Arc<Connector> = Arc::new(move |site: &str, _: &App| {
             let answer = if site == "a" { &a } else { &b };
@@ -212,6 +231,7 @@ impl World {
                     policies: if site == "a" { pol.clone() } else { BTreeMap::new() },
                     asks: if site == "a" { asks } else { (0.0, 0) },
                     backup_takes: if site == "a" { takes } else { None },
+                    fail_next: fail_next.clone(),
                 }) as Arc<dyn Platform>),
                 Answer::Unreachable => Err(OrchestratorError::Unreachable {
                     site: site.into(),
@@ -364,7 +384,7 @@ fn fenced_by_hand_must_name_the_site_being_left() {
 }
 
 #[test]
-fn an_unreachable_standby_a_missing_recovery_point_or_a_locked_repository_stop_the_failover_before_the_fence() {
+fn an_unreachable_standby_or_a_missing_recovery_point_stop_the_failover_before_the_fence() {
     let mut w = World::new(false).backed_up();
     w.b = Answer::Unreachable;
     let e = w.run(Kind::Failover, &Options::default()).unwrap_err().to_string();
@@ -381,7 +401,10 @@ fn an_unreachable_standby_a_missing_recovery_point_or_a_locked_repository_stop_t
     let e = w.run(Kind::Failover, &by_hand("a")).unwrap_err().to_string();
     assert!(e.contains("has no backup to recover from"), "{e}");
     assert!(w.log().is_empty());
+}
 
+#[test]
+fn a_failover_during_a_prune_does_not_fence_before_it_can_finish() {
     // A prune holds the repository: refused before the fence, not after.
     let w = World::new(false).backed_up();
     let other = Repository::open(w.repo.backend().clone(), b"pw").unwrap();
@@ -479,4 +502,31 @@ fn restart_policies_are_held_by_the_fence_and_given_back_when_the_site_starts_ag
     let start = log.iter().position(|l| l == "a start").unwrap();
     assert_eq!(log[start + 1], "a policies {\"web\": \"always\"}", "{log:?}");
     assert!(w.store().state().unwrap().restart_policies.is_empty());
+}
+
+#[test]
+fn a_resumed_failover_runs_again_only_the_hook_that_had_not_finished() {
+    let hooks = "    hooks:\n      post_restore:\n        - exec: {container: first, command: [warm]}\n        \
+                 - exec: {container: second, command: [warm]}\n        - exec: {container: third, command: [warm]}\n";
+    let w = World::with_app_lines(false, hooks).backed_up();
+    w.fail_next.lock().unwrap().push("second".into());
+    let e = w.run(Kind::Failover, &no_final()).unwrap_err().to_string();
+    assert!(e.contains("hook 2") && e.contains("second"), "{e}");
+    let execs = |w: &World| w.log().into_iter().filter(|l| l.contains(" exec ")).collect::<Vec<_>>();
+    assert_eq!(execs(&w), ["b exec first", "b exec second"]);
+    // The same command resumes: the first hook finished and is not run again.
+    let Outcome::Done(op) = w.run(Kind::Failover, &no_final()).unwrap() else {
+        panic!("not done")
+    };
+    assert_eq!(
+        execs(&w),
+        ["b exec first", "b exec second", "b exec second", "b exec third"]
+    );
+    let names: Vec<&str> = op.steps.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names.ends_with(&["hook 1", "hook 2", "hook 3", "traffic", "verify"]),
+        "{names:?}"
+    );
+    assert_eq!(op.finished("hook 2").unwrap().attempts, 2);
+    assert_eq!(op.finished("hook 1").unwrap().attempts, 1);
 }
