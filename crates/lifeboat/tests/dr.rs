@@ -2204,3 +2204,347 @@ fn no_secret_marker_appears_in_any_output_of_a_failover_and_a_drill() {
         .collect();
     assert!(all.contains(":8193/healthz"), "the probe is named");
 }
+
+/// A tmpfs of `mib` MiB mounted at `dir` while it lives.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: PathBuf, mib: u32) -> Tmpfs {
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot mount a tmpfs at {}", dir.display());
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Every snapshot of `repo` restores, and `repo check --read-data` passes.
+fn every_snapshot_restores(repo: &str) -> usize {
+    let check = common::run(repo, &["repo", "check", "--read-data"]);
+    assert!(check.status.success(), "{}", output_text(&check));
+    let v = common::json(repo, &["snapshots"]);
+    let list = v.as_array().or_else(|| v["snapshots"].as_array()).unwrap().clone();
+    for s in &list {
+        let id = s["id"].as_str().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        common::ok(
+            repo,
+            &["restore", id, "--to", &format!("files:{}", out.path().display())],
+        );
+    }
+    list.len()
+}
+
+/// The contents of the file `name` anywhere in what `id` restores to.
+fn restored_file(repo: &str, id: &str, name: &str) -> Option<Vec<u8>> {
+    let out = tempfile::tempdir().unwrap();
+    common::ok(
+        repo,
+        &["restore", id, "--to", &format!("files:{}", out.path().display())],
+    );
+    let mut stack = vec![out.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == name) {
+                return Some(std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    None
+}
+
+/// `serve` with the plan's schedule, its stderr collected.
+fn serve(app: &App) -> (Child, Arc<Mutex<String>>) {
+    let mut s = app
+        .cmd(&["serve", "--no-watch", "--sync-every", "0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = collect(&mut s);
+    (s, log)
+}
+
+fn wait_for_snapshots(log: &Arc<Mutex<String>>, n: usize, what: &str) {
+    wait_for(what, Duration::from_secs(120), || {
+        (log.lock().unwrap().matches(": snapshot ").count() >= n).then_some(())
+    });
+}
+
+#[test]
+fn serve_survives_a_full_repository_disk_without_committing_broken_snapshots() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let a = &sites[0];
+    let app = App::new(&sites, "drf", 8201, None, "");
+    // The repository on a 64 MiB file system, 36 MiB of it taken by something else.
+    let small = Tmpfs::mount(app.dir.path().join("small"), 64);
+    let repo = small.0.join("repo").display().to_string();
+    common::ok(&repo, &["repo", "init"]);
+    let plan = std::fs::read_to_string(&app.plan)
+        .unwrap()
+        .replace(
+            &format!("repository: {}\n", app.repo()),
+            &format!("repository: {repo}\n"),
+        )
+        .replace("standby_mode: hot", "standby_mode: cold")
+        + "    backup: {every: 5s}\n";
+    std::fs::write(&app.plan, plan).unwrap();
+    std::fs::write(small.0.join("junk"), vec![7u8; 36_000_000]).unwrap();
+    let fill = |name: &str, bytes: u32| {
+        a.docker(&[
+            "exec",
+            "drf-web",
+            "sh",
+            "-c",
+            &format!("busybox head -c {bytes} /dev/urandom > /www/data/{name}"),
+        ]);
+    };
+    fill("big1", 16_000_000);
+    let (s, log) = serve(&app);
+    wait_for_snapshots(&log, 1, "the first backup, which fits");
+    // The next backups do not fit: they fail, each in its own session.
+    fill("big2", 24_000_000);
+    wait_for(
+        "a backup that fails for want of space",
+        Duration::from_secs(120),
+        || log.lock().unwrap().contains("FAILED").then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    // Space comes back: the same process backs up again, and what it commits is whole.
+    std::fs::remove_file(small.0.join("junk")).unwrap();
+    let before = log.lock().unwrap().matches(": snapshot ").count();
+    wait_for_snapshots(&log, before + 1, "a backup after the space came back");
+    kill(s);
+    let text = log.lock().unwrap().clone();
+    assert!(
+        text.to_lowercase().contains("no space left"),
+        "the failure names its cause: {text}"
+    );
+    let n = every_snapshot_restores(&repo);
+    assert!(n >= 2, "{n} snapshots\n{text}");
+    let latest = restored_file(&repo, "latest", "big2").expect("big2 is in the newest snapshot");
+    let live = a.docker(&["exec", "drf-web", "busybox", "md5sum", "/www/data/big2"]);
+    let sum = format!("{:x}", md5_of(&latest));
+    assert!(live.starts_with(&sum), "big2 restores exactly: {sum} vs {live}");
+}
+
+/// The MD5 of `bytes`, as busybox md5sum prints it (computed by the system's md5sum).
+fn md5_of(bytes: &[u8]) -> Md5Hex {
+    use std::io::Write;
+    let mut c = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = c.wait_with_output().unwrap();
+    Md5Hex(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string(),
+    )
+}
+
+struct Md5Hex(String);
+
+impl std::fmt::LowerHex for Md5Hex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[test]
+fn serve_with_an_external_prune_keeps_every_snapshot_restorable() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let a = &sites[0];
+    let app = App::new(&sites, "drp", 8202, None, "");
+    let plan = std::fs::read_to_string(&app.plan)
+        .unwrap()
+        .replace("standby_mode: hot", "standby_mode: cold")
+        + "    backup: {every: 4s, keep: {last: 1}}\n";
+    std::fs::write(&app.plan, plan).unwrap();
+    let toggle = |v: &str| {
+        a.docker(&["exec", "drp-web", "sh", "-c", &format!("echo {v} > /www/data/toggle")]);
+    };
+    toggle("AAAA");
+    let (s, log) = serve(&app);
+    wait_for_snapshots(&log, 1, "a snapshot holding AAAA");
+    toggle("BBBB");
+    wait_for_snapshots(
+        &log,
+        2,
+        "a snapshot holding BBBB, after which retention forgets the first",
+    );
+    // Another process prunes what retention forgot, with no margin, while serve goes on.
+    let prune = common::run(&app.repo(), &["--lock-wait", "120", "prune", "--min-age", "0s"]);
+    assert!(prune.status.success(), "{}", output_text(&prune));
+    // AAAA again: the long-lived process must not take it for stored.
+    toggle("AAAA");
+    let before = log.lock().unwrap().matches(": snapshot ").count();
+    wait_for_snapshots(&log, before + 2, "two snapshots after the prune");
+    kill(s);
+    let text = log.lock().unwrap().clone();
+    assert!(!text.contains("FAILED"), "{text}");
+    every_snapshot_restores(&app.repo());
+    assert_eq!(
+        restored_file(&app.repo(), "latest", "toggle").as_deref(),
+        Some(&b"AAAA\n"[..])
+    );
+    // A failover from the cold standby reads the newest snapshot through the same repository.
+    app.ok(&["failover", "--no-final-backup"]);
+    assert!(app.items(&sites[1]).is_some_and(|i| i.contains("widget")));
+    app.ok(&["failback"]);
+}
+
+#[test]
+fn a_volume_stream_that_stalls_times_out_and_releases_the_app_lock() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let a = &sites[0];
+    let app = App::new(&sites, "drs", 8203, None, "");
+    a.docker(&[
+        "exec",
+        "drs-web",
+        "sh",
+        "-c",
+        "busybox head -c 400000000 /dev/urandom > /www/data/big",
+    ]);
+    let mut backup = app
+        .cmd(&["backup", "--plan"])
+        .env("LIFEBOAT_STREAM_STALL_SECS", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = collect(&mut backup);
+    // The read of the volume has begun (its helper container runs); then the engine hangs.
+    wait_for("the helper container", Duration::from_secs(60), || {
+        a.docker(&["ps", "--format", "{{.Image}}"])
+            .contains("lifeboat-helper")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = dockerd_pid(a);
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for("the backup to give up", Duration::from_secs(90), || {
+            backup.try_wait().unwrap()
+        })
+    }));
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let status = match ended {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = backup.kill();
+            std::panic::resume_unwind(e);
+        }
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let text = log.lock().unwrap().clone();
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("no data for 3 s: the engine stalled"), "{text}");
+    assert_eq!(
+        app.snapshots_tagged("app=drs"),
+        0,
+        "no snapshot of a stalled read: {text}"
+    );
+    // The app's lock went with the process: the next backup takes it at once and finishes.
+    let out = app.ok(&["backup", "--plan"]);
+    assert!(out.contains(": snapshot "), "{out}");
+    assert_eq!(app.snapshots_tagged("app=drs"), 1);
+}
+
+#[test]
+fn failback_leaves_the_standbys_containers_unable_to_restart_on_their_own() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "drr", 8204, None, "");
+    let running = |s: &Site, c: &str| s.docker(&["inspect", "-f", "{{.State.Running}}", c]) == "true";
+    a.docker(&["update", "--restart", "always", "drr-web"]);
+    app.ok(&["backup", "--plan"]);
+    app.ok(&["failover"]);
+    assert!(app.items(b).is_some());
+    let out = app.ok(&["failback"]);
+    assert!(out.contains("restart policy always restored"), "{out}");
+    assert!(running(a, "drr-web"));
+    // b's host reboots after the failback: its engine comes back, the app's copy stays stopped.
+    let sentinel = b.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "drr-other",
+        "--restart",
+        "always",
+        "lifeboat-lab/web:1",
+        "sleep",
+        "3600",
+    ]);
+    assert!(!sentinel.is_empty());
+    Command::new(lab()).args(["kill", "b"]).status().unwrap();
+    revive();
+    wait_for(
+        "b's engine to restart its always containers",
+        Duration::from_secs(60),
+        || running(b, "drr-other").then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!running(b, "drr-web"), "the standby's copy stayed stopped");
+    assert!(app.items(b).is_none(), "b does not serve beside a");
+    assert!(app.items(a).is_some_and(|i| i.contains("widget")));
+    assert_eq!(resolve("drr"), a.addr);
+}
+
+#[test]
+fn a_failover_left_open_after_start_is_finished_or_rolled_back_by_the_watch() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "dro", 8205, None, "");
+    app.ok(&["backup", "--plan"]);
+    // The failover dies right after the standby started: a fenced, b running, traffic on a.
+    let o = app
+        .cmd(&["failover"])
+        .env("LIFEBOAT_FAULT_KILL_AFTER", "start")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.signal(), Some(9), "{}", output_text(&o));
+    assert_eq!(resolve("dro"), a.addr, "traffic not yet moved");
+    assert!(app.items(b).is_some(), "b was started");
+    // The primary answers again (someone restarted it by hand): the watch still finishes the
+    // operation instead of leaving two sites up with traffic split.
+    a.docker(&["start", "dro-web"]);
+    let mut w = app.cmd(&["watch"]).stderr(Stdio::piped()).spawn().unwrap();
+    let log = collect(&mut w);
+    wait_for("the watch to finish the failover", Duration::from_secs(120), || {
+        (resolve("dro") == b.addr).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    kill(w);
+    let text = log.lock().unwrap().clone();
+    assert!(text.contains("resuming failover"), "{text}");
+    assert!(text.contains("on resume, a ran the app again"), "{text}");
+    assert!(
+        app.items(a).is_none(),
+        "a fenced again by the resumed operation: {text}"
+    );
+    assert!(app.items(b).is_some_and(|i| i.contains("widget")));
+    app.ok(&["failback"]);
+    assert_eq!(resolve("dro"), a.addr);
+}

@@ -512,6 +512,9 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         }
         return Err(e);
     }
+    if fence_done {
+        refence_on_resume(&st, &mut state, &mut run, env, app, &from, &mut source)?;
+    }
     let fence_rec = run.op.finished("fence").expect("finished above");
     let positive = fence_rec.detail.starts_with(&format!("{from} fenced"));
     let fenced_unreachable = !positive;
@@ -1067,6 +1070,52 @@ fn unconfirmed(
 /// Stops the app on `site` for good: its restart policies are recorded in `state` (saved) first,
 /// then cleared by the stop. A policy recorded earlier is never overwritten by the "none" that a
 /// second stop sees.
+/// On a resume whose fence finished before: a fenced side that runs the app again (started by
+/// hand, by an orchestrator, by a restart Lifeboat did not hold) is stopped again before the
+/// operation goes on, as Pacemaker fences a node that rejoins with resources. A side that cannot
+/// be reached now keeps the evidence it was fenced on. What was found and done is added to the
+/// fence step's record.
+fn refence_on_resume(
+    st: &Store,
+    state: &mut AppState,
+    run: &mut Runner,
+    env: &Env,
+    app: &App,
+    from: &str,
+    source: &mut Option<Arc<dyn Platform>>,
+) -> Result<(), OrchestratorError> {
+    let Ok(p) = (env.connect)(from, app) else {
+        return Ok(());
+    };
+    let live = p.running(None)?;
+    if !live.is_empty() {
+        let changes = hold_and_stop(st, state, &*p, from).map_err(|e| OrchestratorError::Step {
+            kind: run.op.kind.as_str(),
+            app: run.op.app.clone(),
+            step: "fence".into(),
+            id: run.op.id.clone(),
+            reason: format!(
+                "{from} runs the app again ({}) and cannot be stopped: {e}",
+                live.join(", ")
+            ),
+        })?;
+        let line = summary(
+            &format!(
+                "on resume, {from} ran the app again ({}): fenced again",
+                live.join(", ")
+            ),
+            &changes,
+        );
+        (env.log)(&format!("fence: {line}"));
+        if let Some(rec) = run.op.steps.iter_mut().find(|s| s.name == "fence") {
+            rec.detail = format!("{}; {line}", rec.detail);
+        }
+        st.save_operation(&run.op)?;
+    }
+    *source = Some(p);
+    Ok(())
+}
+
 pub(crate) fn hold_and_stop(
     st: &Store,
     state: &mut AppState,

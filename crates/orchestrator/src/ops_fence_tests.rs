@@ -30,6 +30,8 @@ struct Fake {
     backup_takes: Option<Duration>,
     /// Containers whose next exec exits 1.
     fail_next: Arc<Mutex<Vec<String>>>,
+    /// The app runs here (until the next stop) though nothing of Lifeboat started it.
+    runs_again: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// An empty snapshot with `tags`.
@@ -64,6 +66,7 @@ impl Platform for Fake {
     }
     fn stop(&self, _: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
         self.log.lock().unwrap().push(format!("{} stop", self.name));
+        self.runs_again.store(false, std::sync::atomic::Ordering::SeqCst);
         Ok(vec!["container web: stopped".into()])
     }
     fn start(&self, _: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
@@ -83,7 +86,10 @@ impl Platform for Fake {
         Ok(format!("staged {}", &s[..8]))
     }
     fn running(&self, _: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
-        Ok(Vec::new())
+        Ok(match self.runs_again.load(std::sync::atomic::Ordering::SeqCst) {
+            true => vec!["container web".into()],
+            false => Vec::new(),
+        })
     }
     fn remove(&self, _: &str) -> Result<Vec<String>, OrchestratorError> {
         Ok(Vec::new())
@@ -150,6 +156,8 @@ struct World {
     a_backup_takes: Option<Duration>,
     /// Containers whose next exec exits 1, on either site.
     fail_next: Arc<Mutex<Vec<String>>>,
+    /// a runs the app again (started by someone else) until it is stopped.
+    a_runs_again: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl World {
@@ -184,6 +192,7 @@ impl World {
             a_asks: (0.5, 256 << 20),
             a_backup_takes: None,
             fail_next: Arc::default(),
+            a_runs_again: Arc::default(),
         }
     }
 
@@ -213,6 +222,7 @@ impl World {
 
     /// What an operation runs against: the plan, the repository and the sites as they answer.
     fn env(&self) -> Env<'_> {
+        let runs_again = self.a_runs_again.clone();
         let (log, a, b, pol, asks, takes, fail_next) = (
             self.log.clone(),
             self.a.clone(),
@@ -232,6 +242,10 @@ impl World {
                     asks: if site == "a" { asks } else { (0.0, 0) },
                     backup_takes: if site == "a" { takes } else { None },
                     fail_next: fail_next.clone(),
+                    runs_again: match site == "a" {
+                        true => runs_again.clone(),
+                        false => Arc::default(),
+                    },
                 }) as Arc<dyn Platform>),
                 Answer::Unreachable => Err(OrchestratorError::Unreachable {
                     site: site.into(),
@@ -529,4 +543,36 @@ fn a_resumed_failover_runs_again_only_the_hook_that_had_not_finished() {
     );
     assert_eq!(op.finished("hook 2").unwrap().attempts, 2);
     assert_eq!(op.finished("hook 1").unwrap().attempts, 1);
+}
+
+#[test]
+fn a_resumed_failover_fences_again_a_primary_that_runs_again() {
+    let hooks = "    hooks:\n      post_restore: [{exec: {container: warm, command: [warm]}}]\n";
+    let w = World::with_app_lines(false, hooks).backed_up();
+    // The failover stops after b started (its hook fails): a fenced, b running, traffic on a.
+    w.fail_next.lock().unwrap().push("warm".into());
+    assert!(w.run(Kind::Failover, &no_final()).is_err());
+    assert_eq!(w.log().iter().filter(|l| *l == "a stop").count(), 1);
+    // Someone starts a again by hand; the resume stops it before it goes on.
+    w.a_runs_again.store(true, std::sync::atomic::Ordering::SeqCst);
+    let Outcome::Done(op) = w.run(Kind::Failover, &no_final()).unwrap() else {
+        panic!("not done")
+    };
+    assert_eq!(w.log().iter().filter(|l| *l == "a stop").count(), 2, "{:?}", w.log());
+    let fence = World::fence_detail(&op);
+    assert!(
+        fence.contains("on resume, a ran the app again (container web): fenced again"),
+        "{fence}"
+    );
+    assert_eq!(
+        op.finished("fence").unwrap().attempts,
+        1,
+        "the step itself is not rerun"
+    );
+    // A resume that finds a stopped changes nothing there.
+    let w = World::with_app_lines(false, hooks).backed_up();
+    w.fail_next.lock().unwrap().push("warm".into());
+    assert!(w.run(Kind::Failover, &no_final()).is_err());
+    assert!(matches!(w.run(Kind::Failover, &no_final()), Ok(Outcome::Done(_))));
+    assert_eq!(w.log().iter().filter(|l| *l == "a stop").count(), 1);
 }
