@@ -763,7 +763,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
     // finished.
     let address = site_address(env.plan, &to)?;
     run.step("health", |_| wait_healthy(app, &address, opts.health_timeout))?;
-    run.post_restore_hooks(app, &to, "", || connect_target())?;
+    run.post_restore_hooks(app, &to, "", connect_target)?;
 
     // 6. Traffic.
     run.step("traffic", |op| match (env.router)(app)? {
