@@ -328,29 +328,66 @@ pub fn check(ctx: &Ctx, plan: &Path) -> Result<bool> {
 }
 
 /// Probes one app where it is active now.
+/// How long a read or write of the repository by the watch or the witness may take before that
+/// round counts as "unknown" (an S3 stall must not stop all watching: the reads run on the
+/// blocking pool, the watch's tasks only wait for them this long).
+const REPO_DEADLINE: Duration = Duration::from_secs(10);
+
 struct LiveProber {
     plan: Arc<Plan>,
     repo: Arc<Repository>,
+    /// The active site of each app as last read from its state.
+    known: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl LiveProber {
-    fn active(&self, app: &str) -> String {
-        let st = Store {
-            repo: &self.repo,
-            plan: self.plan.metadata.name.clone(),
-            app: app.to_string(),
-        };
-        st.state()
-            .ok()
-            .and_then(|s| s.active)
-            .unwrap_or_else(|| self.plan.app(app).map(|a| a.primary.value.clone()).unwrap_or_default())
+    fn new(plan: Arc<Plan>, repo: Arc<Repository>) -> LiveProber {
+        LiveProber {
+            plan,
+            repo,
+            known: Default::default(),
+        }
+    }
+
+    /// Where `app` is active, read from its state on the blocking pool within [`REPO_DEADLINE`].
+    /// A state that cannot be read gives the site last read, and with none, an error: never the
+    /// plan's primary by default (after a failover, that would probe the fenced side).
+    async fn active(self: &Arc<Self>, app: &str) -> Result<String, String> {
+        let me = self.clone();
+        let name = app.to_string();
+        let read = tokio::task::spawn_blocking(move || {
+            let st = Store {
+                repo: &me.repo,
+                plan: me.plan.metadata.name.clone(),
+                app: name.clone(),
+            };
+            st.state().map(|s| {
+                s.active
+                    .unwrap_or_else(|| me.plan.app(&name).map(|a| a.primary.value.clone()).unwrap_or_default())
+            })
+        });
+        let known = || self.known.lock().unwrap().get(app).cloned();
+        match tokio::time::timeout(REPO_DEADLINE, read).await {
+            Ok(Ok(Ok(site))) => {
+                self.known.lock().unwrap().insert(app.to_string(), site.clone());
+                Ok(site)
+            }
+            Ok(Ok(Err(e))) => known().ok_or_else(|| format!("the app's state cannot be read: {e}")),
+            Ok(Err(e)) => known().ok_or_else(|| e.to_string()),
+            Err(_) => known().ok_or_else(|| format!("the app's state was not read within {REPO_DEADLINE:?}")),
+        }
     }
 }
 
-impl watch::Prober for LiveProber {
+/// The watch's prober: the app's health at its active site.
+struct Probe(Arc<LiveProber>);
+
+impl watch::Prober for Probe {
     fn probe(&self, app: &str) -> BoxFuture<'_, Result<(), String>> {
-        let (plan, app, site) = (self.plan.clone(), app.to_string(), self.active(app));
+        let (p, app) = (self.0.clone(), app.to_string());
         Box::pin(async move {
+            let site = p.active(&app).await?;
+            let plan = p.plan.clone();
             tokio::task::spawn_blocking(move || {
                 let a = plan.app(&app).ok_or("no such app")?;
                 let addr = ops::site_address(&plan, &site).map_err(|e| e.to_string())?;
@@ -365,25 +402,38 @@ impl watch::Prober for LiveProber {
 struct RepoWitness {
     prober: Arc<LiveProber>,
     max_age: Duration,
+    /// When this process last saw each app's witness report change.
+    freshness: std::sync::Mutex<std::collections::HashMap<String, watch::Freshness>>,
 }
 
 impl watch::Witness for RepoWitness {
     fn verdict(&self, app: &str) -> BoxFuture<'_, Verdict> {
-        let site = self.prober.active(app);
-        let st = Store {
-            repo: &self.prober.repo,
-            plan: self.prober.plan.metadata.name.clone(),
-            app: app.to_string(),
-        };
-        let report: Option<WitnessReport> = self
-            .prober
-            .repo
-            .read_state(&format!("{}/witness", st.dir()))
-            .ok()
-            .flatten()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let v = WitnessReport::verdict(report.as_ref(), &site, OffsetDateTime::now_utc(), self.max_age);
-        Box::pin(async move { v })
+        let app = app.to_string();
+        Box::pin(async move {
+            let site = match self.prober.active(&app).await {
+                Ok(s) => s,
+                Err(e) => return Verdict::Silent(e),
+            };
+            let p = self.prober.clone();
+            let path = format!("{}/{app}/witness", p.plan.metadata.name);
+            let read = tokio::task::spawn_blocking(move || p.repo.read_state(&path));
+            let report: Option<WitnessReport> = match tokio::time::timeout(REPO_DEADLINE, read).await {
+                Ok(Ok(Ok(bytes))) => bytes.and_then(|b| serde_json::from_slice(&b).ok()),
+                Ok(Ok(Err(e))) => return Verdict::Silent(format!("the witness's report cannot be read: {e}")),
+                Ok(Err(e)) => return Verdict::Silent(e.to_string()),
+                Err(_) => {
+                    return Verdict::Silent(format!("the witness's report was not read within {REPO_DEADLINE:?}"))
+                }
+            };
+            let ago = self
+                .freshness
+                .lock()
+                .unwrap()
+                .entry(app)
+                .or_default()
+                .observe(report.as_ref(), std::time::Instant::now());
+            WitnessReport::verdict(report.as_ref(), &site, ago, self.max_age)
+        })
     }
 }
 
@@ -664,10 +714,7 @@ fn watch_tasks(
     only: Option<&str>,
     witness: bool,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
-    let prober = Arc::new(LiveProber {
-        plan: plan.clone(),
-        repo: repo.clone(),
-    });
+    let prober = Arc::new(LiveProber::new(plan.clone(), repo.clone()));
     let json = ctx.json;
     let events: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |e: Event| {
         let now = OffsetDateTime::now_utc();
@@ -718,6 +765,7 @@ fn watch_tasks(
         Arc::new(RepoWitness {
             prober: prober.clone(),
             max_age: w.max_age.0,
+            freshness: Default::default(),
         }) as Arc<dyn watch::Witness>
     });
     let trigger = Arc::new(Failover {
@@ -735,12 +783,13 @@ fn watch_tasks(
             " (no witness: a primary that cannot be reached stays active until `failover --fenced-by-hand`)"
         }
     );
+    let probe: Arc<dyn watch::Prober> = Arc::new(Probe(prober.clone()));
     Ok(watched
         .into_iter()
         .map(|(w, _)| {
             rt.spawn(watch::watch_app(
                 w,
-                prober.clone(),
+                probe.clone(),
                 wit.clone(),
                 trigger.clone(),
                 events.clone(),
@@ -751,27 +800,50 @@ fn watch_tasks(
 
 async fn witness_loop(w: Watched, prober: Arc<LiveProber>, repo: Arc<Repository>, plan: Arc<Plan>) {
     use watch::Prober;
+    let probe = Probe(prober.clone());
     let mut monitor = watch::Monitor::new(w.failure_threshold, w.success_threshold);
     let mut tick = tokio::time::interval(w.interval);
     let path = format!("{}/{}/witness", plan.metadata.name, w.app);
+    // Readers judge freshness by seeing the sequence change (never by this host's clock).
+    let mut sequence: u64 = 0;
     loop {
         tick.tick().await;
-        let site = prober.active(&w.app);
-        let r = match tokio::time::timeout(w.timeout, prober.probe(&w.app)).await {
+        let site = match prober.active(&w.app).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("witness: {}: {e}: no report this round", w.app);
+                continue;
+            }
+        };
+        let r = match tokio::time::timeout(w.timeout, probe.probe(&w.app)).await {
             Ok(r) => r,
             Err(_) => Err("timeout".into()),
         };
         monitor.observe(r.is_ok());
+        sequence += 1;
         let report = WitnessReport {
             time: OffsetDateTime::now_utc(),
+            sequence,
             site,
             down: monitor.is_down(),
             failures: monitor.failures(),
             error: r.err(),
         };
         let bytes = serde_json::to_vec(&report).expect("serialisable");
-        if let Err(e) = repo.write_state(&path, &bytes) {
-            eprintln!("witness: cannot report for {}: {e}", w.app);
+        let (repo, p) = (repo.clone(), path.clone());
+        match tokio::time::timeout(
+            REPO_DEADLINE,
+            tokio::task::spawn_blocking(move || repo.write_state(&p, &bytes)),
+        )
+        .await
+        {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => eprintln!("witness: cannot report for {}: {e}", w.app),
+            Ok(Err(e)) => eprintln!("witness: cannot report for {}: {e}", w.app),
+            Err(_) => eprintln!(
+                "witness: the report for {} was not written within {REPO_DEADLINE:?}",
+                w.app
+            ),
         }
     }
 }

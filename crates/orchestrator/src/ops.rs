@@ -1009,25 +1009,43 @@ enum WitnessSays {
 }
 
 fn witness_verdict(env: &Env, app: &App, site: &str) -> Option<WitnessSays> {
+    use crate::watch::{Freshness, Verdict, WitnessReport};
     let rule = env.plan.witness.as_ref()?;
     let path = format!("{}/witness", store(env, app).dir());
-    let report: Option<crate::watch::WitnessReport> = match env.repo.read_state(&path) {
-        Ok(bytes) => bytes.and_then(|b| serde_json::from_slice(&b).ok()),
-        Err(e) => return Some(WitnessSays::Not(format!("the witness's report cannot be read: {e}"))),
+    // Fresh means: seen to change on this process's clock within max_age (the witness writes a
+    // report every probe interval). So read until the report changes, for up to max_age.
+    let mut freshness = Freshness::default();
+    let started = std::time::Instant::now();
+    (env.log)(&format!(
+        "fence: waiting for a new report of the witness (up to {:?})",
+        rule.max_age.0
+    ));
+    let (report, ago) = loop {
+        let report: Option<WitnessReport> = match env.repo.read_state(&path) {
+            Ok(bytes) => bytes.and_then(|b| serde_json::from_slice(&b).ok()),
+            Err(e) => return Some(WitnessSays::Not(format!("the witness's report cannot be read: {e}"))),
+        };
+        let ago = freshness.observe(report.as_ref(), std::time::Instant::now());
+        if ago.is_some() || started.elapsed() > rule.max_age.0 {
+            break (report, ago);
+        }
+        std::thread::sleep(Duration::from_millis(250));
     };
-    let now = OffsetDateTime::now_utc();
     Some(
-        match crate::watch::WitnessReport::verdict(report.as_ref(), site, now, rule.max_age.0) {
-            crate::watch::Verdict::Agrees => {
+        match WitnessReport::verdict(report.as_ref(), site, ago, rule.max_age.0) {
+            Verdict::Agrees => {
                 let r = report.expect("a verdict that agrees has a report");
                 WitnessSays::Agrees(format!(
-                    "report of {} s ago: {} failed probes in a row{}",
-                    (now - r.time).whole_seconds().max(0),
+                    "report {} (witness clock {}): {} failed probes in a row{}",
+                    r.sequence,
+                    r.time
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
                     r.failures,
                     r.error.map(|e| format!(", last: {e}")).unwrap_or_default()
                 ))
             }
-            crate::watch::Verdict::Disagrees(why) | crate::watch::Verdict::Silent(why) => WitnessSays::Not(why),
+            Verdict::Disagrees(why) | Verdict::Silent(why) => WitnessSays::Not(why),
         },
     )
 }

@@ -202,13 +202,39 @@ impl World {
         self
     }
 
+    /// A witness that runs: it writes a new report every 100 ms for 5 s.
     fn witness_says(&self, down: bool) {
+        let repo = Repository::open(self.repo.backend().clone(), b"pw").unwrap();
+        let write = move |sequence: u64| {
+            let r = WitnessReport {
+                time: OffsetDateTime::now_utc(),
+                sequence,
+                site: "a".into(),
+                down,
+                failures: if down { 5 } else { 0 },
+                error: down.then(|| "connection refused".into()),
+            };
+            repo.write_state("p/web/witness", &serde_json::to_vec(&r).unwrap())
+                .unwrap();
+        };
+        write(1);
+        std::thread::spawn(move || {
+            for seq in 2..50 {
+                std::thread::sleep(Duration::from_millis(100));
+                write(seq);
+            }
+        });
+    }
+
+    /// A witness that wrote once and died.
+    fn witness_said_once(&self, down: bool) {
         let r = WitnessReport {
             time: OffsetDateTime::now_utc(),
+            sequence: 3,
             site: "a".into(),
             down,
-            failures: if down { 5 } else { 0 },
-            error: down.then(|| "connection refused".into()),
+            failures: 5,
+            error: None,
         };
         self.repo
             .write_state("p/web/witness", &serde_json::to_vec(&r).unwrap())
@@ -330,6 +356,21 @@ fn an_unreachable_primary_without_evidence_is_not_fenced_and_nothing_starts_on_t
     let e = w.run(Kind::Failover, &no_final()).unwrap_err().to_string();
     assert!(e.contains("the witness does not confirm it"), "{e}");
     assert!(w.log().is_empty());
+}
+
+#[test]
+fn a_dead_witness_s_last_down_report_is_no_evidence_whatever_its_clock_says() {
+    let mut w = World::new(true).backed_up();
+    w.a = Answer::Unreachable;
+    // It said "down" once, then stopped writing (its report is dated now, as a witness whose
+    // clock runs ahead would date an old one).
+    w.witness_said_once(true);
+    let e = w.run(Kind::Failover, &no_final()).unwrap_err().to_string();
+    assert!(
+        e.contains("the witness does not confirm it") && e.contains("not been seen to change"),
+        "{e}"
+    );
+    assert!(w.log().is_empty(), "{:?}", w.log());
 }
 
 #[test]

@@ -296,8 +296,15 @@ pub async fn watch_app(
 /// What a witness writes for each app it watches.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WitnessReport {
+    /// When the witness wrote it, on the witness's clock: shown, never used to judge freshness
+    /// (a witness clock ahead would make an old report look new).
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
+    /// Grows with every report the witness writes; a reader judges freshness by seeing it change
+    /// on its own clock ([`Freshness`]). Reports of a witness before 0.9 have none (0) and are
+    /// never fresh.
+    #[serde(default)]
+    pub sequence: u64,
     /// The site it probed.
     pub site: String,
     /// Its judgement, with the same hysteresis as the watch.
@@ -308,14 +315,32 @@ pub struct WitnessReport {
 }
 
 impl WitnessReport {
-    /// The verdict this report gives about `site` at `now`, given `max_age`.
-    pub fn verdict(report: Option<&WitnessReport>, site: &str, now: OffsetDateTime, max_age: Duration) -> Verdict {
+    /// The verdict this report gives about `site`, given how long ago (on the reader's clock) the
+    /// reader last saw the report change (`None`: not seen changing yet) and `max_age`.
+    pub fn verdict(
+        report: Option<&WitnessReport>,
+        site: &str,
+        changed_ago: Option<Duration>,
+        max_age: Duration,
+    ) -> Verdict {
         let Some(r) = report else {
             return Verdict::Silent("the witness has not reported".into());
         };
-        let age = (now - r.time).as_seconds_f64();
-        if age > max_age.as_secs_f64() {
-            return Verdict::Silent(format!("the witness's last report is {age:.0} s old (max {max_age:?})"));
+        match changed_ago {
+            None => {
+                return Verdict::Silent(
+                    "the witness's report has not been seen to change yet (a witness that still runs writes a new \
+                     one every probe interval)"
+                        .into(),
+                )
+            }
+            Some(age) if age > max_age => {
+                return Verdict::Silent(format!(
+                    "the witness's report has not changed for {:.0} s (max {max_age:?}): the witness is not running",
+                    age.as_secs_f64()
+                ))
+            }
+            Some(_) => {}
         }
         if r.site != site {
             return Verdict::Silent(format!("the witness watches {}, not {site}", r.site));
@@ -328,6 +353,30 @@ impl WitnessReport {
                 r.failures
             ))
         }
+    }
+}
+
+/// When a reader last saw a witness's report change, on the reader's own monotonic clock: the
+/// witness's clock is never compared with the reader's. A report is fresh only when its
+/// `sequence` changed within `max_age` of now, as this reader saw it.
+#[derive(Debug, Default)]
+pub struct Freshness {
+    /// The sequence last read, and when it was seen to change (`None`: not yet).
+    seen: Option<(u64, Option<std::time::Instant>)>,
+}
+
+impl Freshness {
+    /// Takes in the report read at `now`; returns how long ago it last changed (`None` until a
+    /// change has been seen: the first report read proves nothing about the witness running).
+    pub fn observe(&mut self, report: Option<&WitnessReport>, now: std::time::Instant) -> Option<Duration> {
+        let seq = report?.sequence;
+        let changed = match self.seen {
+            None => None,
+            Some((last, at)) if last == seq => at,
+            Some(_) => Some(now),
+        };
+        self.seen = Some((seq, changed));
+        changed.map(|at| now.saturating_duration_since(at))
     }
 }
 
@@ -580,32 +629,86 @@ mod tests {
 
     #[test]
     fn a_witness_report_is_read_by_age_site_and_judgement() {
-        let now = OffsetDateTime::now_utc();
         let r = WitnessReport {
-            time: now - Duration::from_secs(3),
+            time: OffsetDateTime::now_utc(),
+            sequence: 7,
             site: "a".into(),
             down: true,
             failures: 4,
             error: None,
         };
         let max = Duration::from_secs(10);
-        assert_eq!(WitnessReport::verdict(Some(&r), "a", now, max), Verdict::Agrees);
+        let fresh = Some(Duration::from_secs(3));
+        assert_eq!(WitnessReport::verdict(Some(&r), "a", fresh, max), Verdict::Agrees);
         assert!(matches!(
-            WitnessReport::verdict(Some(&r), "b", now, max),
+            WitnessReport::verdict(Some(&r), "b", fresh, max),
             Verdict::Silent(_)
         ));
         assert!(matches!(
-            WitnessReport::verdict(Some(&r), "a", now + Duration::from_secs(20), max),
+            WitnessReport::verdict(Some(&r), "a", Some(Duration::from_secs(20)), max),
+            Verdict::Silent(_)
+        ));
+        assert!(matches!(
+            WitnessReport::verdict(Some(&r), "a", None, max),
             Verdict::Silent(_)
         ));
         let up = WitnessReport { down: false, ..r };
         assert!(matches!(
-            WitnessReport::verdict(Some(&up), "a", now, max),
+            WitnessReport::verdict(Some(&up), "a", fresh, max),
             Verdict::Disagrees(_)
         ));
         assert!(matches!(
-            WitnessReport::verdict(None, "a", now, max),
+            WitnessReport::verdict(None, "a", fresh, max),
             Verdict::Silent(_)
         ));
+    }
+
+    /// Regression (review finding 19): a witness whose clock runs ahead wrote reports dated in
+    /// the future, which looked fresh long after the witness had died.
+    #[test]
+    fn a_dead_witness_with_a_clock_ahead_is_not_fresh() {
+        let t0 = std::time::Instant::now();
+        let ahead = WitnessReport {
+            time: OffsetDateTime::now_utc() + Duration::from_secs(3600),
+            sequence: 41,
+            site: "a".into(),
+            down: true,
+            failures: 9,
+            error: None,
+        };
+        let max = Duration::from_secs(10);
+        let mut f = Freshness::default();
+        // First sight: not known to be fresh, whatever its date says.
+        let ago = f.observe(Some(&ahead), t0);
+        assert_eq!(ago, None);
+        assert!(matches!(
+            WitnessReport::verdict(Some(&ahead), "a", ago, max),
+            Verdict::Silent(_)
+        ));
+        // The witness writes again: fresh from then on, on the reader's clock.
+        let next = WitnessReport {
+            sequence: 42,
+            ..ahead.clone()
+        };
+        let ago = f.observe(Some(&next), t0 + Duration::from_secs(1));
+        assert_eq!(ago, Some(Duration::ZERO));
+        assert_eq!(WitnessReport::verdict(Some(&next), "a", ago, max), Verdict::Agrees);
+        // Then it dies: the same report, read 5 s and 30 s later.
+        assert_eq!(
+            f.observe(Some(&next), t0 + Duration::from_secs(6)),
+            Some(Duration::from_secs(5))
+        );
+        let ago = f.observe(Some(&next), t0 + Duration::from_secs(31));
+        assert!(matches!(
+            WitnessReport::verdict(Some(&next), "a", ago, max),
+            Verdict::Silent(_)
+        ));
+        // A restarted witness counts again from 1: a change all the same.
+        let restarted = WitnessReport { sequence: 1, ..next };
+        assert_eq!(
+            f.observe(Some(&restarted), t0 + Duration::from_secs(40)),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(f.observe(None, t0 + Duration::from_secs(41)), None);
     }
 }
