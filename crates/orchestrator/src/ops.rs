@@ -149,14 +149,30 @@ pub fn latest_recovery_point(
     Ok(recovery_points(repo, plan, app, false)?.into_iter().next())
 }
 
+/// How far ahead of this host's clock a snapshot's time may be (clock differences between the
+/// hosts that back up) before the time counts as wrong.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(300);
+
 /// The snapshots of `app` that can be recovery points, newest first: tagged `plan=` and `app=`,
 /// never a quarantine snapshot (it holds what a site had before it was overwritten), and only
-/// complete ones unless `incomplete` (an operator's explicit choice).
+/// complete ones unless `incomplete` (an operator's explicit choice). A snapshot dated more than
+/// [`CLOCK_SKEW`] ahead of now (written by a host whose clock runs ahead) comes after all the
+/// others: otherwise it would stay "newest" for as long as the clock was ahead.
 pub fn recovery_points(
     repo: &Repository,
     plan: &str,
     app: &str,
     incomplete: bool,
+) -> Result<Vec<RecoveryPoint>, OrchestratorError> {
+    recovery_points_at(repo, plan, app, incomplete, OffsetDateTime::now_utc())
+}
+
+fn recovery_points_at(
+    repo: &Repository,
+    plan: &str,
+    app: &str,
+    incomplete: bool,
+    now: OffsetDateTime,
 ) -> Result<Vec<RecoveryPoint>, OrchestratorError> {
     let (p, a) = (format!("plan={plan}"), format!("app={app}"));
     let mut snaps: Vec<_> = repo
@@ -166,7 +182,13 @@ pub fn recovery_points(
             s.tags.contains(&p) && s.tags.contains(&a) && !s.is_quarantine() && (incomplete || s.is_complete())
         })
         .collect();
-    snaps.sort_by(|x, y| y.1.time.cmp(&x.1.time).then(y.0.cmp(&x.0)));
+    let future = |t: OffsetDateTime| t > now + CLOCK_SKEW;
+    snaps.sort_by(|x, y| {
+        future(x.1.time)
+            .cmp(&future(y.1.time))
+            .then(y.1.time.cmp(&x.1.time))
+            .then(y.0.cmp(&x.0))
+    });
     Ok(snaps
         .into_iter()
         .map(|(id, s)| RecoveryPoint {
@@ -1465,6 +1487,30 @@ mod tests {
             accepted,
             [tagged.to_hex(), with_errors.to_hex(), complete.to_hex(), older.to_hex()],
             "accepted incomplete ones, never a quarantine snapshot"
+        );
+    }
+
+    /// Regression (review finding 19): one snapshot from a host whose clock ran a day ahead was
+    /// the "latest" recovery point until that day came.
+    #[test]
+    fn a_snapshot_dated_in_the_future_is_not_the_latest_recovery_point() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = testing::repo(d.path());
+        let tags = ["plan=p", "app=web", "site=a"];
+        // testing::snapshot dates snapshots AGE seconds before 1_800_000_000.
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let ahead = testing::snapshot(&repo, b"ahead", -86_400, &tags, 0);
+        let newest = testing::snapshot(&repo, b"new", 60, &tags, 0);
+        let skewed_a_little = testing::snapshot(&repo, b"skew", -120, &tags, 0);
+        let order: Vec<String> = recovery_points_at(&repo, "p", "web", false, now)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.snapshot)
+            .collect();
+        assert_eq!(
+            order,
+            [skewed_a_little.to_hex(), newest.to_hex(), ahead.to_hex()],
+            "within the tolerance a snapshot keeps its place; a day ahead comes last"
         );
     }
 }
