@@ -120,6 +120,97 @@ fn traffic_durability(app: &lifeboat_plan::App, a: &str) -> Option<CheckResult> 
     }
 }
 
+/// The host part of a repository location that names a server (`s3:http://HOST:PORT/...`, or
+/// `s3://...` with the endpoint from `endpoint_env`, i.e. `AWS_ENDPOINT_URL`); `None` for a local
+/// path, and for S3 without an endpoint (the cloud's own service).
+fn repository_host(location: &str, endpoint_env: Option<&str>) -> Option<String> {
+    let url = if let Some(rest) = location.strip_prefix("s3:") {
+        if rest.starts_with("//") {
+            endpoint_env?.to_string()
+        } else {
+            rest.to_string()
+        }
+    } else {
+        return None;
+    };
+    url::Url::parse(&url)
+        .ok()?
+        .host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+}
+
+/// Whether the repository shares a failure domain with a site it protects. The journal, the app
+/// locks and the witness's reports live in the repository: on the primary's host, it is lost
+/// exactly when a failover is needed. A repository server at a site's address fails; a local
+/// repository beside a site whose engine is on this host (a `unix://` socket) is warned about.
+/// Names are compared as written, never resolved.
+fn repository_failure_domain(plan: &Plan, location: &str, endpoint_env: Option<&str>) -> CheckResult {
+    let check = "repository failure domain";
+    let advice = "keep it in a third failure domain (another host, or an S3 service outside the sites), \
+                  as docs/dr.md says";
+    let site_hosts = |site: &Site| -> Vec<String> {
+        let mut v: Vec<String> = site.address().into_iter().collect();
+        if let Site::Docker { host: Some(h), .. } = site {
+            if let Some(rest) = h.strip_prefix("tcp://").or_else(|| h.strip_prefix("ssh://")) {
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+                v.push(rest.rsplit_once(':').map_or(rest, |(h, _)| h).to_string());
+            }
+        }
+        v
+    };
+    match repository_host(location, endpoint_env) {
+        Some(host) => {
+            for (name, site) in &plan.sites {
+                if site_hosts(site).iter().any(|h| h.eq_ignore_ascii_case(&host)) {
+                    return line(
+                        None,
+                        check,
+                        Status::Fail,
+                        format!(
+                            "the repository's server {host} is site {name}: when {name} is lost, the journal, the \
+                             locks and the recovery points go with it and no failover can start; {advice}"
+                        ),
+                    );
+                }
+            }
+            line(
+                None,
+                check,
+                Status::Ok,
+                format!("the repository's server {host} is none of the sites"),
+            )
+        }
+        None if location.starts_with("s3:") => line(None, check, Status::Ok, "the repository is an S3 service"),
+        None => {
+            let local: Vec<&str> = plan
+                .sites
+                .iter()
+                .filter(|(_, s)| matches!(s, Site::Docker { host: Some(h), .. } if h.starts_with("unix://")))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if local.is_empty() {
+                line(
+                    None,
+                    check,
+                    Status::Ok,
+                    "a local repository; no site's engine is on this host",
+                )
+            } else {
+                line(
+                    None,
+                    check,
+                    Status::Warn,
+                    format!(
+                        "the repository is a local path on the host of site {} (a unix:// engine): if this host \
+                         is lost, the journal and the recovery points go with it; {advice}",
+                        local.join(", ")
+                    ),
+                )
+            }
+        }
+    }
+}
+
 /// Runs every check.
 pub fn run(
     plan: &Plan,
@@ -131,6 +222,8 @@ pub fn run(
     let repo = match repo {
         Ok(r) => {
             out.push(line(None, "repository", Status::Ok, format!("{} opened", r.location())));
+            let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
+            out.push(repository_failure_domain(plan, r.location(), endpoint.as_deref()));
             Some(r)
         }
         Err(e) => {
@@ -453,6 +546,41 @@ mod tests {
              traffic: {{haproxy: {{socket: \"{socket}\", backend: app, primary: a, standby: b, state_file: /run/hs}}}}\n"
         );
         lifeboat_plan::Plan::parse("p.yaml", &yaml).unwrap().apps.remove(0)
+    }
+
+    #[test]
+    fn a_repository_on_a_site_it_protects_fails_the_check() {
+        let plan = |sites: &str| {
+            lifeboat_plan::Plan::parse(
+                "p.yaml",
+                &format!(
+                    "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {{name: p}}\nrepository: repo\nsites:\n{sites}\
+                     apps:\n  - name: web\n    primary: a\n    standby: b\n    select: {{labels: {{app: web}}}}\n"
+                ),
+            )
+            .unwrap()
+        };
+        let remote = plan(
+            "  a: {docker: {host: \"tcp://10.1.0.5:2376\", insecure: true}}\n  \
+             b: {docker: {host: \"ssh://ops@10.2.0.5\"}}\n",
+        );
+        let on_a = repository_failure_domain(&remote, "s3:http://10.1.0.5:3900/bucket/lb", None);
+        assert_eq!(on_a.status, Status::Fail, "{}", on_a.detail);
+        assert!(on_a.detail.contains("is site a"), "{}", on_a.detail);
+        let on_b = repository_failure_domain(&remote, "s3://bucket/lb", Some("http://10.2.0.5:3900"));
+        assert_eq!(on_b.status, Status::Fail, "{}", on_b.detail);
+        assert!(on_b.detail.contains("is site b"), "{}", on_b.detail);
+        for ok in [
+            repository_failure_domain(&remote, "s3:https://s3.example.test/bucket/lb", None),
+            repository_failure_domain(&remote, "s3://bucket/lb", None),
+            repository_failure_domain(&remote, "/var/lib/lifeboat/repo", None),
+        ] {
+            assert_eq!(ok.status, Status::Ok, "{}", ok.detail);
+        }
+        let local = plan("  a: {docker: {host: \"unix:///run/docker.sock\", address: 10.1.0.5}}\n  b: {docker: {host: \"tcp://10.2.0.5:2376\", insecure: true}}\n");
+        let warned = repository_failure_domain(&local, "/var/lib/lifeboat/repo", None);
+        assert_eq!(warned.status, Status::Warn, "{}", warned.detail);
+        assert!(warned.detail.contains("site a"), "{}", warned.detail);
     }
 
     #[test]
