@@ -96,6 +96,7 @@ running() { docker -H "$1" ps -q --filter label=app=k9 | grep -c . || true; }
 
 damaged=0; lost=0; kills=0; two_active=0; unfinished=0; ops=0
 declare -A counts=([backup]=0 [prune]=0 [restore]=0 [failover]=0)
+declare -A killed=([backup]=0 [prune]=0 [restore]=0 [failover]=0)
 active=a
 expected="$(snaps)"
 for i in $(seq "$N"); do
@@ -124,7 +125,7 @@ for i in $(seq "$N"); do
   else
     sleep "$pause"
   fi
-  if kill -9 "$pid" 2>/dev/null; then kills=$((kills + 1)); fi
+  if kill -9 "$pid" 2>/dev/null; then kills=$((kills + 1)); killed[$op]=$((killed[$op] + 1)); fi
   wait "$pid" 2>/dev/null || true
   if [ "$op" = failover ]; then
     if [ "$(running "$LAB_A_DOCKER_HOST")" -gt 0 ] && [ "$(running "$LAB_B_DOCKER_HOST")" -gt 0 ]; then
@@ -156,7 +157,7 @@ for s in $(snaps); do
   lb restore "$s" --to "files:$W/out" >/dev/null 2>&1 || { unrestorable=$((unrestorable + 1)); echo "snapshot $s does not restore" >&2; }
 done
 lb repo check --read-data >/dev/null 2>&1 || { damaged=$((damaged + 1)); echo "final check --read-data fails" >&2; }
-echo "kill9: seed $SEED, $N rounds (backup ${counts[backup]}, prune ${counts[prune]}, restore ${counts[restore]}, failover/failback ${counts[failover]}), $kills killed mid-run"
+echo "kill9: seed $SEED, $N rounds (backup ${counts[backup]}, prune ${counts[prune]}, restore ${counts[restore]}, failover/failback ${counts[failover]}), $kills killed mid-run (backup ${killed[backup]}, prune ${killed[prune]}, restore ${killed[restore]}, failover/failback ${killed[failover]})"
 echo "kill9: damaged repositories $damaged, lost snapshots $lost, snapshots that do not restore $unrestorable (of $(snaps | grep -c .))"
 ok=1
 [ "$damaged" = 0 ] && [ "$lost" = 0 ] && [ "$unrestorable" = 0 ] || ok=0

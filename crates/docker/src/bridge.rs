@@ -5,17 +5,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
-/// The longest a stream from an engine may deliver nothing before it counts as stalled
-/// ([`pump`]): 120 s, or `LIFEBOAT_STREAM_STALL_SECS`. A hung engine (stopped, its disk gone, a
-/// half-open connection) then fails the backup instead of holding the app's lock for ever.
-pub fn stream_stall() -> std::time::Duration {
-    let secs = std::env::var("LIFEBOAT_STREAM_STALL_SECS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|s| *s > 0)
-        .unwrap_or(120);
-    std::time::Duration::from_secs(secs)
-}
+pub use lifeboat_model::reach::stream_stall;
 
 /// Sends what `stream` delivers to `tx` in batches (whatever pieces are ready go over together:
 /// far fewer wake-ups of the reading thread). Ends with an error sent on the stream's first

@@ -22,6 +22,7 @@ pub mod exec;
 pub mod hooks;
 pub mod restore;
 pub mod rules;
+pub mod stall;
 pub mod volumes;
 
 use std::time::Duration;

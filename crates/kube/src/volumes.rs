@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams, DeleteParams, PostParams};
+
+use crate::stall::Stalling;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use lifeboat_fs::archive::{removed_paths, tar_to_tree, tree_delta_to_tar, TarOutcome, VecWrite};
 use lifeboat_fs::backup::Progress;
 use lifeboat_model::Node;
@@ -230,6 +233,18 @@ impl Cluster {
                 "name": "helper", "image": image, "imagePullPolicy": "IfNotPresent",
                 "command": ["sh", "-c", "sleep 3600"],
                 "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": read_only}],
+                // PodSecurity "baseline": root (it must give restored files their owners), but
+                // only the capabilities that takes, no privilege escalation, the runtime's
+                // default seccomp profile. Requests and limits, for namespaces whose quota asks.
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "resources": {
+                    "requests": {"cpu": "100m", "memory": "64Mi"},
+                    "limits": {"cpu": "2", "memory": "512Mi"},
+                },
             }],
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}],
         });
@@ -328,24 +343,43 @@ impl Cluster {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let what = format!("read claim {ns}/{claim}");
         let ap = AttachParams::default().stdin(false).stdout(true).stderr(true);
+        let stall = lifeboat_model::reach::stream_stall();
         let mut proc = self
-            .block_on(pods.exec(pod, ["tar", "cf", "-", "-C", "/data", "."], &ap))
+            .block_on(async {
+                tokio::time::timeout(stall, pods.exec(pod, ["tar", "cf", "-", "-C", "/data", "."], &ap)).await
+            })
+            .map_err(|_| self.helper_err(what.clone())(format!("the exec did not start within {} s", stall.as_secs())))?
             .map_err(self.api_err(what.clone()))?;
-        let stdout = proc.stdout().expect("stdout was asked for");
+        let stdout = Stalling::new(proc.stdout().expect("stdout was asked for"), stall, what.clone());
         let status = proc.take_status();
         let reader = SyncIoBridge::new_with_handle(stdout, self.rt.handle().clone());
         let out = tar_to_tree(repo, reader, 0, &format!("claim {ns}/{claim}"), progress);
-        let status = match status {
-            Some(s) => self.block_on(s),
-            None => None,
-        };
-        if let Some(s) = status.filter(|s| s.status.as_deref() != Some("Success")) {
-            return Err(self.helper_err(what)(format!(
-                "tar in the helper pod failed: {}",
-                s.message.unwrap_or_default()
-            )));
+        let status = self.exec_status(status, stall, &what);
+        if let Ok(Some(s)) = &status {
+            if s.status.as_deref() != Some("Success") {
+                return Err(self.helper_err(what)(format!(
+                    "tar in the helper pod failed: {}",
+                    s.message.clone().unwrap_or_default()
+                )));
+            }
         }
-        Ok(out?)
+        // A stream that broke says why before a missing status does.
+        let out = out?;
+        status?;
+        Ok(out)
+    }
+
+    /// The exit status of a helper's exec, waited for at most `stall` after its stream ended (no
+    /// status in that time is an error: the helper's `tar` may not have finished).
+    fn exec_status(
+        &self,
+        status: Option<impl std::future::Future<Output = Option<Status>>>,
+        stall: Duration,
+        what: &str,
+    ) -> Result<Option<Status>, KubeError> {
+        let Some(s) = status else { return Ok(None) };
+        self.block_on(async { tokio::time::timeout(stall, s).await })
+            .map_err(|_| self.helper_err(what.to_string())(format!("no exit status within {} s", stall.as_secs())))
     }
 
     /// Writes a stored tree into a claim (which must be bound or bindable), so that the claim
@@ -427,18 +461,17 @@ impl Cluster {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let what = format!("write claim {ns}/{claim}");
         let ap = AttachParams::default().stdin(true).stdout(false).stderr(true);
+        let stall = lifeboat_model::reach::stream_stall();
+        let command = [
+            "sh".to_string(),
+            "-c".to_string(),
+            format!("{SWITCH_FNS}{PREPARE_AND_UNTAR}"),
+        ];
         let mut proc = self
-            .block_on(pods.exec(
-                pod,
-                [
-                    "sh".to_string(),
-                    "-c".to_string(),
-                    format!("{SWITCH_FNS}{PREPARE_AND_UNTAR}"),
-                ],
-                &ap,
-            ))
+            .block_on(async { tokio::time::timeout(stall, pods.exec(pod, command, &ap)).await })
+            .map_err(|_| self.helper_err(what.clone())(format!("the exec did not start within {} s", stall.as_secs())))?
             .map_err(self.api_err(what.clone()))?;
-        let stdin = proc.stdin().expect("stdin was asked for");
+        let stdin = Stalling::new(proc.stdin().expect("stdin was asked for"), stall, what.clone());
         let status = proc.take_status();
         let mut writer = Writer(SyncIoBridge::new_with_handle(stdin, self.rt.handle().clone()));
         let mut list = if base.is_some() {
@@ -458,11 +491,9 @@ impl Cluster {
         let mut stdin = writer.0.into_inner();
         let _ = self.block_on(stdin.shutdown());
         drop(stdin);
-        let status = match status {
-            Some(s) => self.block_on(s),
-            None => None,
-        };
+        let status = self.exec_status(status, stall, &what);
         let bytes = written?;
+        let status = status?;
         if let Some(s) = status.filter(|s| s.status.as_deref() != Some("Success")) {
             return Err(self.helper_err(what)(format!(
                 "tar in the helper pod failed: {}",

@@ -79,6 +79,19 @@ pub fn classify(e: &(dyn Error + 'static), other: AccessProblem) -> Reach {
     Reach::Access(other)
 }
 
+/// The longest a data stream from or to an engine or a cluster may make no progress before it
+/// counts as stalled: 120 s, or `LIFEBOAT_STREAM_STALL_SECS`. A hung engine (stopped, its disk
+/// gone, a half-open connection) then fails the backup or restore instead of holding the app's
+/// lock for ever. Read by the Docker and Kubernetes adapters.
+pub fn stream_stall() -> std::time::Duration {
+    let secs = std::env::var("LIFEBOAT_STREAM_STALL_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(120);
+    std::time::Duration::from_secs(secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
