@@ -375,6 +375,23 @@ impl Site {
                 });
             }
         }
+        // An isolated drill copy's gateway (a helper container, so not among the workloads).
+        let gateway = format!("{prefix}{}", crate::restore::GATEWAY);
+        match self.block_on(d.remove_container(
+            &gateway,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )) {
+            Ok(()) => out.push(Change {
+                kind: "container",
+                name: gateway,
+                action: "removed".into(),
+            }),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(self.api_err(format!("remove container {gateway}"))(e)),
+        }
         let networks = self
             .block_on(d.list_networks(None::<bollard::query_parameters::ListNetworksOptions>))
             .map_err(self.api_err("list networks"))?;

@@ -644,6 +644,58 @@ pub mod inside {
     use std::fs;
     use std::os::unix::fs::MetadataExt;
 
+    /// A drill gateway's forwarding: `LISTEN=HOST:PORT` accepts TCP connections on port LISTEN
+    /// and joins each to a new connection to HOST:PORT (resolved when it is made, so a copy that
+    /// starts later is found). Nothing is forwarded the other way: the copy behind the gateway
+    /// has no route out. Runs until the process is stopped.
+    pub fn forward(maps: &[String]) -> io::Result<()> {
+        let mut parsed = Vec::new();
+        for m in maps {
+            let bad = || io::Error::new(io::ErrorKind::InvalidInput, format!("{m:?}: expected LISTEN=HOST:PORT"));
+            let (listen, target) = m.split_once('=').ok_or_else(bad)?;
+            let listen: u16 = listen.parse().map_err(|_| bad())?;
+            if target
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(bad());
+            }
+            parsed.push((listen, target.to_string()));
+        }
+        let mut threads = Vec::new();
+        for (listen, target) in parsed {
+            let l = std::net::TcpListener::bind(("0.0.0.0", listen))?;
+            threads.push(std::thread::spawn(move || {
+                for conn in l.incoming().flatten() {
+                    let target = target.clone();
+                    std::thread::spawn(move || join(conn, &target));
+                }
+            }));
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+
+    fn join(a: std::net::TcpStream, target: &str) {
+        let Ok(b) = std::net::TcpStream::connect(target) else {
+            return;
+        };
+        let (Ok(mut a2), Ok(mut b2)) = (a.try_clone(), b.try_clone()) else {
+            return;
+        };
+        let (mut a, mut b) = (a, b);
+        let up = std::thread::spawn(move || {
+            let _ = io::copy(&mut a2, &mut b2);
+            let _ = b2.shutdown(std::net::Shutdown::Write);
+        });
+        let _ = io::copy(&mut b, &mut a);
+        let _ = a.shutdown(std::net::Shutdown::Write);
+        let _ = up.join();
+    }
+
     /// The new copy of a volume being written, at its top.
     pub const NEW: &str = ".lifeboat-new";
     /// The old entries while a switch runs.
@@ -751,6 +803,47 @@ pub mod inside {
             }
         }
         Ok(serde_json::to_string(&out).expect("strings serialise"))
+    }
+}
+
+#[cfg(test)]
+mod forward_tests {
+    use std::io::{Read, Write};
+
+    #[test]
+    fn the_gateway_joins_each_connection_to_its_target_and_refuses_bad_maps() {
+        let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = target.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut c in target.incoming().flatten() {
+                let mut buf = [0u8; 5];
+                c.read_exact(&mut buf).unwrap();
+                c.write_all(&[b"echo:".as_slice(), &buf].concat()).unwrap();
+            }
+        });
+        // A free port to listen on.
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let map = format!("{listen}=127.0.0.1:{port}");
+        std::thread::spawn(move || super::inside::forward(&[map]));
+        let mut c = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", listen)) {
+                Ok(c) => break c,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
+        c.write_all(b"hello").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "echo:hello");
+        for bad in ["8080", "x=a:1", "80=host", "80=host:port"] {
+            let e = super::inside::forward(&[bad.to_string()]).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{bad}");
+        }
     }
 }
 

@@ -57,7 +57,22 @@ pub struct RestoreOptions {
     pub load_images: Option<PathBuf>,
     /// Skip volume data (volumes are still created).
     pub no_volume_data: bool,
+    /// With a name prefix (a drill's copy): cut the copy off from every network but its own.
+    /// One internal network, `{prefix}isolated` (overlay and attachable when the copy has Swarm
+    /// services), replaces all of the snapshot's networks: every container and service joins it
+    /// under its name and its aliases, so the copy's parts find each other and nothing else
+    /// (an internal network has no route out). Published ports are published instead by a
+    /// gateway container `{prefix}gateway` (the helper image, `lifeboat helper forward`) on the
+    /// engine's default bridge, which forwards each published TCP port to the copy and carries
+    /// nothing the other way. Refused (preflight) without a prefix, and for a container on the
+    /// host's network or another container's. UDP ports are not forwarded.
+    pub isolate: bool,
 }
+
+/// The network a drill's isolated copy joins, after its prefix.
+pub const ISOLATED_NETWORK: &str = "isolated";
+/// The gateway container of an isolated copy, after its prefix.
+pub const GATEWAY: &str = "gateway";
 
 /// The outcome for one object.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -189,6 +204,25 @@ pub fn restore(
         }
     }
 
+    if opts.isolate {
+        if opts.name_prefix.is_empty() {
+            problems.push("an isolated restore (a drill's copy) needs a name prefix".into());
+        }
+        for (name, doc) in &cap.containers {
+            let mode = str_at(doc, "/HostConfig/NetworkMode").unwrap_or("default");
+            if mode == "host" || mode.starts_with("container:") {
+                problems.push(format!(
+                    "container {name} uses the network of {}: a drill's copy of it cannot be cut off from the network",
+                    if mode == "host" {
+                        "the host"
+                    } else {
+                        "another container"
+                    }
+                ));
+            }
+        }
+    }
+
     // Images: every one must be on the target or in the --load-images archive.
     let loadable = match &opts.load_images {
         Some(f) => archive_tags(f)?,
@@ -266,6 +300,15 @@ pub fn restore(
                 }
                 continue;
             }
+            if opts.isolate && kind == "networks" {
+                steps.push(Step {
+                    kind,
+                    name: name.clone(),
+                    action: "skip",
+                    detail: Some(format!("not made: the drill's copy joins only {}", p(ISOLATED_NETWORK))),
+                });
+                continue;
+            }
             let target = p(name);
             let exists = site.exists(kind, &target)?;
             let action = match (exists, opts.existing) {
@@ -309,7 +352,23 @@ pub fn restore(
         opts,
         image_map,
         secret_values,
+        forwards: Vec::new(),
     };
+    if opts.isolate && !opts.dry_run {
+        let overlay = swarm && !cap.services.is_empty();
+        let r = ctx.isolated_network(overlay);
+        report.failed += usize::from(r.is_err());
+        report.items.push(ItemResult {
+            kind: "network".into(),
+            name: p(ISOLATED_NETWORK),
+            action: "create".into(),
+            status: if r.is_ok() { "done" } else { "failed" }.into(),
+            detail: Some(match r {
+                Ok(()) => "internal: the drill's copy has no route out".into(),
+                Err(e) => e.to_string(),
+            }),
+        });
+    }
     for step in steps {
         let status;
         let mut detail = step.detail.clone();
@@ -344,7 +403,42 @@ pub fn restore(
             detail,
         });
     }
+    if opts.isolate && !opts.dry_run && !ctx.forwards.is_empty() {
+        let r = ctx.gateway();
+        report.failed += usize::from(r.is_err());
+        report.items.push(ItemResult {
+            kind: "container".into(),
+            name: p(GATEWAY),
+            action: "create".into(),
+            status: if r.is_ok() { "done" } else { "failed" }.into(),
+            detail: Some(match r {
+                Ok(line) => line,
+                Err(e) => e.to_string(),
+            }),
+        });
+    }
     Ok(report)
+}
+
+/// `line`, plus the UDP ports an isolated copy's gateway does not forward.
+fn with_udp(line: &str, udp: &[String]) -> String {
+    match udp.is_empty() {
+        true => line.to_string(),
+        false => format!(
+            "{line}; ports {} not forwarded by the drill's gateway (TCP only)",
+            udp.join(", ")
+        ),
+    }
+}
+
+/// A port the copy published, forwarded by the gateway: the host port (and address), the copy's
+/// name for the workload on the isolated network, the port there.
+#[derive(Debug, Clone)]
+struct Forward {
+    host_ip: String,
+    host_port: u16,
+    alias: String,
+    port: u16,
 }
 
 fn singular(kind: &str) -> &str {
@@ -391,9 +485,77 @@ struct Ctx<'a> {
     opts: &'a RestoreOptions,
     image_map: HashMap<String, String>,
     secret_values: BTreeMap<String, Vec<u8>>,
+    /// Ports an isolated copy's gateway publishes.
+    forwards: Vec<Forward>,
 }
 
 impl Ctx<'_> {
+    /// The internal network of an isolated copy (see [`RestoreOptions::isolate`]).
+    fn isolated_network(&self, overlay: bool) -> Result<(), DockerError> {
+        let name = self.p(ISOLATED_NETWORK);
+        let req = json!({
+            "Name": name,
+            "Driver": if overlay { "overlay" } else { "bridge" },
+            "Internal": true,
+            "Attachable": overlay,
+            "Labels": {PREFIX_LABEL: self.opts.name_prefix},
+        });
+        let req: NetworkCreateRequest = from_doc(req, "network", &name)?;
+        self.site
+            .block_on(self.site.docker.create_network(req))
+            .map_err(self.site.api_err(format!("create network {name}")))?;
+        Ok(())
+    }
+
+    /// The gateway of an isolated copy: publishes the copy's ports on the default bridge and
+    /// forwards each to the copy on its isolated network.
+    fn gateway(&self) -> Result<String, DockerError> {
+        let site = self.site;
+        let name = self.p(GATEWAY);
+        let image = site.helper_image()?;
+        let mut cmd = vec!["/lifeboat".to_string(), "helper".into(), "forward".into()];
+        let mut exposed = Map::new();
+        let mut bindings = Map::new();
+        let mut lines = Vec::new();
+        for f in &self.forwards {
+            cmd.push(format!("{}={}:{}", f.host_port, f.alias, f.port));
+            let key = format!("{}/tcp", f.host_port);
+            exposed.insert(key.clone(), json!({}));
+            bindings.insert(key, json!([{"HostIp": f.host_ip, "HostPort": f.host_port.to_string()}]));
+            lines.push(format!("{} -> {}:{}", f.host_port, f.alias, f.port));
+        }
+        let body = json!({
+            "Image": image,
+            "Cmd": cmd,
+            "ExposedPorts": exposed,
+            "Labels": {PREFIX_LABEL: self.opts.name_prefix},
+            "HostConfig": {"PortBindings": bindings, "NetworkMode": "bridge"},
+        });
+        let body: ContainerCreateBody = from_doc(body, "container", &name)?;
+        site.block_on(site.docker.create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            body,
+        ))
+        .map_err(site.api_err(format!("create container {name}")))?;
+        site.block_on(site.docker.connect_network(
+            &self.p(ISOLATED_NETWORK),
+            NetworkConnectRequest {
+                container: name.clone(),
+                endpoint_config: None,
+            },
+        ))
+        .map_err(site.api_err(format!("connect container {name} to the isolated network")))?;
+        site.block_on(
+            site.docker
+                .start_container(&name, None::<bollard::query_parameters::StartContainerOptions>),
+        )
+        .map_err(site.api_err(format!("start container {name}")))?;
+        Ok(format!("forwards {} (TCP), nothing the other way", lines.join(", ")))
+    }
+
     fn p(&self, n: &str) -> String {
         format!("{}{n}", self.opts.name_prefix)
     }
@@ -601,7 +763,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn container(&self, name: &str, doc: &Value, update: bool) -> Result<Option<String>, DockerError> {
+    fn container(&mut self, name: &str, doc: &Value, update: bool) -> Result<Option<String>, DockerError> {
         let site = self.site;
         let target = self.p(name);
         let id = str_at(doc, "/Id").unwrap_or_default();
@@ -651,6 +813,36 @@ impl Ctx<'_> {
         if user_net {
             host["NetworkMode"] = json!(self.network_ref(&mode));
         }
+        let mut udp = Vec::new();
+        if self.opts.isolate {
+            // The gateway publishes the ports; the copy joins only its isolated network.
+            for (key, binds) in host
+                .get("PortBindings")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+                for b in binds.as_array().into_iter().flatten() {
+                    let hp = str_at(b, "/HostPort").and_then(|p| p.parse::<u16>().ok());
+                    match (hp, port.parse::<u16>(), proto) {
+                        (Some(hp), Ok(port), "tcp") => self.forwards.push(Forward {
+                            host_ip: str_at(b, "/HostIp").unwrap_or("").to_string(),
+                            host_port: hp,
+                            alias: name.to_string(),
+                            port,
+                        }),
+                        _ => udp.push(key.clone()),
+                    }
+                }
+            }
+            if let Some(h) = host.as_object_mut() {
+                h.remove("PortBindings");
+                h.insert("PublishAllPorts".into(), json!(false));
+                h.insert("NetworkMode".into(), json!(self.p(ISOLATED_NETWORK)));
+                h.remove("Links");
+            }
+        }
         cfg.insert("HostConfig".into(), host);
         // Endpoints: the primary network at create, the others connected afterwards.
         let mut endpoints: Vec<(String, Value)> = Vec::new();
@@ -675,6 +867,19 @@ impl Ctx<'_> {
                     endpoints.push((restored, Value::Object(e)));
                 }
             }
+        }
+        if self.opts.isolate {
+            // One endpoint, on the isolated network, with every alias the container had and its
+            // own name: the copy's parts find each other as they did.
+            let mut aliases: Vec<Value> = vec![json!(name)];
+            for (_, ep) in &endpoints {
+                for a in ep.get("Aliases").and_then(Value::as_array).into_iter().flatten() {
+                    if !aliases.contains(a) {
+                        aliases.push(a.clone());
+                    }
+                }
+            }
+            endpoints = vec![(self.p(ISOLATED_NETWORK), json!({"Aliases": aliases}))];
         }
         if let Some((net, ep)) = endpoints.first() {
             cfg.insert("NetworkingConfig".into(), json!({"EndpointsConfig": {net.clone(): ep}}));
@@ -719,13 +924,13 @@ impl Ctx<'_> {
                     .start_container(&target, None::<bollard::query_parameters::StartContainerOptions>),
             )
             .map_err(site.api_err(format!("start container {target}")))?;
-            Ok(Some("started".into()))
+            Ok(Some(with_udp("started", &udp)))
         } else {
-            Ok(Some("created, not started".into()))
+            Ok(Some(with_udp("created, not started", &udp)))
         }
     }
 
-    fn service(&self, name: &str, doc: &Value, update: bool) -> Result<Option<String>, DockerError> {
+    fn service(&mut self, name: &str, doc: &Value, update: bool) -> Result<Option<String>, DockerError> {
         let site = self.site;
         let target = self.p(name);
         let mut spec = doc.get("Spec").cloned().unwrap_or(json!({}));
@@ -770,6 +975,41 @@ impl Ctx<'_> {
                 if let Some(t) = str_at(n, "/Target").map(str::to_string) {
                     n["Target"] = json!(self.network_ref(&t));
                 }
+            }
+        }
+        if self.opts.isolate {
+            let mut aliases: Vec<Value> = vec![json!(name)];
+            for n in spec
+                .pointer("/TaskTemplate/Networks")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                for a in n.get("Aliases").and_then(Value::as_array).into_iter().flatten() {
+                    if !aliases.contains(a) {
+                        aliases.push(a.clone());
+                    }
+                }
+            }
+            spec["TaskTemplate"]["Networks"] = json!([{"Target": self.p(ISOLATED_NETWORK), "Aliases": aliases}]);
+            let mut udp = Vec::new();
+            if let Some(ports) = spec.pointer_mut("/EndpointSpec/Ports").and_then(Value::as_array_mut) {
+                for port in ports.drain(..) {
+                    let published = port.get("PublishedPort").and_then(Value::as_u64);
+                    let target = port.get("TargetPort").and_then(Value::as_u64);
+                    match (published, target, str_at(&port, "/Protocol").unwrap_or("tcp")) {
+                        (Some(p), Some(t), "tcp") => self.forwards.push(Forward {
+                            host_ip: String::new(),
+                            host_port: p as u16,
+                            alias: name.to_string(),
+                            port: t as u16,
+                        }),
+                        (_, t, proto) => udp.push(format!("{}/{proto}", t.unwrap_or(0))),
+                    }
+                }
+            }
+            if !udp.is_empty() {
+                note = Some(with_udp(note.as_deref().unwrap_or("created"), &udp));
             }
         }
         if (!self.opts.name_prefix.is_empty() || self.opts.replicas.is_some())

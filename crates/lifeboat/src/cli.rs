@@ -341,6 +341,10 @@ pub struct RestoreArgs {
     /// Docker: prefix for the name of every restored object (references follow)
     #[arg(long, default_value = "")]
     pub name_prefix: String,
+    /// Docker, with --name-prefix: cut the copy off from the network as a drill's copy is (one
+    /// internal network; published TCP ports forwarded by a gateway container PREFIXgateway)
+    #[arg(long, requires = "name_prefix")]
+    pub isolated: bool,
     /// What to do with objects that already exist (Docker default: refuse the restore; Kubernetes
     /// default: leave them and report them; update on Kubernetes also replaces a claim's files)
     #[arg(long, value_parser = ["skip", "update"])]
@@ -376,6 +380,8 @@ pub enum HelperCmd {
     VolumePrepare { dir: PathBuf },
     /// Switch a volume to its complete new copy in DIR/.lifeboat-new
     VolumeCommit { dir: PathBuf },
+    /// A drill gateway: forward TCP port LISTEN to HOST:PORT, for each LISTEN=HOST:PORT
+    Forward { maps: Vec<String> },
 }
 
 #[derive(Args, Debug)]

@@ -125,6 +125,7 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs, host: Option<&str>) -> Result<bool
         secrets,
         load_images: args.load_images.clone(),
         no_volume_data: args.no_volume_data,
+        isolate: args.isolated,
     };
     let repo = ctx.open()?;
     let _lock = repo.lock(false, "restore", ctx.lock_wait)?;
@@ -202,6 +203,10 @@ pub fn helper(cmd: HelperCmd) -> Result<bool> {
         HelperCmd::VolumePrepare { dir } => {
             lifeboat_docker::helper::inside::volume_prepare(&dir)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            Ok(true)
+        }
+        HelperCmd::Forward { maps } => {
+            lifeboat_docker::helper::inside::forward(&maps)?;
             Ok(true)
         }
         HelperCmd::VolumeCommit { dir } => {

@@ -2548,3 +2548,58 @@ fn a_failover_left_open_after_start_is_finished_or_rolled_back_by_the_watch() {
     app.ok(&["failback"]);
     assert_eq!(resolve("dro"), a.addr);
 }
+
+#[test]
+fn a_drill_copy_cannot_reach_the_primary_site() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = docker_sites(2);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites, "drt", 8206, None, "");
+    let primary = format!("http://{}:8206/healthz", a.addr);
+    // An ordinary container on b reaches the primary: the lab does not keep them apart.
+    let (reach, out, err) = b.docker_try(&[
+        "run",
+        "--rm",
+        "lifeboat-lab/web:1",
+        "busybox",
+        "wget",
+        "-q",
+        "-T",
+        "3",
+        "-O-",
+        &primary,
+    ]);
+    assert!(reach && out.contains("ok"), "b's containers reach a: {out} {err}");
+    // The drill's copy: it finds itself by its own name, and the primary not at all (a hook
+    // that reaches the primary fails, and with it the drill).
+    let hooks = format!(
+        "    hooks:\n      post_restore:\n        \
+         - exec: {{container: drt-web, command: [busybox, wget, -q, -T, '3', -O-, 'http://drt-web:8080/healthz']}}\n        \
+         - exec: {{container: drt-web, command: [sh, -c, '! busybox wget -q -T 3 -O- {primary}']}}\n"
+    );
+    let base = std::fs::read_to_string(&app.plan).unwrap();
+    std::fs::write(&app.plan, base + &hooks).unwrap();
+    app.ok(&["backup", "--plan"]);
+    let report = app.dir.path().join("drill");
+    let o = app
+        .cmd(&["drill", "--report", report.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = output_text(&o);
+    assert!(o.status.success(), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.with_extension("json")).unwrap()).unwrap();
+    let steps = json["drills"][0]["steps"].as_array().unwrap().clone();
+    for hook in ["hook 1", "hook 2"] {
+        let s = steps
+            .iter()
+            .find(|s| s["name"] == hook)
+            .unwrap_or_else(|| panic!("{json}"));
+        assert_eq!(s["outcome"], "done", "{s}");
+    }
+    // Health and verify reached the copy through its gateway; teardown left nothing behind.
+    assert!(b.objects("drill-").is_empty(), "{:?}", b.objects("drill-"));
+    let nets = b.docker(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!nets.contains("drill-"), "{nets}");
+    assert!(app.items(a).is_some());
+}

@@ -180,6 +180,8 @@ impl Platform for Docker {
             replicas: Some(0),
             name_prefix: prefix.to_string(),
             existing: Existing::Update,
+            // A drill's copy (the only prefixed stage) is cut off from the network.
+            isolate: !prefix.is_empty(),
             ..Default::default()
         };
         let report = lifeboat_docker::restore(repo, &self.site, &stored, &opts).map_err(self.err())?;
