@@ -448,6 +448,9 @@ enum Item {
 /// Pieces of content queued between the loader and the writer (bounds memory to about this many blobs).
 const QUEUE: usize = 16;
 
+/// The largest piece of zeros sent for a hole of a sparse file.
+const ZERO_PIECE: u64 = 1 << 20;
+
 /// Writes the tree below `root` (a directory node with a subtree) as a tar stream whose entries lie
 /// under `prefix` (the root itself is the entry `prefix/`). Ownership and modes are numeric; hard
 /// links are written once and linked after. Returns the number of content bytes written.
@@ -578,38 +581,58 @@ fn load_entry(
         return Ok(false);
     }
     if data {
-        let mut sparse = n.extents.as_ref().map(|_| vec![0u8; n.size as usize]);
+        // A sparse file goes out in full, its holes as zeros, streamed: never more than a blob
+        // and a piece of zeros in memory, whatever the file's size.
+        let sparse = n.extents.is_some();
         let mut ext = n.extents.as_deref().unwrap_or_default().iter().copied();
         let (mut at, mut left) = ext.next().unwrap_or((0, 0));
+        // Bytes of a sparse file sent so far.
+        let mut pos = 0u64;
+        let send = |d: Vec<u8>| tx.send(Ok(Item::Data(d))).is_ok();
+        let zeros = |pos: &mut u64, to: u64| -> bool {
+            while *pos < to {
+                let len = (to - *pos).min(ZERO_PIECE);
+                if !send(vec![0u8; len as usize]) {
+                    return false;
+                }
+                *pos += len;
+            }
+            true
+        };
         for ids in n.content.chunks(BLOBS_IN_FLIGHT) {
             let loaded: Vec<Vec<u8>> = ids.par_iter().map(|id| repo.load_blob(id)).collect::<Result<_, _>>()?;
             for blob in loaded {
-                match &mut sparse {
-                    // Sparse files are written out in full (holes as zeros).
-                    Some(buf) => {
-                        let mut rest = blob.as_slice();
-                        while !rest.is_empty() {
-                            while left == 0 {
-                                (at, left) = ext.next().unwrap_or((0, u64::MAX));
-                            }
-                            let take = (left as usize).min(rest.len());
-                            let end = (at as usize + take).min(buf.len());
-                            buf[at as usize..end].copy_from_slice(&rest[..end - at as usize]);
-                            (at, left, rest) = (at + take as u64, left - take as u64, &rest[take..]);
-                        }
+                if !sparse {
+                    if !send(blob) {
+                        return Ok(false);
                     }
-                    None => {
-                        if tx.send(Ok(Item::Data(blob))).is_err() {
+                    continue;
+                }
+                let mut rest = blob.as_slice();
+                while !rest.is_empty() {
+                    while left == 0 {
+                        (at, left) = ext.next().unwrap_or((0, u64::MAX));
+                    }
+                    let take = (left as usize).min(rest.len());
+                    // Extents in order and within the size; anything else is cut, as before.
+                    let start = at.max(pos).min(n.size);
+                    let end = (at + take as u64).min(n.size);
+                    if !zeros(&mut pos, start) {
+                        return Ok(false);
+                    }
+                    if end > start {
+                        let from = (start - at) as usize;
+                        if !send(rest[from..from + (end - start) as usize].to_vec()) {
                             return Ok(false);
                         }
+                        pos = end;
                     }
+                    (at, left, rest) = (at + take as u64, left - take as u64, &rest[take..]);
                 }
             }
         }
-        if let Some(buf) = sparse {
-            if tx.send(Ok(Item::Data(buf))).is_err() {
-                return Ok(false);
-            }
+        if sparse && !zeros(&mut pos, n.size) {
+            return Ok(false);
         }
     }
     if n.kind == NodeKind::Dir {
@@ -886,28 +909,39 @@ mod tests {
 
     #[test]
     fn sparse_files_are_written_in_full() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = repo(&dir.path().join("repo"));
-        let chunker = Chunker::new(&repo);
-        let mut asm = TreeAssembler::new();
-        let mut n = Node::new(FileName::default(), NodeKind::File);
-        n.mode = 0o644;
-        n.size = 10_000;
-        n.extents = Some(vec![(100, 3), (9_000, 2)]);
-        n.content = chunker.save_slice(b"abcde").unwrap();
-        asm.add(b"holes", n);
-        let root = asm.finish(&repo).unwrap();
-        repo.flush().unwrap();
-        let mut out = Vec::new();
-        tree_to_tar(&repo, &root, "v", &mut out).unwrap();
-        let mut ar = tar::Archive::new(out.as_slice());
-        let mut e = ar.entries().unwrap().nth(1).unwrap().unwrap();
-        let mut data = Vec::new();
-        e.read_to_end(&mut data).unwrap();
-        let mut want = vec![0u8; 10_000];
-        want[100..103].copy_from_slice(b"abc");
-        want[9_000..9_002].copy_from_slice(b"de");
-        assert!(data == want);
+        // Holes smaller and larger than one piece of zeros (the stream never holds the file).
+        let cases: [(u64, Vec<(u64, u64)>, &[u8]); 3] = [
+            (10_000, vec![(100, 3), (9_000, 2)], b"abcde"),
+            (3_600_000, vec![(0, 2), (2_500_000, 1)], b"xyz"),
+            (5 << 20, vec![(3 << 20, 4)], b"tail"),
+        ];
+        for (size, extents, content) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let repo = repo(&dir.path().join("repo"));
+            let chunker = Chunker::new(&repo);
+            let mut asm = TreeAssembler::new();
+            let mut n = Node::new(FileName::default(), NodeKind::File);
+            n.mode = 0o644;
+            n.size = size;
+            n.extents = Some(extents.clone());
+            n.content = chunker.save_slice(content).unwrap();
+            asm.add(b"holes", n);
+            let root = asm.finish(&repo).unwrap();
+            repo.flush().unwrap();
+            let mut out = Vec::new();
+            tree_to_tar(&repo, &root, "v", &mut out).unwrap();
+            let mut ar = tar::Archive::new(out.as_slice());
+            let mut e = ar.entries().unwrap().nth(1).unwrap().unwrap();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            let mut want = vec![0u8; size as usize];
+            let mut rest = content;
+            for (at, len) in extents {
+                want[at as usize..(at + len) as usize].copy_from_slice(&rest[..len as usize]);
+                rest = &rest[len as usize..];
+            }
+            assert!(data == want, "size {size}");
+        }
     }
 
     #[test]

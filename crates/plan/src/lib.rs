@@ -347,7 +347,7 @@ impl Plan {
                 out.push(Problem {
                     line: line(&app.drill.allow[0]),
                     field: f("drill.allow"),
-                    message: "a Docker drill copy is not network-isolated, so there is nothing to allow; drill.allow is for Kubernetes sites".into(),
+                    message: "a Docker drill copy is on an internal network with no route out, reached only through its gateway, so there is nothing to allow; drill.allow is for Kubernetes sites".into(),
                 });
             }
             if let Some(b) = &app.backup {
