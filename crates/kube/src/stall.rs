@@ -15,7 +15,8 @@ use tokio::time::{Instant, Sleep};
 pub struct Stalling<T> {
     inner: T,
     stall: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Made at the first poll (a tokio timer needs the runtime, which `new` may run outside).
+    timer: Option<Pin<Box<Sleep>>>,
     what: String,
 }
 
@@ -25,7 +26,7 @@ impl<T> Stalling<T> {
         Stalling {
             inner,
             stall,
-            timer: Box::pin(tokio::time::sleep(stall)),
+            timer: None,
             what: what.into(),
         }
     }
@@ -35,12 +36,16 @@ impl<T> Stalling<T> {
     }
 
     fn progress(&mut self) {
-        self.timer.as_mut().reset(Instant::now() + self.stall);
+        if let Some(t) = self.timer.as_mut() {
+            t.as_mut().reset(Instant::now() + self.stall);
+        }
     }
 
     /// After the inner stream said `Pending`: an error if the deadline passed.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        match self.timer.as_mut().poll(cx) {
+        let stall = self.stall;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Some(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
@@ -145,6 +150,24 @@ mod tests {
             "{err}"
         );
         feeder.abort();
+    }
+
+    /// Regression: made outside the runtime (as the blocking restore code does), it panicked.
+    #[test]
+    fn it_can_be_made_outside_a_runtime() {
+        let (_tx, rx) = tokio::io::duplex(8);
+        let r = Stalling::new(rx, Duration::from_secs(1), "read");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let err = rt.block_on(async move {
+            let mut r = r;
+            let mut b = [0u8; 1];
+            r.read(&mut b).await.unwrap_err()
+        });
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 
     #[tokio::test(start_paused = true)]

@@ -2435,9 +2435,9 @@ fn a_volume_stream_that_stalls_times_out_and_releases_the_app_lock() {
     let log = collect(&mut backup);
     // The read of the volume has begun (its helper container runs); then the engine hangs.
     wait_for("the helper container", Duration::from_secs(60), || {
-        a.docker(&["ps", "--format", "{{.Image}}"])
-            .contains("lifeboat-helper")
-            .then_some(())
+        (!a.docker(&["ps", "-q", "--filter", "label=io.lifeboat.helper"])
+            .is_empty())
+        .then_some(())
     });
     std::thread::sleep(Duration::from_millis(1500));
     let pid = dockerd_pid(a);
@@ -2556,16 +2556,17 @@ fn a_drill_copy_cannot_reach_the_primary_site() {
     let (a, b) = (&sites[0], &sites[1]);
     let app = App::new(&sites, "drt", 8206, None, "");
     let primary = format!("http://{}:8206/healthz", a.addr);
-    // An ordinary container on b reaches the primary: the lab does not keep them apart.
+    // An ordinary container on b reaches the primary: the lab does not keep them apart. (This
+    // busybox's wget crashes with -q or -T: a timeout around it instead.)
     let (reach, out, err) = b.docker_try(&[
         "run",
         "--rm",
         "lifeboat-lab/web:1",
         "busybox",
+        "timeout",
+        "5",
+        "busybox",
         "wget",
-        "-q",
-        "-T",
-        "3",
         "-O-",
         &primary,
     ]);
@@ -2574,8 +2575,8 @@ fn a_drill_copy_cannot_reach_the_primary_site() {
     // that reaches the primary fails, and with it the drill).
     let hooks = format!(
         "    hooks:\n      post_restore:\n        \
-         - exec: {{container: drt-web, command: [busybox, wget, -q, -T, '3', -O-, 'http://drt-web:8080/healthz']}}\n        \
-         - exec: {{container: drt-web, command: [sh, -c, '! busybox wget -q -T 3 -O- {primary}']}}\n"
+         - exec: {{container: drt-web, command: [busybox, timeout, '5', busybox, wget, -O-, 'http://drt-web:8080/healthz']}}\n        \
+         - exec: {{container: drt-web, command: [sh, -c, '! busybox timeout 5 busybox wget -O- {primary}']}}\n"
     );
     let base = std::fs::read_to_string(&app.plan).unwrap();
     std::fs::write(&app.plan, base + &hooks).unwrap();
