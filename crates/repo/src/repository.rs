@@ -94,6 +94,9 @@ struct Writer {
 /// Views: [`Repository::lock`] (and [`Repository::refresh_index`]) give the view a fresh
 /// [`Repository::open`] would: when index files this handle loaded are gone (a `prune` by another
 /// process replaced them), the in-memory index is rebuilt from the index files that exist.
+/// How many snapshot files [`Repository::snapshots`] reads at once.
+pub const SNAPSHOT_READERS: usize = 16;
+
 pub struct Repository {
     backend: Arc<dyn Backend>,
     key: MasterKey,
@@ -110,6 +113,10 @@ pub struct Repository {
     locks: Mutex<Vec<LockWatch>>,
     lock_timings: LockTimings,
     stats: WriteStats,
+    /// Snapshots read through this handle, by id. A snapshot file never changes (its name is the
+    /// hash of its content, checked on read), so one read once is never read again; one that is
+    /// gone from the listing drops out.
+    snapshot_cache: Mutex<HashMap<Id, Snapshot>>,
 }
 
 fn damaged(backend: &dyn Backend, path: &str, reason: impl ToString) -> RepoError {
@@ -194,6 +201,7 @@ impl Repository {
             locks: Mutex::new(Vec::new()),
             lock_timings: LockTimings::default(),
             stats: WriteStats::default(),
+            snapshot_cache: Mutex::default(),
         }
     }
 
@@ -821,9 +829,12 @@ impl Repository {
         serde_json::from_slice(&plain).map_err(|e| damaged(&*self.backend, &format!("snapshots/{name}"), e))
     }
 
-    /// Every snapshot, oldest first.
+    /// Every snapshot, oldest first. One listing, then only the snapshot files this handle has
+    /// not read before, read by up to [`SNAPSHOT_READERS`] threads at once (on S3 each read is a
+    /// round trip: a failover's look at 10,000 snapshots is not 10,000 sequential requests, and
+    /// a long-lived `serve` reads each snapshot once).
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>, RepoError> {
-        let mut out = Vec::new();
+        let mut ids = Vec::new();
         for l in self.backend.list("snapshots")? {
             let id: Id = l.name.parse().map_err(|_| {
                 damaged(
@@ -832,13 +843,45 @@ impl Repository {
                     "not a snapshot file name",
                 )
             })?;
-            match self.load_snapshot(&id) {
-                Ok(s) => out.push((id, s)),
-                // Removed by a concurrent forget between list and read.
-                Err(RepoError::Backend(e)) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
+            ids.push(id);
+        }
+        let missing: Vec<Id> = {
+            let cache = self.snapshot_cache.lock().expect("poisoned");
+            ids.iter().filter(|id| !cache.contains_key(id)).copied().collect()
+        };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let loaded: Vec<Result<Option<(Id, Snapshot)>, RepoError>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..SNAPSHOT_READERS.min(missing.len()))
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut got = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(id) = missing.get(i) else { break got };
+                            got.push(match self.load_snapshot(id) {
+                                Ok(snap) => Ok(Some((*id, snap))),
+                                // Removed by a concurrent forget between list and read.
+                                Err(RepoError::Backend(e)) if e.is_not_found() => Ok(None),
+                                Err(e) => Err(e),
+                            });
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("a snapshot reader panicked"))
+                .collect()
+        });
+        let mut cache = self.snapshot_cache.lock().expect("poisoned");
+        for r in loaded {
+            if let Some((id, snap)) = r? {
+                cache.insert(id, snap);
             }
         }
+        let listed: HashSet<Id> = ids.iter().copied().collect();
+        cache.retain(|id, _| listed.contains(id));
+        let mut out: Vec<(Id, Snapshot)> = cache.iter().map(|(id, s)| (*id, s.clone())).collect();
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         Ok(out)
     }

@@ -344,3 +344,41 @@ fn repository_files_are_readable_by_their_owner_only() {
     walk(&root, &mut seen);
     assert_eq!(seen.len(), 2);
 }
+
+/// Finding 19: a failover read every snapshot file, one after the other, once or twice. A handle
+/// reads each snapshot file once; one removed by another process drops out; one that cannot be
+/// read is an error, and the next call tries it again.
+#[test]
+fn snapshots_are_read_once_per_handle_and_removed_ones_drop_out() {
+    let d = tempfile::tempdir().unwrap();
+    let f = faulty(d.path());
+    let repo = Repository::init(f.clone(), PW, FAST).unwrap();
+    let ids: Vec<Id> = (0..20)
+        .map(|i| backup(&repo, &[("a", format!("content {i}").as_bytes())], &format!("t{i}")).unwrap())
+        .collect();
+    let reads = || f.calls(Op::Read);
+    let before = reads();
+    assert_eq!(repo.snapshots().unwrap().len(), 20);
+    assert_eq!(reads() - before, 20, "each snapshot file read once");
+    let before = reads();
+    let again = repo.snapshots().unwrap();
+    assert_eq!(reads(), before, "nothing read again");
+    assert_eq!(
+        again.iter().map(|(id, _)| *id).collect::<HashSet<_>>(),
+        ids.iter().copied().collect()
+    );
+    // Another process forgets one.
+    let other = Repository::open(f.clone(), PW).unwrap();
+    other.remove_snapshot(&ids[3]).unwrap();
+    let now = repo.snapshots().unwrap();
+    assert_eq!(now.len(), 19);
+    assert!(!now.iter().any(|(id, _)| *id == ids[3]));
+    // A new one, whose read fails once: an error, then read on the next call.
+    let new = backup(&other, &[("a", b"late")], "late").unwrap();
+    f.fail_nth(Op::Read, 1, "injected: read refused");
+    assert!(repo.snapshots().is_err());
+    f.assert_all_faults_hit();
+    let now = repo.snapshots().unwrap();
+    assert_eq!(now.len(), 20);
+    assert!(now.iter().any(|(id, _)| *id == new));
+}
