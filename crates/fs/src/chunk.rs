@@ -86,6 +86,9 @@ impl<'a> Chunker<'a> {
             for c in chunks.by_ref() {
                 match c {
                     Ok(c) => batch.push(c.data),
+                    // The stream's own error as it was (its kind, e.g. TimedOut, and message),
+                    // not fastcdc's debug rendering of it.
+                    Err(fastcdc::v2020::Error::IoError(e)) => return Ok(Err(e)),
                     Err(e) => return Ok(Err(io::Error::other(e.to_string()))),
                 }
                 if batch.len() == CHUNKS_IN_FLIGHT {
