@@ -62,6 +62,14 @@ pub trait Backend: Send + Sync {
     fn create(&self) -> Result<(), BackendError>;
     /// Reads a whole file.
     fn read(&self, path: &str) -> Result<Vec<u8>, BackendError>;
+    /// Reads a whole file the caller expects to be `size` bytes (as an index or a listing says): a
+    /// backend may refuse a larger file instead of reading it (S3 does, so a damaged or hostile
+    /// server cannot make it allocate more). A shorter file is returned as it is, for the caller's
+    /// checks to name the damage.
+    fn read_sized(&self, path: &str, size: u64) -> Result<Vec<u8>, BackendError> {
+        let _ = size;
+        self.read(path)
+    }
     /// Reads `len` bytes at `offset`; fewer bytes than asked is an error.
     fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError>;
     /// Writes a whole file atomically, replacing any file of that name.
