@@ -2,13 +2,15 @@ use std::io::Read;
 use std::time::Duration;
 
 use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
 
 use rusty_s3::actions::{ListObjectsV2, ListObjectsV2Response, S3Action};
 use rusty_s3::{Bucket, Credentials, UrlStyle};
 
 use lifeboat_model::redact::redact;
 
-use super::{Backend, BackendError, Listed};
+use super::{Backend, BackendError, CaBundleError, Listed};
 use crate::crypto::{MAX_PLAINTEXT, SEAL_OVERHEAD};
 
 const CHECKSUM_HEADER: &str = "x-amz-checksum-sha256";
@@ -32,8 +34,17 @@ pub struct S3Backend {
 }
 
 impl S3Backend {
-    /// Parses `s3://BUCKET[/PREFIX]` or `s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]`.
+    /// Parses `s3://BUCKET[/PREFIX]` or `s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]`. An https
+    /// endpoint also trusts the CA certificates of the PEM file `AWS_CA_BUNDLE` names (as the AWS
+    /// SDKs and CLI do), for servers with a private CA (MinIO, Ceph, Garage behind a proxy).
     pub fn from_location(location: &str) -> Result<Self, BackendError> {
+        let bundle = std::env::var_os("AWS_CA_BUNDLE").filter(|b| !b.is_empty());
+        Self::from_location_with_ca(location, bundle.as_deref().map(Path::new))
+    }
+
+    /// Like [`S3Backend::from_location`], with the CA bundle given instead of taken from
+    /// `AWS_CA_BUNDLE`: `None` trusts the built-in web roots only.
+    pub fn from_location_with_ca(location: &str, ca_bundle: Option<&Path>) -> Result<Self, BackendError> {
         let invalid = |reason: &str| BackendError::InvalidLocation {
             location: location.to_string(),
             reason: reason.to_string(),
@@ -61,12 +72,21 @@ impl S3Backend {
             .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|_| "us-east-1".into());
         let endpoint = url::Url::parse(&endpoint).map_err(|e| invalid(&format!("endpoint: {e}")))?;
+        let https = endpoint.scheme() == "https";
         let bucket = Bucket::new(endpoint, UrlStyle::Path, bucket_name, region).map_err(|e| invalid(&e.to_string()))?;
         let credentials = Credentials::from_env();
-        let agent = ureq::AgentBuilder::new()
+        let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(10))
-            .timeout(Duration::from_secs(300))
-            .build();
+            .timeout(Duration::from_secs(300));
+        if let Some(path) = ca_bundle.filter(|_| https) {
+            let config = tls_config(path).map_err(|source| BackendError::CaBundle {
+                location: location.to_string(),
+                path: path.display().to_string(),
+                source,
+            })?;
+            agent = agent.tls_config(config);
+        }
+        let agent = agent.build();
         Ok(S3Backend {
             location: location.to_string(),
             bucket,
@@ -198,6 +218,43 @@ impl S3Backend {
             })
         })
     }
+}
+
+/// TLS settings trusting the built-in web roots (those ureq uses by default) and the CA
+/// certificates of the PEM file `bundle`.
+fn tls_config(bundle: &Path) -> Result<Arc<rustls::ClientConfig>, CaBundleError> {
+    use rustls_pki_types::pem::{self, PemObject};
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    // Read first, so that a missing file is told apart from a malformed one.
+    let text = std::fs::read(bundle).map_err(CaBundleError::Read)?;
+    let mut added = 0;
+    for (i, cert) in rustls_pki_types::CertificateDer::pem_slice_iter(&text).enumerate() {
+        // The PEM errors quote the offending line: only their kind is kept.
+        let cert = cert.map_err(|e| {
+            CaBundleError::Malformed(match e {
+                pem::Error::MissingSectionEnd { .. } => "a section has no END line",
+                pem::Error::IllegalSectionStart { .. } => "a malformed BEGIN line",
+                pem::Error::Base64Decode(_) => "a section is not base64",
+                pem::Error::SectionTooLarge => "a section is too large",
+                _ => "unreadable",
+            })
+        })?;
+        roots
+            .add(cert)
+            .map_err(|source| CaBundleError::Unusable { index: i + 1, source })?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(CaBundleError::Empty);
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// The base64 SHA-256 of `data`, as the `x-amz-checksum-sha256` header carries it.
@@ -635,5 +692,196 @@ mod tests {
         let text = b.err("read", "keys/x", ureq::Error::Status(502, resp)).to_string();
         assert!(text.contains("proxy: GET http://x/y failed"), "{text}");
         assert!(!text.contains("MARKER"), "{text}");
+    }
+
+    /// The error and its causes, as `lifeboat` prints them.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            text += &format!(": {c}");
+            cause = c.source();
+        }
+        text
+    }
+
+    fn bundle_error(bundle: &Path) -> String {
+        match S3Backend::from_location_with_ca("s3:https://127.0.0.1:9/bucket", Some(bundle)) {
+            Err(e @ BackendError::CaBundle { .. }) => chain(&e),
+            Err(e) => panic!("expected a CA bundle error, got {e}"),
+            Ok(_) => panic!("expected a CA bundle error for {}", bundle.display()),
+        }
+    }
+
+    /// Finding 19: a CA bundle that is missing or unusable is one clear error naming the file and
+    /// why, never quoting what is in it.
+    #[test]
+    fn a_missing_or_unparsable_ca_bundle_is_an_error_naming_the_file_not_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = bundle_error(&missing);
+        assert!(e.contains(&missing.display().to_string()), "{e}");
+        assert!(e.contains("AWS_CA_BUNDLE") && e.contains("cannot read it"), "{e}");
+
+        let cases = [
+            (
+                "garbage.pem",
+                "MARKER not a certificate\n".to_string(),
+                "holds no PEM certificate",
+            ),
+            (
+                "bad-base64.pem",
+                "-----BEGIN CERTIFICATE-----\nMARKER!!!\n-----END CERTIFICATE-----\n".to_string(),
+                "not a PEM file of certificates",
+            ),
+            (
+                "no-end.pem",
+                "-----BEGIN CERTIFICATE-----\nTUFSS0VS\n".to_string(),
+                "not a PEM file of certificates",
+            ),
+            (
+                "not-der.pem",
+                // base64 of "MARKER MARKER MARKER": PEM, but not a certificate.
+                "-----BEGIN CERTIFICATE-----\nTUFSS0VSIE1BUktFUiBNQVJLRVI=\n-----END CERTIFICATE-----\n".to_string(),
+                "certificate 1 in it is not a usable CA certificate",
+            ),
+        ];
+        for (name, content, why) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            let e = bundle_error(&path);
+            assert!(e.contains(&path.display().to_string()), "{e}");
+            assert!(e.contains(why), "{name}: {e}");
+            assert!(!e.contains("MARKER") && !e.contains("TUFSS0VS"), "{name}: {e}");
+        }
+        // An http endpoint has no use for it.
+        assert!(S3Backend::from_location_with_ca("s3:http://127.0.0.1:9/bucket", Some(&missing)).is_ok());
+    }
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("this test needs the openssl command");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// An https server on 127.0.0.1 with a certificate for 127.0.0.1 signed by a CA of its own
+    /// (made with the openssl command in `dir`): returns the port and the CA's PEM file. It answers
+    /// every request with `body`.
+    fn tls_server(dir: &Path, body: &'static [u8]) -> (u16, std::path::PathBuf) {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        openssl(
+            dir,
+            &[
+                &["req", "-x509"],
+                &ec[..],
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=lifeboat test CA",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            dir,
+            &[
+                &["req"],
+                &ec[..],
+                &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ],
+        );
+        let certs = CertificateDer::pem_file_iter(dir.join("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { continue };
+                let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(config.clone()).unwrap(), tcp);
+                // Read the request head; a client that refuses the certificate ends here.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                if !head.ends_with(b"\r\n\r\n") {
+                    continue;
+                }
+                let _ = tls.write_all(&with_length(body));
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        });
+        (port, dir.join("ca.pem"))
+    }
+
+    /// Finding 19: with the CA bundle the server's certificate verifies; without it (web roots
+    /// only) the same request fails in TLS verification.
+    #[test]
+    fn an_https_endpoint_with_a_private_ca_verifies_only_with_the_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, ca) = tls_server(dir.path(), b"sealed bytes");
+        let location = format!("s3:https://127.0.0.1:{port}/bucket/p");
+
+        let with = S3Backend::from_location_with_ca(&location, Some(&ca)).unwrap();
+        assert_eq!(with.read("config").unwrap(), b"sealed bytes");
+
+        let without = S3Backend::from_location_with_ca(&location, None).unwrap();
+        let e = without.read("config").unwrap_err().to_string();
+        assert!(e.contains("certificate") && e.contains("UnknownIssuer"), "{e}");
     }
 }
