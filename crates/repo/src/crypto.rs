@@ -8,6 +8,7 @@ use std::cell::RefCell;
 
 use lifeboat_model::Id;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use zeroize::{Zeroize, Zeroizing};
 
 /// Largest plaintext a sealed envelope may decompress to (guards against hostile sizes). Writers
 /// refuse to seal more (see [`check_plaintext_size`]), so whatever was written can be read back.
@@ -33,7 +34,9 @@ pub enum OpenError {
 
 /// The repository's master key: 32 bytes for AES-256-GCM and 32 bytes for keyed BLAKE3 ids.
 ///
-/// It never leaves memory unencrypted; key slots store it wrapped with a password-derived key.
+/// It never leaves memory unencrypted; key slots store it wrapped with a password-derived key. Its
+/// raw bytes are wiped (with writes the optimiser keeps) when it is dropped; the AES key schedule
+/// inside ring's `LessSafeKey` is not (ring offers no way to).
 pub struct MasterKey {
     raw: [u8; 64],
     aead: LessSafeKey,
@@ -47,7 +50,7 @@ impl Clone for MasterKey {
 
 impl Drop for MasterKey {
     fn drop(&mut self) {
-        self.raw.fill(0);
+        self.raw.zeroize();
     }
 }
 
@@ -59,8 +62,8 @@ thread_local! {
 impl MasterKey {
     /// A fresh random key.
     pub fn generate() -> Self {
-        let mut raw = [0u8; 64];
-        fill_random(&mut raw);
+        let mut raw = Zeroizing::new([0u8; 64]);
+        fill_random(&mut *raw);
         Self::from_bytes(&raw)
     }
 
@@ -202,15 +205,15 @@ fn seal_raw(key: &LessSafeKey, flag: u8, payload: &[u8]) -> Vec<u8> {
     buf
 }
 
-/// Opens a sealed buffer, returning `flag || payload`.
-fn open_raw(key: &LessSafeKey, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+/// Opens a sealed buffer, returning `flag || payload` (wiped when dropped: it holds key material).
+fn open_raw(key: &LessSafeKey, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpenError> {
     if sealed.len() < SEAL_OVERHEAD {
         return Err(OpenError::TooShort(sealed.len()));
     }
     let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().expect("nonce length");
-    let mut buf = sealed[NONCE_LEN..].to_vec();
+    let mut buf = Zeroizing::new(sealed[NONCE_LEN..].to_vec());
     let plain_len = key
-        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut buf)
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut buf[..])
         .map_err(|_| OpenError::Authentication)?
         .len();
     buf.truncate(plain_len);
@@ -223,8 +226,8 @@ pub(crate) fn seal_with(key: &[u8; 32], data: &[u8]) -> Vec<u8> {
     seal_raw(&k, 0, data)
 }
 
-/// Opens what [`seal_with`] sealed.
-pub(crate) fn open_with(key: &[u8; 32], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+/// Opens what [`seal_with`] sealed; the result is wiped when dropped.
+pub(crate) fn open_with(key: &[u8; 32], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpenError> {
     let k = LessSafeKey::new(UnboundKey::new(&aead::AES_256_GCM, key).expect("32-byte key"));
     let mut plain = open_raw(&k, sealed)?;
     plain.remove(0);
