@@ -12,6 +12,7 @@ use lifeboat_repo::forget::Policy;
 use lifeboat_repo::keys::KdfParams;
 use lifeboat_repo::{open_location, prune, RepoError, Repository};
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use crate::cli::{BackupArgs, BackupCmd, Cli, Command, KeyCmd, PlanCmd, RepoCmd};
 use crate::docker_cmd;
@@ -33,9 +34,11 @@ fn default_location() -> String {
     base.join("lifeboat/repo").display().to_string()
 }
 
-fn read_password(file: Option<&PathBuf>, env: &str, what: &str) -> Result<Vec<u8>> {
+/// A password from `file` or the variable `env`, wiped from this process's memory when dropped.
+fn read_password(file: Option<&PathBuf>, env: &str, what: &str) -> Result<Zeroizing<Vec<u8>>> {
     if let Some(f) = file {
-        let mut pw = std::fs::read(f).with_context(|| format!("cannot read {what} file {}", f.display()))?;
+        let mut pw =
+            Zeroizing::new(std::fs::read(f).with_context(|| format!("cannot read {what} file {}", f.display()))?);
         if let Some(warning) = lifeboat_model::redact::loose_permissions(f) {
             tracing::warn!("{what} file {warning}");
         }
@@ -48,13 +51,13 @@ fn read_password(file: Option<&PathBuf>, env: &str, what: &str) -> Result<Vec<u8
         return Ok(pw);
     }
     match std::env::var_os(env) {
-        Some(p) if !p.is_empty() => Ok(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec()),
+        Some(p) if !p.is_empty() => Ok(Zeroizing::new(std::os::unix::ffi::OsStringExt::into_vec(p))),
         _ => bail!("no {what} given: set {env} or pass a password file"),
     }
 }
 
 impl Ctx {
-    fn password(&self) -> Result<Vec<u8>> {
+    fn password(&self) -> Result<Zeroizing<Vec<u8>>> {
         read_password(self.password_file.as_ref(), "LIFEBOAT_PASSWORD", "password")
     }
 

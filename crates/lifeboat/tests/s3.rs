@@ -205,6 +205,47 @@ fn s3_repository_backup_restore_check_prune() {
     assert!(!o.status.success() && err.trim().lines().count() == 1, "{err}");
 }
 
+/// Why every PUT carries a signed `x-amz-checksum-sha256` of its body (as the S3 backend sends it):
+/// Garage refuses a body that does not match it and stores nothing, while the matching body is
+/// stored.
+#[test]
+fn garage_refuses_a_put_whose_body_does_not_match_its_checksum() {
+    use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+    let g = Garage::start();
+    let endpoint = format!("http://127.0.0.1:{}", g.s3_port).parse().unwrap();
+    let bucket = Bucket::new(endpoint, UrlStyle::Path, BUCKET, "us-east-1").unwrap();
+    let creds = Credentials::new(&g.key_id, &g.secret);
+    // base64 of SHA-256("original")
+    let sum = "BoLF8gdvCZw0z90VqeBjhJ7UN6SWd+b8xbQZjHZXW+U=";
+    // The status and body of an answer (transport errors fail the test).
+    let answer = |r: Result<ureq::Response, ureq::Error>| match r {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{e}"),
+    };
+    let put = |key: &str, body: &[u8]| {
+        let mut action = bucket.put_object(Some(&creds), key);
+        action.headers_mut().insert("x-amz-checksum-sha256", sum);
+        answer(
+            ureq::put(action.sign(Duration::from_secs(600)).as_str())
+                .set("x-amz-checksum-sha256", sum)
+                .send_bytes(body),
+        )
+    };
+    let get = |key: &str| {
+        let url = bucket.get_object(Some(&creds), key).sign(Duration::from_secs(600));
+        answer(ureq::get(url.as_str()).call())
+    };
+    let (code, body) = put("damaged", b"0riginal");
+    assert!(
+        (400..500).contains(&code),
+        "a damaged body was not refused: HTTP {code}: {body}"
+    );
+    assert_eq!(get("damaged").0, 404);
+    assert_eq!(put("whole", b"original").0, 200);
+    assert_eq!(get("whole"), (200, "original".to_string()));
+}
+
 #[test]
 fn a_backup_while_the_s3_server_is_killed_and_restarted_loses_nothing() {
     let mut g = Garage::start();

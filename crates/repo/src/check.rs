@@ -280,7 +280,7 @@ fn read_all_packs(
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(id) = ids.get(i) else { break };
-                let found = check_pack(repo, id, indexed.get(id).map(|(p, _)| *p));
+                let found = check_pack(repo, id, on_disk[id], indexed.get(id).map(|(p, _)| *p));
                 progress.packs_done.fetch_add(1, Ordering::Relaxed);
                 progress.bytes_done.fetch_add(on_disk[id], Ordering::Relaxed);
                 problems.lock().expect("poisoned").extend(found);
@@ -292,14 +292,14 @@ fn read_all_packs(
     report.problems.extend(problems.into_inner().expect("poisoned"));
 }
 
-fn check_pack(repo: &Repository, id: &Id, indexed: Option<&IndexPack>) -> Vec<Problem> {
+fn check_pack(repo: &Repository, id: &Id, size: u64, indexed: Option<&IndexPack>) -> Vec<Problem> {
     let path = pack_path(id);
     let err = |message: String| Problem {
         severity: Severity::Error,
         file: path.clone(),
         message,
     };
-    let bytes = match repo.backend().read(&path) {
+    let bytes = match repo.backend().read_sized(&path, size) {
         Ok(b) => b,
         Err(e) => return vec![err(e.to_string())],
     };

@@ -8,8 +8,10 @@ use std::cell::RefCell;
 
 use lifeboat_model::Id;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use zeroize::{Zeroize, Zeroizing};
 
-/// Largest plaintext a sealed envelope may decompress to (guards against hostile sizes).
+/// Largest plaintext a sealed envelope may decompress to (guards against hostile sizes). Writers
+/// refuse to seal more (see [`check_plaintext_size`]), so whatever was written can be read back.
 pub const MAX_PLAINTEXT: usize = 256 << 20;
 const TAG_LEN: usize = 16;
 /// Size of the sample that decides whether a large blob is worth compressing.
@@ -32,7 +34,9 @@ pub enum OpenError {
 
 /// The repository's master key: 32 bytes for AES-256-GCM and 32 bytes for keyed BLAKE3 ids.
 ///
-/// It never leaves memory unencrypted; key slots store it wrapped with a password-derived key.
+/// It never leaves memory unencrypted; key slots store it wrapped with a password-derived key. Its
+/// raw bytes are wiped (with writes the optimiser keeps) when it is dropped; the AES key schedule
+/// inside ring's `LessSafeKey` is not (ring offers no way to).
 pub struct MasterKey {
     raw: [u8; 64],
     aead: LessSafeKey,
@@ -46,7 +50,7 @@ impl Clone for MasterKey {
 
 impl Drop for MasterKey {
     fn drop(&mut self) {
-        self.raw.fill(0);
+        self.raw.zeroize();
     }
 }
 
@@ -58,8 +62,8 @@ thread_local! {
 impl MasterKey {
     /// A fresh random key.
     pub fn generate() -> Self {
-        let mut raw = [0u8; 64];
-        fill_random(&mut raw);
+        let mut raw = Zeroizing::new([0u8; 64]);
+        fill_random(&mut *raw);
         Self::from_bytes(&raw)
     }
 
@@ -117,7 +121,13 @@ impl MasterKey {
 
     /// Like [`MasterKey::open`], decrypting in the given buffer (no copy of the ciphertext; an
     /// uncompressed payload is moved to the front of the same buffer).
-    pub fn open_owned(&self, mut sealed: Vec<u8>) -> Result<Vec<u8>, OpenError> {
+    pub fn open_owned(&self, sealed: Vec<u8>) -> Result<Vec<u8>, OpenError> {
+        self.open_owned_limited(sealed, MAX_PLAINTEXT)
+    }
+
+    /// Like [`MasterKey::open_owned`], refusing a compressed payload that declares more than `limit`
+    /// bytes of plaintext.
+    pub(crate) fn open_owned_limited(&self, mut sealed: Vec<u8>, limit: usize) -> Result<Vec<u8>, OpenError> {
         if sealed.len() < SEAL_OVERHEAD {
             return Err(OpenError::TooShort(sealed.len()));
         }
@@ -147,7 +157,7 @@ impl MasterKey {
                 let size = zstd::zstd_safe::get_frame_content_size(frame)
                     .map_err(|_| OpenError::Decompress("not a zstd frame".into()))?
                     .ok_or_else(|| OpenError::Decompress("zstd frame without content size".into()))?;
-                if size as usize > MAX_PLAINTEXT {
+                if size > limit as u64 {
                     return Err(OpenError::Decompress(format!("declared size {size} is too large")));
                 }
                 DECOMPRESSOR.with(|d| {
@@ -159,6 +169,16 @@ impl MasterKey {
             }
             other => Err(OpenError::UnknownFlag(other)),
         }
+    }
+}
+
+/// Refuses a plaintext of `len` bytes when it is more than `limit`, the most a reader accepts
+/// ([`MAX_PLAINTEXT`] outside tests): `Err` carries the limit.
+pub(crate) fn check_plaintext_size(len: usize, limit: usize) -> Result<(), usize> {
+    if len > limit {
+        Err(limit)
+    } else {
+        Ok(())
     }
 }
 
@@ -185,15 +205,15 @@ fn seal_raw(key: &LessSafeKey, flag: u8, payload: &[u8]) -> Vec<u8> {
     buf
 }
 
-/// Opens a sealed buffer, returning `flag || payload`.
-fn open_raw(key: &LessSafeKey, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+/// Opens a sealed buffer, returning `flag || payload` (wiped when dropped: it holds key material).
+fn open_raw(key: &LessSafeKey, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpenError> {
     if sealed.len() < SEAL_OVERHEAD {
         return Err(OpenError::TooShort(sealed.len()));
     }
     let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().expect("nonce length");
-    let mut buf = sealed[NONCE_LEN..].to_vec();
+    let mut buf = Zeroizing::new(sealed[NONCE_LEN..].to_vec());
     let plain_len = key
-        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut buf)
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut buf[..])
         .map_err(|_| OpenError::Authentication)?
         .len();
     buf.truncate(plain_len);
@@ -206,8 +226,8 @@ pub(crate) fn seal_with(key: &[u8; 32], data: &[u8]) -> Vec<u8> {
     seal_raw(&k, 0, data)
 }
 
-/// Opens what [`seal_with`] sealed.
-pub(crate) fn open_with(key: &[u8; 32], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+/// Opens what [`seal_with`] sealed; the result is wiped when dropped.
+pub(crate) fn open_with(key: &[u8; 32], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpenError> {
     let k = LessSafeKey::new(UnboundKey::new(&aead::AES_256_GCM, key).expect("32-byte key"));
     let mut plain = open_raw(&k, sealed)?;
     plain.remove(0);
@@ -263,6 +283,31 @@ mod tests {
         let sealed = k.seal(&data, true);
         assert_eq!(sealed.len(), data.len() + SEAL_OVERHEAD);
         assert_eq!(k.open(&sealed).unwrap(), data);
+    }
+
+    /// What a writer may seal is exactly what a reader opens: at the limit it reads back, one byte
+    /// over is refused by both (the writer before sealing).
+    #[test]
+    fn the_write_side_size_limit_matches_the_read_side() {
+        let k = MasterKey::generate();
+        let limit = 10_000;
+        let at = b"lifeboat ".repeat(limit / 9 + 1)[..limit].to_vec();
+        assert_eq!(check_plaintext_size(at.len(), limit), Ok(()));
+        let sealed = k.seal(&at, true);
+        assert!(sealed.len() < at.len(), "compressed");
+        assert_eq!(k.open_owned_limited(sealed, limit).unwrap(), at);
+
+        let over = b"lifeboat ".repeat(limit / 9 + 1)[..limit + 1].to_vec();
+        assert_eq!(check_plaintext_size(over.len(), limit), Err(limit));
+        match k.open_owned_limited(k.seal(&over, true), limit) {
+            Err(OpenError::Decompress(m)) => assert!(m.contains("too large"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(check_plaintext_size(MAX_PLAINTEXT, MAX_PLAINTEXT), Ok(()));
+        assert_eq!(
+            check_plaintext_size(MAX_PLAINTEXT + 1, MAX_PLAINTEXT),
+            Err(MAX_PLAINTEXT)
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
 use crate::crypto::{fill_random, open_with, seal_with, MasterKey};
 
@@ -85,12 +86,13 @@ pub enum SlotError {
     WrongPassword,
 }
 
-fn derive(password: &[u8], salt: &[u8], p: KdfParams) -> Result<[u8; 32], SlotError> {
+/// The key-encryption key for `password` (wiped when dropped).
+fn derive(password: &[u8], salt: &[u8], p: KdfParams) -> Result<Zeroizing<[u8; 32]>, SlotError> {
     let params = argon2::Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32))
         .map_err(|e| SlotError::Damaged(format!("invalid Argon2 parameters: {e}")))?;
     let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    let mut out = [0u8; 32];
-    a.hash_password_into(password, salt, &mut out)
+    let mut out = Zeroizing::new([0u8; 32]);
+    a.hash_password_into(password, salt, &mut *out)
         .map_err(|e| SlotError::Damaged(format!("key derivation failed: {e}")))?;
     Ok(out)
 }
@@ -100,9 +102,8 @@ impl KeySlot {
     pub fn create(key: &MasterKey, password: &[u8], params: KdfParams) -> KeySlot {
         let mut salt = [0u8; 32];
         fill_random(&mut salt);
-        let mut kek = derive(password, &salt, params).expect("default parameters are valid");
+        let kek = derive(password, &salt, params).expect("default parameters are valid");
         let wrapped = seal_with(&kek, key.bytes());
-        kek.fill(0);
         let mut slot = KeySlot {
             version: 1,
             created: OffsetDateTime::now_utc(),
@@ -150,12 +151,13 @@ impl KeySlot {
             .decode(&self.wrapped_key)
             .map_err(|e| SlotError::Damaged(e.to_string()))?;
         self.params.check().map_err(SlotError::Damaged)?;
-        let mut kek = derive(password, &salt, self.params)?;
-        let raw = open_with(&kek, &wrapped).map_err(|_| SlotError::WrongPassword);
-        kek.fill(0);
-        let raw: [u8; 64] = raw?
-            .try_into()
-            .map_err(|_| SlotError::Damaged("wrapped key has the wrong length".into()))?;
+        let kek = derive(password, &salt, self.params)?;
+        let unwrapped = open_with(&kek, &wrapped).map_err(|_| SlotError::WrongPassword)?;
+        let mut raw = Zeroizing::new([0u8; 64]);
+        if unwrapped.len() != raw.len() {
+            return Err(SlotError::Damaged("wrapped key has the wrong length".into()));
+        }
+        raw.copy_from_slice(&unwrapped);
         Ok(MasterKey::from_bytes(&raw))
     }
 }
@@ -206,6 +208,24 @@ mod tests {
             }
             assert!(slot.unwrap(b"pw").is_err());
         }
+    }
+
+    /// The unwrapped key is copied into a wiped buffer only when it has the master key's length;
+    /// a slot that wraps anything else (with the right password) is damaged, not a wrong password.
+    #[test]
+    fn a_slot_wrapping_a_key_of_the_wrong_length_is_damaged() {
+        let k = MasterKey::generate();
+        let mut slot = KeySlot::create(&k, b"pw", FAST);
+        let salt = B64.decode(&slot.salt).unwrap();
+        let kek = derive(b"pw", &salt, FAST).unwrap();
+        slot.wrapped_key = B64.encode(seal_with(&kek, &k.bytes()[..63]));
+        slot.checksum = slot.compute_checksum();
+        let parsed = KeySlot::parse(&serde_json::to_vec(&slot).unwrap()).unwrap();
+        match parsed.unwrap(b"pw") {
+            Err(SlotError::Damaged(m)) => assert!(m.contains("wrong length"), "{m}"),
+            other => panic!("expected a damaged slot, got {:?}", other.map(|_| ())),
+        }
+        assert!(matches!(parsed.unwrap(b"other"), Err(SlotError::WrongPassword)));
     }
 
     #[test]

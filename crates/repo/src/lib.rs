@@ -93,6 +93,17 @@ pub enum RepoError {
         found: u32,
         supported: u32,
     },
+    /// Something to be stored is larger than a reader accepts (see [`crypto::MAX_PLAINTEXT`]): it is
+    /// refused before it is written, so no snapshot can name what `restore` and `check` could not
+    /// read back. `advice` says what to change.
+    #[error("{location}: refusing to store {what} of {size} bytes: more than the {limit} bytes the repository reads back; {advice}")]
+    TooLarge {
+        location: String,
+        what: String,
+        size: usize,
+        limit: usize,
+        advice: &'static str,
+    },
     /// No snapshot matches what the user asked for.
     #[error("no snapshot matches {query:?}")]
     SnapshotNotFound { query: String },

@@ -235,7 +235,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport, Repo
     };
     for (p, keep) in &repack {
         let path = pack_path(&p.id);
-        let bytes = backend.read(&path)?;
+        let bytes = backend.read_sized(&path, p.size)?;
         for &i in keep {
             let e = &p.blobs[i];
             let end = (e.offset + e.length as u64) as usize;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::backend::Backend;
-use crate::crypto::{file_id, fill_random, MasterKey};
+use crate::crypto::{check_plaintext_size, file_id, fill_random, MasterKey, MAX_PLAINTEXT};
 use crate::index::{IndexFile, IndexPack, Location, MemIndex};
 use crate::keys::{KdfParams, KeySlot, SlotError};
 use crate::lock::{self, LockGuard, LockTimings, LockWatch};
@@ -117,7 +117,14 @@ pub struct Repository {
     /// hash of its content, checked on read), so one read once is never read again; one that is
     /// gone from the listing drops out.
     snapshot_cache: Mutex<HashMap<Id, Snapshot>>,
+    /// The largest plaintext written or read ([`MAX_PLAINTEXT`]; smaller in tests).
+    max_plaintext: usize,
 }
+
+/// What to do about a tree too large to store.
+const TREE_ADVICE: &str = "the directory has too many entries (or files too large) for one tree: split it into several directories, or exclude part of it";
+/// What to do about another blob or metadata file too large to store.
+const OTHER_ADVICE: &str = "this is a bug in what produced it; please report it";
 
 fn damaged(backend: &dyn Backend, path: &str, reason: impl ToString) -> RepoError {
     RepoError::Damaged {
@@ -202,7 +209,26 @@ impl Repository {
             lock_timings: LockTimings::default(),
             stats: WriteStats::default(),
             snapshot_cache: Mutex::default(),
+            max_plaintext: MAX_PLAINTEXT,
         }
+    }
+
+    /// Uses a smaller size limit for what is written and read (for tests of the limit).
+    #[cfg(test)]
+    fn with_max_plaintext(mut self, limit: usize) -> Repository {
+        self.max_plaintext = limit;
+        self
+    }
+
+    /// Refuses `len` bytes of plaintext when a reader would refuse them.
+    fn check_size(&self, what: impl FnOnce() -> String, len: usize, advice: &'static str) -> Result<(), RepoError> {
+        check_plaintext_size(len, self.max_plaintext).map_err(|limit| RepoError::TooLarge {
+            location: self.location().to_string(),
+            what: what(),
+            size: len,
+            limit,
+            advice,
+        })
     }
 
     /// Uses other lock timings (every process sharing the repository must agree on `stale`; for
@@ -362,6 +388,7 @@ impl Repository {
     /// on S3 a PUT is atomic per object. Used for failover journals and app state, which change in
     /// place, unlike the content-addressed files.
     pub fn write_state(&self, path: &str, plain: &[u8]) -> Result<(), RepoError> {
+        self.check_size(|| format!("state file dr/{path}"), plain.len(), OTHER_ADVICE)?;
         let sealed = self.key.seal(plain, true);
         self.backend.write(&format!("dr/{path}"), &sealed)?;
         Ok(())
@@ -376,7 +403,7 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         self.key
-            .open_owned(bytes)
+            .open_owned_limited(bytes, self.max_plaintext)
             .map(Some)
             .map_err(|e| damaged(&*self.backend, &full, e))
     }
@@ -427,10 +454,13 @@ impl Repository {
                 "content does not match its name (hash mismatch)",
             ));
         }
-        self.key.open(&bytes).map_err(|e| damaged(&*self.backend, &path, e))
+        self.key
+            .open_owned_limited(bytes, self.max_plaintext)
+            .map_err(|e| damaged(&*self.backend, &path, e))
     }
 
     fn write_named(&self, dir: &str, plain: &[u8]) -> Result<Id, RepoError> {
+        self.check_size(|| format!("a file in {dir}/"), plain.len(), OTHER_ADVICE)?;
         let sealed = self.key.seal(plain, true);
         let id = file_id(&sealed);
         self.backend.write(&format!("{dir}/{id}"), &sealed)?;
@@ -570,7 +600,15 @@ impl Repository {
 
     /// Like [`Repository::save_blob`] for a caller that already computed the id with
     /// [`MasterKey::blob_id`].
+    ///
+    /// A blob larger than a reader accepts is refused ([`RepoError::TooLarge`]) before anything is
+    /// stored.
     pub fn save_blob_with_id(&self, kind: BlobKind, id: Id, data: &[u8]) -> Result<bool, RepoError> {
+        let (name, advice) = match kind {
+            BlobKind::Tree => ("tree", TREE_ADVICE),
+            BlobKind::Data => ("data", OTHER_ADVICE),
+        };
+        self.check_size(|| format!("{name} blob {id}"), data.len(), advice)?;
         if self.index.read().expect("poisoned").contains(&id) {
             return Ok(false);
         }
@@ -768,7 +806,10 @@ impl Repository {
             path: path.to_string(),
             reason,
         };
-        let plain = self.key.open_owned(sealed).map_err(|e| bad(e.to_string()))?;
+        let plain = self
+            .key
+            .open_owned_limited(sealed, self.max_plaintext)
+            .map_err(|e| bad(e.to_string()))?;
         if self.key.blob_id(&plain) != *id {
             return Err(bad("content does not match its id".into()));
         }
@@ -778,8 +819,17 @@ impl Repository {
     // ----- trees ----------------------------------------------------------------------------
 
     /// Stores a directory tree (sorted first). Returns its id and whether it was new.
+    ///
+    /// A tree whose JSON is larger than a reader accepts ([`MAX_PLAINTEXT`], roughly a million
+    /// entries) is refused with [`RepoError::TooLarge`] before anything is stored, so the backup
+    /// fails instead of committing a snapshot that `restore` and `check` could not read.
     pub fn save_tree(&self, tree: &Tree) -> Result<(Id, bool), RepoError> {
         let json = serde_json::to_vec(tree).expect("serialisable");
+        self.check_size(
+            || format!("a tree of {} entries", tree.nodes.len()),
+            json.len(),
+            TREE_ADVICE,
+        )?;
         self.save_blob(BlobKind::Tree, &json)
     }
 
@@ -978,5 +1028,114 @@ impl Repository {
         }
         self.backend.remove(&format!("keys/{}", k.id))?;
         Ok(k.id.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LocalBackend;
+    use lifeboat_model::{FileName, Node, NodeKind};
+
+    const FAST: KdfParams = KdfParams {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    fn tree_of(n: usize) -> Tree {
+        let mut tree = Tree::default();
+        for i in 0..n {
+            tree.nodes.push(Node::new(
+                FileName::from(format!("file-{i:05}").as_str()),
+                NodeKind::File,
+            ));
+        }
+        tree.sort();
+        tree
+    }
+
+    fn json_len(tree: &Tree) -> usize {
+        serde_json::to_vec(tree).unwrap().len()
+    }
+
+    /// Finding 19: a tree a reader would refuse is refused when written, with its size, the limit
+    /// and what to do; one exactly at the limit is stored and reads back.
+    #[test]
+    fn a_tree_over_the_size_limit_is_refused_at_write_and_one_at_the_limit_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = tree_of(200);
+        let limit = json_len(&at);
+        let repo = Repository::init(Arc::new(LocalBackend::new(dir.path())), b"pw", FAST)
+            .unwrap()
+            .with_max_plaintext(limit);
+
+        let (id, added) = repo.save_tree(&at).unwrap();
+        assert!(added);
+        repo.flush().unwrap();
+        assert_eq!(repo.load_tree(&id).unwrap(), at);
+
+        let over = tree_of(201);
+        let size = json_len(&over);
+        assert!(size > limit);
+        let blobs = repo.blob_count();
+        let added_before = repo.stats().blobs_added.load(Ordering::Relaxed);
+        match repo.save_tree(&over) {
+            Err(e @ RepoError::TooLarge { .. }) => {
+                let text = e.to_string();
+                for part in [
+                    size.to_string(),
+                    limit.to_string(),
+                    "split".to_string(),
+                    "201 entries".to_string(),
+                ] {
+                    assert!(text.contains(&part), "{part} not in {text}");
+                }
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // Nothing of it was stored or is pending.
+        repo.flush().unwrap();
+        assert_eq!(repo.blob_count(), blobs);
+        assert_eq!(repo.stats().blobs_added.load(Ordering::Relaxed), added_before);
+        let over_id = repo.key().blob_id(&serde_json::to_vec(&over).unwrap());
+        assert!(!repo.has_blob(&over_id));
+    }
+
+    /// The same limit holds for every other write path with a read-side limit: data blobs, DR
+    /// state files, snapshots.
+    #[test]
+    fn blobs_state_files_and_snapshots_over_the_size_limit_are_refused_at_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = 4096;
+        let repo = Repository::init(Arc::new(LocalBackend::new(dir.path())), b"pw", FAST)
+            .unwrap()
+            .with_max_plaintext(limit);
+        let at = vec![7u8; limit];
+        let over = vec![7u8; limit + 1];
+
+        let (id, _) = repo.save_blob(BlobKind::Data, &at).unwrap();
+        repo.flush().unwrap();
+        assert_eq!(repo.load_blob(&id).unwrap(), at);
+        assert!(matches!(
+            repo.save_blob(BlobKind::Data, &over),
+            Err(RepoError::TooLarge { size, .. }) if size == limit + 1
+        ));
+        assert!(!repo.has_blob(&repo.key().blob_id(&over)));
+
+        repo.write_state("t/at", &at).unwrap();
+        assert_eq!(repo.read_state("t/at").unwrap().unwrap(), at);
+        assert!(matches!(
+            repo.write_state("t/over", &over),
+            Err(RepoError::TooLarge { .. })
+        ));
+        assert_eq!(repo.read_state("t/over").unwrap(), None);
+
+        let before = repo.backend().list("snapshots").unwrap().len();
+        assert!(matches!(
+            repo.write_named("snapshots", &over),
+            Err(RepoError::TooLarge { .. })
+        ));
+        assert_eq!(repo.backend().list("snapshots").unwrap().len(), before);
     }
 }

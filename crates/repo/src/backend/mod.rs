@@ -35,6 +35,31 @@ pub enum BackendError {
     /// The repository location (path or URL) cannot be used at all.
     #[error("invalid repository location {location:?}: {reason}")]
     InvalidLocation { location: String, reason: String },
+    /// The CA bundle named by `AWS_CA_BUNDLE` cannot be used (the error never quotes the file).
+    #[error("{location}: cannot use the CA bundle {path} (AWS_CA_BUNDLE)")]
+    CaBundle {
+        location: String,
+        path: String,
+        #[source]
+        source: CaBundleError,
+    },
+}
+
+/// Why a CA bundle cannot be used. Never quotes the file's content.
+#[derive(Debug, thiserror::Error)]
+pub enum CaBundleError {
+    #[error("cannot read it")]
+    Read(#[source] std::io::Error),
+    #[error("it is not a PEM file of certificates ({0})")]
+    Malformed(&'static str),
+    #[error("it holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    Empty,
+    #[error("certificate {index} in it is not a usable CA certificate")]
+    Unusable {
+        index: usize,
+        #[source]
+        source: rustls::Error,
+    },
 }
 
 impl BackendError {
@@ -62,6 +87,14 @@ pub trait Backend: Send + Sync {
     fn create(&self) -> Result<(), BackendError>;
     /// Reads a whole file.
     fn read(&self, path: &str) -> Result<Vec<u8>, BackendError>;
+    /// Reads a whole file the caller expects to be `size` bytes (as an index or a listing says): a
+    /// backend may refuse a larger file instead of reading it (S3 does, so a damaged or hostile
+    /// server cannot make it allocate more). A shorter file is returned as it is, for the caller's
+    /// checks to name the damage.
+    fn read_sized(&self, path: &str, size: u64) -> Result<Vec<u8>, BackendError> {
+        let _ = size;
+        self.read(path)
+    }
     /// Reads `len` bytes at `offset`; fewer bytes than asked is an error.
     fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError>;
     /// Writes a whole file atomically, replacing any file of that name.
@@ -95,7 +128,8 @@ pub trait Backend: Send + Sync {
 /// Opens the backend for a repository location: a local path, `s3://BUCKET/PREFIX` (endpoint from
 /// `AWS_ENDPOINT_URL`, default AWS) or `s3:http(s)://HOST:PORT/BUCKET/PREFIX`.
 /// S3 credentials come from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, region from `AWS_REGION`
-/// or `AWS_DEFAULT_REGION` (default `us-east-1`).
+/// or `AWS_DEFAULT_REGION` (default `us-east-1`); an https endpoint is verified against the built-in
+/// web roots plus the CA certificates of the PEM file `AWS_CA_BUNDLE` names, if set.
 pub fn open_location(location: &str) -> Result<Arc<dyn Backend>, BackendError> {
     if location.starts_with("s3:") {
         Ok(Arc::new(S3Backend::from_location(location)?))
