@@ -910,7 +910,9 @@ mod tests {
     #[test]
     fn sparse_files_are_written_in_full() {
         // Holes smaller and larger than one piece of zeros (the stream never holds the file).
-        let cases: [(u64, Vec<(u64, u64)>, &[u8]); 3] = [
+        // (size, extents, content)
+        type Case = (u64, Vec<(u64, u64)>, &'static [u8]);
+        let cases: [Case; 3] = [
             (10_000, vec![(100, 3), (9_000, 2)], b"abcde"),
             (3_600_000, vec![(0, 2), (2_500_000, 1)], b"xyz"),
             (5 << 20, vec![(3 << 20, 4)], b"tail"),
