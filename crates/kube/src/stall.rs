@@ -59,15 +59,18 @@ impl<T> Stalling<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Stalling<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let me = &mut *self;
-        match Pin::new(&mut me.inner).poll_read(cx, buf) {
+impl<T> Stalling<T> {
+    /// What the inner stream's poll `r` means with the deadline: progress resets the clock
+    /// (`moved`: whether a ready result counts as progress), a wait past it is an error.
+    fn guard<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>, moved: bool) -> Poll<io::Result<R>> {
+        match r {
             Poll::Ready(r) => {
-                me.progress();
+                if moved {
+                    self.progress();
+                }
                 Poll::Ready(r)
             }
-            Poll::Pending => match me.expired(cx) {
+            Poll::Pending => match self.expired(cx) {
                 Some(e) => Poll::Ready(Err(e)),
                 None => Poll::Pending,
             },
@@ -75,44 +78,27 @@ impl<T: AsyncRead + Unpin> AsyncRead for Stalling<T> {
     }
 }
 
+impl<T: AsyncRead + Unpin> AsyncRead for Stalling<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.guard(cx, r, true)
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for Stalling<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let me = &mut *self;
-        match Pin::new(&mut me.inner).poll_write(cx, data) {
-            Poll::Ready(r) => {
-                me.progress();
-                Poll::Ready(r)
-            }
-            Poll::Pending => match me.expired(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-        }
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.guard(cx, r, true)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let me = &mut *self;
-        match Pin::new(&mut me.inner).poll_flush(cx) {
-            Poll::Ready(r) => {
-                me.progress();
-                Poll::Ready(r)
-            }
-            Poll::Pending => match me.expired(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-        }
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.guard(cx, r, true)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let me = &mut *self;
-        match Pin::new(&mut me.inner).poll_shutdown(cx) {
-            Poll::Ready(r) => Poll::Ready(r),
-            Poll::Pending => match me.expired(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-        }
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.guard(cx, r, false)
     }
 }
 

@@ -324,6 +324,37 @@ fn witness(app: &App, site: &Site) -> (Child, Arc<Mutex<String>>) {
 }
 
 /// The pid file of a site's dockerd (`lab/lab` keeps it next to the socket).
+/// A container outside the app with restart policy `always`: it shows that an engine's restart
+/// does restart such containers.
+fn sentinel(site: &Site, name: &str) {
+    let id = site.docker(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--restart",
+        "always",
+        "lifeboat-lab/web:1",
+        "sleep",
+        "3600",
+    ]);
+    assert!(!id.is_empty());
+}
+
+/// The site's host "reboots": every daemon and container dies, then the engine starts again and
+/// restarts its `always` containers (the `sentinel` among them).
+fn reboot(site: &Site, sentinel: &str) {
+    Command::new(lab()).args(["kill", &site.name]).status().unwrap();
+    revive();
+    let running = || site.docker(&["inspect", "-f", "{{.State.Running}}", sentinel]) == "true";
+    wait_for(
+        "the engine to restart its always containers",
+        Duration::from_secs(60),
+        || running().then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+}
+
 fn dockerd_pid(site: &Site) -> String {
     let sock = PathBuf::from(site.docker_host.trim_start_matches("unix://"));
     std::fs::read_to_string(sock.parent().unwrap().join("docker.pid"))
@@ -1015,17 +1046,7 @@ fn a_fenced_primary_with_restart_always_stays_stopped_after_its_engine_restarts(
     let running = |s: &Site, c: &str| s.docker(&["inspect", "-f", "{{.State.Running}}", c]) == "true";
     a.docker(&["update", "--restart", "always", "dr12-web"]);
     // Not part of the app: it shows that the engine's restart does restart `always` containers.
-    a.docker(&[
-        "run",
-        "-d",
-        "--name",
-        "dr12-other",
-        "--restart",
-        "always",
-        "lifeboat-lab/web:1",
-        "sleep",
-        "3600",
-    ]);
+    sentinel(a, "dr12-other");
     app.ok(&["backup", "--plan"]);
     let out = app.ok(&["failover"]);
     assert!(out.contains("restart policy always cleared"), "{out}");
@@ -1033,14 +1054,7 @@ fn a_fenced_primary_with_restart_always_stays_stopped_after_its_engine_restarts(
     assert_eq!(policy(a, "dr12-other"), "always", "other containers are left alone");
 
     // a's host "reboots": every daemon and container dies, then the engine starts again.
-    Command::new(lab()).args(["kill", "a"]).status().unwrap();
-    revive();
-    wait_for(
-        "the engine to restart its always containers",
-        Duration::from_secs(60),
-        || running(a, "dr12-other").then_some(()),
-    );
-    std::thread::sleep(Duration::from_secs(3));
+    reboot(a, "dr12-other");
     assert!(!running(a, "dr12-web"), "the fenced container stayed stopped");
     assert!(app.items(a).is_none(), "a does not serve beside b");
     assert!(app.items(b).is_some_and(|i| i.contains("widget")));
@@ -2496,26 +2510,8 @@ fn failback_leaves_the_standbys_containers_unable_to_restart_on_their_own() {
     assert!(out.contains("restart policy always restored"), "{out}");
     assert!(running(a, "drr-web"));
     // b's host reboots after the failback: its engine comes back, the app's copy stays stopped.
-    let sentinel = b.docker(&[
-        "run",
-        "-d",
-        "--name",
-        "drr-other",
-        "--restart",
-        "always",
-        "lifeboat-lab/web:1",
-        "sleep",
-        "3600",
-    ]);
-    assert!(!sentinel.is_empty());
-    Command::new(lab()).args(["kill", "b"]).status().unwrap();
-    revive();
-    wait_for(
-        "b's engine to restart its always containers",
-        Duration::from_secs(60),
-        || running(b, "drr-other").then_some(()),
-    );
-    std::thread::sleep(Duration::from_secs(3));
+    sentinel(b, "drr-other");
+    reboot(b, "drr-other");
     assert!(!running(b, "drr-web"), "the standby's copy stayed stopped");
     assert!(app.items(b).is_none(), "b does not serve beside a");
     assert!(app.items(a).is_some_and(|i| i.contains("widget")));
