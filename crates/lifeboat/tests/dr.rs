@@ -1476,7 +1476,7 @@ fn a_restored_docker_volume_holds_exactly_the_snapshot() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
     let (a, b) = (&sites[0], &sites[1]);
-    let app = App::new(&sites, "dra", 8191, None, "");
+    let app = App::new(&sites, "dra", 8207, None, "");
     a.docker(&["exec", "dra-web", "sh", "-c", "echo private > /www/data/deleted-later"]);
     app.ok(&["backup", "--plan"]);
     assert!(volume_ls(b, "dra-www", "/www/data").contains("deleted-later"));
@@ -1492,7 +1492,7 @@ fn a_restored_docker_volume_holds_exactly_the_snapshot() {
     assert!(!top.contains(".lifeboat"), "no staging leftovers: {top}");
     app.ok(&["failover"]);
     assert_eq!(
-        http_get(&b.addr, 8191, "/data/deleted-later"),
+        http_get(&b.addr, 8207, "/data/deleted-later"),
         None,
         "the deleted file came back"
     );
@@ -1505,7 +1505,7 @@ fn a_damaged_recovery_point_leaves_the_standbys_staged_copy_intact() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
     let (a, b) = (&sites[0], &sites[1]);
-    let app = App::new(&sites, "drb", 8192, None, "");
+    let app = App::new(&sites, "drb", 8208, None, "");
     a.docker(&[
         "exec",
         "drb-web",
@@ -1573,7 +1573,7 @@ fn an_incomplete_final_backup_is_not_accepted_when_the_failover_resumes() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
     let (a, b) = (&sites[0], &sites[1]);
-    let app = App::new(&sites, "drc", 8193, None, "");
+    let app = App::new(&sites, "drc", 8209, None, "");
     // A second volume, bind-backed: it cannot be mounted once its source is gone.
     let src = app.dir.path().join("cache-src");
     std::fs::create_dir_all(&src).unwrap();
@@ -1600,7 +1600,7 @@ fn an_incomplete_final_backup_is_not_accepted_when_the_failover_resumes() {
         "--label",
         "app=drc",
         "-p",
-        "8193:8080",
+        "8209:8080",
         "-v",
         "drc-www:/www",
         "-v",
@@ -2066,7 +2066,7 @@ fn a_global_swarm_service_is_not_started_on_a_hot_standby() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
     let (a, b) = (&sites[0], &sites[1]);
-    let app = App::new(&sites, "drg", 8193, None, "");
+    let app = App::new(&sites, "drg", 8210, None, "");
     a.docker(&[
         "service",
         "create",
@@ -2143,18 +2143,18 @@ fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 fn no_secret_marker_appears_in_any_output_of_a_failover_and_a_drill() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
-    let app = App::new(&sites, "sec", 8193, None, "");
+    let app = App::new(&sites, "sec", 8211, None, "");
     // Secrets where a plan carries them: a probe's user info, a check's query token, the TSIG
     // key of the DNS traffic, the repository's password.
     let plan = std::fs::read_to_string(&app.plan).unwrap();
     let plan = plan
         .replace(
-            "\"http://{site}:8193/healthz\"",
-            "\"http://u:MRKPROBEPW7@{site}:8193/healthz\"",
+            "\"http://{site}:8211/healthz\"",
+            "\"http://u:MRKPROBEPW7@{site}:8211/healthz\"",
         )
         .replace(
-            "\"http://{site}:8193/cgi-bin/items\"",
-            "\"http://{site}:8193/cgi-bin/items?token=MRKCHECKTOKEN7\"",
+            "\"http://{site}:8211/cgi-bin/items\"",
+            "\"http://{site}:8211/cgi-bin/items?token=MRKCHECKTOKEN7\"",
         );
     assert!(
         plan.contains("MRKPROBEPW7") && plan.contains("MRKCHECKTOKEN7"),
@@ -2216,7 +2216,7 @@ fn no_secret_marker_appears_in_any_output_of_a_failover_and_a_drill() {
         .iter()
         .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
         .collect();
-    assert!(all.contains(":8193/healthz"), "the probe is named");
+    assert!(all.contains(":8211/healthz"), "the probe is named");
 }
 
 /// A tmpfs of `mib` MiB mounted at `dir` while it lives.
