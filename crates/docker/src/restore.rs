@@ -420,6 +420,20 @@ pub fn restore(
     Ok(report)
 }
 
+/// The aliases a workload has on an isolated copy's one network: its own name, then every alias
+/// of `endpoints` (its network attachments), each once.
+fn isolated_aliases<'a>(name: &str, endpoints: impl Iterator<Item = &'a Value>) -> Vec<Value> {
+    let mut aliases: Vec<Value> = vec![json!(name)];
+    for ep in endpoints {
+        for a in ep.get("Aliases").and_then(Value::as_array).into_iter().flatten() {
+            if !aliases.contains(a) {
+                aliases.push(a.clone());
+            }
+        }
+    }
+    aliases
+}
+
 /// `line`, plus the UDP ports an isolated copy's gateway does not forward.
 fn with_udp(line: &str, udp: &[String]) -> String {
     match udp.is_empty() {
@@ -871,14 +885,7 @@ impl Ctx<'_> {
         if self.opts.isolate {
             // One endpoint, on the isolated network, with every alias the container had and its
             // own name: the copy's parts find each other as they did.
-            let mut aliases: Vec<Value> = vec![json!(name)];
-            for (_, ep) in &endpoints {
-                for a in ep.get("Aliases").and_then(Value::as_array).into_iter().flatten() {
-                    if !aliases.contains(a) {
-                        aliases.push(a.clone());
-                    }
-                }
-            }
+            let aliases = isolated_aliases(name, endpoints.iter().map(|(_, ep)| ep));
             endpoints = vec![(self.p(ISOLATED_NETWORK), json!({"Aliases": aliases}))];
         }
         if let Some((net, ep)) = endpoints.first() {
@@ -978,19 +985,12 @@ impl Ctx<'_> {
             }
         }
         if self.opts.isolate {
-            let mut aliases: Vec<Value> = vec![json!(name)];
-            for n in spec
+            let nets = spec
                 .pointer("/TaskTemplate/Networks")
                 .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                for a in n.get("Aliases").and_then(Value::as_array).into_iter().flatten() {
-                    if !aliases.contains(a) {
-                        aliases.push(a.clone());
-                    }
-                }
-            }
+                .cloned()
+                .unwrap_or_default();
+            let aliases = isolated_aliases(name, nets.iter());
             spec["TaskTemplate"]["Networks"] = json!([{"Target": self.p(ISOLATED_NETWORK), "Aliases": aliases}]);
             let mut udp = Vec::new();
             if let Some(ports) = spec.pointer_mut("/EndpointSpec/Ports").and_then(Value::as_array_mut) {
