@@ -159,23 +159,20 @@ spec: {color: red, parts: [a, b]}
 "#;
 
 fn clean(site: &KubeSite) {
-    for ns in ["k1-app", "k1-data", "k1-app-dr", "k1-data-dr", "k1-dry"] {
-        let _ = site.kubectl_try(&["delete", "namespace", ns, "--wait=false", "--ignore-not-found"], None);
-    }
-    for (kind, name) in [
-        ("validatingwebhookconfiguration", "k1-guard"),
-        ("clusterrole", "k1-widget-reader"),
-        ("crd", "widgets.k1.lifeboat.test"),
-    ] {
+    // The webhook first: it refuses writes in a guarded namespace, and the CRD only once its
+    // objects are gone with their namespaces. A restore must not meet a terminating namespace.
+    let _ = site.kubectl_try(
+        &[
+            "delete",
+            "validatingwebhookconfiguration",
+            "k1-guard",
+            "--ignore-not-found",
+        ],
+        None,
+    );
+    site.drop_namespaces(&["k1-app", "k1-data", "k1-app-dr", "k1-data-dr", "k1-dry"]);
+    for (kind, name) in [("clusterrole", "k1-widget-reader"), ("crd", "widgets.k1.lifeboat.test")] {
         let _ = site.kubectl_try(&["delete", kind, name, "--ignore-not-found"], None);
-    }
-    // Namespaces take a moment to go; a restore must not meet a terminating one.
-    for ns in ["k1-app", "k1-data", "k1-app-dr", "k1-data-dr", "k1-dry"] {
-        wait_for(
-            &format!("namespace {ns} to go on {}", site.name),
-            Duration::from_secs(120),
-            || site.get_json("namespace", None, ns).is_none().then_some(()),
-        );
     }
 }
 

@@ -288,10 +288,29 @@ impl KubeSite {
 
     /// Removes namespace `ns` and waits until it is gone (its pods can take a minute and a half).
     pub fn drop_namespace(&self, ns: &str) {
-        let _ = self.kubectl_try(&["delete", "namespace", ns, "--wait=false", "--ignore-not-found"], None);
-        wait_for(&format!("namespace {ns} to go"), Duration::from_secs(300), || {
-            self.get_json("namespace", None, ns).is_none().then_some(())
-        });
+        self.drop_namespaces(&[ns]);
+    }
+
+    /// Removes the namespaces `names` at once and waits until every one is gone. A namespace still
+    /// there after five minutes fails the test with the conditions its controller reported (which
+    /// content or finalizer holds it), so a stuck deletion says why.
+    pub fn drop_namespaces(&self, names: &[&str]) {
+        for ns in names {
+            let _ = self.kubectl_try(&["delete", "namespace", ns, "--wait=false", "--ignore-not-found"], None);
+        }
+        for ns in names {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while let Some(left) = self.get_json("namespace", None, ns) {
+                if Instant::now() >= deadline {
+                    let (_, pods, _) = self.kubectl_try(&["-n", ns, "get", "pods", "-o", "wide"], None);
+                    panic!(
+                        "namespace {ns} on site {} is still there after 300s: conditions {}, pods:\n{pods}",
+                        self.name, left["status"]["conditions"]
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
     }
 
     /// An object as JSON, if it exists.
