@@ -502,7 +502,7 @@ pub fn unchanged(n: &Node, base: &Node) -> bool {
 }
 
 /// The children of a directory node, by name (none for other nodes).
-fn children(repo: &Repository, n: &Node) -> Result<Vec<Node>, RepoError> {
+pub(crate) fn children(repo: &Repository, n: &Node) -> Result<Vec<Node>, RepoError> {
     match (n.kind, n.subtree) {
         (NodeKind::Dir, Some(sub)) => Ok(repo
             .load_tree(&sub)?

@@ -15,6 +15,7 @@
 pub mod archive;
 pub mod backup;
 pub mod chunk;
+pub mod listing;
 pub mod restore;
 
 use std::path::{Path, PathBuf};

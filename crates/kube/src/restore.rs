@@ -454,10 +454,13 @@ pub fn restore(
                     message: None,
                 };
                 match cluster.write_pvc(repo, &ns, &name, &opts.helper_image, root, base) {
-                    Ok(bytes) if base.is_some() => {
-                        item.message = Some(format!("{bytes} bytes of changed data written"))
+                    Ok(w) if w.delta => item.message = Some(format!("{} bytes of changed data written", w.bytes)),
+                    Ok(w) => {
+                        item.message = Some(match w.full_because {
+                            Some(why) => format!("{why}: {} bytes of data written in full", w.bytes),
+                            None => format!("{} bytes of data written", w.bytes),
+                        })
                     }
-                    Ok(bytes) => item.message = Some(format!("{bytes} bytes of data written")),
                     Err(e) => {
                         item.status = "failed";
                         item.message = Some(e.to_string());

@@ -6,7 +6,7 @@
 //! and deduplicated like any file tree. Restore: a helper pod mounts the claim, `tar xf` takes the
 //! stored tree over exec's stdin into a new copy beside the old contents, and only a complete copy
 //! is switched to (see [`Cluster::write_pvc`]). The helper image must have `sh`, `sleep`, `tar`,
-//! `cp`, `mv`, `rm` and `stat` (busybox does); pods are labelled `io.lifeboat.helper=1` and
+//! `cp`, `mv`, `rm`, `find` and `stat` (busybox does); pods are labelled `io.lifeboat.helper=1` and
 //! removed after use.
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use crate::stall::Stalling;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use lifeboat_fs::archive::{removed_paths, tar_to_tree, tree_delta_to_tar, TarOutcome, VecWrite};
 use lifeboat_fs::backup::Progress;
+use lifeboat_fs::listing::{parse_stat_line, tree_digest, ListingDigest, STAT_FORMAT};
 use lifeboat_model::Node;
 use lifeboat_repo::Repository;
 use serde_json::{json, Value};
@@ -91,6 +92,27 @@ switch"#;
 
 /// Settles the claim: finishes an interrupted switch, removes a copy never switched to.
 const SETTLE: &str = "settle";
+
+/// Settles the claim, then lists every entry below its top (Lifeboat's own work entries left
+/// out) with `stat -c` [`STAT_FORMAT`], for [`ListingDigest`].
+fn list_script() -> String {
+    format!(
+        r#"settle || exit 1
+if command -v stat >/dev/null 2>&1; then S=stat; else S="busybox stat"; fi
+exec find . -xdev \( -path "./$N" -o -path "./$O" -o -path "./$M" -o -path "./$M.tmp" \) -prune -o ! -path . -exec $S -c '{STAT_FORMAT}' {{}} +"#
+    )
+}
+
+/// What [`Cluster::write_pvc`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimWrite {
+    /// Bytes of file data sent.
+    pub bytes: u64,
+    /// Only what changed since the base was sent.
+    pub delta: bool,
+    /// Why a base was given but everything was written: the claim did not hold the base.
+    pub full_because: Option<String>,
+}
 
 /// The default helper image.
 pub const DEFAULT_HELPER_IMAGE: &str = "busybox:1.36";
@@ -383,8 +405,11 @@ impl Cluster {
     }
 
     /// Writes a stored tree into a claim (which must be bound or bindable), so that the claim
-    /// holds exactly that tree. With `base`, the tree the claim is known to hold now, only what
-    /// changed is sent and what is gone removed; without, everything is sent.
+    /// holds exactly that tree. With `base`, the tree the claim is believed to hold now, only what
+    /// changed is sent and what is gone removed, once the claim's listing (see
+    /// [`lifeboat_fs::listing`]) showed that it holds `base`; a claim that holds anything else (a
+    /// standby changed by hand, a write of someone else's) or that cannot be listed gets
+    /// everything, and [`ClaimWrite::full_because`] says why. Without `base`, everything is sent.
     ///
     /// The claim's old contents stay whole until the new copy is complete: the helper writes into
     /// `.lifeboat-new` at the claim's top (delta: a hard-linked copy of what the claim holds, with
@@ -401,30 +426,90 @@ impl Cluster {
         image: &str,
         root: &Node,
         base: Option<&Node>,
-    ) -> Result<u64, KubeError> {
+    ) -> Result<ClaimWrite, KubeError> {
         // Paths with a newline cannot be listed one per line: then everything is written.
         let removals = match base {
             Some(b) => Some(removed_paths(repo, root, b)?).filter(|r| !r.iter().any(|p| p.contains(&b'\n'))),
             None => None,
         };
         let pod = self.start_helper(ns, claim, image, false)?;
-        let result = self
-            .write_pod(
-                repo,
-                ns,
-                claim,
-                &pod,
-                root,
-                removals.as_ref().and(base),
-                removals.as_deref(),
-            )
-            .and_then(|bytes| self.helper_script(ns, claim, &pod, COMMIT).map(|()| bytes));
+        let result = (|| {
+            let mut delta = removals.as_ref().and(base);
+            let mut full_because = None;
+            if let Some(b) = delta {
+                let want = tree_digest(repo, b)?;
+                let why = match self.claim_digest(ns, claim, &pod)? {
+                    Ok(held) if held == want => None,
+                    Ok(held) => Some(format!(
+                        "it held other files than the snapshot staged on it ({} entries, the snapshot {})",
+                        held.entries, want.entries
+                    )),
+                    Err(why) => Some(why),
+                };
+                if why.is_some() {
+                    delta = None;
+                    full_because = why;
+                }
+            }
+            let bytes = self.write_pod(repo, ns, claim, &pod, root, delta, delta.and(removals.as_deref()))?;
+            self.helper_script(ns, claim, &pod, COMMIT)?;
+            Ok(ClaimWrite {
+                bytes,
+                delta: delta.is_some(),
+                full_because,
+            })
+        })();
         if result.is_err() {
             // The partial copy goes; the claim keeps what it had.
             let _ = self.helper_script(ns, claim, &pod, SETTLE);
         }
         self.remove_helper(ns, &pod);
         result
+    }
+
+    /// The digest of what the claim holds, listed by the helper `pod` (after settling an
+    /// interrupted switch); `Ok(Err(why))` when the helper could not list it.
+    fn claim_digest(&self, ns: &str, claim: &str, pod: &str) -> Result<Result<ListingDigest, String>, KubeError> {
+        use std::io::BufRead;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let what = format!("list claim {ns}/{claim}");
+        let ap = AttachParams::default().stdin(false).stdout(true).stderr(false);
+        let stall = lifeboat_model::reach::stream_stall();
+        let command = [
+            "sh".to_string(),
+            "-c".to_string(),
+            format!("{SWITCH_FNS}{}", list_script()),
+        ];
+        let mut proc = self
+            .block_on(async { tokio::time::timeout(stall, pods.exec(pod, command, &ap)).await })
+            .map_err(|_| self.helper_err(what.clone())(format!("the exec did not start within {} s", stall.as_secs())))?
+            .map_err(self.api_err(what.clone()))?;
+        let stdout = Stalling::new(proc.stdout().expect("stdout was asked for"), stall, what.clone());
+        let status = proc.take_status();
+        let reader = std::io::BufReader::new(SyncIoBridge::new_with_handle(stdout, self.rt.handle().clone()));
+        let mut digest = ListingDigest::default();
+        let mut unreadable = None;
+        for line in reader.split(b'\n') {
+            let line = line.map_err(|e| self.helper_err(what.clone())(format!("the listing broke off: {e}")))?;
+            match parse_stat_line(&line) {
+                Some(e) => digest.add(&e),
+                None => {
+                    unreadable.get_or_insert_with(|| String::from_utf8_lossy(&line).into_owned());
+                }
+            }
+        }
+        if let Some(s) = self.exec_status(status, stall, &what)? {
+            if s.status.as_deref() != Some("Success") {
+                return Ok(Err(format!(
+                    "the helper could not list it: {}",
+                    s.message.unwrap_or_default()
+                )));
+            }
+        }
+        Ok(match unreadable {
+            Some(l) => Err(format!("the helper's listing has a line Lifeboat cannot read: {l:?}")),
+            None => Ok(digest),
+        })
     }
 
     /// Runs one of the claim scripts (after [`SWITCH_FNS`]) in the helper pod.
@@ -584,6 +669,44 @@ mod tests {
         let (ok, err2) = run(d, COMMIT, b"");
         assert!(ok, "{err}{err2}");
         true
+    }
+
+    #[test]
+    fn the_claim_listing_has_one_readable_line_per_entry_and_leaves_out_lifeboats_own() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("sub/a b.txt"), "x").unwrap();
+        std::fs::write(d.path().join(".hidden"), "yy").unwrap();
+        std::fs::create_dir(d.path().join(".lifeboat-new")).unwrap();
+        std::fs::write(d.path().join(".lifeboat-new/partial"), "z").unwrap();
+        let text = format!("{SWITCH_FNS}{}", list_script()).replace("/data", d.path().to_str().unwrap());
+        let o = Command::new("sh").args(["-c", &text]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut seen: Vec<(String, u64)> = o
+            .stdout
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let e = lifeboat_fs::listing::parse_stat_line(l).expect("a stat line");
+                (
+                    String::from_utf8_lossy(e.path).into_owned(),
+                    if e.kind == lifeboat_model::NodeKind::File {
+                        e.size
+                    } else {
+                        0
+                    },
+                )
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [(".hidden".into(), 2), ("sub".into(), 0), ("sub/a b.txt".into(), 1)]
+        );
+        assert!(
+            !d.path().join(".lifeboat-new").exists(),
+            "a copy never switched to is settled first"
+        );
     }
 
     #[test]

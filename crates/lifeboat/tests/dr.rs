@@ -1352,6 +1352,57 @@ fn a_kubernetes_app_fails_over_with_its_data_and_dns_and_back_and_drills_in_a_pr
     assert!(left.is_empty(), "drill namespaces not removed: {left:?}");
 }
 
+/// Regression (review finding 19): a delta stage trusted the journal's record of what the
+/// standby's claim holds, so a claim changed by hand kept the change after a failover.
+#[test]
+fn a_hot_standby_claim_changed_by_hand_is_written_in_full_at_failover() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let app = KubeApp::new(kube_sites(2), "kst-hand", 18184);
+    let (a, b) = (&app.sites[0], &app.sites[1]);
+    app.ok(&["backup", "--plan"]);
+    // Someone writes into b's staged claim while nothing of the app runs there.
+    b.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: by-hand, namespace: {ns}}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: hand
+      image: lifeboat-lab/web:1
+      imagePullPolicy: Never
+      command: [sh, -c, "echo intruder > /www/intruder; echo tampered > /www/items"]
+      volumeMounts: [{{name: www, mountPath: /www}}]
+  volumes: [{{name: www, persistentVolumeClaim: {{claimName: www}}}}]
+"#,
+        ns = app.ns
+    ));
+    wait_for("the hand-made change on b", Duration::from_secs(90), || {
+        let p = b.get_json("pod", Some(app.ns), "by-hand")?;
+        (p["status"]["phase"] == "Succeeded").then_some(())
+    });
+    b.kubectl(&["-n", app.ns, "delete", "pod", "by-hand", "--wait=true"]);
+    app.add(a, "gizmo");
+    let out = app.ok(&["failover"]);
+    assert!(
+        out.contains("kst-hand/www: it held other files than the snapshot staged on it"),
+        "{out}"
+    );
+    assert!(out.contains("bytes of data written in full"), "{out}");
+    let on_b = wait_for("the app on b", Duration::from_secs(30), || app.items(b));
+    assert!(
+        on_b.contains("widget") && on_b.contains("gizmo") && !on_b.contains("tampered"),
+        "{on_b}"
+    );
+    assert_eq!(
+        http_get(&b.addr, app.port, "/intruder"),
+        None,
+        "the hand-made file is gone"
+    );
+}
+
 #[test]
 fn an_authentication_error_fails_the_fence_step() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
