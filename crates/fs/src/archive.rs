@@ -13,10 +13,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering::Relaxed;
 
-use lifeboat_model::{FileName, Id, Node, NodeKind, Tree};
+use lifeboat_model::{FileName, Id, Node, NodeKind};
 use lifeboat_repo::{RepoError, Repository};
 use rayon::prelude::*;
 
+use crate::assemble::{Limits, StreamingAssembler};
 use crate::backup::Progress;
 use crate::chunk::Chunker;
 use crate::{FsError, ItemError};
@@ -31,17 +32,19 @@ const BLOBS_IN_FLIGHT: usize = 8;
 /// Builds a tree from nodes given by path, in any order, and stores it bottom-up.
 ///
 /// Paths are relative, `/`-separated byte strings (`a/b/c`); the empty path is the root. Missing
-/// parent directories are created with mode 0755. Adding the same path twice keeps the last node.
+/// parent directories are created with mode 0755. Adding the same path twice keeps the last node
+/// (a file added where a directory was replaces the directory and everything in it, and the other
+/// way round).
 #[derive(Default)]
 pub struct TreeAssembler {
     /// Directory path -> (its own node, its non-directory children by name).
-    dirs: BTreeMap<Vec<u8>, DirEntries>,
+    pub(crate) dirs: BTreeMap<Vec<u8>, DirEntries>,
 }
 
 /// A directory's own node and its non-directory children by name.
-type DirEntries = (Node, BTreeMap<Vec<u8>, Node>);
+pub(crate) type DirEntries = (Node, BTreeMap<Vec<u8>, Node>);
 
-fn split(path: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (&[], path),
@@ -61,10 +64,11 @@ impl TreeAssembler {
         t
     }
 
-    fn ensure_dir(&mut self, path: &[u8]) -> &mut DirEntries {
+    pub(crate) fn ensure_dir(&mut self, path: &[u8]) -> &mut DirEntries {
         if !self.dirs.contains_key(path) {
             let (parent, name) = split(path);
-            self.ensure_dir(parent);
+            // A directory replaces what was added at its path before.
+            self.ensure_dir(parent).1.remove(name);
             self.dirs.insert(path.to_vec(), (dir_node(name), BTreeMap::new()));
         }
         self.dirs.get_mut(path).expect("just inserted")
@@ -78,6 +82,20 @@ impl TreeAssembler {
         if node.kind == NodeKind::Dir && node.subtree.is_none() {
             self.ensure_dir(path).0 = node;
         } else {
+            // It replaces a directory added at its path before, with everything below.
+            if !path.is_empty() && self.dirs.remove(path).is_some() {
+                let mut below = path.to_vec();
+                below.push(b'/');
+                let gone: Vec<Vec<u8>> = self
+                    .dirs
+                    .range(below.clone()..)
+                    .map(|(p, _)| p.clone())
+                    .take_while(|p| p.starts_with(&below))
+                    .collect();
+                for p in gone {
+                    self.dirs.remove(&p);
+                }
+            }
             self.ensure_dir(parent).1.insert(name.to_vec(), node);
         }
     }
@@ -117,13 +135,10 @@ impl TreeAssembler {
         });
         let mut done: HashMap<Vec<u8>, Vec<Node>> = HashMap::new();
         for path in paths {
-            let (mut node, children) = self.dirs.remove(&path).expect("listed");
-            let mut tree = Tree {
-                nodes: children.into_values().collect(),
-            };
-            tree.nodes.extend(done.remove(&path).unwrap_or_default());
-            tree.sort();
-            node.subtree = Some(repo.save_tree(&tree)?.0);
+            let (node, children) = self.dirs.remove(&path).expect("listed");
+            let mut nodes: Vec<Node> = children.into_values().collect();
+            nodes.extend(done.remove(&path).unwrap_or_default());
+            let node = crate::assemble::store_dir(repo, node, nodes)?;
             if path.is_empty() {
                 return Ok(node);
             }
@@ -182,23 +197,47 @@ pub fn tar_to_tree(
     source: &str,
     progress: &Progress,
 ) -> Result<TarOutcome, FsError> {
+    tar_to_tree_with(repo, reader, strip, source, progress, Limits::default()).map(|(out, _)| out)
+}
+
+/// How [`tar_to_tree_with`] held the tree while it built it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssemblyStats {
+    /// The most nodes held in memory at once.
+    pub peak_nodes: usize,
+    /// Directories read back because the stream came back to them.
+    pub reopened: usize,
+}
+
+/// [`tar_to_tree`] with the given flush [`Limits`] (see [`crate::assemble`]), and how it went.
+pub fn tar_to_tree_with(
+    repo: &Repository,
+    reader: impl Read,
+    strip: usize,
+    source: &str,
+    progress: &Progress,
+    limits: Limits,
+) -> Result<(TarOutcome, AssemblyStats), FsError> {
     let chunker = Chunker::new(repo);
     let bad = |e: io::Error| FsError::BadSource {
         path: source.into(),
         reason: format!("reading the tar stream: {e}"),
     };
-    let mut asm = TreeAssembler::new();
+    let mut asm = StreamingAssembler::new(repo, limits);
     let mut errors = Vec::new();
     let mut links: Vec<(Vec<u8>, Vec<u8>, Node)> = Vec::new();
 
     // Small files are stored in batches by a second thread (on rayon's pool) while this one goes on
-    // reading the stream: reading and storing overlap. At most one batch waits between them.
+    // reading the stream: reading and storing overlap. At most one batch waits between them, and
+    // each stored batch comes back at once (the reader takes it between entries), so a directory
+    // waits only for the files of the batches in flight.
     let (tx, rx) = crossbeam_channel::bounded::<Pending>(1);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Vec<(Vec<u8>, Node)>>();
     let pool = BufferPool::default();
     let (read, saved) = std::thread::scope(|scope| {
         let pool = &pool;
-        let saver = scope.spawn(move || -> Result<Vec<(Vec<u8>, Node)>, RepoError> {
-            let mut done = Vec::new();
+        let chunker = &chunker;
+        let saver = scope.spawn(move || -> Result<(), RepoError> {
             for batch in rx.iter() {
                 // Cut every file, then store all chunks of the batch in one flat parallel pass
                 // (one fork-join per batch, not one per file).
@@ -211,21 +250,26 @@ pub fn tar_to_tree(
                 let mut ids = ids.into_iter();
                 let counts: Vec<usize> = cuts.iter().map(Vec::len).collect();
                 drop(cuts);
+                let mut done = Vec::with_capacity(batch.len());
                 for ((path, mut node, data), n) in batch.into_iter().zip(counts) {
                     node.content = ids.by_ref().take(n).collect();
                     done.push((path, node));
                     pool.put(data);
                 }
+                if done_tx.send(done).is_err() {
+                    break;
+                }
             }
-            Ok(done)
+            Ok(())
         });
         let read = read_entries(
-            &chunker,
+            chunker,
             pool,
             reader,
             strip,
             progress,
             &tx,
+            &done_rx,
             &mut asm,
             &mut errors,
             &mut links,
@@ -235,16 +279,19 @@ pub fn tar_to_tree(
         (read, saver.join().expect("the saver thread does not panic"))
     });
     // The saver's failure explains a stopped reader, so it comes first.
-    let saved = saved?;
+    saved?;
     read?;
-    for (path, node) in saved {
-        asm.add(&path, node);
+    for batch in done_rx.try_iter() {
+        for (path, node) in batch {
+            asm.arrived(&path, node)?;
+        }
     }
 
     // Hard links share their target's content and inode; every member gets the group's link count.
     let mut counts: HashMap<u64, u64> = HashMap::new();
+    let mut members: Vec<Vec<u8>> = Vec::new();
     for (path, target, mut node) in links {
-        let Some(t) = asm.get_mut(&target).filter(|t| t.kind == NodeKind::File).cloned() else {
+        let Some(t) = asm.get_mut(&target)?.filter(|t| t.kind == NodeKind::File).cloned() else {
             errors.push(ItemError {
                 path: String::from_utf8_lossy(&path).into_owned(),
                 error: "hard link to a file that is not in the archive".into(),
@@ -255,15 +302,21 @@ pub fn tar_to_tree(
         node.content = t.content;
         node.inode = t.inode;
         *counts.entry(t.inode).or_insert(1) += 1;
-        asm.add(&path, node);
+        members.push(target);
+        members.push(path.clone());
+        asm.add(&path, node)?;
     }
-    for n in asm.nodes_mut() {
-        if n.kind == NodeKind::File {
+    for m in members {
+        if let Some(n) = asm.get_mut(&m)?.filter(|n| n.kind == NodeKind::File) {
             n.nlink = counts.get(&n.inode).copied().unwrap_or(1);
         }
     }
-    let root = asm.finish(repo)?;
-    Ok(TarOutcome { root, errors })
+    let stats = AssemblyStats {
+        peak_nodes: asm.peak_nodes,
+        reopened: asm.reopened,
+    };
+    let root = asm.finish()?;
+    Ok((TarOutcome { root, errors }, stats))
 }
 
 /// Reusable file buffers: their memory is already initialised and mapped, so reading the next
@@ -303,7 +356,8 @@ impl BufferPool {
 type Pending = Vec<(Vec<u8>, Node, Vec<u8>)>;
 
 /// The reading side of [`tar_to_tree`]: walks the stream, hands small files to the saver in
-/// batches, stores large files itself (streaming) and records everything else in `asm`.
+/// batches, stores large files itself (streaming), records everything else in `asm`, takes back
+/// the saver's stored batches between entries and lets `asm` store the directories left.
 #[allow(clippy::too_many_arguments)]
 fn read_entries(
     chunker: &Chunker,
@@ -312,7 +366,8 @@ fn read_entries(
     strip: usize,
     progress: &Progress,
     tx: &crossbeam_channel::Sender<Pending>,
-    asm: &mut TreeAssembler,
+    done: &crossbeam_channel::Receiver<Vec<(Vec<u8>, Node)>>,
+    asm: &mut StreamingAssembler,
     errors: &mut Vec<ItemError>,
     links: &mut Vec<(Vec<u8>, Vec<u8>, Node)>,
     bad: &dyn Fn(io::Error) -> FsError,
@@ -379,22 +434,29 @@ fn read_entries(
             }
             continue;
         }
+        // The directory the stream is in: it and its ancestors stay open.
+        let here = if kind == NodeKind::Dir {
+            path.clone()
+        } else {
+            split(&path).0.to_vec()
+        };
         match kind {
             NodeKind::Dir => {
                 progress.dirs.fetch_add(1, Relaxed);
-                asm.add(&path, node);
+                asm.add(&path, node)?;
             }
             NodeKind::Symlink => {
                 progress.other.fetch_add(1, Relaxed);
                 node.target = Some(FileName(
                     entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default(),
                 ));
-                asm.add(&path, node);
+                asm.add(&path, node)?;
             }
             NodeKind::File => {
                 let size = entry.size();
                 node.size = size;
                 node.inode = next_inode;
+                node.nlink = 1;
                 next_inode += 1;
                 progress.files.fetch_add(1, Relaxed);
                 progress.files_read.fetch_add(1, Relaxed);
@@ -404,6 +466,7 @@ fn read_entries(
                     entry.read_exact(&mut data).map_err(bad)?;
                     progress.bytes_read.fetch_add(data.len() as u64, Relaxed);
                     batch_bytes += data.len();
+                    asm.expect(&path);
                     batch.push((path, node, data));
                     if batch_bytes >= BATCH_BYTES || batch.len() >= 4096 {
                         if tx.send(std::mem::take(&mut batch)).is_err() {
@@ -418,14 +481,20 @@ fn read_entries(
                         })?
                         .map_err(bad)?;
                     node.content = ids;
-                    asm.add(&path, node);
+                    asm.add(&path, node)?;
                 }
             }
             _ => {
                 progress.other.fetch_add(1, Relaxed);
-                asm.add(&path, node);
+                asm.add(&path, node)?;
             }
         }
+        for stored in done.try_iter() {
+            for (path, node) in stored {
+                asm.arrived(&path, node)?;
+            }
+        }
+        asm.tick(&here)?;
     }
     if !batch.is_empty() {
         let _ = tx.send(batch);

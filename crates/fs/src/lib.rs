@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod assemble;
 pub mod backup;
 pub mod chunk;
 pub mod listing;
