@@ -313,18 +313,18 @@ pub fn run(
                             Status::Fail,
                             format!(
                                 "last backup {} is {age:.0} s old, more than the RPO {r:?}",
-                                &rp.snapshot[..8]
+                                rp.snapshot.short()
                             ),
                         ),
                         Some(r) => (
                             Status::Ok,
-                            format!("last backup {} is {age:.0} s old (RPO {r:?})", &rp.snapshot[..8]),
+                            format!("last backup {} is {age:.0} s old (RPO {r:?})", rp.snapshot.short()),
                         ),
                         None => (
                             Status::Warn,
                             format!(
                                 "last backup {} is {age:.0} s old; the plan sets no RPO",
-                                &rp.snapshot[..8]
+                                rp.snapshot.short()
                             ),
                         ),
                     };

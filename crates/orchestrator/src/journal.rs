@@ -4,6 +4,7 @@
 //! A journal is rewritten after every step starts and after it ends, so after a crash it tells
 //! which steps finished (never repeated) and which one was under way (repeated: every step is
 //! idempotent). See docs/dr.md.
+use lifeboat_model::Id;
 use lifeboat_repo::Repository;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -60,7 +61,7 @@ pub struct Fence {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Staged {
     pub site: String,
-    pub snapshot: String,
+    pub snapshot: Id,
 }
 
 /// The kind of an operation.
@@ -85,33 +86,190 @@ impl Kind {
 /// A snapshot an operation recovers from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RecoveryPoint {
-    pub snapshot: String,
+    pub snapshot: Id,
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
     /// Taken by this operation after fencing (nothing was written after it).
     pub final_backup: bool,
 }
 
+/// A step of an operation. A journal names it by its text (`fence`, `final-backup`, `hook 2`),
+/// which is the on-disk form; a name this version does not know makes the journal unreadable
+/// ([`OrchestratorError::Journal`]) rather than guessed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Stop the side being left, or record the evidence that it is off.
+    Fence,
+    /// A last backup of the side being left, after the fence.
+    FinalBackup,
+    /// A backup of the target before a recovery point is written over it.
+    Quarantine,
+    /// The recovery point's data written on the target.
+    Data,
+    Start,
+    Health,
+    /// The app's `post_restore` hook number N (from 1).
+    Hook(u32),
+    Traffic,
+    Verify,
+    /// A drill's copy removed.
+    Teardown,
+}
+
+/// The steps of a failover or failback, in order (`hook N` after `health` when the app has
+/// `post_restore` hooks; `quarantine` before `data` when the target may hold writes).
+pub const FAILOVER_STEPS: &[Step] = &[
+    Step::Fence,
+    Step::FinalBackup,
+    Step::Data,
+    Step::Start,
+    Step::Health,
+    Step::Traffic,
+    Step::Verify,
+];
+/// The steps of a drill, in order.
+pub const DRILL_STEPS: &[Step] = &[Step::Data, Step::Start, Step::Health, Step::Verify, Step::Teardown];
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            Step::Fence => "fence",
+            Step::FinalBackup => "final-backup",
+            Step::Quarantine => "quarantine",
+            Step::Data => "data",
+            Step::Start => "start",
+            Step::Health => "health",
+            Step::Hook(n) => return f.pad(&format!("hook {n}")),
+            Step::Traffic => "traffic",
+            Step::Verify => "verify",
+            Step::Teardown => "teardown",
+        };
+        f.pad(s)
+    }
+}
+
+impl std::str::FromStr for Step {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Step, String> {
+        Ok(match s {
+            "fence" => Step::Fence,
+            "final-backup" => Step::FinalBackup,
+            "quarantine" => Step::Quarantine,
+            "data" => Step::Data,
+            "start" => Step::Start,
+            "health" => Step::Health,
+            "traffic" => Step::Traffic,
+            "verify" => Step::Verify,
+            "teardown" => Step::Teardown,
+            other => match other.strip_prefix("hook ").map(str::parse::<u32>) {
+                Some(Ok(n)) if n > 0 => Step::Hook(n),
+                _ => return Err(format!("unknown step {other:?}")),
+            },
+        })
+    }
+}
+
+impl Serialize for Step {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Step, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a step ended; `Pending` (written `""`) while it runs or after a crash cut it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepOutcome {
+    #[default]
+    #[serde(rename = "")]
+    Pending,
+    Done,
+    Skipped,
+    Failed,
+}
+
+impl StepOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepOutcome::Pending => "",
+            StepOutcome::Done => "done",
+            StepOutcome::Skipped => "skipped",
+            StepOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for StepOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Who established that a fenced site is off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FencedBy {
+    /// Lifeboat stopped it (and saw it stopped).
+    Lifeboat,
+    /// It could not be reached, and a fresh witness report says it is down.
+    Witness,
+    /// The operator said so (`--fenced-by-hand`).
+    Hand,
+}
+
 /// One step of an operation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepRecord {
-    pub name: String,
+    pub name: Step,
     #[serde(with = "time::serde::rfc3339")]
     pub started: OffsetDateTime,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub finished: Option<OffsetDateTime>,
-    /// `done`, `skipped` or `failed` once finished.
     #[serde(default)]
-    pub outcome: String,
+    pub outcome: StepOutcome,
     #[serde(default)]
     pub detail: String,
     /// How many times the step was started (more than 1 after a resume).
     #[serde(default = "one")]
     pub attempts: u32,
+    /// For a finished fence: who established that the site is off. Journals written before this
+    /// field have it only in the detail's words ([`Operation::fenced_by`] reads those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_by: Option<FencedBy>,
 }
 
 fn one() -> u32 {
     1
+}
+
+/// Where an operation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpStatus {
+    Running,
+    Done,
+    Failed,
+}
+
+impl OpStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpStatus::Running => "running",
+            OpStatus::Done => "done",
+            OpStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for OpStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// An operation's journal.
@@ -134,23 +292,49 @@ pub struct Operation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_point: Option<RecoveryPoint>,
     pub steps: Vec<StepRecord>,
-    /// `running`, `done` or `failed`.
-    pub status: String,
+    pub status: OpStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// How many times the operation was resumed after an interruption.
     #[serde(default)]
     pub resumed: u32,
+    /// A drill's name prefix for its copy (`drill-...-`), chosen when it began. Journals written
+    /// before this field derive it from the id ([`Operation::copy_prefix`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 impl Operation {
-    /// The finished step named `name`, if any.
-    pub fn finished(&self, name: &str) -> Option<&StepRecord> {
+    /// The finished step `name`, if any.
+    pub fn finished(&self, name: Step) -> Option<&StepRecord> {
         self.steps.iter().find(|s| s.name == name && s.finished.is_some())
     }
 
+    /// Who established that the side being left is off, once the fence finished. A journal
+    /// written before [`StepRecord::fenced_by`] existed says it only in the detail: Lifeboat's own
+    /// fence began with "SITE fenced", anything else was evidence (the witness's or the
+    /// operator's); this is the one place those words are read.
+    pub fn fenced_by(&self) -> Option<FencedBy> {
+        let rec = self.finished(Step::Fence)?;
+        Some(match rec.fenced_by {
+            Some(by) => by,
+            None if rec.detail.starts_with(&format!("{} fenced", self.from)) => FencedBy::Lifeboat,
+            None if rec.detail.contains("--fenced-by-hand") => FencedBy::Hand,
+            None => FencedBy::Witness,
+        })
+    }
+
+    /// The drill copy's name prefix: recorded when the drill began, or (journals written before
+    /// it was) made from the id's time and suffix as those versions did.
+    pub fn copy_prefix(&self) -> String {
+        match &self.prefix {
+            Some(p) => p.clone(),
+            None => legacy_prefix(&self.id),
+        }
+    }
+
     /// Seconds from the trigger to the end of step `name`.
-    pub fn seconds_to(&self, name: &str) -> Option<f64> {
+    pub fn seconds_to(&self, name: Step) -> Option<f64> {
         let end = self.finished(name)?.finished?;
         Some((end - self.trigger).as_seconds_f64())
     }
@@ -282,6 +466,19 @@ pub fn new_id(now: OffsetDateTime) -> String {
     )
 }
 
+/// The drill prefix of versions that did not record it: `drill-HHMMSS` and the id's 4 hex digits.
+fn legacy_prefix(id: &str) -> String {
+    let time = id.get(9..15).unwrap_or_default();
+    let suffix = id.get(17..21).unwrap_or_default();
+    format!("drill-{time}{suffix}-")
+}
+
+/// A drill copy's name prefix for a new operation `id`: short (names have length limits on
+/// both platforms), unique per operation, and telling when it ran.
+pub fn new_prefix(id: &str) -> String {
+    legacy_prefix(id)
+}
+
 /// Every snapshot the DR state of any plan in the repository references: each app's staged
 /// snapshot (what a hot standby holds) and the recovery point of its unfinished operation. No
 /// retention command may remove these (`forget` keeps them whatever its rules say).
@@ -300,13 +497,143 @@ pub fn referenced_snapshots(
             app: app.to_string(),
         };
         let state = store.state()?;
-        let mut ids: Vec<String> = state.staged.map(|s| s.snapshot).into_iter().collect();
+        out.extend(state.staged.map(|s| s.snapshot));
         if let Some(op) = state.running.as_deref() {
             if let Some(rp) = store.operation(op)?.and_then(|o| o.recovery_point) {
-                ids.push(rp.snapshot);
+                out.insert(rp.snapshot);
             }
         }
-        out.extend(ids.iter().filter_map(|s| s.parse::<lifeboat_model::Id>().ok()));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn time() -> impl Strategy<Value = OffsetDateTime> {
+        (0i64..4_000_000_000, 0u32..1_000_000_000)
+            .prop_map(|(s, n)| OffsetDateTime::from_unix_timestamp(s).unwrap() + time::Duration::nanoseconds(n as i64))
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            Just(Step::Fence),
+            Just(Step::FinalBackup),
+            Just(Step::Quarantine),
+            Just(Step::Data),
+            Just(Step::Start),
+            Just(Step::Health),
+            (1u32..1000).prop_map(Step::Hook),
+            Just(Step::Traffic),
+            Just(Step::Verify),
+            Just(Step::Teardown),
+        ]
+    }
+
+    fn record() -> impl Strategy<Value = StepRecord> {
+        (
+            step(),
+            time(),
+            proptest::option::of(time()),
+            prop_oneof![
+                Just(StepOutcome::Pending),
+                Just(StepOutcome::Done),
+                Just(StepOutcome::Skipped),
+                Just(StepOutcome::Failed)
+            ],
+            ".*",
+            1u32..5,
+            proptest::option::of(prop_oneof![
+                Just(FencedBy::Lifeboat),
+                Just(FencedBy::Witness),
+                Just(FencedBy::Hand)
+            ]),
+        )
+            .prop_map(
+                |(name, started, finished, outcome, detail, attempts, fenced_by)| StepRecord {
+                    name,
+                    started,
+                    finished,
+                    outcome,
+                    detail,
+                    attempts,
+                    fenced_by,
+                },
+            )
+    }
+
+    fn operation() -> impl Strategy<Value = Operation> {
+        (
+            "[a-z0-9-]{1,30}",
+            prop_oneof![Just(Kind::Failover), Just(Kind::Failback), Just(Kind::Drill)],
+            time(),
+            proptest::option::of(time()),
+            proptest::option::of((any::<[u8; 32]>(), time(), any::<bool>())),
+            proptest::collection::vec(record(), 0..12),
+            prop_oneof![Just(OpStatus::Running), Just(OpStatus::Done), Just(OpStatus::Failed)],
+            proptest::option::of(".*"),
+            0u32..4,
+            proptest::option::of("drill-[a-z0-9]{1,10}-"),
+        )
+            .prop_map(
+                |(id, kind, trigger, detected, rp, steps, status, error, resumed, prefix)| Operation {
+                    id,
+                    plan: "p".into(),
+                    app: "web".into(),
+                    kind,
+                    from: "a".into(),
+                    to: "b".into(),
+                    trigger,
+                    reason: "manual".into(),
+                    detected,
+                    recovery_point: rp.map(|(id, time, final_backup)| RecoveryPoint {
+                        snapshot: Id(id),
+                        time,
+                        final_backup,
+                    }),
+                    steps,
+                    status,
+                    error,
+                    resumed,
+                    prefix,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn an_operation_reads_back_as_it_was_written(op in operation()) {
+            let json = serde_json::to_vec_pretty(&op).unwrap();
+            let back: Operation = serde_json::from_slice(&json).unwrap();
+            prop_assert_eq!(back, op);
+        }
+
+        #[test]
+        fn a_step_name_reads_back_as_the_step(s in step()) {
+            prop_assert_eq!(s.to_string().parse::<Step>(), Ok(s));
+        }
+    }
+
+    #[test]
+    fn names_that_are_not_steps_are_refused() {
+        for bad in [
+            "",
+            "hook",
+            "hook 0",
+            "hook -1",
+            "hook 1x",
+            "Fence",
+            "final_backup",
+            "hook  1",
+        ] {
+            assert!(bad.parse::<Step>().is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            format!("{:<8}|", Step::Hook(2)),
+            "hook 2  |",
+            "padding works for tables"
+        );
+    }
 }

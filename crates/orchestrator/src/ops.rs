@@ -9,22 +9,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lifeboat_model::{QUARANTINE_TAG, SPLIT_BRAIN_TAG};
+use lifeboat_model::{Id, QUARANTINE_TAG, SPLIT_BRAIN_TAG};
 use lifeboat_plan::{App, Plan, Profile, StandbyMode};
 use lifeboat_repo::{RepoError, Repository};
 use lifeboat_traffic::{Router, Side, SwitchContext};
 use time::OffsetDateTime;
 
 use crate::hooks;
-use crate::journal::{new_id, AppState, Fence, Kind, Operation, RecoveryPoint, Staged, StepRecord, Store};
+use crate::journal::{
+    new_id, new_prefix, AppState, Fence, FencedBy, Kind, OpStatus, Operation, RecoveryPoint, Staged, Step, StepOutcome,
+    StepRecord, Store,
+};
 use crate::platform::{Connector, Platform};
 use crate::{probe, verify, OrchestratorError};
 
-/// The steps of a failover or failback, in order.
-/// (`hooks` comes after `health` when the app has `post_restore` hooks.)
-pub const FAILOVER_STEPS: [&str; 7] = ["fence", "final-backup", "data", "start", "health", "traffic", "verify"];
-/// The steps of a drill, in order.
-pub const DRILL_STEPS: [&str; 5] = ["data", "start", "health", "verify", "teardown"];
+pub use crate::journal::{DRILL_STEPS, FAILOVER_STEPS};
 
 /// Environment variable for fault-injection tests: the process kills itself with SIGKILL right
 /// after the named step is journaled as finished (`fence`, `data`, ...).
@@ -192,7 +191,7 @@ fn recovery_points_at(
     Ok(snaps
         .into_iter()
         .map(|(id, s)| RecoveryPoint {
-            snapshot: id.to_hex(),
+            snapshot: id,
             time: s.time,
             final_backup: s.tags.iter().any(|t| t.starts_with("op=")),
         })
@@ -214,11 +213,37 @@ struct Runner<'a, 'e> {
     op: Operation,
 }
 
+/// How a step finished: its outcome, a line for people, and the facts later steps read.
+struct Finished {
+    outcome: StepOutcome,
+    detail: String,
+    fenced_by: Option<FencedBy>,
+}
+
+impl From<(StepOutcome, String)> for Finished {
+    fn from((outcome, detail): (StepOutcome, String)) -> Finished {
+        Finished {
+            outcome,
+            detail,
+            fenced_by: None,
+        }
+    }
+}
+
+/// A fence step that finished: `by` established that the site is off.
+fn fenced(by: FencedBy, detail: String) -> Finished {
+    Finished {
+        outcome: StepOutcome::Done,
+        detail,
+        fenced_by: Some(by),
+    }
+}
+
 impl Runner<'_, '_> {
-    fn step(
+    fn step<R: Into<Finished>>(
         &mut self,
-        name: &str,
-        f: impl FnOnce(&mut Operation) -> Result<(&'static str, String), OrchestratorError>,
+        name: Step,
+        f: impl FnOnce(&mut Operation) -> Result<R, OrchestratorError>,
     ) -> Result<(), OrchestratorError> {
         if let Some(done) = self.op.finished(name) {
             (self.env.log)(&format!("{name}: finished before ({}), not repeated", done.outcome));
@@ -231,32 +256,38 @@ impl Runner<'_, '_> {
                 s.started = now;
             }
             None => self.op.steps.push(StepRecord {
-                name: name.to_string(),
+                name,
                 started: now,
                 finished: None,
-                outcome: String::new(),
+                outcome: StepOutcome::Pending,
                 detail: String::new(),
                 attempts: 1,
+                fenced_by: None,
             }),
         }
         self.store.save_operation(&self.op)?;
         (self.env.log)(&format!("{name}: started"));
-        let result = f(&mut self.op);
+        let result = f(&mut self.op).map(Into::into);
         let rec = self.op.steps.iter_mut().find(|s| s.name == name).expect("pushed above");
         match result {
-            Ok((outcome, detail)) => {
+            Ok(Finished {
+                outcome,
+                detail,
+                fenced_by,
+            }) => {
                 rec.finished = Some(OffsetDateTime::now_utc());
-                rec.outcome = outcome.to_string();
+                rec.outcome = outcome;
                 rec.detail = detail;
+                rec.fenced_by = fenced_by;
                 (self.env.log)(&format!("{name}: {outcome}: {}", rec.detail));
                 self.store.save_operation(&self.op)?;
-                if std::env::var(FAULT_ENV).is_ok_and(|v| v == name) {
+                if std::env::var(FAULT_ENV).is_ok_and(|v| v == name.to_string()) {
                     let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
                 }
                 Ok(())
             }
             Err(e) => {
-                rec.outcome = "failed".into();
+                rec.outcome = StepOutcome::Failed;
                 rec.detail = e.to_string();
                 self.op.error = Some(format!("{name}: {e}"));
                 self.store.save_operation(&self.op)?;
@@ -284,7 +315,7 @@ impl Runner<'_, '_> {
         platform: impl Fn() -> Result<Arc<dyn Platform>, OrchestratorError>,
     ) -> Result<(), OrchestratorError> {
         for (i, hook) in app.hooks.post_restore.iter().enumerate() {
-            self.step(&format!("hook {}", i + 1), |_| {
+            self.step(Step::Hook(i as u32 + 1), |_| {
                 let lines = hooks::run(
                     &*platform()?,
                     app,
@@ -293,7 +324,7 @@ impl Runner<'_, '_> {
                     std::slice::from_ref(hook),
                     prefix,
                 )?;
-                Ok(("done", lines.join("; ")))
+                Ok((StepOutcome::Done, lines.join("; ")))
             })?;
         }
         Ok(())
@@ -357,9 +388,10 @@ fn begin<'a, 'e>(
         detected: opts.detected,
         recovery_point: None,
         steps: Vec::new(),
-        status: "running".into(),
+        status: OpStatus::Running,
         error: None,
         resumed: 0,
+        prefix: None,
     };
     store.save_operation(&op)?;
     state.running = Some(op.id.clone());
@@ -443,7 +475,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         Some(_) => Some(begin(env, app, kind, &from, &to, opts, &mut state)?),
         None => None,
     };
-    let fence_done = resumed.as_ref().is_some_and(|r| r.op.finished("fence").is_some());
+    let fence_done = resumed.as_ref().is_some_and(|r| r.op.finished(Step::Fence).is_some());
     let (from, to) = match &resumed {
         Some(r) => (r.op.from.clone(), r.op.to.clone()),
         None => (from, to),
@@ -466,7 +498,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
     // operator. Anything else fails the operation here, before the other side is touched.
     let mut source: Option<Arc<dyn Platform>> = None;
     let mut touched = false;
-    let fenced = run.step("fence", |_| {
+    let fenced = run.step(Step::Fence, |_| {
         let conn = match source_conn.take() {
             Some(c) => c,
             None => (env.connect)(&from, app),
@@ -481,7 +513,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
                         if let Some(m) = &opts.fenced_by_hand {
                             detail += &format!(" (also confirmed by hand by {})", m.by);
                         }
-                        return Ok(("done", detail));
+                        return Ok(fenced(FencedBy::Lifeboat, detail));
                     }
                     Err(e) => e,
                 }
@@ -501,8 +533,8 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
             });
         }
         if let Some(m) = &opts.fenced_by_hand {
-            return Ok((
-                "done",
+            return Ok(fenced(
+                FencedBy::Hand,
                 format!(
                     "{from} could not be fenced by Lifeboat ({failure}); {} confirmed by hand that it is off \
                      (--fenced-by-hand {from}); it is never started automatically",
@@ -513,8 +545,8 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         let witness = witness_verdict(env, app, &from);
         if let (OrchestratorError::Unreachable { reason, .. }, Some(WitnessSays::Agrees(report))) = (&failure, &witness)
         {
-            return Ok((
-                "done",
+            return Ok(fenced(
+                FencedBy::Witness,
                 format!(
                     "{from} cannot be reached ({reason}); the witness confirms it is down ({report}): recorded as \
                      fenced; it is never started automatically"
@@ -527,7 +559,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         if !touched && run.op.resumed == 0 {
             // Nothing was changed anywhere: the operation is over, failed. Another attempt (with
             // evidence, or once the site answers) starts afresh; backups and sync go on meanwhile.
-            run.op.status = "failed".into();
+            run.op.status = OpStatus::Failed;
             st.save_operation(&run.op)?;
             state.running = None;
             st.save_state(&state)?;
@@ -537,8 +569,8 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
     if fence_done {
         refence_on_resume(&st, &mut state, &mut run, env, app, &from, &mut source)?;
     }
-    let fence_rec = run.op.finished("fence").expect("finished above");
-    let positive = fence_rec.detail.starts_with(&format!("{from} fenced"));
+    let fence_rec = run.op.finished(Step::Fence).expect("finished above");
+    let positive = run.op.fenced_by() == Some(FencedBy::Lifeboat);
     let fenced_unreachable = !positive;
     if !state.fenced.iter().any(|f| f.site == from) {
         state.fenced.push(Fence {
@@ -552,15 +584,14 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
 
     // 2. A last backup of the fenced side, when it can be reached: nothing written is lost.
     let op_tag = format!("op={}", run.op.id);
-    run.step("final-backup", |op| {
+    run.step(Step::FinalBackup, |op| {
         if fenced_unreachable {
-            return Ok((
-                "skipped",
+            return Ok((StepOutcome::Skipped,
                 format!("{from} was not stopped by Lifeboat: the latest backup is the recovery point"),
             ));
         }
         if !opts.final_backup {
-            return Ok(("skipped", "turned off: the latest backup is the recovery point".into()));
+            return Ok((StepOutcome::Skipped, "turned off: the latest backup is the recovery point".into()));
         }
         // A crash after the snapshot was written but before this step was journaled left it. An
         // incomplete one (an item could not be read) is never taken unless the operator accepts it.
@@ -574,7 +605,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         };
         if let Some((id, s)) = tagged(opts.accept_incomplete)? {
             op.recovery_point = Some(RecoveryPoint {
-                snapshot: id.to_hex(),
+                snapshot: id,
                 time: s.time,
                 final_backup: true,
             });
@@ -583,8 +614,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
             } else {
                 "; incomplete, accepted with --accept-incomplete"
             };
-            return Ok((
-                "done",
+            return Ok((StepOutcome::Done,
                 format!("snapshot {} (taken before an interruption){note}", id.short()),
             ));
         }
@@ -601,12 +631,11 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
                 if let Some((id, s)) = tagged(true)? {
                     if opts.accept_incomplete {
                         op.recovery_point = Some(RecoveryPoint {
-                            snapshot: id.to_hex(),
+                            snapshot: id,
                             time: s.time,
                             final_backup: true,
                         });
-                        return Ok((
-                            "done",
+                        return Ok((StepOutcome::Done,
                             format!(
                                 "snapshot {} of {from} after fencing; incomplete ({e}), accepted with --accept-incomplete",
                                 id.short()
@@ -626,11 +655,11 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
             }
         };
         op.recovery_point = Some(RecoveryPoint {
-            snapshot: id.clone(),
+            snapshot: id,
             time,
             final_backup: true,
         });
-        Ok(("done", format!("snapshot {} of {from} after fencing", &id[..8])))
+        Ok((StepOutcome::Done, format!("snapshot {} of {from} after fencing", id.short())))
     })?;
 
     // 3. Data onto the side taking over.
@@ -645,8 +674,8 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
     // A site fenced while it could not be reached may hold writes that no snapshot has (what it
     // wrote after its last backup, or while it ran cut off): keep a copy before overwriting it.
     let unreachable_fence = state.fenced.iter().find(|f| f.site == to && f.unreachable).cloned();
-    if unreachable_fence.is_some() || run.op.steps.iter().any(|s| s.name == "quarantine") {
-        run.step("quarantine", |op| {
+    if unreachable_fence.is_some() || run.op.steps.iter().any(|s| s.name == Step::Quarantine) {
+        run.step(Step::Quarantine, |op| {
             let t = connect_target()?;
             let running = t.running(None)?;
             let stopped = summary(&format!("{to} stopped before it is overwritten"), &t.stop(None)?);
@@ -667,10 +696,10 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
                 state.staged = None;
                 st.save_state(&state)?;
             }
-            Ok(("done", format!("{q}; {stopped}")))
+            Ok((StepOutcome::Done, format!("{q}; {stopped}")))
         })?;
     }
-    run.step("data", |op| {
+    run.step(Step::Data, |op| {
         let t = connect_target()?;
         // The target is fenced before its volumes are written: nothing may write there meanwhile.
         // If it ran the app, both sites were active (split brain): its data is kept first.
@@ -712,7 +741,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
                 format!(
                     "{}; recovering from the one before it, {} of {} ({} s older: the achieved RPO grows by that)",
                     damaged.join("; "),
-                    &rp.snapshot[..8],
+                    rp.snapshot.short(),
                     rp.time,
                     (newest.time - rp.time).whole_seconds()
                 )
@@ -721,16 +750,16 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
                 && state.staged
                     == Some(Staged {
                         site: to.clone(),
-                        snapshot: rp.snapshot.clone(),
+                        snapshot: rp.snapshot,
                     })
             {
                 op.recovery_point = Some(rp.clone());
                 notes.push(fallback);
                 notes.push(format!(
                     "hot standby: snapshot {} is already staged on {to}",
-                    &rp.snapshot[..8]
+                    rp.snapshot.short()
                 ));
-                return Ok(("skipped", join_notes(&notes)));
+                return Ok((StepOutcome::Skipped, join_notes(&notes)));
             }
             match verify::recovery_point(env.repo, &rp.snapshot) {
                 Ok(v) => {
@@ -738,12 +767,12 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
                     notes.push(fallback);
                     notes.push(format!(
                         "snapshot {} verified ({} blobs, {} bytes read)",
-                        &rp.snapshot[..8],
+                        rp.snapshot.short(),
                         v.blobs,
                         v.bytes
                     ));
                     notes.push(stage_on(&st, &mut state, &*t, env.repo, &to, &rp.snapshot)?);
-                    return Ok(("done", join_notes(&notes)));
+                    return Ok((StepOutcome::Done, join_notes(&notes)));
                 }
                 Err(e @ OrchestratorError::Damaged { .. }) => {
                     (env.log)(&format!("data: {e}"));
@@ -763,7 +792,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
     })?;
 
     // 4. Start.
-    run.step("start", |_| {
+    run.step(Step::Start, |_| {
         let t = connect_target()?;
         let mut changes = t.start(None)?;
         // What the fence of this site cleared (restart policies) is given back now.
@@ -777,19 +806,22 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
             state.staged = None;
             st.save_state(&state)?;
         }
-        Ok(("done", summary(&format!("{to} started"), &changes)))
+        Ok((StepOutcome::Done, summary(&format!("{to} started"), &changes)))
     })?;
 
     // 5. Health, then the plan's post_restore hooks, each its own step (`hook N`), so that a
     // resume runs again only the hook that was under way when the process died, never one that
     // finished.
     let address = site_address(env.plan, &to)?;
-    run.step("health", |_| wait_healthy(app, &address, opts.health_timeout))?;
+    run.step(Step::Health, |_| wait_healthy(app, &address, opts.health_timeout))?;
     run.post_restore_hooks(app, &to, "", connect_target)?;
 
     // 6. Traffic.
-    run.step("traffic", |op| match (env.router)(app)? {
-        None => Ok(("skipped", "the plan has no traffic section for this app".into())),
+    run.step(Step::Traffic, |op| match (env.router)(app)? {
+        None => Ok((
+            StepOutcome::Skipped,
+            "the plan has no traffic section for this app".into(),
+        )),
         Some(r) => {
             let side = if to == primary { Side::Primary } else { Side::Standby };
             // Every request gets a new number, saved before it is sent, so none is ever reused
@@ -810,15 +842,15 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
                 app: op.app.clone(),
                 reason: e.to_string(),
             })?;
-            Ok(("done", format!("{} now sends traffic to {to}", r.describe())))
+            Ok((StepOutcome::Done, format!("{} now sends traffic to {to}", r.describe())))
         }
     })?;
 
     // 7. Verify.
-    run.step("verify", |_| verify(app, &address))?;
+    run.step(Step::Verify, |_| verify(app, &address))?;
 
     let mut op = run.op;
-    op.status = "done".into();
+    op.status = OpStatus::Done;
     st.save_operation(&op)?;
     state.active = Some(to.clone());
     state.running = None;
@@ -861,8 +893,10 @@ pub fn drill(env: &Env, app_name: &str, opts: &Options) -> Result<Operation, Orc
     // A drill is not resumed after a crash (its copy is removed by the next drill's prefix
     // cleanup or by hand); it never changes the app's state.
     let now = OffsetDateTime::now_utc();
+    let id = format!("{}-drill", new_id(now));
     let op = Operation {
-        id: format!("{}-drill", new_id(now)),
+        prefix: Some(new_prefix(&id)),
+        id,
         plan: env.plan.metadata.name.clone(),
         app: app.name.value.clone(),
         kind: Kind::Drill,
@@ -873,50 +907,49 @@ pub fn drill(env: &Env, app_name: &str, opts: &Options) -> Result<Operation, Orc
         detected: None,
         recovery_point: None,
         steps: Vec::new(),
-        status: "running".into(),
+        status: OpStatus::Running,
         error: None,
         resumed: 0,
     };
     st.save_operation(&op)?;
     let mut run = Runner { env, store: st, op };
-    let prefix = format!("drill-{}-", run.op.id[9..15].to_string() + &run.op.id[17..21]);
+    let prefix = run.op.copy_prefix();
     let address = site_address(env.plan, &site)?;
     let result = (|| {
-        run.step("data", |op| {
+        run.step(Step::Data, |op| {
             let rp = latest_recovery_point(env.repo, &op.plan, &op.app)?
                 .ok_or_else(|| OrchestratorError::NoRecoveryPoint { app: op.app.clone() })?;
             // A drill proves the newest recovery point: a damaged one fails it.
             let v = verify::recovery_point(env.repo, &rp.snapshot)?;
-            let done = platform.stage(env.repo, &rp.snapshot, &prefix, None)?;
+            let done = platform.stage(env.repo, &rp.snapshot.to_hex(), &prefix, None)?;
             op.recovery_point = Some(rp);
             Ok((
-                "done",
+                StepOutcome::Done,
                 format!(
                     "snapshot verified ({} blobs, {} bytes read); {done} under the prefix {prefix}",
                     v.blobs, v.bytes
                 ),
             ))
         })?;
-        run.step("start", |_| {
+        run.step(Step::Start, |_| {
             let changes = platform.start(Some(&prefix))?;
-            Ok(("done", summary("drill copy started", &changes)))
+            Ok((StepOutcome::Done, summary("drill copy started", &changes)))
         })?;
-        run.step("health", |_| wait_healthy(app, &address, opts.health_timeout))?;
+        run.step(Step::Health, |_| wait_healthy(app, &address, opts.health_timeout))?;
         run.post_restore_hooks(app, &site, &prefix, || Ok(platform.clone()))?;
-        run.step("verify", |_| verify(app, &address))
+        run.step(Step::Verify, |_| verify(app, &address))
     })();
     // Tear down whatever happened.
-    let teardown = run.step("teardown", |_| {
+    let teardown = run.step(Step::Teardown, |_| {
         let removed = platform.remove(&prefix)?;
-        Ok(("done", format!("{} objects removed", removed.len())))
+        Ok((StepOutcome::Done, format!("{} objects removed", removed.len())))
     });
     let mut op = run.op;
     op.status = if result.is_ok() && teardown.is_ok() {
-        "done"
+        OpStatus::Done
     } else {
-        "failed"
-    }
-    .into();
+        OpStatus::Failed
+    };
     if let Err(e) = result.and(teardown) {
         op.error = Some(e.to_string());
     }
@@ -973,12 +1006,12 @@ fn preflight(
             .ok_or_else(|| nothing_done(format!("app {} has no backup to recover from", app.name.value)))?;
         let (_, snap) = env
             .repo
-            .find_snapshot(&rp.snapshot)
-            .map_err(|e| nothing_done(format!("recovery point {} cannot be read: {e}", &rp.snapshot[..8])))?;
+            .find_snapshot(&rp.snapshot.to_hex())
+            .map_err(|e| nothing_done(format!("recovery point {} cannot be read: {e}", rp.snapshot.short())))?;
         env.repo
             .load_tree(&snap.tree)
-            .map_err(|e| nothing_done(format!("recovery point {} cannot be read: {e}", &rp.snapshot[..8])))?;
-        lines.push(format!("recovery point {} readable", &rp.snapshot[..8]));
+            .map_err(|e| nothing_done(format!("recovery point {} cannot be read: {e}", rp.snapshot.short())))?;
+        lines.push(format!("recovery point {} readable", rp.snapshot.short()));
     }
     Ok(Preflight { source, target, lines })
 }
@@ -1147,7 +1180,7 @@ fn refence_on_resume(
             &changes,
         );
         (env.log)(&format!("fence: {line}"));
-        if let Some(rec) = run.op.steps.iter_mut().find(|s| s.name == "fence") {
+        if let Some(rec) = run.op.steps.iter_mut().find(|s| s.name == Step::Fence) {
             rec.detail = format!("{}; {line}", rec.detail);
         }
         st.save_operation(&run.op)?;
@@ -1185,16 +1218,20 @@ fn stage_on(
     platform: &dyn Platform,
     repo: &Repository,
     site: &str,
-    snapshot: &str,
+    snapshot: &Id,
 ) -> Result<String, OrchestratorError> {
-    let base = state.staged.take().filter(|s| s.site == site).map(|s| s.snapshot);
+    let base = state
+        .staged
+        .take()
+        .filter(|s| s.site == site)
+        .map(|s| s.snapshot.to_hex());
     if base.is_some() {
         st.save_state(state)?;
     }
-    let done = platform.stage(repo, snapshot, "", base.as_deref())?;
+    let done = platform.stage(repo, &snapshot.to_hex(), "", base.as_deref())?;
     state.staged = Some(Staged {
         site: site.to_string(),
-        snapshot: snapshot.to_string(),
+        snapshot: *snapshot,
     });
     st.save_state(state)?;
     Ok(done)
@@ -1222,7 +1259,7 @@ fn quarantine(
         Ok((id, _)) => Ok(format!(
             "quarantine snapshot {} of {site} ({why}): kept, never a recovery point; restore it by hand to recover \
              what only {site} had",
-            &id[..8]
+            id.short()
         )),
         Err(e) if accept_data_loss => Ok(format!(
             "{site} could not be read whole for a quarantine snapshot ({e}): overwritten without a full copy, as \
@@ -1267,9 +1304,12 @@ fn summary(head: &str, changes: &[String]) -> String {
 }
 
 /// Probes until every probe passed `success_threshold` times in a row (that of the first probe).
-fn wait_healthy(app: &App, address: &str, limit: Duration) -> Result<(&'static str, String), OrchestratorError> {
+fn wait_healthy(app: &App, address: &str, limit: Duration) -> Result<(StepOutcome, String), OrchestratorError> {
     let Some(first) = app.health.first() else {
-        return Ok(("skipped", "the plan has no health probes for this app".into()));
+        return Ok((
+            StepOutcome::Skipped,
+            "the plan has no health probes for this app".into(),
+        ));
     };
     let need = first.success_threshold.value.max(1);
     let every = first.interval.value.0.min(Duration::from_secs(1));
@@ -1283,7 +1323,7 @@ fn wait_healthy(app: &App, address: &str, limit: Duration) -> Result<(&'static s
                 streak += 1;
                 if streak >= need {
                     return Ok((
-                        "done",
+                        StepOutcome::Done,
                         format!(
                             "healthy after {:.1} s ({need} passing probe rounds)",
                             start.elapsed().as_secs_f64()
@@ -1309,9 +1349,12 @@ fn wait_healthy(app: &App, address: &str, limit: Duration) -> Result<(&'static s
     }
 }
 
-fn verify(app: &App, address: &str) -> Result<(&'static str, String), OrchestratorError> {
+fn verify(app: &App, address: &str) -> Result<(StepOutcome, String), OrchestratorError> {
     if app.verify.is_empty() {
-        return Ok(("skipped", "the plan has no verify checks for this app".into()));
+        return Ok((
+            StepOutcome::Skipped,
+            "the plan has no verify checks for this app".into(),
+        ));
     }
     let mut seen = Vec::new();
     let mut failed = Vec::new();
@@ -1322,7 +1365,7 @@ fn verify(app: &App, address: &str) -> Result<(&'static str, String), Orchestrat
         }
     }
     if failed.is_empty() {
-        Ok(("done", seen.join("; ")))
+        Ok((StepOutcome::Done, seen.join("; ")))
     } else {
         Err(OrchestratorError::Verify {
             app: app.name.value.clone(),
@@ -1388,8 +1431,8 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
             item.hooks.extend(pre?);
             let (id, _) = backup.expect("ran when the pre hooks passed")?;
             item.hooks.extend(post?);
-            (env.log)(&format!("{}: snapshot {} of {active}", app.name.value, &id[..8]));
-            item.snapshot = Some(id.clone());
+            (env.log)(&format!("{}: snapshot {} of {active}", app.name.value, id.short()));
+            item.snapshot = Some(id.to_hex());
             if app.profile == Profile::Dr && app.standby_mode == StandbyMode::Hot {
                 let other = if active == app.primary.value {
                     standby(app)?.to_string()
@@ -1414,7 +1457,7 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
                         reason: format!(
                             "snapshot {} not staged: the app runs on the standby {other} ({}), which may hold writes \
                              of its own; stop it there (`lifeboat sync` fences it again) or fail over to it",
-                            &id[..8],
+                            id.short(),
                             running.join(", ")
                         ),
                     });
@@ -1425,7 +1468,7 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
                     reason: format!(
                         "not staged on {other}, which keeps{}: {e}",
                         match &state.staged {
-                            Some(s) if s.site == other => format!(" snapshot {}", &s.snapshot[..8]),
+                            Some(s) if s.site == other => format!(" snapshot {}", s.snapshot.short()),
                             _ => " what it had".into(),
                         }
                     ),
@@ -1471,21 +1514,21 @@ mod tests {
         );
         testing::snapshot(&repo, b"6", 10, &["plan=p", "app=other"], 0);
         let rp = latest_recovery_point(&repo, "p", "web").unwrap().unwrap();
-        assert_eq!(rp.snapshot, complete.to_hex());
-        let all: Vec<String> = recovery_points(&repo, "p", "web", false)
+        assert_eq!(rp.snapshot, complete);
+        let all: Vec<Id> = recovery_points(&repo, "p", "web", false)
             .unwrap()
             .into_iter()
             .map(|r| r.snapshot)
             .collect();
-        assert_eq!(all, [complete.to_hex(), older.to_hex()], "newest first, complete only");
-        let accepted: Vec<String> = recovery_points(&repo, "p", "web", true)
+        assert_eq!(all, [complete, older], "newest first, complete only");
+        let accepted: Vec<Id> = recovery_points(&repo, "p", "web", true)
             .unwrap()
             .into_iter()
             .map(|r| r.snapshot)
             .collect();
         assert_eq!(
             accepted,
-            [tagged.to_hex(), with_errors.to_hex(), complete.to_hex(), older.to_hex()],
+            [tagged, with_errors, complete, older],
             "accepted incomplete ones, never a quarantine snapshot"
         );
     }
@@ -1502,14 +1545,14 @@ mod tests {
         let ahead = testing::snapshot(&repo, b"ahead", -86_400, &tags, 0);
         let newest = testing::snapshot(&repo, b"new", 60, &tags, 0);
         let skewed_a_little = testing::snapshot(&repo, b"skew", -120, &tags, 0);
-        let order: Vec<String> = recovery_points_at(&repo, "p", "web", false, now)
+        let order: Vec<Id> = recovery_points_at(&repo, "p", "web", false, now)
             .unwrap()
             .into_iter()
             .map(|r| r.snapshot)
             .collect();
         assert_eq!(
             order,
-            [skewed_a_little.to_hex(), newest.to_hex(), ahead.to_hex()],
+            [skewed_a_little, newest, ahead],
             "within the tolerance a snapshot keeps its place; a day ahead comes last"
         );
     }

@@ -53,7 +53,11 @@ fn save_snapshot(repo: &Repository, tags: Vec<String>) -> lifeboat_model::Id {
 }
 
 impl Platform for Fake {
-    fn backup(&self, repo: &Repository, tags: Vec<String>) -> Result<(String, OffsetDateTime), OrchestratorError> {
+    fn backup(
+        &self,
+        repo: &Repository,
+        tags: Vec<String>,
+    ) -> Result<(lifeboat_model::Id, OffsetDateTime), OrchestratorError> {
         let Some(takes) = self.backup_takes else {
             return Err(OrchestratorError::Refused {
                 reason: "no backups here".into(),
@@ -62,7 +66,7 @@ impl Platform for Fake {
         self.log.lock().unwrap().push(format!("{} backup", self.name));
         std::thread::sleep(takes);
         let id = save_snapshot(repo, tags);
-        Ok((id.to_hex(), OffsetDateTime::now_utc()))
+        Ok((id, OffsetDateTime::now_utc()))
     }
     fn stop(&self, _: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
         self.log.lock().unwrap().push(format!("{} stop", self.name));
@@ -307,7 +311,7 @@ impl World {
     }
 
     fn fence_detail(op: &Operation) -> String {
-        op.finished("fence").unwrap().detail.clone()
+        op.finished(Step::Fence).unwrap().detail.clone()
     }
 }
 
@@ -347,8 +351,8 @@ fn an_unreachable_primary_without_evidence_is_not_fenced_and_nothing_starts_on_t
     assert!(state.fenced.is_empty() && state.active.is_none(), "{state:?}");
     let ops = w.store().operations().unwrap();
     assert_eq!(ops.len(), 1);
-    assert_eq!(ops[0].status, "failed");
-    assert!(ops[0].finished("fence").is_none());
+    assert_eq!(ops[0].status, OpStatus::Failed);
+    assert!(ops[0].finished(Step::Fence).is_none());
     // A witness that still sees a healthy is no evidence either.
     let mut w = World::new(true).backed_up();
     w.a = Answer::Unreachable;
@@ -385,6 +389,8 @@ fn the_witness_or_the_operator_is_evidence_for_an_unreachable_primary() {
         World::fence_detail(&op).contains("the witness confirms it is down"),
         "{op:?}"
     );
+    // The fact is recorded as such, not left to the words.
+    assert_eq!(op.finished(Step::Fence).unwrap().fenced_by, Some(FencedBy::Witness));
     // The data step stops the target before it writes there (nothing may write under a restore).
     assert_eq!(w.log(), vec!["b stop", "b stage", "b start"]);
     let state = w.store().state().unwrap();
@@ -404,7 +410,8 @@ fn the_witness_or_the_operator_is_evidence_for_an_unreachable_primary() {
         detail.contains("operator ops on desk") && detail.contains("--fenced-by-hand a"),
         "{detail}"
     );
-    assert_eq!(op.finished("final-backup").unwrap().outcome, "skipped");
+    assert_eq!(op.finished(Step::FinalBackup).unwrap().outcome, StepOutcome::Skipped);
+    assert_eq!(op.finished(Step::Fence).unwrap().fenced_by, Some(FencedBy::Hand));
     let fence = &w.store().state().unwrap().fenced[0];
     assert!(
         fence.evidence.as_deref().unwrap().contains("operator ops on desk"),
@@ -522,7 +529,7 @@ fn a_failover_preempts_a_scheduled_backup_of_the_same_app() {
         Some("not staged: a failover of the app is waiting, and goes first"),
         "{backed:?}"
     );
-    assert_eq!(op.status, "done");
+    assert_eq!(op.status, OpStatus::Done);
     // Only the failover staged on b, after the backup gave way.
     assert_eq!(w.log(), ["a backup", "a stop", "b stop", "b stage", "b start"]);
     assert_eq!(w.store().preempted(), None, "the request is withdrawn");
@@ -548,6 +555,7 @@ fn restart_policies_are_held_by_the_fence_and_given_back_when_the_site_starts_ag
         panic!()
     };
     assert!(World::fence_detail(&op).starts_with("a fenced"), "{op:?}");
+    assert_eq!(op.finished(Step::Fence).unwrap().fenced_by, Some(FencedBy::Lifeboat));
     let state = w.store().state().unwrap();
     assert_eq!(state.restart_policies["a"]["web"], "always");
     assert!(!state.fenced[0].unreachable);
@@ -577,13 +585,13 @@ fn a_resumed_failover_runs_again_only_the_hook_that_had_not_finished() {
         execs(&w),
         ["b exec first", "b exec second", "b exec second", "b exec third"]
     );
-    let names: Vec<&str> = op.steps.iter().map(|s| s.name.as_str()).collect();
+    let names: Vec<String> = op.steps.iter().map(|s| s.name.to_string()).collect();
     assert!(
-        names.ends_with(&["hook 1", "hook 2", "hook 3", "traffic", "verify"]),
+        names.ends_with(&["hook 1", "hook 2", "hook 3", "traffic", "verify"].map(String::from)),
         "{names:?}"
     );
-    assert_eq!(op.finished("hook 2").unwrap().attempts, 2);
-    assert_eq!(op.finished("hook 1").unwrap().attempts, 1);
+    assert_eq!(op.finished(Step::Hook(2)).unwrap().attempts, 2);
+    assert_eq!(op.finished(Step::Hook(1)).unwrap().attempts, 1);
 }
 
 #[test]
@@ -606,7 +614,7 @@ fn a_resumed_failover_fences_again_a_primary_that_runs_again() {
         "{fence}"
     );
     assert_eq!(
-        op.finished("fence").unwrap().attempts,
+        op.finished(Step::Fence).unwrap().attempts,
         1,
         "the step itself is not rerun"
     );

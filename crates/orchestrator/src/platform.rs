@@ -66,7 +66,11 @@ impl Definitions {
 /// Kubernetes, the app's namespaces with it in front.
 pub trait Platform: Send + Sync {
     /// Backs the app up; the snapshot's id and time.
-    fn backup(&self, repo: &Repository, tags: Vec<String>) -> Result<(String, OffsetDateTime), OrchestratorError>;
+    fn backup(
+        &self,
+        repo: &Repository,
+        tags: Vec<String>,
+    ) -> Result<(lifeboat_model::Id, OffsetDateTime), OrchestratorError>;
     /// Stops the app's workloads (under `prefix`, or the production ones), so that they stay
     /// stopped when the site restarts (Docker: restart policies cleared), and returns only once
     /// they stopped: an error when that cannot be confirmed. Idempotent.

@@ -5,23 +5,23 @@ use lifeboat_plan::Plan;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use crate::journal::Operation;
+use crate::journal::{Operation, Step, StepOutcome};
 
 fn secs(op: &Operation, t: OffsetDateTime) -> f64 {
     (t - op.trigger).as_seconds_f64()
 }
 
 /// The step whose end counts as "recovered": traffic switched if it was, else healthy.
-fn recovered_step(op: &Operation) -> Option<&'static str> {
-    ["traffic", "health", "verify", "start"]
+fn recovered_step(op: &Operation) -> Option<Step> {
+    [Step::Traffic, Step::Health, Step::Verify, Step::Start]
         .into_iter()
-        .find(|s| op.finished(s).is_some_and(|r| r.outcome == "done"))
+        .find(|s| op.finished(*s).is_some_and(|r| r.outcome == StepOutcome::Done))
 }
 
 /// RTO achieved: trigger to recovered (see [`recovered_step`]).
 pub fn rto_seconds(op: &Operation) -> Option<f64> {
     if op.kind == crate::journal::Kind::Drill {
-        return op.seconds_to("health");
+        return op.seconds_to(Step::Health);
     }
     recovered_step(op).and_then(|s| op.seconds_to(s))
 }
@@ -55,7 +55,7 @@ pub fn timeline_text(op: &Operation) -> String {
         let rp = op.recovery_point.as_ref().expect("rpo implies a recovery point");
         s += &format!(
             "  RPO achieved: {r:.2} s (snapshot {} of {}{})\n",
-            &rp.snapshot[..8],
+            rp.snapshot.short(),
             rp.time,
             if rp.final_backup { ", taken after fencing" } else { "" }
         );
@@ -127,7 +127,7 @@ impl DrillReport {
         let mut out: Vec<String> = op
             .steps
             .iter()
-            .filter(|s| s.outcome == "failed" || s.finished.is_none())
+            .filter(|s| s.outcome == StepOutcome::Failed || s.finished.is_none())
             .map(|s| format!("step {} failed: {}", s.name, s.detail))
             .collect();
         let (rto, rpo) = self.objective(&op.app);
@@ -191,7 +191,7 @@ impl DrillReport {
                 fmt(rpo)
             );
             if let Some(rp) = &op.recovery_point {
-                s += &format!("Recovery point: snapshot `{}` of {}.\n\n", &rp.snapshot[..8], rp.time);
+                s += &format!("Recovery point: snapshot `{}` of {}.\n\n", rp.snapshot.short(), rp.time);
             }
             s += "| step | outcome | seconds from trigger | detail |\n|---|---|---|---|\n";
             for st in &op.steps {
@@ -236,12 +236,12 @@ impl DrillReport {
                 suite += &format!(
                     "    <testcase classname=\"drill.{}\" name=\"{}\" time=\"{t:.3}\">",
                     xml(&op.app),
-                    xml(&st.name)
+                    xml(&st.name.to_string())
                 );
-                if st.outcome == "failed" || st.finished.is_none() {
+                if st.outcome == StepOutcome::Failed || st.finished.is_none() {
                     f += 1;
                     suite += &format!("<failure message=\"{}\"/>", xml(&st.detail));
-                } else if st.outcome == "skipped" {
+                } else if st.outcome == StepOutcome::Skipped {
                     suite += &format!("<skipped message=\"{}\"/>", xml(&st.detail));
                 }
                 suite += "</testcase>\n";
@@ -305,8 +305,8 @@ impl DrillReport {
             for st in &op.steps {
                 body += &format!(
                     "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-                    xml(&st.name),
-                    xml(&st.outcome),
+                    xml(&st.name.to_string()),
+                    xml(st.outcome.as_str()),
                     st.finished
                         .map(|f| format!("{:.2}", secs(op, f)))
                         .unwrap_or_else(|| "-".into()),
@@ -342,17 +342,17 @@ fn timeline_svg(op: &Operation) -> String {
         let y = 10.0 + row * i as f64;
         let x0 = left + secs(op, st.started).max(0.0) * scale;
         let x1 = left + st.finished.map(|f| secs(op, f)).unwrap_or(end) * scale;
-        let color = match st.outcome.as_str() {
-            "done" => "#4a8",
-            "skipped" => "#bbb",
+        let color = match st.outcome {
+            StepOutcome::Done => "#4a8",
+            StepOutcome::Skipped => "#bbb",
             _ => "#d44",
         };
         s += &format!(
             "<text x=\"4\" y=\"{}\" font-size=\"12\">{}</text><rect x=\"{x0:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"18\" fill=\"{color}\"><title>{}: {}</title></rect>\n",
             y + 13.0,
-            xml(&st.name),
+            xml(&st.name.to_string()),
             (x1 - x0).max(2.0),
-            xml(&st.name),
+            xml(&st.name.to_string()),
             xml(&st.detail)
         );
     }
@@ -385,20 +385,21 @@ fn xml(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::{Kind, RecoveryPoint, StepRecord};
+    use crate::journal::{Kind, OpStatus, RecoveryPoint, StepRecord};
     use std::time::Duration;
 
     const PLAN: &str = "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {name: p}\nrepository: r\nsites:\n  a: {docker: {address: 10.0.0.1}}\n  b: {docker: {address: 10.0.0.2}}\napps:\n  - {name: web, primary: a, standby: b, objectives: {rto: 10s, rpo: 1m}}\n";
 
     fn op(health_secs: u64, failed: bool) -> Operation {
         let t = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-        let step = |name: &str, end: u64, outcome: &str| StepRecord {
-            name: name.into(),
+        let step = |name: Step, end: u64, outcome: StepOutcome| StepRecord {
+            name,
             started: t,
-            finished: (outcome != "failed").then_some(t + Duration::from_secs(end)),
-            outcome: outcome.into(),
+            finished: (outcome != StepOutcome::Failed).then_some(t + Duration::from_secs(end)),
+            outcome,
             detail: "<d&>".into(),
             attempts: 1,
+            fenced_by: None,
         };
         Operation {
             id: "20270115T080000Z-0001-drill".into(),
@@ -411,18 +412,25 @@ mod tests {
             reason: "drill".into(),
             detected: None,
             recovery_point: Some(RecoveryPoint {
-                snapshot: "0123456789abcdef".into(),
+                snapshot: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+                    .parse()
+                    .unwrap(),
                 time: t - Duration::from_secs(30),
                 final_backup: false,
             }),
             steps: vec![
-                step("data", 1, "done"),
-                step("health", health_secs, "done"),
-                step("verify", health_secs, if failed { "failed" } else { "done" }),
+                step(Step::Data, 1, StepOutcome::Done),
+                step(Step::Health, health_secs, StepOutcome::Done),
+                step(
+                    Step::Verify,
+                    health_secs,
+                    if failed { StepOutcome::Failed } else { StepOutcome::Done },
+                ),
             ],
-            status: "done".into(),
+            status: OpStatus::Done,
             error: None,
             resumed: 0,
+            prefix: None,
         }
     }
 

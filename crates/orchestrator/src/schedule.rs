@@ -63,7 +63,7 @@ pub fn apply_retention(env: &Env, app: &App, lock_wait: Duration) -> Result<Vec<
     let st = store(env, app);
     let _lock = env.repo.lock(true, "retention (serve)", lock_wait)?;
     let state: AppState = st.state()?;
-    let mut protected: Vec<String> = latest_recovery_point(env.repo, plan, name)?
+    let mut protected: Vec<lifeboat_model::Id> = latest_recovery_point(env.repo, plan, name)?
         .map(|r| r.snapshot)
         .into_iter()
         .chain(state.staged.map(|s| s.snapshot))
@@ -103,7 +103,7 @@ pub fn apply_retention(env: &Env, app: &App, lock_wait: Duration) -> Result<Vec<
     );
     let mut removed = Vec::new();
     for id in remove {
-        if !protected.contains(&id.to_hex()) {
+        if !protected.contains(&id) {
             env.repo.remove_snapshot(&id)?;
             removed.push(id.short());
         }

@@ -25,11 +25,12 @@ pub struct Verified {
     pub bytes: u64,
 }
 
-/// Reads every blob that snapshot `snapshot` (its full id) references and checks it. The first
-/// problem found fails the call with [`OrchestratorError::Damaged`], naming the path in the
-/// snapshot where the blob is used.
-pub fn recovery_point(repo: &Repository, snapshot: &str) -> Result<Verified, OrchestratorError> {
-    let (id, snap) = repo.find_snapshot(snapshot)?;
+/// Reads every blob that snapshot `snapshot` references and checks it. The first problem found
+/// fails the call with [`OrchestratorError::Damaged`], naming the path in the snapshot where the
+/// blob is used.
+pub fn recovery_point(repo: &Repository, snapshot: &Id) -> Result<Verified, OrchestratorError> {
+    let id = *snapshot;
+    let snap = repo.load_snapshot(&id)?;
     let damaged = |path: &str, source: lifeboat_repo::RepoError| OrchestratorError::Damaged {
         snapshot: id.short(),
         path: path.to_string(),
@@ -98,13 +99,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let repo = testing::repo(d.path());
         let id = testing::snapshot(&repo, &vec![7u8; 100_000], 0, &[], 0);
-        let v = recovery_point(&repo, &id.to_hex()).unwrap();
+        let v = recovery_point(&repo, &id).unwrap();
         assert_eq!((v.trees, v.blobs), (1, 2), "{v:?}");
         assert!(v.bytes >= 100_000, "{v:?}");
         let tree = repo.load_snapshot(&id).unwrap().tree;
         let blob = repo.load_tree(&tree).unwrap().nodes[0].content[0];
         testing::damage(&repo, d.path(), &blob);
-        match recovery_point(&repo, &id.to_hex()) {
+        match recovery_point(&repo, &id) {
             Err(OrchestratorError::Damaged { snapshot, path, .. }) => {
                 assert_eq!(snapshot, id.short());
                 assert_eq!(path, "/f");

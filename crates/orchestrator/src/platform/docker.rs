@@ -113,7 +113,11 @@ fn describe(changes: Vec<lifeboat_docker::Change>) -> Vec<String> {
 }
 
 impl Platform for Docker {
-    fn backup(&self, repo: &Repository, tags: Vec<String>) -> Result<(String, OffsetDateTime), OrchestratorError> {
+    fn backup(
+        &self,
+        repo: &Repository,
+        tags: Vec<String>,
+    ) -> Result<(lifeboat_model::Id, OffsetDateTime), OrchestratorError> {
         let _lock = repo
             .lock(false, "backup --plan", std::time::Duration::from_secs(60))
             .map_err(OrchestratorError::Repo)?;
@@ -133,7 +137,7 @@ impl Platform for Docker {
                 ),
             });
         }
-        Ok((out.snapshot_id.to_hex(), out.snapshot.time))
+        Ok((out.snapshot_id, out.snapshot.time))
     }
 
     fn stop(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {

@@ -128,7 +128,11 @@ impl Kube {
 }
 
 impl Platform for Kube {
-    fn backup(&self, repo: &Repository, tags: Vec<String>) -> Result<(String, OffsetDateTime), OrchestratorError> {
+    fn backup(
+        &self,
+        repo: &Repository,
+        tags: Vec<String>,
+    ) -> Result<(lifeboat_model::Id, OffsetDateTime), OrchestratorError> {
         let _lock = repo
             .lock(false, "backup --plan", Duration::from_secs(60))
             .map_err(OrchestratorError::Repo)?;
@@ -153,7 +157,7 @@ impl Platform for Kube {
                 ),
             });
         }
-        Ok((out.snapshot_id.to_hex(), out.snapshot.time))
+        Ok((out.snapshot_id, out.snapshot.time))
     }
 
     fn stop(&self, prefix: Option<&str>) -> Result<Vec<String>, OrchestratorError> {
