@@ -178,6 +178,16 @@ impl Plan {
                 }
             };
             site_ref(&app.primary, "primary", &mut out);
+            if app.profile == Profile::MultiSite {
+                out.push(Problem {
+                    line: line(&app.name),
+                    field: f("profile"),
+                    message:
+                        "profile multi-site is accepted by the format but not carried out by this version (nothing \
+                              would keep the app active on several sites); use dr or single-site"
+                            .into(),
+                });
+            }
             match (&app.profile, &app.standby) {
                 (Profile::Dr, None) => out.push(Problem {
                     line: line(&app.name),

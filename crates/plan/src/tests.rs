@@ -109,6 +109,25 @@ fn a_dr_app_needs_another_site_as_standby() {
     assert!(e.to_string().contains("needs a standby"), "{e}");
 }
 
+/// A field the plan accepts but nothing carries out is refused, not silently ignored.
+#[test]
+fn profile_multi_site_is_refused_until_it_is_carried_out() {
+    let e = Plan::parse("p.yaml", &GOOD.replace("profile: dr", "profile: multi-site")).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("profile multi-site") && msg.contains("not carried out"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("line 10: apps[0].profile"),
+        "names the app and its line: {msg}"
+    );
+    let single = GOOD
+        .replace("profile: dr", "profile: single-site")
+        .replace("    standby: west\n", "");
+    assert!(Plan::parse("p.yaml", &single).is_ok());
+}
+
 #[test]
 fn not_yaml_is_a_syntax_error() {
     let e = Plan::parse("p.yaml", "apps: [\n").unwrap_err();
