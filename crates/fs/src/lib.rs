@@ -13,7 +13,6 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
-pub mod assemble;
 pub mod backup;
 pub mod chunk;
 pub mod listing;

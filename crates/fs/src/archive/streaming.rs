@@ -13,10 +13,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use lifeboat_model::{Node, NodeKind, Tree};
+use lifeboat_model::{Node, NodeKind};
 use lifeboat_repo::{RepoError, Repository};
 
-use crate::archive::{split, TreeAssembler};
+use super::assembler::store_dir;
+use super::{split, TreeAssembler};
 
 /// When to store the directories the stream has left.
 #[derive(Debug, Clone, Copy)]
@@ -217,14 +218,6 @@ impl<'r> StreamingAssembler<'r> {
     }
 }
 
-/// Stores a directory with these children; returns its node with the subtree.
-pub(crate) fn store_dir(repo: &Repository, mut node: Node, children: Vec<Node>) -> Result<Node, RepoError> {
-    let mut tree = Tree { nodes: children };
-    tree.sort();
-    node.subtree = Some(repo.save_tree(&tree)?.0);
-    Ok(node)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,7 +278,7 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    fn build(repo: &Repository, tar: &[u8], limits: Limits) -> (Node, usize, super::super::archive::AssemblyStats) {
+    fn build(repo: &Repository, tar: &[u8], limits: Limits) -> (Node, usize, crate::archive::AssemblyStats) {
         let (out, stats) = tar_to_tree_with(repo, tar, 0, "test", &Progress::default(), limits).unwrap();
         (out.root, out.errors.len(), stats)
     }
