@@ -38,6 +38,8 @@ point() {
 ka() { kubectl --kubeconfig "$LAB_A_KUBECONFIG" "$@"; }
 kb() { kubectl --kubeconfig "$LAB_B_KUBECONFIG" "$@"; }
 clean() { [ "${BENCH_KUBE:-1}" = 1 ] && for k in ka kb; do $k delete namespace bdr-kube --wait=false --ignore-not-found >/dev/null 2>&1; done
+  # One id per word: the lists are split on purpose.
+  # shellcheck disable=SC2046
   for d in da db; do $d rm -f -v $($d ps -aq --filter "label=bench-dr") >/dev/null 2>&1 || true; \
   $d volume rm -f $($d volume ls -q --filter name=bdr-) >/dev/null 2>&1 || true; done; }
 trap clean EXIT

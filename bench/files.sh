@@ -224,7 +224,7 @@ borg_check() {
 borg_cmd() {
     case $1 in
         init) CMD=(borg init -e repokey-blake2 "$2") ;;
-        backup) CMD=(borg create --compression zstd,1 "$2::$3" "$SRC") ;;
+        backup) CMD=(borg create --compression "zstd,1" "$2::$3" "$SRC") ;;
         restore) CMD=(borg extract "$2::a3") ;;  # run inside the restore directory
     esac
 }
@@ -305,7 +305,7 @@ run_tool() {
         record "$tool" - skipped "" "" "" "" "${SKIP:-check failed}"
         return 0
     fi
-    rm -rf "$repo" "$RESTORE" "$BENCH_DIR/home/$tool"
+    rm -rf "$repo" "$RESTORE" "${BENCH_DIR:?}/home/$tool"
     mkdir -p "$REPOS" "$BENCH_DIR/home/$tool"
     # Fresh cache and config directories for each tool (not counted in repository size).
     export XDG_CACHE_HOME=$BENCH_DIR/home/$tool/cache XDG_CONFIG_HOME=$BENCH_DIR/home/$tool/config

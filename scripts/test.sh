@@ -13,6 +13,8 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v named >/dev/null || need_apt+=(bind9)
 command -v haproxy >/dev/null || need_apt+=(haproxy)
 command -v dig >/dev/null && command -v nsupdate >/dev/null || need_apt+=(dnsutils)
+# The shell scripts (the lab, these scripts, the benchmarks) are linted like the Rust code.
+command -v shellcheck >/dev/null || need_apt+=(shellcheck)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "scripts/test.sh: missing ${need_apt[*]}; install them or run as root" >&2; exit 1; fi
   # bind9 and haproxy would start machine-wide services when installed; the lab runs its own
@@ -44,6 +46,7 @@ fi
 lab/lab up --docker 2 --kube 2 --dns --haproxy >/dev/null
 
 cargo fmt --all -- --check
+shellcheck -S warning lab/lab scripts/*.sh .ci/run bench/*.sh
 cargo clippy --workspace --all-targets -- -D warnings
 # Every fuzz target for a fixed 10 s, its corpus kept between runs (seeded from fuzz/corpus).
 fuzz_corpus="$HOME/.cache/lifeboat-fuzz-corpus"
