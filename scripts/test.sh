@@ -55,7 +55,8 @@ FUZZ_CORPUS="$fuzz_corpus" scripts/fuzz.sh 10
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --all-targets -- --test-threads 2 2>&1 | tee "$log"
+# `lab`: the tests that need the lab started above (plain `cargo test` lists them as ignored).
+cargo test --workspace --all-targets --features lifeboat/lab,lifeboat-traffic/lab -- --test-threads 2 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole suite (cargo prints one per test binary).

@@ -57,6 +57,10 @@ fn wait_postgres(site: &Site, container: &str) {
 const CHECKSUM: &str = "select count(*) || ':' || md5(string_agg(id || '=' || v, ',' order by id)) from items";
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn stack_with_config_secret_and_database_moves_to_another_site() {
     let sites = docker_sites(2);
     let (a, b) = (&sites[0], &sites[1]);
@@ -171,6 +175,10 @@ fn stack_with_config_secret_and_database_moves_to_another_site() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn replicas_zero_defines_everything_and_runs_nothing_then_scales_up() {
     let sites = docker_sites(2);
     let (a, b) = (&sites[0], &sites[1]);
@@ -252,6 +260,10 @@ fn replicas_zero_defines_everything_and_runs_nothing_then_scales_up() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn preflight_refuses_before_any_change_and_skip_is_a_no_op() {
     let sites = docker_sites(2);
     let (a, b) = (&sites[0], &sites[1]);
@@ -380,6 +392,10 @@ fn preflight_refuses_before_any_change_and_skip_is_a_no_op() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn diff_shows_drift_between_a_snapshot_and_the_live_engine() {
     let sites = docker_sites(1);
     let a = &sites[0];
@@ -450,6 +466,10 @@ fn diff_shows_drift_between_a_snapshot_and_the_live_engine() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn failing_hooks_follow_their_policy_and_existing_update_recreates() {
     let sites = docker_sites(2);
     let (a, b) = (&sites[0], &sites[1]);
@@ -537,6 +557,10 @@ fn failing_hooks_follow_their_policy_and_existing_update_recreates() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn regression_a_helper_left_by_a_killed_backup_is_removed_by_the_next_backup() {
     // Found when a test killed `serve` in the middle of a backup: the helper container that
     // mounts the volume stayed, and held the volume in use.
@@ -611,6 +635,10 @@ fn walk(dir: &std::path::Path) -> std::collections::BTreeMap<String, std::fs::Me
 /// (devices) or lose the bits (set-id), and the directory is the owner's only; `--allow-special`
 /// restores them as they were.
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_container_snapshot_restored_to_a_directory_has_no_devices_or_setid_files() {
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     let sites = docker_sites(1);
@@ -704,6 +732,10 @@ fn a_container_snapshot_restored_to_a_directory_has_no_devices_or_setid_files() 
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_remote_engine_is_reached_over_tls_with_client_certificates() {
     let sites = docker_sites(1);
     let a = &sites[0];

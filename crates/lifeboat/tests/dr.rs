@@ -401,6 +401,10 @@ fn output_text(o: &std::process::Output) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn watch_fails_over_once_when_the_primary_dies_and_failback_brings_the_standbys_writes_home() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -490,6 +494,10 @@ fn watch_fails_over_once_when_the_primary_dies_and_failback_brings_the_standbys_
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn failover_killed_after_each_step_resumes_and_repeats_nothing() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -535,6 +543,10 @@ fn failover_killed_after_each_step_resumes_and_repeats_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_partitioned_primary_that_the_witness_still_sees_is_not_failed_over() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -586,6 +598,10 @@ fn a_partitioned_primary_that_the_witness_still_sees_is_not_failed_over() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_drill_reports_in_four_formats_and_leaves_production_alone() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -621,6 +637,10 @@ fn a_drill_reports_in_four_formats_and_leaves_production_alone() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn sync_brings_the_primarys_changed_and_new_workloads_to_the_hot_standby_without_starting_them() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -723,6 +743,10 @@ fn sync_brings_the_primarys_changed_and_new_workloads_to_the_hot_standby_without
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn plan_hooks_run_around_backups_and_after_a_drill_starts_the_copy_and_a_failing_pre_hook_stops_the_backup() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -798,6 +822,10 @@ fn plan_hooks_run_around_backups_and_after_a_drill_starts_the_copy_and_a_failing
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn serve_backs_up_on_the_plans_schedule_and_keeps_what_the_plan_says() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -829,6 +857,10 @@ fn serve_backs_up_on_the_plans_schedule_and_keeps_what_the_plan_says() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn flapping_health_below_the_threshold_never_fails_over_and_a_sustained_failure_fails_over_once() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -885,6 +917,10 @@ fn flapping_health_below_the_threshold_never_fails_over_and_a_sustained_failure_
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn sync_fences_again_a_primary_that_runs_after_a_failover() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -912,6 +948,10 @@ fn sync_fences_again_a_primary_that_runs_after_a_failover() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_primary_whose_engine_hangs_is_not_recorded_as_fenced() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -964,6 +1004,10 @@ fn a_primary_whose_engine_hangs_is_not_recorded_as_fenced() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn failover_with_fenced_by_hand_proceeds_and_journals_the_operator() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -1037,6 +1081,10 @@ fn failover_with_fenced_by_hand_proceeds_and_journals_the_operator() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_fenced_primary_with_restart_always_stays_stopped_after_its_engine_restarts() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -1073,6 +1121,10 @@ fn a_fenced_primary_with_restart_always_stays_stopped_after_its_engine_restarts(
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn an_unreachable_standby_is_found_before_the_primary_is_fenced() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -1259,6 +1311,10 @@ spec:
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_kubernetes_app_fails_over_with_its_data_and_dns_and_back_and_drills_in_a_prefixed_namespace() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let app = KubeApp::new(kube_sites(2), "kdr-e2e", 18181);
@@ -1355,6 +1411,10 @@ fn a_kubernetes_app_fails_over_with_its_data_and_dns_and_back_and_drills_in_a_pr
 /// Regression (review finding 19): a delta stage trusted the journal's record of what the
 /// standby's claim holds, so a claim changed by hand kept the change after a failover.
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_hot_standby_claim_changed_by_hand_is_written_in_full_at_failover() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let app = KubeApp::new(kube_sites(2), "kst-hand", 18184);
@@ -1404,6 +1464,10 @@ spec:
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn an_authentication_error_fails_the_fence_step() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let app = KubeApp::new(kube_sites(2), "kfence-auth", 18182);
@@ -1523,6 +1587,10 @@ fn volume_ls(site: &Site, volume: &str, dir: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_restored_docker_volume_holds_exactly_the_snapshot() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -1552,6 +1620,10 @@ fn a_restored_docker_volume_holds_exactly_the_snapshot() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_damaged_recovery_point_leaves_the_standbys_staged_copy_intact() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -1620,6 +1692,10 @@ fn a_damaged_recovery_point_leaves_the_standbys_staged_copy_intact() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn an_incomplete_final_backup_is_not_accepted_when_the_failover_resumes() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -1700,6 +1776,10 @@ fn an_incomplete_final_backup_is_not_accepted_when_the_failover_resumes() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn failback_keeps_a_quarantine_snapshot_of_writes_only_the_old_primary_has() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -1735,6 +1815,10 @@ fn failback_keeps_a_quarantine_snapshot_of_writes_only_the_old_primary_has() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn the_data_step_stops_the_target_before_writing_its_volumes() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -1798,6 +1882,10 @@ fn pods_in(s: &KubeSite, ns: &str) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn staging_suspends_cronjobs_and_jobs_and_starts_no_pods() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let app = KubeApp::new(kube_sites(2), "kst-hold", 18182);
@@ -1967,6 +2055,10 @@ spec: {never}
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_kubernetes_drill_replaces_no_cluster_scoped_object() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let app = KubeApp::new(kube_sites(2), "kdr-iso", 18183);
@@ -2113,6 +2205,10 @@ subjects: [{{kind: ServiceAccount, name: default, namespace: {ns}}}]
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_global_swarm_service_is_not_started_on_a_hot_standby() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -2191,6 +2287,10 @@ fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn no_secret_marker_appears_in_any_output_of_a_failover_and_a_drill() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -2349,6 +2449,10 @@ fn wait_for_snapshots(log: &Arc<Mutex<String>>, n: usize, what: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn serve_survives_a_full_repository_disk_without_committing_broken_snapshots() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -2434,6 +2538,10 @@ impl std::fmt::LowerHex for Md5Hex {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn serve_with_an_external_prune_keeps_every_snapshot_restorable() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -2478,6 +2586,10 @@ fn serve_with_an_external_prune_keeps_every_snapshot_restorable() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_volume_stream_that_stalls_times_out_and_releases_the_app_lock() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -2547,6 +2659,10 @@ fn a_volume_stream_that_stalls_times_out_and_releases_the_app_lock() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn failback_leaves_the_standbys_containers_unable_to_restart_on_their_own() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -2570,6 +2686,10 @@ fn failback_leaves_the_standbys_containers_unable_to_restart_on_their_own() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_failover_left_open_after_start_is_finished_or_rolled_back_by_the_watch() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);
@@ -2608,6 +2728,10 @@ fn a_failover_left_open_after_start_is_finished_or_rolled_back_by_the_watch() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_drill_copy_cannot_reach_the_primary_site() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let sites = docker_sites(2);

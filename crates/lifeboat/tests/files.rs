@@ -59,6 +59,10 @@ fn rich_tree(src: &Path) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "needs root (device nodes, other owners): run scripts/test.sh (--features lab)"
+)]
 fn round_trip_keeps_every_entry_and_its_metadata() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");

@@ -194,6 +194,10 @@ fn comparable(kind: &str, obj: &Value, ns_map: &[(&str, &str)]) -> Value {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn apps_with_crd_rbac_and_a_blocking_webhook_move_to_another_cluster() {
     let sites = kube_sites(2);
     let (a, b) = (&sites[0], &sites[1]);
@@ -464,6 +468,10 @@ fn free_port() -> u16 {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn etcd_snapshot_round_trip_restores_with_etcds_own_tools() {
     let sites = kube_sites(1);
     let a = &sites[0];
@@ -579,6 +587,10 @@ fn etcd_snapshot_round_trip_restores_with_etcds_own_tools() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn scale_down_records_the_replicas_and_scale_up_brings_exactly_them_back() {
     let sites = kube_sites(1);
     let a = &sites[0];
@@ -659,6 +671,10 @@ impl Drop for ApiServiceGone<'_> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn discovery_skips_an_aggregated_api_without_endpoints_at_once() {
     let sites = kube_sites(1);
     let a = &sites[0];
@@ -744,6 +760,10 @@ spec:
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_helper_pod_whose_image_cannot_be_pulled_fails_within_seconds_naming_it() {
     let sites = kube_sites(1);
     let a = &sites[0];

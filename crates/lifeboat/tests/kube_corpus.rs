@@ -234,6 +234,10 @@ fn differences(keys: &[Key], a: &BTreeMap<Key, Value>, b: &BTreeMap<Key, Value>)
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn published_manifests_of_seven_projects_move_to_an_empty_cluster() {
     let objects = corpus();
     assert_eq!(objects.len(), 261, "the corpus has 261 objects (SOURCES.md)");

@@ -167,6 +167,10 @@ fn restore_to(g: &Garage, repo: &str, snapshot: &str, out: &Path) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "needs Garage, built by scripts/test.sh (run it, which passes --features lab)"
+)]
 fn s3_repository_backup_restore_check_prune() {
     let g = Garage::start();
     let t = tempfile::tempdir().unwrap();
@@ -209,6 +213,10 @@ fn s3_repository_backup_restore_check_prune() {
 /// Garage refuses a body that does not match it and stores nothing, while the matching body is
 /// stored.
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "needs Garage, built by scripts/test.sh (run it, which passes --features lab)"
+)]
 fn garage_refuses_a_put_whose_body_does_not_match_its_checksum() {
     use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
     let g = Garage::start();
@@ -247,6 +255,10 @@ fn garage_refuses_a_put_whose_body_does_not_match_its_checksum() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "needs Garage, built by scripts/test.sh (run it, which passes --features lab)"
+)]
 fn a_backup_while_the_s3_server_is_killed_and_restarted_loses_nothing() {
     let mut g = Garage::start();
     let t = tempfile::tempdir().unwrap();
@@ -305,6 +317,10 @@ fn a_backup_while_the_s3_server_is_killed_and_restarted_loses_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "needs Garage, built by scripts/test.sh (run it, which passes --features lab)"
+)]
 fn unreachable_s3_endpoint_is_one_clear_error() {
     // Nothing listens on this loopback port.
     let port = free_port();

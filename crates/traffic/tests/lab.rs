@@ -189,6 +189,10 @@ fn cleanup(name: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn dns_switch_and_back_seen_by_dig() {
     let _guard = dns_lock();
     let name = unique("switch");
@@ -231,6 +235,10 @@ fn dns_switch_and_back_seen_by_dig() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn dns_switch_is_idempotent() {
     let _guard = dns_lock();
     let name = unique("idem");
@@ -247,6 +255,10 @@ fn dns_switch_is_idempotent() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn dns_wrong_secret_is_rejected_and_record_unchanged() {
     let _guard = dns_lock();
     let name = unique("badsig");
@@ -302,6 +314,10 @@ fn dns_wrong_secret_is_rejected_and_record_unchanged() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn dns_unreachable_server_fails_fast_and_clearly() {
     // A port nothing listens on: bound, then released.
     let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -348,6 +364,10 @@ fn dns_unreachable_server_fails_fast_and_clearly() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn dns_lab_record_is_readable() {
     // The zone's own record `app` (10.77.1.2 when the lab starts; tests do not change it).
     let r = dns_router("app");
@@ -404,6 +424,10 @@ fn haproxy_reset() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn haproxy_switch_to_b_and_back() {
     let _guard = HAPROXY.lock().unwrap_or_else(|e| e.into_inner());
     haproxy_reset();
@@ -444,6 +468,10 @@ fn haproxy_reload() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_haproxy_reload_after_a_switch_keeps_traffic_on_the_new_side() {
     let _guard = HAPROXY.lock().unwrap_or_else(|e| e.into_inner());
     let state = &lab().haproxy_state_file;
@@ -481,6 +509,10 @@ fn a_haproxy_reload_after_a_switch_keeps_traffic_on_the_new_side() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn haproxy_nonexistent_server_leaves_traffic_on_the_old_side() {
     let _guard = HAPROXY.lock().unwrap_or_else(|e| e.into_inner());
     haproxy_reset();
@@ -516,6 +548,10 @@ fn haproxy_nonexistent_server_leaves_traffic_on_the_old_side() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn haproxy_both_or_neither_is_unknown() {
     let _guard = HAPROXY.lock().unwrap_or_else(|e| e.into_inner());
     haproxy_reset();
@@ -596,6 +632,10 @@ fn webhook(url: &str, dir: &Path) -> Box<dyn Router> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn webhook_posts_a_signed_body() {
     let dir = tempfile::tempdir().unwrap();
     let (url, got) = http_server(200, "ok");
@@ -631,6 +671,10 @@ fn webhook_posts_a_signed_body() {
 /// operation and carries a higher sequence, inside the signed body; the reference receiver acts
 /// on each once and refuses the failover's request replayed after the failback.
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn webhook_bodies_carry_the_operation_and_a_sequence_number() {
     use lifeboat_traffic::{check_delivery, DeliveryRefused, WebhookBody};
     let dir = tempfile::tempdir().unwrap();
@@ -697,6 +741,10 @@ fn webhook_bodies_carry_the_operation_and_a_sequence_number() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn webhook_error_status_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let (url, _got) = http_server(500, "boom: database on fire");
@@ -729,6 +777,10 @@ fn webhook_error_status_is_an_error() {
 /// of this test that accepts and never answers, so a request through the lab's frontend holds a
 /// session on a; the switch to b must end it (the listener sees its connection closed).
 #[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
 fn a_switch_closes_sessions_to_the_old_server() {
     let _guard = HAPROXY.lock().unwrap_or_else(|e| e.into_inner());
     haproxy_reset();
