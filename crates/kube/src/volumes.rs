@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, AttachParams, DeleteParams, PostParams};
+use kube::api::{Api, AttachParams, AttachedProcess, DeleteParams, PostParams};
 
 use crate::stall::Stalling;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
@@ -116,6 +116,9 @@ pub struct ClaimWrite {
 
 /// The default helper image.
 pub const DEFAULT_HELPER_IMAGE: &str = "busybox:1.36";
+
+/// How many helper pods a claim's read or a helper's start tries when one is preempted or evicted.
+const HELPER_TRIES: u32 = 3;
 
 /// How long a helper pod may take to start when nothing says it cannot (a slow image pull).
 const HELPER_START_LIMIT: Duration = Duration::from_secs(120);
@@ -245,7 +248,30 @@ impl Cluster {
     }
 
     /// Starts a helper pod with `claim` at /data and waits until it runs; returns its name.
+    /// Starts a helper pod for `claim` and waits until it runs. One that is preempted or evicted
+    /// before it runs (a pod of higher priority took its place) is replaced, up to
+    /// [`HELPER_TRIES`] times.
     fn start_helper(&self, ns: &str, claim: &str, image: &str, read_only: bool) -> Result<String, KubeError> {
+        let mut last = String::new();
+        for _ in 0..HELPER_TRIES {
+            match self.start_helper_once(ns, claim, image, read_only)? {
+                Ok(name) => return Ok(name),
+                Err(why) => last = why,
+            }
+        }
+        Err(self.helper_err(format!("helper pod for claim {ns}/{claim}"))(format!(
+            "gone {HELPER_TRIES} times before it ran; last: {last}"
+        )))
+    }
+
+    /// [`Self::start_helper`] once: `Ok(Err(why))` when the pod went before it ran.
+    fn start_helper_once(
+        &self,
+        ns: &str,
+        claim: &str,
+        image: &str,
+        read_only: bool,
+    ) -> Result<Result<String, String>, KubeError> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let mut spec = json!({
             "restartPolicy": "Never",
@@ -300,11 +326,16 @@ impl Cluster {
         let started = Instant::now();
         let mut unschedulable_since: Option<Instant> = None;
         loop {
+            if let Some(why) = self.helper_gone(ns, &name) {
+                // Preempted or evicted (a pod of higher priority needed the node): another one.
+                self.remove_helper(ns, &name);
+                return Ok(Err(why));
+            }
             let p = self.block_on(pods.get(&name)).map_err(self.api_err(what.clone()))?;
             let v = serde_json::to_value(&p).unwrap_or_default();
             let phase = p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
             if phase == "Running" {
-                return Ok(name);
+                return Ok(Ok(name));
             }
             let unschedulable = unschedulable_reason(&v).is_some();
             let since = match (unschedulable, unschedulable_since) {
@@ -334,12 +365,33 @@ impl Cluster {
         }
     }
 
+    /// Why the helper pod `name` is gone or going (deleted, preempted, evicted), if it is.
+    fn helper_gone(&self, ns: &str, name: &str) -> Option<String> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        match self.block_on(pods.get(name)) {
+            Err(e) if crate::status_code(&e) == Some(404) => Some(format!("helper pod {name} was deleted")),
+            Err(_) => None,
+            Ok(p) => {
+                let reason = p.status.as_ref().and_then(|s| s.reason.clone()).unwrap_or_default();
+                if matches!(reason.as_str(), "Preempted" | "Evicted") {
+                    Some(format!("helper pod {name}: {reason}"))
+                } else if p.metadata.deletion_timestamp.is_some() {
+                    Some(format!("helper pod {name} is being deleted"))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
     fn remove_helper(&self, ns: &str, name: &str) {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let _ = self.block_on(pods.delete(name, &DeleteParams::default().grace_period(0)));
     }
 
     /// Reads a bound claim's files into the repository.
+    /// A helper pod preempted or evicted while it reads is replaced and the claim read again
+    /// (up to [`HELPER_TRIES`] times): what the first one stored is only unreferenced data.
     pub fn read_pvc(
         &self,
         repo: &Repository,
@@ -348,10 +400,20 @@ impl Cluster {
         image: &str,
         progress: &Progress,
     ) -> Result<TarOutcome, KubeError> {
-        let pod = self.start_helper(ns, claim, image, true)?;
-        let result = self.read_pod(repo, ns, claim, &pod, progress);
-        self.remove_helper(ns, &pod);
-        result
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let pod = self.start_helper(ns, claim, image, true)?;
+            let result = self.read_pod(repo, ns, claim, &pod, progress);
+            let gone = match &result {
+                Err(_) if tries < HELPER_TRIES => self.helper_gone(ns, &pod),
+                _ => None,
+            };
+            self.remove_helper(ns, &pod);
+            if gone.is_none() {
+                return result;
+            }
+        }
     }
 
     fn read_pod(
@@ -362,16 +424,11 @@ impl Cluster {
         pod: &str,
         progress: &Progress,
     ) -> Result<TarOutcome, KubeError> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let what = format!("read claim {ns}/{claim}");
         let ap = AttachParams::default().stdin(false).stdout(true).stderr(true);
         let stall = lifeboat_model::reach::stream_stall();
-        let mut proc = self
-            .block_on(async {
-                tokio::time::timeout(stall, pods.exec(pod, ["tar", "cf", "-", "-C", "/data", "."], &ap)).await
-            })
-            .map_err(|_| self.helper_err(what.clone())(format!("the exec did not start within {} s", stall.as_secs())))?
-            .map_err(self.api_err(what.clone()))?;
+        let command = ["tar", "cf", "-", "-C", "/data", "."].map(String::from);
+        let mut proc = self.start_exec(ns, pod, command, &ap, &what, stall)?;
         let stdout = Stalling::new(proc.stdout().expect("stdout was asked for"), stall, what.clone());
         let status = proc.take_status();
         let reader = SyncIoBridge::new_with_handle(stdout, self.rt.handle().clone());
@@ -389,6 +446,25 @@ impl Cluster {
         let out = out?;
         status?;
         Ok(out)
+    }
+
+    /// Starts `command` in the helper `pod`; an exec that has not started within `stall` fails,
+    /// named by `what`.
+    fn start_exec<const N: usize>(
+        &self,
+        ns: &str,
+        pod: &str,
+        command: [String; N],
+        ap: &AttachParams,
+        what: &str,
+        stall: Duration,
+    ) -> Result<AttachedProcess, KubeError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        self.block_on(async { tokio::time::timeout(stall, pods.exec(pod, command, ap)).await })
+            .map_err(|_| {
+                self.helper_err(what.to_string())(format!("the exec did not start within {} s", stall.as_secs()))
+            })?
+            .map_err(self.api_err(what.to_string()))
     }
 
     /// The exit status of a helper's exec, waited for at most `stall` after its stream ended (no
@@ -471,7 +547,6 @@ impl Cluster {
     /// interrupted switch); `Ok(Err(why))` when the helper could not list it.
     fn claim_digest(&self, ns: &str, claim: &str, pod: &str) -> Result<Result<ListingDigest, String>, KubeError> {
         use std::io::BufRead;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let what = format!("list claim {ns}/{claim}");
         let ap = AttachParams::default().stdin(false).stdout(true).stderr(false);
         let stall = lifeboat_model::reach::stream_stall();
@@ -480,10 +555,7 @@ impl Cluster {
             "-c".to_string(),
             format!("{SWITCH_FNS}{}", list_script()),
         ];
-        let mut proc = self
-            .block_on(async { tokio::time::timeout(stall, pods.exec(pod, command, &ap)).await })
-            .map_err(|_| self.helper_err(what.clone())(format!("the exec did not start within {} s", stall.as_secs())))?
-            .map_err(self.api_err(what.clone()))?;
+        let mut proc = self.start_exec(ns, pod, command, &ap, &what, stall)?;
         let stdout = Stalling::new(proc.stdout().expect("stdout was asked for"), stall, what.clone());
         let status = proc.take_status();
         let reader = std::io::BufReader::new(SyncIoBridge::new_with_handle(stdout, self.rt.handle().clone()));
@@ -543,7 +615,6 @@ impl Cluster {
         base: Option<&Node>,
         removals: Option<&[Vec<u8>]>,
     ) -> Result<u64, KubeError> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let what = format!("write claim {ns}/{claim}");
         let ap = AttachParams::default().stdin(true).stdout(false).stderr(true);
         let stall = lifeboat_model::reach::stream_stall();
@@ -552,10 +623,7 @@ impl Cluster {
             "-c".to_string(),
             format!("{SWITCH_FNS}{PREPARE_AND_UNTAR}"),
         ];
-        let mut proc = self
-            .block_on(async { tokio::time::timeout(stall, pods.exec(pod, command, &ap)).await })
-            .map_err(|_| self.helper_err(what.clone())(format!("the exec did not start within {} s", stall.as_secs())))?
-            .map_err(self.api_err(what.clone()))?;
+        let mut proc = self.start_exec(ns, pod, command, &ap, &what, stall)?;
         let stdin = Stalling::new(proc.stdin().expect("stdin was asked for"), stall, what.clone());
         let status = proc.take_status();
         let mut writer = Writer(SyncIoBridge::new_with_handle(stdin, self.rt.handle().clone()));

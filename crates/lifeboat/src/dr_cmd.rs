@@ -415,10 +415,17 @@ impl watch::Witness for RepoWitness {
                 Err(e) => return Verdict::Silent(e),
             };
             let p = self.prober.clone();
-            let path = format!("{}/{app}/witness", p.plan.metadata.name);
-            let read = tokio::task::spawn_blocking(move || p.repo.read_state(&path));
+            let name = app.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let st = Store {
+                    repo: &p.repo,
+                    plan: p.plan.metadata.name.clone(),
+                    app: name,
+                };
+                st.witness_report()
+            });
             let report: Option<WitnessReport> = match tokio::time::timeout(REPO_DEADLINE, read).await {
-                Ok(Ok(Ok(bytes))) => bytes.and_then(|b| serde_json::from_slice(&b).ok()),
+                Ok(Ok(Ok(report))) => report,
                 Ok(Ok(Err(e))) => return Verdict::Silent(format!("the witness's report cannot be read: {e}")),
                 Ok(Err(e)) => return Verdict::Silent(e.to_string()),
                 Err(_) => {
@@ -803,7 +810,6 @@ async fn witness_loop(w: Watched, prober: Arc<LiveProber>, repo: Arc<Repository>
     let probe = Probe(prober.clone());
     let mut monitor = watch::Monitor::new(w.failure_threshold, w.success_threshold);
     let mut tick = tokio::time::interval(w.interval);
-    let path = format!("{}/{}/witness", plan.metadata.name, w.app);
     // Readers judge freshness by seeing the sequence change (never by this host's clock).
     let mut sequence: u64 = 0;
     loop {
@@ -829,14 +835,16 @@ async fn witness_loop(w: Watched, prober: Arc<LiveProber>, repo: Arc<Repository>
             failures: monitor.failures(),
             error: r.err(),
         };
-        let bytes = serde_json::to_vec(&report).expect("serialisable");
-        let (repo, p) = (repo.clone(), path.clone());
-        match tokio::time::timeout(
-            REPO_DEADLINE,
-            tokio::task::spawn_blocking(move || repo.write_state(&p, &bytes)),
-        )
-        .await
-        {
+        let (repo, plan_name, app) = (repo.clone(), plan.metadata.name.clone(), w.app.clone());
+        let write = move || {
+            let st = Store {
+                repo: &repo,
+                plan: plan_name,
+                app,
+            };
+            st.save_witness_report(&report)
+        };
+        match tokio::time::timeout(REPO_DEADLINE, tokio::task::spawn_blocking(write)).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => eprintln!("witness: cannot report for {}: {e}", w.app),
             Ok(Err(e)) => eprintln!("witness: cannot report for {}: {e}", w.app),

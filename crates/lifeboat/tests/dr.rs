@@ -19,17 +19,11 @@ use common::PASSWORD;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn lab() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../lab/lab")
+    lifeboat_lab_support::script()
 }
 
 fn lab_var(name: &str) -> String {
-    let out = Command::new(lab()).arg("env").output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(&format!("export {name}="))
-                .map(|v| v.trim_matches('"').to_string())
-        })
+    lifeboat_lab_support::var(name)
         .unwrap_or_else(|| panic!("lab/lab env has no {name}: start the lab with `lab/lab up --docker 2 --dns`"))
 }
 

@@ -412,6 +412,18 @@ impl Store<'_> {
         }
     }
 
+    /// The app's last witness report (`dr/PLAN/APP/witness`); `None` when there is none or it
+    /// does not parse (a report is evidence only when it reads whole).
+    pub fn witness_report(&self) -> Result<Option<crate::watch::WitnessReport>, OrchestratorError> {
+        let bytes = self.repo.read_state(&format!("{}/witness", self.dir()))?;
+        Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    /// Writes the app's witness report (the witness, after each probe round).
+    pub fn save_witness_report(&self, r: &crate::watch::WitnessReport) -> Result<(), OrchestratorError> {
+        self.write(&format!("{}/witness", self.dir()), r)
+    }
+
     pub fn operation(&self, id: &str) -> Result<Option<Operation>, OrchestratorError> {
         self.read(&format!("{}/ops/{id}", self.dir()))
     }

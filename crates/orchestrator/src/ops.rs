@@ -26,7 +26,9 @@ use crate::{probe, verify, OrchestratorError};
 pub use crate::journal::{DRILL_STEPS, FAILOVER_STEPS};
 
 /// Environment variable for fault-injection tests: the process kills itself with SIGKILL right
-/// after the named step is journaled as finished (`fence`, `data`, ...).
+/// after the named step is journaled as finished (`fence`, `data`, ...). Only in builds with the
+/// `fault-injection` feature (the lab tests turn it on); a release build has no such hook.
+#[cfg(feature = "fault-injection")]
 pub const FAULT_ENV: &str = "LIFEBOAT_FAULT_KILL_AFTER";
 
 /// Builds an app's traffic router (`None`: the app has no traffic section).
@@ -281,6 +283,7 @@ impl Runner<'_, '_> {
                 rec.fenced_by = fenced_by;
                 (self.env.log)(&format!("{name}: {outcome}: {}", rec.detail));
                 self.store.save_operation(&self.op)?;
+                #[cfg(feature = "fault-injection")]
                 if std::env::var(FAULT_ENV).is_ok_and(|v| v == name.to_string()) {
                     let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
                 }
@@ -1066,7 +1069,7 @@ enum WitnessSays {
 fn witness_verdict(env: &Env, app: &App, site: &str) -> Option<WitnessSays> {
     use crate::watch::{Freshness, Verdict, WitnessReport};
     let rule = env.plan.witness.as_ref()?;
-    let path = format!("{}/witness", store(env, app).dir());
+    let st = store(env, app);
     // Fresh means: seen to change on this process's clock within max_age (the witness writes a
     // report every probe interval). So read until the report changes, for up to max_age.
     let mut freshness = Freshness::default();
@@ -1076,8 +1079,8 @@ fn witness_verdict(env: &Env, app: &App, site: &str) -> Option<WitnessSays> {
         rule.max_age.0
     ));
     let (report, ago) = loop {
-        let report: Option<WitnessReport> = match env.repo.read_state(&path) {
-            Ok(bytes) => bytes.and_then(|b| serde_json::from_slice(&b).ok()),
+        let report = match st.witness_report() {
+            Ok(r) => r,
             Err(e) => return Some(WitnessSays::Not(format!("the witness's report cannot be read: {e}"))),
         };
         let ago = freshness.observe(report.as_ref(), std::time::Instant::now());

@@ -10,26 +10,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use lifeboat_lab_support::{env as lab_env, script as lab_script};
 use lifeboat_plan::Traffic;
 use lifeboat_traffic::{router, webhook_signature, Route, Router, Side, SwitchContext, TrafficAfter, TrafficError};
-
-fn lab_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../lab/lab")
-}
-
-fn lab_env() -> BTreeMap<String, String> {
-    let out = Command::new(lab_script()).arg("env").output().expect("run lab/lab env");
-    assert!(
-        out.status.success(),
-        "lab/lab env failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim_start_matches("export ").split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-        .collect()
-}
 
 struct Lab {
     dns_server: String,

@@ -38,7 +38,7 @@ pub fn read_file(repo: &Repository, n: &Node) -> Result<Vec<u8>, RepoError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::backup::Progress;
     use crate::chunk::Chunker;
@@ -58,7 +58,8 @@ mod tests {
         assert_eq!(clean_path(b"", 1), None);
     }
 
-    fn repo(dir: &std::path::Path) -> Repository {
+    /// A new repository in `dir` with a quick key derivation (tests only).
+    pub(crate) fn repo(dir: &std::path::Path) -> Repository {
         let backend = lifeboat_repo::open_location(dir.to_str().unwrap()).unwrap();
         let kdf = lifeboat_repo::keys::KdfParams {
             memory_kib: 64,

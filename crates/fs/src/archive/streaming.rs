@@ -222,18 +222,9 @@ impl<'r> StreamingAssembler<'r> {
 mod tests {
     use super::*;
     use crate::archive::tar_to_tree_with;
+    use crate::archive::tests::repo;
     use crate::backup::Progress;
     use proptest::prelude::*;
-
-    fn repo(dir: &std::path::Path) -> Repository {
-        let backend = lifeboat_repo::open_location(dir.to_str().unwrap()).unwrap();
-        let kdf = lifeboat_repo::keys::KdfParams {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-        };
-        Repository::init(backend, b"pw", kdf).unwrap()
-    }
 
     /// An entry of a generated stream.
     #[derive(Debug, Clone)]

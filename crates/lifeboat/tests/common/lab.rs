@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use lifeboat_lab_support::env as lab_env;
+
 #[derive(Clone)]
 pub struct Site {
     pub name: String,
@@ -19,27 +21,6 @@ pub struct Site {
 /// `rogue-cert.pem`, `rogue-key.pem` from a CA no site trusts), when the lab made them.
 pub fn docker_tls_dir() -> Option<PathBuf> {
     lab_env().get("LAB_DOCKER_TLS_DIR").map(PathBuf::from)
-}
-
-fn lab_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../lab/lab")
-}
-
-/// The variables `lab/lab env` prints.
-fn lab_env() -> BTreeMap<String, String> {
-    let out = Command::new(lab_script()).arg("env").output().expect("run lab/lab env");
-    assert!(
-        out.status.success(),
-        "lab/lab env failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut vars = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some((k, v)) = line.trim_start_matches("export ").split_once('=') {
-            vars.insert(k.to_string(), v.trim_matches('"').to_string());
-        }
-    }
-    vars
 }
 
 /// The site names listed in `var` (`LAB_SITES`, `LAB_KUBE_SITES`).
