@@ -247,10 +247,9 @@ impl Cluster {
         })
     }
 
-    /// Starts a helper pod with `claim` at /data and waits until it runs; returns its name.
-    /// Starts a helper pod for `claim` and waits until it runs. One that is preempted or evicted
-    /// before it runs (a pod of higher priority took its place) is replaced, up to
-    /// [`HELPER_TRIES`] times.
+    /// Starts a helper pod with `claim` at /data and waits until it runs; returns its name. One
+    /// that is preempted or evicted before it runs (a pod of higher priority took its place) is
+    /// replaced, up to [`HELPER_TRIES`] times.
     fn start_helper(&self, ns: &str, claim: &str, image: &str, read_only: bool) -> Result<String, KubeError> {
         let mut last = String::new();
         for _ in 0..HELPER_TRIES {
