@@ -407,20 +407,34 @@ fn a_prune_in_another_pid_namespace_beside_a_live_backup_deletes_nothing_it_need
     let src = t.path().join("src");
     make_files(&src.join("old"), 31, 8, 1 << 20);
     ok(&repo, &["backup", "files", src.to_str().unwrap()]);
-    make_files(&src.join("new"), 32, 60, 1 << 20);
-    let backup = spawn(&repo, &["backup", "files", src.to_str().unwrap()]);
-    // Once it holds its lock and has written its first pack ...
-    let started = std::time::Instant::now();
-    while fs::read_dir(Path::new(&repo).join("locks")).unwrap().count() == 0 || pack_files(Path::new(&repo)).len() < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the backup never took its lock"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // ... it is suspended (as a paused VM or a SIGSTOP would): it stays mid-backup while the prunes run.
-    let pid = rustix::process::Pid::from_raw(backup.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let locks = || fs::read_dir(Path::new(&repo).join("locks")).unwrap().count();
+    let mut tries = 0;
+    let (backup, pid) = loop {
+        tries += 1;
+        make_files(&src.join(format!("new{tries}")), 32, 60, 1 << 20);
+        let mut backup = spawn(&repo, &["backup", "files", src.to_str().unwrap()]);
+        // Once it holds its lock and has written its first pack ...
+        let started = std::time::Instant::now();
+        while locks() == 0 || pack_files(Path::new(&repo)).len() < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the backup never took its lock"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // ... it is suspended (as a paused VM or a SIGSTOP would): it stays mid-backup while the
+        // prunes run.
+        let pid = rustix::process::Pid::from_raw(backup.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+        // On a loaded machine it may have finished between the look and the stop: then there is
+        // no live backup to race with, and another one (of new files) is started.
+        if backup.try_wait().unwrap().is_none() && locks() > 0 {
+            break (backup, pid);
+        }
+        rustix::process::kill_process(pid, rustix::process::Signal::CONT).ok();
+        let _ = backup.wait();
+        assert!(tries < 5, "every backup finished before it could be stopped");
+    };
     for min_age in ["2h", "0s"] {
         let p = std::process::Command::new("unshare")
             .args([
