@@ -161,6 +161,44 @@ fn unschedulable_reason(pod: &Value) -> Option<String> {
     })
 }
 
+/// Whether the scheduler's message says no node has the CPU or memory the pod requests.
+fn no_room(unschedulable: &str) -> bool {
+    unschedulable.contains("Insufficient cpu") || unschedulable.contains("Insufficient memory")
+}
+
+/// A helper pod that went before it ran, or while it ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Gone {
+    why: String,
+    /// The node's kubelet refused it: the pods there already request all of a resource.
+    node_full: bool,
+}
+
+/// Why a helper pod (as the API server reports it) is gone or going, if it is: preempted or
+/// evicted (a pod of higher priority needed the node), refused by the kubelet of a node whose
+/// pods already request all its CPU or memory (reason `OutOfcpu`, `OutOfmemory`: a pod pinned to
+/// a node passes no scheduler), or being deleted.
+fn why_gone(p: &Pod) -> Option<Gone> {
+    let status = p.status.as_ref();
+    let reason = status.and_then(|s| s.reason.as_deref()).unwrap_or_default();
+    let name = p.metadata.name.as_deref().unwrap_or_default();
+    let node_full = matches!(reason, "OutOfcpu" | "OutOfmemory");
+    if matches!(reason, "Preempted" | "Evicted") || node_full {
+        let msg = status.and_then(|s| s.message.as_deref()).unwrap_or_default();
+        Some(Gone {
+            why: format!("helper pod {name}: {reason}: {msg}"),
+            node_full,
+        })
+    } else if p.metadata.deletion_timestamp.is_some() {
+        Some(Gone {
+            why: format!("helper pod {name} is being deleted"),
+            node_full: false,
+        })
+    } else {
+        None
+    }
+}
+
 /// Why a helper pod (as the API server reports it) will not start, if something says so: a
 /// container waiting for a reason that waiting does not cure (an image that cannot be pulled or
 /// is not on the node), the pod failed, or unschedulable for `unschedulable_for` beyond
@@ -249,13 +287,19 @@ impl Cluster {
 
     /// Starts a helper pod with `claim` at /data and waits until it runs; returns its name. One
     /// that is preempted or evicted before it runs (a pod of higher priority took its place) is
-    /// replaced, up to [`HELPER_TRIES`] times.
+    /// replaced, up to [`HELPER_TRIES`] times. One the node's kubelet refused because the pods on
+    /// the node already request all its CPU or memory (a helper of a claim in use is pinned to
+    /// that pod's node, past the scheduler) is replaced by one that requests nothing.
     fn start_helper(&self, ns: &str, claim: &str, image: &str, read_only: bool) -> Result<String, KubeError> {
         let mut last = String::new();
+        let mut requests = true;
         for _ in 0..HELPER_TRIES {
-            match self.start_helper_once(ns, claim, image, read_only)? {
+            match self.start_helper_once(ns, claim, image, read_only, requests)? {
                 Ok(name) => return Ok(name),
-                Err(why) => last = why,
+                Err(gone) => {
+                    requests &= !gone.node_full;
+                    last = gone.why;
+                }
             }
         }
         Err(self.helper_err(format!("helper pod for claim {ns}/{claim}"))(format!(
@@ -263,14 +307,16 @@ impl Cluster {
         )))
     }
 
-    /// [`Self::start_helper`] once: `Ok(Err(why))` when the pod went before it ran.
+    /// [`Self::start_helper`] once: `Ok(Err(gone))` when the pod went before it ran. Without
+    /// `requests` the helper asks for no CPU and memory (its limits stay).
     fn start_helper_once(
         &self,
         ns: &str,
         claim: &str,
         image: &str,
         read_only: bool,
-    ) -> Result<Result<String, String>, KubeError> {
+        requests: bool,
+    ) -> Result<Result<String, Gone>, KubeError> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let mut spec = json!({
             "restartPolicy": "Never",
@@ -282,7 +328,8 @@ impl Cluster {
                 "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": read_only}],
                 // PodSecurity "baseline": root (it must give restored files their owners), but
                 // only the capabilities that takes, no privilege escalation, the runtime's
-                // default seccomp profile. Requests and limits, for namespaces whose quota asks.
+                // default seccomp profile. Requests and limits, for namespaces whose quota asks
+                // (zero requests still name both).
                 "securityContext": {
                     "allowPrivilegeEscalation": false,
                     "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]},
@@ -295,6 +342,9 @@ impl Cluster {
             }],
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}],
         });
+        if !requests {
+            spec["containers"][0]["resources"]["requests"] = json!({"cpu": "0", "memory": "0"});
+        }
         if let Some(node) = self.claim_node(ns, claim) {
             spec["nodeName"] = Value::String(node);
         }
@@ -325,10 +375,10 @@ impl Cluster {
         let started = Instant::now();
         let mut unschedulable_since: Option<Instant> = None;
         loop {
-            if let Some(why) = self.helper_gone(ns, &name) {
-                // Preempted or evicted (a pod of higher priority needed the node): another one.
+            if let Some(gone) = self.helper_gone(ns, &name) {
+                // Preempted, evicted or refused by a full node: another one.
                 self.remove_helper(ns, &name);
-                return Ok(Err(why));
+                return Ok(Err(gone));
             }
             let p = self.block_on(pods.get(&name)).map_err(self.api_err(what.clone()))?;
             let v = serde_json::to_value(&p).unwrap_or_default();
@@ -336,7 +386,16 @@ impl Cluster {
             if phase == "Running" {
                 return Ok(Ok(name));
             }
-            let unschedulable = unschedulable_reason(&v).is_some();
+            let unschedulable = unschedulable_reason(&v);
+            if let Some(msg) = unschedulable.as_deref().filter(|m| requests && no_room(m)) {
+                // Every node's pods already request all its CPU or memory: one that asks for none.
+                self.remove_helper(ns, &name);
+                return Ok(Err(Gone {
+                    why: format!("helper pod {name}: Unschedulable: {msg}"),
+                    node_full: true,
+                }));
+            }
+            let unschedulable = unschedulable.is_some();
             let since = match (unschedulable, unschedulable_since) {
                 (false, _) => {
                     unschedulable_since = None;
@@ -364,22 +423,16 @@ impl Cluster {
         }
     }
 
-    /// Why the helper pod `name` is gone or going (deleted, preempted, evicted), if it is.
-    fn helper_gone(&self, ns: &str, name: &str) -> Option<String> {
+    /// Why the helper pod `name` is gone or going, if it is (see [`why_gone`]).
+    fn helper_gone(&self, ns: &str, name: &str) -> Option<Gone> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         match self.block_on(pods.get(name)) {
-            Err(e) if crate::status_code(&e) == Some(404) => Some(format!("helper pod {name} was deleted")),
+            Err(e) if crate::status_code(&e) == Some(404) => Some(Gone {
+                why: format!("helper pod {name} was deleted"),
+                node_full: false,
+            }),
             Err(_) => None,
-            Ok(p) => {
-                let reason = p.status.as_ref().and_then(|s| s.reason.clone()).unwrap_or_default();
-                if matches!(reason.as_str(), "Preempted" | "Evicted") {
-                    Some(format!("helper pod {name}: {reason}"))
-                } else if p.metadata.deletion_timestamp.is_some() {
-                    Some(format!("helper pod {name} is being deleted"))
-                } else {
-                    None
-                }
-            }
+            Ok(p) => why_gone(&p),
         }
     }
 
@@ -661,6 +714,40 @@ mod tests {
     use super::*;
     use std::path::Path;
     use std::process::{Command, Stdio};
+
+    fn pod(status: Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "lifeboat-helper-x"}, "status": status})).unwrap()
+    }
+
+    /// Regression (CI, corpus): a helper pinned to a node whose pods requested 1992 of its 2000
+    /// millicores was refused by the kubelet and the claim was not backed up.
+    #[test]
+    fn a_helper_refused_by_a_full_node_is_gone_and_asks_for_room() {
+        let refused = pod(json!({
+            "phase": "Failed", "reason": "OutOfcpu",
+            "message": "Pod Node didn't have enough resource: cpu, requested: 100, used: 1992, capacity: 2000",
+        }));
+        let gone = why_gone(&refused).expect("gone");
+        assert!(gone.node_full);
+        assert!(
+            gone.why.contains("OutOfcpu") && gone.why.contains("used: 1992"),
+            "{}",
+            gone.why
+        );
+        assert!(
+            why_gone(&pod(json!({"phase": "Failed", "reason": "OutOfmemory"})))
+                .unwrap()
+                .node_full
+        );
+        let preempted = why_gone(&pod(json!({"phase": "Failed", "reason": "Preempted"}))).unwrap();
+        assert!(!preempted.node_full);
+        assert_eq!(why_gone(&pod(json!({"phase": "Running"}))), None);
+        assert_eq!(why_gone(&pod(json!({"phase": "Failed", "reason": "Error"}))), None);
+        assert!(no_room("0/1 nodes are available: 1 Insufficient cpu."));
+        assert!(!no_room(
+            "0/1 nodes are available: 1 pod has unbound immediate PersistentVolumeClaims."
+        ));
+    }
 
     /// Runs a claim script with `dir` standing for the claim, `stdin` as its input.
     fn run(dir: &Path, script: &str, stdin: &[u8]) -> (bool, String) {

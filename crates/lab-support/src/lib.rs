@@ -3,16 +3,27 @@
 //!
 //! Guarantees: [`env`] runs the lab script each time it is called (the lab may change under a
 //! test: `lab/lab kill`, `up`), and fails the calling test with the script's own error when the
-//! script cannot run. Assumes the workspace layout (`lab/lab` two levels above this crate).
+//! script cannot run. Assumes the workspace layout: `lab/lab` in a directory above the test's
+//! package (found at run time: a target directory shared by clones at other paths keeps this
+//! crate built with another clone's path).
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The lab script, `lab/lab` at the workspace's top.
+/// The lab script, `lab/lab` at the workspace's top: the first above the running test's package
+/// directory (`cargo test` sets `CARGO_MANIFEST_DIR` and the working directory to it).
 pub fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../lab/lab")
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default();
+    start
+        .ancestors()
+        .map(|d| d.join("lab/lab"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no lab/lab above {}", start.display()))
 }
 
 /// Every variable `lab/lab env` describes (`LAB_SITES`, `LAB_A_ADDR`, ...), by name.
