@@ -375,12 +375,23 @@ impl Cluster {
         let started = Instant::now();
         let mut unschedulable_since: Option<Instant> = None;
         loop {
-            if let Some(gone) = self.helper_gone(ns, &name) {
+            // One read per round: whether the pod is gone and why it fails come from one answer
+            // (the kubelet may refuse it between two reads).
+            let p = match self.block_on(pods.get(&name)) {
+                Ok(p) => p,
+                Err(e) if crate::status_code(&e) == Some(404) => {
+                    return Ok(Err(Gone {
+                        why: format!("helper pod {name} was deleted"),
+                        node_full: false,
+                    }))
+                }
+                Err(e) => return Err(self.api_err(what.clone())(e)),
+            };
+            if let Some(gone) = why_gone(&p) {
                 // Preempted, evicted or refused by a full node: another one.
                 self.remove_helper(ns, &name);
                 return Ok(Err(gone));
             }
-            let p = self.block_on(pods.get(&name)).map_err(self.api_err(what.clone()))?;
             let v = serde_json::to_value(&p).unwrap_or_default();
             let phase = p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
             if phase == "Running" {

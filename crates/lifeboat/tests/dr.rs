@@ -836,8 +836,16 @@ fn serve_backs_up_on_the_plans_schedule_and_keeps_what_the_plan_says() {
     wait_for("four scheduled backups", Duration::from_secs(60), || {
         (snapshots() >= 4).then_some(())
     });
-    kill(serve);
+    // A service manager's stop: serve ends by itself, with success, once a backup under way is done.
+    let pid = rustix::process::Pid::from_raw(serve.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = wait_for("serve to end after SIGTERM", Duration::from_secs(120), || {
+        serve.try_wait().unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(200));
     let log = log.lock().unwrap().clone();
+    assert!(status.success(), "serve ended with {status} after SIGTERM\n{log}");
+    assert!(log.contains("stopping: no new rounds"), "{log}");
     assert!(
         log.contains("backup every 4s, next in 0ns"),
         "never backed up: due at once\n{log}"

@@ -10,9 +10,11 @@ pub mod hook;
 mod id;
 pub mod reach;
 pub mod redact;
+mod retry;
 mod snapshot;
 mod tree;
 
 pub use id::{Id, ParseIdError};
+pub use retry::Retry;
 pub use snapshot::{Snapshot, SnapshotSummary, INCOMPLETE_TAG, QUARANTINE_TAG, SPLIT_BRAIN_TAG};
 pub use tree::{FileName, Node, NodeKind, Tree, Xattr};

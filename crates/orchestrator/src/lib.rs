@@ -6,9 +6,11 @@
 //! repeating a step that finished ([`ops`]); two operations on one app never run at once (a lock
 //! per app in the repository); a fence is positive or the failover stops: a primary that cannot
 //! be reached is fenced only on evidence (the witness agrees, or the operator's
-//! `--fenced-by-hand`), and is then never started by Lifeboat on its own. Assumes: the repository is shared by every Lifeboat process
-//! that acts on the plan. Platforms: Docker engines; Kubernetes sites in plans are refused with
-//! [`OrchestratorError::Unsupported`] for now.
+//! `--fenced-by-hand`), and is then never started by Lifeboat on its own. Assumes: the
+//! repository is shared by every Lifeboat process that acts on the plan. Platforms: Docker
+//! engines (and Swarm) and Kubernetes clusters, behind [`platform::Platform`]; the long-running
+//! loops that drive these operations (schedule, sync rounds, watch, witness) are in
+//! `lifeboat-server`.
 #![forbid(unsafe_code)]
 
 pub mod check;
@@ -88,9 +90,14 @@ pub enum OrchestratorError {
         waited: Duration,
         last: String,
     },
-    /// Switching traffic failed; the message says where traffic is.
-    #[error("app {app}: traffic switch failed: {reason}")]
-    Traffic { app: String, reason: String },
+    /// Switching traffic failed (or its router cannot be built); the message says where traffic
+    /// is.
+    #[error("app {app}: traffic switch failed: {source}")]
+    Traffic {
+        app: String,
+        #[source]
+        source: Box<lifeboat_traffic::TrafficError>,
+    },
     /// Verification checks failed after the switch.
     #[error("app {app}: verification failed: {}", failures.join("; "))]
     Verify { app: String, failures: Vec<String> },
@@ -107,12 +114,44 @@ pub enum OrchestratorError {
     #[error("{reason}")]
     Refused { reason: String },
     /// A step failed; the operation stays open and the same command resumes it from that step.
-    #[error("{kind} of {app} stopped at step {step} (operation {id}): {reason}\n(fix the cause and run the same command again: it resumes from this step)")]
+    #[error("{kind} of {app} stopped at step {step} (operation {id}): {cause}\n(fix the cause and run the same command again: it resumes from this step)")]
     Step {
         kind: &'static str,
         app: String,
         step: String,
         id: String,
-        reason: String,
+        /// Why the step failed; its [`OrchestratorError::retry`] is the step's.
+        #[source]
+        cause: Box<OrchestratorError>,
     },
+}
+
+pub use lifeboat_model::Retry;
+
+impl OrchestratorError {
+    /// Whether running the same command again may succeed without a change: a site that cannot
+    /// be reached, a site's failed action, an app not healthy yet, a repository lock held or a
+    /// passing store error, a traffic server's passing failure are [`Retry::Later`]; a wrong
+    /// plan, credential or TLS setting, a failed hook or verification, damaged data, a refusal
+    /// need a fix first ([`Retry::AfterFix`]). A failed step has its cause's class.
+    pub fn retry(&self) -> Retry {
+        match self {
+            OrchestratorError::Unreachable { .. }
+            | OrchestratorError::Site { .. }
+            | OrchestratorError::Unhealthy { .. } => Retry::Later,
+            OrchestratorError::Repo(e) => e.retry(),
+            OrchestratorError::Traffic { source, .. } => source.retry(),
+            OrchestratorError::Step { cause, .. } => cause.retry(),
+            OrchestratorError::NoApp { .. }
+            | OrchestratorError::NotDr { .. }
+            | OrchestratorError::Access { .. }
+            | OrchestratorError::Unsupported { .. }
+            | OrchestratorError::Journal { .. }
+            | OrchestratorError::NoRecoveryPoint { .. }
+            | OrchestratorError::Damaged { .. }
+            | OrchestratorError::Verify { .. }
+            | OrchestratorError::Hook { .. }
+            | OrchestratorError::Refused { .. } => Retry::AfterFix,
+        }
+    }
 }

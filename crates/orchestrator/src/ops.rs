@@ -299,7 +299,7 @@ impl Runner<'_, '_> {
                     app: self.op.app.clone(),
                     step: name.to_string(),
                     id: self.op.id.clone(),
-                    reason: e.to_string(),
+                    cause: Box::new(e),
                 })
             }
         }
@@ -843,7 +843,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
             )
             .map_err(|e| OrchestratorError::Traffic {
                 app: op.app.clone(),
-                reason: e.to_string(),
+                source: Box::new(e),
             })?;
             Ok((StepOutcome::Done, format!("{} now sends traffic to {to}", r.describe())))
         }
@@ -1170,10 +1170,10 @@ fn refence_on_resume(
             app: run.op.app.clone(),
             step: "fence".into(),
             id: run.op.id.clone(),
-            reason: format!(
-                "{from} runs the app again ({}) and cannot be stopped: {e}",
-                live.join(", ")
-            ),
+            cause: Box::new(OrchestratorError::Site {
+                site: from.to_string(),
+                reason: format!("runs the app again ({}) and cannot be stopped: {e}", live.join(", ")),
+            }),
         })?;
         let line = summary(
             &format!(

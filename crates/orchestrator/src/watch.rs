@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::journal::Kind;
+use crate::{OrchestratorError, Retry};
 
 /// A boxed future, for the traits below.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -115,6 +116,24 @@ pub trait Witness: Send + Sync {
     fn verdict(&self, app: &str) -> BoxFuture<'_, Verdict>;
 }
 
+/// A failover or resumption that failed: what to log, and whether the next try may succeed
+/// without a fix ([`Retry::Later`]: after growing pauses) or not ([`Retry::AfterFix`]: the next
+/// try waits [`MAX_RETRY_DELAY`] at once).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggerError {
+    pub error: String,
+    pub retry: Retry,
+}
+
+impl From<OrchestratorError> for TriggerError {
+    fn from(e: OrchestratorError) -> TriggerError {
+        TriggerError {
+            retry: e.retry(),
+            error: e.to_string(),
+        }
+    }
+}
+
 /// Starts a failover; `first_failure` is when the failing run began, `detected` when the
 /// threshold was reached. The result is a line for the log.
 pub trait Trigger: Send + Sync {
@@ -123,12 +142,12 @@ pub trait Trigger: Send + Sync {
         app: &str,
         first_failure: OffsetDateTime,
         detected: OffsetDateTime,
-    ) -> BoxFuture<'_, Result<String, String>>;
+    ) -> BoxFuture<'_, Result<String, TriggerError>>;
     /// The kind of the app's unfinished operation, if one is open (a step failed or a process died
     /// in it).
     fn unfinished(&self, app: &str) -> BoxFuture<'_, Option<Kind>>;
     /// Resumes the app's unfinished operation, whatever its kind. A line for the log.
-    fn resume(&self, app: &str) -> BoxFuture<'_, Result<String, String>>;
+    fn resume(&self, app: &str) -> BoxFuture<'_, Result<String, TriggerError>>;
 }
 
 /// The longest pause between two attempts of a failover that keeps failing.
@@ -185,10 +204,11 @@ pub async fn watch_app(
     let wait_retry = |retry: &Option<(tokio::time::Instant, Duration)>| {
         retry.is_some_and(|(at, _)| tokio::time::Instant::now() < at)
     };
-    let failed = |retry: &mut Option<(tokio::time::Instant, Duration)>| {
-        let delay = match *retry {
-            None => w.interval,
-            Some((_, d)) => (d * 2).min(MAX_RETRY_DELAY),
+    let failed = |retry: &mut Option<(tokio::time::Instant, Duration)>, class: Retry| {
+        let delay = match (*retry, class) {
+            (_, Retry::AfterFix) => MAX_RETRY_DELAY,
+            (None, Retry::Later) => w.interval,
+            (Some((_, d)), Retry::Later) => (d * 2).min(MAX_RETRY_DELAY),
         };
         *retry = Some((tokio::time::Instant::now() + delay, delay));
     };
@@ -215,11 +235,11 @@ pub async fn watch_app(
                     monitor = Monitor::new(w.failure_threshold, w.success_threshold);
                     first_failure = None;
                 }
-                Err(error) => {
-                    failed(&mut retry);
+                Err(e) => {
+                    failed(&mut retry, e.retry);
                     events(Event::FailoverFailed {
                         app: w.app.clone(),
-                        error,
+                        error: e.error,
                     });
                 }
             }
@@ -278,11 +298,11 @@ pub async fn watch_app(
                     });
                     return;
                 }
-                Err(error) => {
-                    failed(&mut retry);
+                Err(e) => {
+                    failed(&mut retry, e.retry);
                     events(Event::FailoverFailed {
                         app: w.app.clone(),
-                        error,
+                        error: e.error,
                     })
                 }
             }
@@ -404,12 +424,24 @@ mod tests {
             })
         }
     }
+    fn later(error: &str) -> TriggerError {
+        TriggerError {
+            error: error.into(),
+            retry: Retry::Later,
+        }
+    }
+
     struct Count {
         calls: AtomicUsize,
         at: Mutex<Option<tokio::time::Instant>>,
     }
     impl Trigger for Count {
-        fn failover(&self, _: &str, _: OffsetDateTime, _: OffsetDateTime) -> BoxFuture<'_, Result<String, String>> {
+        fn failover(
+            &self,
+            _: &str,
+            _: OffsetDateTime,
+            _: OffsetDateTime,
+        ) -> BoxFuture<'_, Result<String, TriggerError>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             *self.at.lock().unwrap() = Some(tokio::time::Instant::now());
             Box::pin(async { Ok("failed over".to_string()) })
@@ -417,8 +449,8 @@ mod tests {
         fn unfinished(&self, _: &str) -> BoxFuture<'_, Option<Kind>> {
             Box::pin(async { None })
         }
-        fn resume(&self, _: &str) -> BoxFuture<'_, Result<String, String>> {
-            Box::pin(async { Err("nothing to resume".to_string()) })
+        fn resume(&self, _: &str) -> BoxFuture<'_, Result<String, TriggerError>> {
+            Box::pin(async { Err(later("nothing to resume")) })
         }
     }
     /// A trigger whose failover fails `fail_first` times and leaves an operation open when
@@ -427,6 +459,8 @@ mod tests {
         fail_first: usize,
         leaves_open: bool,
         resume_fails: usize,
+        /// The class of the failovers' failures.
+        fails_with: Retry,
         failovers: AtomicUsize,
         resumes: AtomicUsize,
         open: Mutex<bool>,
@@ -434,10 +468,15 @@ mod tests {
     }
     impl Stubborn {
         fn new(fail_first: usize, leaves_open: bool, resume_fails: usize) -> Arc<Stubborn> {
+            Stubborn::failing_with(fail_first, leaves_open, resume_fails, Retry::Later)
+        }
+
+        fn failing_with(fail_first: usize, leaves_open: bool, resume_fails: usize, fails_with: Retry) -> Arc<Stubborn> {
             Arc::new(Stubborn {
                 fail_first,
                 leaves_open,
                 resume_fails,
+                fails_with,
                 failovers: AtomicUsize::new(0),
                 resumes: AtomicUsize::new(0),
                 open: Mutex::new(false),
@@ -446,12 +485,20 @@ mod tests {
         }
     }
     impl Trigger for Stubborn {
-        fn failover(&self, _: &str, _: OffsetDateTime, _: OffsetDateTime) -> BoxFuture<'_, Result<String, String>> {
+        fn failover(
+            &self,
+            _: &str,
+            _: OffsetDateTime,
+            _: OffsetDateTime,
+        ) -> BoxFuture<'_, Result<String, TriggerError>> {
             let n = self.failovers.fetch_add(1, Ordering::SeqCst);
             self.at.lock().unwrap().push(tokio::time::Instant::now());
             let r = if n < self.fail_first {
                 *self.open.lock().unwrap() = self.leaves_open;
-                Err("start: standby unhealthy".to_string())
+                Err(TriggerError {
+                    error: "start: standby unhealthy".into(),
+                    retry: self.fails_with,
+                })
             } else {
                 Ok("failed over".to_string())
             };
@@ -461,10 +508,10 @@ mod tests {
             let open = *self.open.lock().unwrap();
             Box::pin(async move { open.then_some(Kind::Failover) })
         }
-        fn resume(&self, _: &str) -> BoxFuture<'_, Result<String, String>> {
+        fn resume(&self, _: &str) -> BoxFuture<'_, Result<String, TriggerError>> {
             let n = self.resumes.fetch_add(1, Ordering::SeqCst);
             let r = if n < self.resume_fails {
-                Err("health: still unhealthy".to_string())
+                Err(later("health: still unhealthy"))
             } else {
                 *self.open.lock().unwrap() = false;
                 Ok("resumed and finished".to_string())
@@ -533,6 +580,50 @@ mod tests {
         let trigger = Stubborn::new(usize::MAX, false, 0);
         let (_, events) = run_with(vec![false, false, false, true], trigger.clone(), 600).await;
         assert_eq!(trigger.failovers.load(Ordering::SeqCst), 1, "{events:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failover_that_needs_a_fix_is_tried_again_only_after_the_longest_pause() {
+        // A failed hook, a wrong credential: trying again sooner gives the same answer.
+        let trigger = Stubborn::failing_with(usize::MAX, false, 0, Retry::AfterFix);
+        let (ended, _) = run_with(vec![false], trigger.clone(), 600).await;
+        assert!(!ended);
+        let at = trigger.at.lock().unwrap().clone();
+        let gaps: Vec<u64> = at.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+        assert!(!gaps.is_empty());
+        assert!(
+            gaps.iter().all(|g| *g >= MAX_RETRY_DELAY.as_secs()),
+            "tried again before the longest pause: {gaps:?}"
+        );
+    }
+
+    #[test]
+    fn a_trigger_error_keeps_the_retry_class_of_a_failed_steps_cause() {
+        let step = |cause| OrchestratorError::Step {
+            kind: "failover",
+            app: "web".into(),
+            step: "fence".into(),
+            id: "x".into(),
+            cause: Box::new(cause),
+        };
+        let unreachable = TriggerError::from(step(OrchestratorError::Unreachable {
+            site: "a".into(),
+            reason: "no route to host".into(),
+        }));
+        assert_eq!(unreachable.retry, Retry::Later);
+        assert!(
+            unreachable.error.contains("site a cannot be reached"),
+            "{}",
+            unreachable.error
+        );
+        let hook = TriggerError::from(step(OrchestratorError::Hook {
+            app: "web".into(),
+            phase: "pre_backup",
+            site: "a".into(),
+            container: "db".into(),
+            reason: "exit code 1".into(),
+        }));
+        assert_eq!(hook.retry, Retry::AfterFix);
     }
 
     struct Fixed(Verdict);

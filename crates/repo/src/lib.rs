@@ -121,6 +121,21 @@ pub enum RepoError {
     InvalidPolicy(String),
 }
 
+impl RepoError {
+    /// Whether trying again may help: a retryable backend error, a lock another process holds, a
+    /// lock or a write lost to a passing failure are [`lifeboat_model::Retry::Later`]; a wrong
+    /// password, damage, a missing snapshot or a refused request need a fix first.
+    pub fn retry(&self) -> lifeboat_model::Retry {
+        match self {
+            RepoError::Backend(e) => e.retry(),
+            RepoError::Locked { .. } | RepoError::LockLost { .. } | RepoError::WriteFailed { .. } => {
+                lifeboat_model::Retry::Later
+            }
+            _ => lifeboat_model::Retry::AfterFix,
+        }
+    }
+}
+
 /// This machine's host name.
 pub fn hostname() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()

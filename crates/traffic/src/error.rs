@@ -218,6 +218,11 @@ fn after_text(traffic: &TrafficAfter, rollback: Option<&str>) -> String {
 }
 
 impl TrafficError {
+    /// [`Self::retry_may_help`] as a retry class.
+    pub fn retry(&self) -> lifeboat_model::Retry {
+        lifeboat_model::Retry::later_if(self.retry_may_help())
+    }
+
     /// Whether trying the same call again later may succeed without changing the plan or its files:
     /// the server was unreachable or slow, it failed (`SERVFAIL`, HTTP 5xx/429), or a half-done
     /// switch was undone.

@@ -63,6 +63,12 @@ pub enum CaBundleError {
 }
 
 impl BackendError {
+    /// [`Retry::Later`](lifeboat_model::Retry) for an I/O or protocol error marked retryable (a
+    /// timeout, a reset, an S3 5xx or 429), else [`Retry::AfterFix`](lifeboat_model::Retry).
+    pub fn retry(&self) -> lifeboat_model::Retry {
+        lifeboat_model::Retry::later_if(matches!(self, BackendError::Io { retryable: true, .. }))
+    }
+
     /// True when the file was not found.
     pub fn is_not_found(&self) -> bool {
         matches!(self, BackendError::NotFound { .. })

@@ -1,0 +1,682 @@
+//! The long-running control plane of a DR plan: [`Server::serve`] (the plan's backup schedule with
+//! its retention, sync rounds and the health watch in one process), [`Server::watch`] and
+//! [`Server::witness`], with what they share: where each app is active now ([`ActiveSites`]) and
+//! the repository read on the blocking pool within a deadline.
+//!
+//! Guarantees: every job (a backup round, a sync round, a failover) runs on the blocking pool, so
+//! a slow site or repository never stops the other apps' schedules or the watch; a `shutdown`
+//! future that completes stops every loop at once, and a job under way is not cut: the runtime
+//! that ran the server waits for it when it is dropped (a job not yet started does not start).
+//! What happens is told through [`Event`]s, one call each, never printed here.
+//!
+//! Assumes: a validated plan; a tokio runtime with the blocking pool (any multi-thread runtime).
+//! Breaks: one process per plan. Two `serve` of one plan on two machines both back up on the
+//! schedule (the repository's locks keep their work apart, not their decisions).
+#![forbid(unsafe_code)]
+
+mod active;
+mod trigger;
+mod witness;
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lifeboat_orchestrator::ops::{self, Env};
+use lifeboat_orchestrator::platform::Connector;
+use lifeboat_orchestrator::watch::{self, Watched};
+use lifeboat_orchestrator::{platform, schedule, sync, OrchestratorError};
+use lifeboat_plan::{App, Plan, Profile};
+use lifeboat_repo::Repository;
+use lifeboat_traffic::Router;
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+
+pub use active::{ActiveProbe, ActiveSites, REPO_DEADLINE};
+pub use trigger::Failover;
+pub use witness::{report_loop, RepoWitness};
+
+/// How long a scheduled backup or a sync round waits for an app's lock (a failover or a prune
+/// holds it) before that round fails.
+pub const LOCK_WAIT: Duration = Duration::from_secs(300);
+
+/// Builds an app's traffic router (`None`: the app has no traffic section).
+pub type Routers = dyn Fn(&App) -> Result<Option<Box<dyn Router>>, OrchestratorError> + Send + Sync;
+
+/// The traffic routers of the plan's apps, their key and secret files found from `plan_dir`.
+pub fn routers(plan_dir: PathBuf) -> Arc<Routers> {
+    Arc::new(move |app: &App| match &app.traffic {
+        None => Ok(None),
+        Some(t) => lifeboat_traffic::router(t, &plan_dir)
+            .map(Some)
+            .map_err(|e| OrchestratorError::Traffic {
+                app: app.name.value.clone(),
+                source: Box::new(e),
+            }),
+    })
+}
+
+/// The apps a command works on: `only`, or every app of profile `dr`.
+pub fn apps<'p>(plan: &'p Plan, only: Option<&str>) -> Result<Vec<&'p App>, ServerError> {
+    if let Some(a) = only {
+        return plan.app(a).map(|app| vec![app]).ok_or_else(|| ServerError::NoApp {
+            plan: plan.metadata.name.clone(),
+            app: a.to_string(),
+            known: plan.apps.iter().map(|a| a.name.value.clone()).collect(),
+        });
+    }
+    Ok(plan.apps.iter().filter(|a| a.profile == Profile::Dr).collect())
+}
+
+/// Why the server cannot start. Once it runs, failures of single rounds are [`Event`]s.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The plan has no such app.
+    #[error("plan {plan} has no app {app:?} (apps: {})", known.join(", "))]
+    NoApp {
+        plan: String,
+        app: String,
+        known: Vec<String>,
+    },
+    /// No app has a backup schedule, sync is off and nothing is watched.
+    #[error("nothing to serve for plan {plan}: no app has a backup schedule, sync is off and nothing is watched")]
+    NothingToServe { plan: String },
+    /// No app in scope has health probes.
+    #[error("no app of plan {plan} has health probes to watch")]
+    NothingToWatch { plan: String },
+    /// The time of an app's last backup cannot be read, so its schedule cannot be placed.
+    #[error("the recovery points of app {app} cannot be read")]
+    RecoveryPoints {
+        app: String,
+        #[source]
+        source: Box<OrchestratorError>,
+    },
+}
+
+/// What the server reports as it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// `app` is backed up every `every`, the first time in `first`.
+    Scheduled {
+        app: String,
+        every: Duration,
+        first: Duration,
+    },
+    /// A scheduled backup of `app` (with its retention) ended: what it did, in one line.
+    BackedUp { app: String, summary: String },
+    /// A sync round corrected something or failed: what, in one line.
+    Synced { summary: String },
+    /// The watch started for `apps` apps, with or without a witness to agree.
+    Watching { apps: usize, witness: bool },
+    /// The watch could not start (serve goes on with the rest).
+    NotWatching { why: String },
+    /// The witness started reporting for `apps` apps.
+    Witnessing { apps: usize },
+    /// The witness wrote no report for `app` this round.
+    WitnessSkipped { app: String, why: String },
+    /// What the watch of one app saw or did.
+    Watch(watch::Event),
+    /// A line of a failover or resumption under way (a step started or ended).
+    Progress { line: String },
+    /// The shutdown future completed: no new rounds; jobs under way finish.
+    Stopping,
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use watch::Event as W;
+        match self {
+            Event::Scheduled { app, every, first } => write!(f, "{app}: backup every {every:?}, next in {first:?}"),
+            Event::BackedUp { summary, .. } | Event::Synced { summary } => f.write_str(summary),
+            Event::Watching { apps, witness: true } => {
+                write!(f, "watching {apps} apps (a witness must agree before a failover)")
+            }
+            Event::Watching { apps, witness: false } => write!(
+                f,
+                "watching {apps} apps (no witness: a primary that cannot be reached stays active until \
+                 `failover --fenced-by-hand`)"
+            ),
+            Event::NotWatching { why } => write!(f, "not watching: {why}"),
+            Event::Witnessing { apps } => write!(f, "witness for {apps} apps: reporting to the repository"),
+            Event::WitnessSkipped { app, why } => write!(f, "witness: {app}: {why}"),
+            Event::Watch(e) => match e {
+                W::Failing { app, failures, error } => write!(f, "{app}: probe failed ({failures} in a row): {error}"),
+                W::Down { app } => write!(f, "{app}: DOWN (failure threshold reached)"),
+                W::Up { app } => write!(f, "{app}: up again"),
+                W::WitnessRefused { app, why } => write!(f, "{app}: no failover: {why}"),
+                W::FailedOver { app, detail } => write!(f, "{app}: failed over\n{detail}"),
+                W::FailoverFailed { app, error } => write!(f, "{app}: failover failed: {error}"),
+                W::Resumed { app, kind, detail } => {
+                    write!(f, "{app}: unfinished {} resumed and finished\n{detail}", kind.as_str())
+                }
+            },
+            Event::Progress { line } => f.write_str(line),
+            Event::Stopping => f.write_str("stopping: no new rounds; jobs under way finish first"),
+        }
+    }
+}
+
+/// What [`Server::serve`] runs.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Only this app (default: every app of profile `dr`).
+    pub only: Option<String>,
+    /// Watch the apps' health and fail over.
+    pub watch: bool,
+    /// A sync round this often; zero: none.
+    pub sync_every: Duration,
+}
+
+/// One plan's control plane: its sites, repository and traffic routers, and where its events go.
+pub struct Server {
+    pub plan: Arc<Plan>,
+    /// The plan file's directory: relative key and secret files are found from there.
+    pub plan_dir: PathBuf,
+    pub repo: Arc<Repository>,
+    pub connect: Arc<Connector>,
+    pub routers: Arc<Routers>,
+    pub events: Arc<dyn Fn(Event) + Send + Sync>,
+}
+
+impl Server {
+    /// A server of the plan's real sites and traffic routers.
+    pub fn new(
+        plan: Plan,
+        plan_dir: PathBuf,
+        repo: Repository,
+        events: Arc<dyn Fn(Event) + Send + Sync>,
+    ) -> Arc<Server> {
+        Arc::new(Server {
+            connect: platform::connector(&plan),
+            routers: routers(plan_dir.clone()),
+            plan: Arc::new(plan),
+            plan_dir,
+            repo: Arc::new(repo),
+            events,
+        })
+    }
+
+    fn say(&self, e: Event) {
+        (self.events)(e)
+    }
+
+    /// Runs `f` with an [`Env`] of this server; with `progress`, the operation's lines go out as
+    /// [`Event::Progress`], else nowhere (a round reports in one line of its own).
+    pub fn with_env<R>(&self, progress: bool, f: impl FnOnce(&Env) -> R) -> R {
+        let events = self.events.clone();
+        let log = move |line: &str| {
+            if progress {
+                events(Event::Progress { line: line.to_string() })
+            }
+        };
+        let env = Env {
+            plan: &self.plan,
+            plan_dir: self.plan_dir.clone(),
+            repo: &self.repo,
+            connect: self.connect.clone(),
+            router: &*self.routers,
+            log: &log,
+        };
+        f(&env)
+    }
+
+    /// Runs `f` on the blocking pool (the platforms block on runtimes of their own).
+    fn blocking<R: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&Env) -> R + Send + 'static) -> JoinHandle<R> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.with_env(false, f))
+    }
+
+    /// `serve`: each app's backup schedule with its retention, a sync round every
+    /// `opts.sync_every`, and (with `opts.watch`) the watch, until `shutdown` completes.
+    pub async fn serve(
+        self: &Arc<Self>,
+        opts: &ServeOptions,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let mut tasks = Vec::new();
+        for a in apps(&self.plan, opts.only.as_deref())? {
+            if let Some(t) = self.schedule(a)? {
+                tasks.push(t);
+            }
+        }
+        if !opts.sync_every.is_zero() {
+            tasks.push(self.sync_rounds(opts.only.clone(), opts.sync_every));
+        }
+        if opts.watch {
+            match self.watch_tasks(opts.only.as_deref()) {
+                Ok(t) => tasks.extend(t),
+                Err(e) => self.say(Event::NotWatching { why: e.to_string() }),
+            }
+        }
+        if tasks.is_empty() {
+            return Err(ServerError::NothingToServe {
+                plan: self.plan.metadata.name.clone(),
+            });
+        }
+        self.run_until(tasks, shutdown).await;
+        Ok(())
+    }
+
+    /// `watch`: each app's health probes where it is active, and a failover when they fail (and
+    /// the witness agrees), until `shutdown` completes.
+    pub async fn watch(
+        self: &Arc<Self>,
+        only: Option<&str>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let tasks = self.watch_tasks(only)?;
+        self.run_until(tasks, shutdown).await;
+        Ok(())
+    }
+
+    /// `watch --witness`: each app probed where it is active and a report written into the
+    /// repository every round, until `shutdown` completes.
+    pub async fn witness(
+        self: &Arc<Self>,
+        only: Option<&str>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let watched = self.watched(only)?;
+        self.say(Event::Witnessing { apps: watched.len() });
+        let sites = Arc::new(ActiveSites::new(self.plan.clone(), self.repo.clone()));
+        let tasks = watched
+            .into_iter()
+            .map(|w| tokio::spawn(report_loop(w, sites.clone(), self.events.clone())))
+            .collect();
+        self.run_until(tasks, shutdown).await;
+        Ok(())
+    }
+
+    async fn run_until(&self, tasks: Vec<JoinHandle<()>>, shutdown: impl Future<Output = ()>) {
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        tokio::select! {
+            _ = all => {}
+            _ = shutdown => {
+                self.say(Event::Stopping);
+                aborts.iter().for_each(tokio::task::AbortHandle::abort);
+            }
+        }
+    }
+
+    /// The backup schedule of `a` (none without a `backup` section), its first round placed by
+    /// the time of its last recovery point.
+    fn schedule(self: &Arc<Self>, a: &App) -> Result<Option<JoinHandle<()>>, ServerError> {
+        let Some(policy) = &a.backup else { return Ok(None) };
+        let every = policy.every.value.0;
+        let name = a.name.value.clone();
+        let since = ops::latest_recovery_point(&self.repo, &self.plan.metadata.name, &name)
+            .map_err(|e| ServerError::RecoveryPoints {
+                app: name.clone(),
+                source: Box::new(e),
+            })?
+            .map(|rp| {
+                (OffsetDateTime::now_utc() - rp.time)
+                    .try_into()
+                    .unwrap_or(Duration::ZERO)
+            });
+        let first = schedule::first_delay(every, since);
+        self.say(Event::Scheduled {
+            app: name.clone(),
+            every,
+            first,
+        });
+        let me = self.clone();
+        Ok(Some(tokio::spawn(schedule::every(every, first, move || {
+            let (me, app) = (me.clone(), name.clone());
+            async move {
+                let job = me.blocking({
+                    let app = app.clone();
+                    move |env| backup_round(env, &app)
+                });
+                let summary = job.await.unwrap_or_else(|e| format!("{app}: backup task failed: {e}"));
+                me.say(Event::BackedUp { app, summary });
+            }
+        }))))
+    }
+
+    /// A sync round every `every`; a round that corrected nothing says nothing.
+    fn sync_rounds(self: &Arc<Self>, only: Option<String>, every: Duration) -> JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let only = only.clone();
+                let job = me.blocking(move |env| sync_round(env, only.as_deref()));
+                match job.await {
+                    Ok(summary) if summary.is_empty() => {}
+                    Ok(summary) => me.say(Event::Synced { summary }),
+                    Err(e) => me.say(Event::Synced {
+                        summary: format!("sync task failed: {e}"),
+                    }),
+                }
+            }
+        })
+    }
+
+    /// The apps in scope that have health probes, as the watch sees them.
+    fn watched(&self, only: Option<&str>) -> Result<Vec<Watched>, ServerError> {
+        let watched: Vec<Watched> = apps(&self.plan, only)?
+            .into_iter()
+            .filter_map(|a| {
+                let h = a.health.first()?;
+                Some(Watched {
+                    app: a.name.value.clone(),
+                    interval: h.interval.value.0,
+                    timeout: h.timeout.0,
+                    failure_threshold: h.failure_threshold.value,
+                    success_threshold: h.success_threshold.value,
+                })
+            })
+            .collect();
+        if watched.is_empty() {
+            return Err(ServerError::NothingToWatch {
+                plan: self.plan.metadata.name.clone(),
+            });
+        }
+        Ok(watched)
+    }
+
+    fn watch_tasks(self: &Arc<Self>, only: Option<&str>) -> Result<Vec<JoinHandle<()>>, ServerError> {
+        let watched = self.watched(only)?;
+        let sites = Arc::new(ActiveSites::new(self.plan.clone(), self.repo.clone()));
+        let witness: Option<Arc<dyn watch::Witness>> = self
+            .plan
+            .witness
+            .as_ref()
+            .map(|w| Arc::new(RepoWitness::new(sites.clone(), w.max_age.0)) as Arc<dyn watch::Witness>);
+        self.say(Event::Watching {
+            apps: watched.len(),
+            witness: witness.is_some(),
+        });
+        let trigger: Arc<dyn watch::Trigger> = Arc::new(Failover(self.clone()));
+        let probe: Arc<dyn watch::Prober> = Arc::new(ActiveProbe(sites));
+        let events = self.events.clone();
+        let events: Arc<dyn Fn(watch::Event) + Send + Sync> = Arc::new(move |e| events(Event::Watch(e)));
+        Ok(watched
+            .into_iter()
+            .map(|w| {
+                tokio::spawn(watch::watch_app(
+                    w,
+                    probe.clone(),
+                    witness.clone(),
+                    trigger.clone(),
+                    events.clone(),
+                ))
+            })
+            .collect())
+    }
+}
+
+/// One scheduled backup of `app` and its retention, in one line.
+fn backup_round(env: &Env, app: &str) -> String {
+    let mut line = match ops::backup_plan(env, Some(app), LOCK_WAIT) {
+        Ok(items) => items
+            .iter()
+            .map(|i| match (&i.snapshot, &i.error) {
+                (_, Some(e)) => format!("{}: backup FAILED on {}: {e}", i.app, i.site),
+                (Some(s), None) => format!("{}: snapshot {} of {}", i.app, &s[..8.min(s.len())], i.site),
+                (None, None) => format!("{}: nothing backed up", i.app),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => format!("{app}: backup FAILED: {e}"),
+    };
+    let Some(a) = env.plan.app(app) else { return line };
+    match schedule::apply_retention(env, a, LOCK_WAIT) {
+        Ok(removed) if removed.is_empty() => {}
+        Ok(removed) => line += &format!("; retention removed {}", removed.join(", ")),
+        Err(e) => line += &format!("; retention FAILED: {e}"),
+    }
+    line
+}
+
+/// One sync round: what it corrected or why it failed, per app, in one line (empty: nothing).
+fn sync_round(env: &Env, only: Option<&str>) -> String {
+    match sync::sync_plan(env, only, false, LOCK_WAIT) {
+        Ok(items) => items
+            .iter()
+            .filter(|i| i.error.is_some() || !i.corrected.is_empty())
+            .map(|i| match &i.error {
+                Some(e) => format!("{}: sync FAILED: {e}", i.app),
+                None => format!("{}: sync corrected {}", i.app, i.corrected.join(", ")),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => format!("sync FAILED: {e}"),
+    }
+}
+
+/// Completes at the first SIGTERM or SIGINT (a service manager's stop, Ctrl-C).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the default actions stay: the process ends at once.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_orchestrator::journal::{AppState, Store};
+    use lifeboat_repo::keys::KdfParams;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    struct World {
+        dir: tempfile::TempDir,
+        server: Arc<Server>,
+        events: Arc<Mutex<Vec<Event>>>,
+    }
+
+    /// A server of a plan with app `web` on `a` (standby `b`, `app_lines` more of its YAML), over
+    /// a repository in a temporary directory; its sites cannot be reached.
+    fn world(app_lines: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let kdf = KdfParams {
+            memory_kib: 8 * 1024,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let backend = lifeboat_repo::open_location(dir.path().join("repo").to_str().unwrap()).unwrap();
+        let repo = Repository::init(backend, b"pw", kdf).unwrap();
+        let yaml = format!(
+            "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {{name: p}}\nrepository: repo\nsites:\n  \
+             a: {{docker: {{host: \"unix:///a.sock\", address: 127.0.0.1}}}}\n  b: {{docker: {{host: \"unix:///b.sock\", address: 127.0.0.1}}}}\n\
+             apps:\n  - name: web\n    primary: a\n    standby: b\n    select: {{labels: {{app: web}}}}\n{app_lines}"
+        );
+        let plan = Plan::parse("plan.yaml", &yaml).unwrap();
+        let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+        let seen = events.clone();
+        let server = Arc::new(Server {
+            connect: Arc::new(|site: &str, _: &App| {
+                Err(OrchestratorError::Unreachable {
+                    site: site.to_string(),
+                    reason: "no route to host".into(),
+                })
+            }),
+            routers: routers(dir.path().to_path_buf()),
+            plan: Arc::new(plan),
+            plan_dir: dir.path().to_path_buf(),
+            repo: Arc::new(repo),
+            events: Arc::new(move |e| seen.lock().unwrap().push(e)),
+        });
+        World { dir, server, events }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_job_under_way_at_shutdown_finishes_before_the_runtime_is_gone() {
+        let w = world("");
+        let rt = runtime();
+        let finished = Arc::new(AtomicBool::new(false));
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        rt.block_on(async {
+            let f = finished.clone();
+            let job = tokio::spawn(async move {
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = started_tx.send(());
+                    std::thread::sleep(Duration::from_millis(300));
+                    f.store(true, Ordering::SeqCst);
+                })
+                .await;
+            });
+            w.server
+                .run_until(vec![job], async {
+                    let _ = started_rx.await;
+                })
+                .await;
+        });
+        assert_eq!(w.events.lock().unwrap().last(), Some(&Event::Stopping));
+        assert!(!finished.load(Ordering::SeqCst), "shutdown waited inside the loop");
+        drop(rt);
+        assert!(finished.load(Ordering::SeqCst), "the job under way was cut");
+    }
+
+    #[test]
+    fn serve_runs_a_due_backup_at_once_and_reports_its_failure_in_one_line() {
+        let w = world("    backup: {every: 1h}\n");
+        let rt = runtime();
+        let events = w.events.clone();
+        let opts = ServeOptions::default();
+        let ran = rt.block_on(w.server.serve(&opts, async move {
+            // Until the first round has reported.
+            while !events
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| matches!(e, Event::BackedUp { .. }))
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+        ran.unwrap();
+        let events = w.events.lock().unwrap().clone();
+        assert_eq!(
+            events[0],
+            Event::Scheduled {
+                app: "web".into(),
+                every: Duration::from_secs(3600),
+                first: Duration::ZERO
+            },
+            "no backup yet: the first is due now"
+        );
+        let Event::BackedUp { app, summary } = &events[1] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(app, "web");
+        assert!(
+            summary.starts_with("web: backup FAILED") && summary.contains("site a cannot be reached"),
+            "{summary}"
+        );
+        assert_eq!(events.last(), Some(&Event::Stopping));
+    }
+
+    #[test]
+    fn serve_with_nothing_to_do_is_refused_and_an_unknown_app_named() {
+        let w = world("");
+        let rt = runtime();
+        let err = rt
+            .block_on(w.server.serve(&ServeOptions::default(), std::future::pending()))
+            .unwrap_err();
+        assert!(matches!(err, ServerError::NothingToServe { .. }), "{err}");
+        let opts = ServeOptions {
+            only: Some("db".into()),
+            ..Default::default()
+        };
+        let err = rt.block_on(w.server.serve(&opts, std::future::pending())).unwrap_err();
+        assert_eq!(err.to_string(), "plan p has no app \"db\" (apps: web)");
+        // Watching an app without health probes: serve says so and has nothing else to do.
+        let opts = ServeOptions {
+            watch: true,
+            ..Default::default()
+        };
+        assert!(rt.block_on(w.server.serve(&opts, std::future::pending())).is_err());
+        assert!(
+            matches!(&w.events.lock().unwrap()[0], Event::NotWatching { why } if why.contains("no app of plan p has health probes"))
+        );
+    }
+
+    #[test]
+    fn the_active_site_is_the_states_and_the_last_one_read_when_the_state_is_unreadable() {
+        let w = world("");
+        let rt = runtime();
+        let sites = Arc::new(ActiveSites::new(w.server.plan.clone(), w.server.repo.clone()));
+        assert_eq!(
+            rt.block_on(sites.active("web")),
+            Ok("a".to_string()),
+            "no state: the primary"
+        );
+        let store = Store {
+            repo: &w.server.repo,
+            plan: "p".into(),
+            app: "web".into(),
+        };
+        store
+            .save_state(&AppState {
+                active: Some("b".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(rt.block_on(sites.active("web")), Ok("b".to_string()));
+        damage_states(w.dir.path());
+        assert_eq!(
+            rt.block_on(sites.active("web")),
+            Ok("b".to_string()),
+            "an unreadable state gives the site last read, never the primary"
+        );
+        let fresh = Arc::new(ActiveSites::new(w.server.plan.clone(), w.server.repo.clone()));
+        let err = rt.block_on(fresh.active("web")).unwrap_err();
+        assert!(err.starts_with("the app's state cannot be read"), "{err}");
+    }
+
+    /// Overwrites every file of the repository's `dr` directory (journals, states) with junk.
+    fn damage_states(dir: &std::path::Path) {
+        fn walk(d: &std::path::Path, hit: &mut usize) {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, hit);
+                } else {
+                    std::fs::write(&p, b"junk").unwrap();
+                    *hit += 1;
+                }
+            }
+        }
+        let mut hit = 0;
+        walk(&dir.join("repo/dr"), &mut hit);
+        assert!(hit > 0, "no state file found");
+    }
+
+    #[test]
+    fn events_read_as_the_lines_serve_printed_before() {
+        let e = Event::Scheduled {
+            app: "web".into(),
+            every: Duration::from_secs(4),
+            first: Duration::ZERO,
+        };
+        assert_eq!(e.to_string(), "web: backup every 4s, next in 0ns");
+        let down = Event::Watch(watch::Event::Down { app: "web".into() });
+        assert_eq!(down.to_string(), "web: DOWN (failure threshold reached)");
+    }
+}

@@ -1,0 +1,117 @@
+//! The witness from both sides: [`report_loop`] is the witness itself (`watch --witness`, run
+//! near the primary, writing what it sees into the repository), [`RepoWitness`] is how the watch
+//! reads its reports before a failover.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lifeboat_orchestrator::watch::{self, BoxFuture, Freshness, Monitor, Prober, Verdict, Watched, WitnessReport};
+use time::OffsetDateTime;
+
+use crate::active::{ActiveProbe, ActiveSites, REPO_DEADLINE};
+use crate::Event;
+
+/// The witness's reports as the watch reads them from the repository.
+///
+/// Guarantees: a report counts as fresh only while its `sequence` changes within `max_age` as
+/// this process sees it (never by the writer's clock); a report that cannot be read within
+/// [`REPO_DEADLINE`] is [`Verdict::Silent`], which refuses the failover.
+pub struct RepoWitness {
+    pub(crate) sites: Arc<ActiveSites>,
+    pub(crate) max_age: Duration,
+    /// When this process last saw each app's witness report change.
+    freshness: Mutex<HashMap<String, Freshness>>,
+}
+
+impl RepoWitness {
+    pub fn new(sites: Arc<ActiveSites>, max_age: Duration) -> RepoWitness {
+        RepoWitness {
+            sites,
+            max_age,
+            freshness: Default::default(),
+        }
+    }
+}
+
+impl watch::Witness for RepoWitness {
+    fn verdict(&self, app: &str) -> BoxFuture<'_, Verdict> {
+        let app = app.to_string();
+        Box::pin(async move {
+            let site = match self.sites.active(&app).await {
+                Ok(s) => s,
+                Err(e) => return Verdict::Silent(e),
+            };
+            let sites = self.sites.clone();
+            let name = app.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                ActiveSites::store(&sites.repo, &sites.plan, &name).witness_report()
+            });
+            let report: Option<WitnessReport> = match tokio::time::timeout(REPO_DEADLINE, read).await {
+                Ok(Ok(Ok(report))) => report,
+                Ok(Ok(Err(e))) => return Verdict::Silent(format!("the witness's report cannot be read: {e}")),
+                Ok(Err(e)) => return Verdict::Silent(e.to_string()),
+                Err(_) => {
+                    return Verdict::Silent(format!("the witness's report was not read within {REPO_DEADLINE:?}"))
+                }
+            };
+            let ago = self
+                .freshness
+                .lock()
+                .unwrap()
+                .entry(app)
+                .or_default()
+                .observe(report.as_ref(), Instant::now());
+            WitnessReport::verdict(report.as_ref(), &site, ago, self.max_age)
+        })
+    }
+}
+
+/// The witness of one app: probes it where it is active every `w.interval` and writes what it saw
+/// into the repository (a report with a `sequence` one higher each round). Never returns. A round
+/// whose active site or report write is not done within [`REPO_DEADLINE`] writes nothing, which
+/// readers see as silence.
+pub async fn report_loop(w: Watched, sites: Arc<ActiveSites>, events: Arc<dyn Fn(Event) + Send + Sync>) {
+    let probe = ActiveProbe(sites.clone());
+    let mut monitor = Monitor::new(w.failure_threshold, w.success_threshold);
+    let mut tick = tokio::time::interval(w.interval);
+    // Readers judge freshness by seeing the sequence change (never by this host's clock).
+    let mut sequence: u64 = 0;
+    let skipped = |why: String| {
+        events(Event::WitnessSkipped {
+            app: w.app.clone(),
+            why,
+        })
+    };
+    loop {
+        tick.tick().await;
+        let site = match sites.active(&w.app).await {
+            Ok(s) => s,
+            Err(e) => {
+                skipped(format!("{e}: no report this round"));
+                continue;
+            }
+        };
+        let r = match tokio::time::timeout(w.timeout, probe.probe(&w.app)).await {
+            Ok(r) => r,
+            Err(_) => Err("timeout".into()),
+        };
+        monitor.observe(r.is_ok());
+        sequence += 1;
+        let report = WitnessReport {
+            time: OffsetDateTime::now_utc(),
+            sequence,
+            site,
+            down: monitor.is_down(),
+            failures: monitor.failures(),
+            error: r.err(),
+        };
+        let (s, app) = (sites.clone(), w.app.clone());
+        let write = move || ActiveSites::store(&s.repo, &s.plan, &app).save_witness_report(&report);
+        match tokio::time::timeout(REPO_DEADLINE, tokio::task::spawn_blocking(write)).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => skipped(format!("cannot report: {e}")),
+            Ok(Err(e)) => skipped(format!("cannot report: {e}")),
+            Err(_) => skipped(format!("the report was not written within {REPO_DEADLINE:?}")),
+        }
+    }
+}
