@@ -34,7 +34,7 @@ pub struct CheckResult {
     pub detail: String,
 }
 
-fn line(app: Option<&str>, check: &str, status: Status, detail: impl Into<String>) -> CheckResult {
+pub(crate) fn line(app: Option<&str>, check: &str, status: Status, detail: impl Into<String>) -> CheckResult {
     CheckResult {
         app: app.map(str::to_string),
         check: check.into(),
@@ -150,12 +150,7 @@ fn repository_failure_domain(plan: &Plan, location: &str, endpoint_env: Option<&
                   as docs/dr.md says";
     let site_hosts = |site: &Site| -> Vec<String> {
         let mut v: Vec<String> = site.address().into_iter().collect();
-        if let Site::Docker { host: Some(h), .. } = site {
-            if let Some(rest) = h.strip_prefix("tcp://").or_else(|| h.strip_prefix("ssh://")) {
-                let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-                v.push(rest.rsplit_once(':').map_or(rest, |(h, _)| h).to_string());
-            }
-        }
+        v.extend(crate::platform::kind(site).endpoint_hosts(site));
         v
     };
     match repository_host(location, endpoint_env) {
@@ -185,7 +180,7 @@ fn repository_failure_domain(plan: &Plan, location: &str, endpoint_env: Option<&
             let local: Vec<&str> = plan
                 .sites
                 .iter()
-                .filter(|(_, s)| matches!(s, Site::Docker { host: Some(h), .. } if h.starts_with("unix://")))
+                .filter(|(_, s)| crate::platform::kind(s).on_this_host(s))
                 .map(|(n, _)| n.as_str())
                 .collect();
             if local.is_empty() {
@@ -270,36 +265,15 @@ pub fn run(
             .map(|s| s.value.clone());
         let standby = standby_name.as_deref().and_then(|s| site(s, &mut out));
 
-        // The helper image that reads and writes volume data on Kubernetes sites: a site that
-        // cannot pull it (air-gapped, or the lab) starts no helper.
+        // What only the site's kind checks (Kubernetes: the helper image on a node).
         for (name, p) in [
             (Some(app.primary.value.as_str()), primary.as_ref()),
             (standby_name.as_deref(), standby.as_ref()),
         ] {
-            let (Some(name), Some(p)) = (name, p) else { continue };
-            let Some(Site::Kubernetes { helper_image, .. }) = plan.sites.get(name) else {
+            let (Some(name), Some(p), Some(s)) = (name, p, name.and_then(|n| plan.sites.get(n))) else {
                 continue;
             };
-            let image = helper_image
-                .as_deref()
-                .unwrap_or(lifeboat_kube::volumes::DEFAULT_HELPER_IMAGE);
-            out.push(match p.has_image(image) {
-                Ok(true) => line(
-                    Some(a),
-                    &format!("helper image on {name}"),
-                    Status::Ok,
-                    format!("{image} present"),
-                ),
-                Ok(false) => line(
-                    Some(a),
-                    &format!("helper image on {name}"),
-                    Status::Fail,
-                    format!(
-                        "{image} is on no node of {name}: volume data cannot be read or written there unless its nodes can pull it (sites.{name}.helper_image names another)"
-                    ),
-                ),
-                Err(e) => line(Some(a), &format!("helper image on {name}"), Status::Fail, e.to_string()),
-            });
+            out.extend(crate::platform::kind(s).checks(app, name, s, &**p));
         }
 
         // Recovery point age.
@@ -424,7 +398,7 @@ pub fn run(
                     match (primary.definitions(), standby.definitions()) {
                         (Ok(p), Ok(s)) => {
                             let p = p.essence();
-                            let d: Vec<String> = drift(&p, &s.essence()).iter().map(|d| d.describe(sb_name)).collect();
+                            let d: Vec<String> = drift(p, s.essence()).iter().map(|d| d.describe(sb_name)).collect();
                             out.push(if d.is_empty() {
                                 line(
                                     Some(a),

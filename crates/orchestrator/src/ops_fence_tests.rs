@@ -125,7 +125,7 @@ impl Platform for Fake {
         }
     }
     fn definitions(&self) -> Result<Definitions, OrchestratorError> {
-        Ok(Definitions::Kubernetes(Vec::new()))
+        Ok(Definitions::new(BTreeMap::new(), ()))
     }
     fn apply_definitions(
         &self,

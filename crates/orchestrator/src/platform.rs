@@ -1,22 +1,77 @@
-//! What the orchestrator asks of a site, for one app: the [`Platform`] trait, with its Docker
-//! ([`docker`]) and Kubernetes ([`kube`]) implementations, and the drift between two sites'
-//! [`Definitions`].
+//! What the orchestrator asks of a site: the [`SiteKind`] registry (one entry per platform:
+//! connecting, its preflight checks, its runbook commands, what the plan's section says about its
+//! endpoints) and, per app, the [`Platform`] trait; the Docker ([`docker`]) and Kubernetes
+//! ([`kube`]) implementations; and the drift between two sites' [`Definitions`].
+//!
+//! A third platform is one module here that implements [`SiteKind`] and [`Platform`], one line in
+//! [`KINDS`], and its section of a plan's `sites` in `lifeboat-plan` (a `Site` variant with its
+//! validation, which the plan crate owns because it parses plans without knowing the platforms).
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lifeboat_docker::Capture;
 use lifeboat_plan::{App, Plan, Site};
 use lifeboat_repo::Repository;
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::check::CheckResult;
 use crate::OrchestratorError;
 
 mod docker;
 mod kube;
 
+pub(crate) use docker::filters as docker_filters;
 pub use docker::selection;
+
+/// One kind of site (a platform), as the orchestrator knows it: everything that differs between
+/// Docker and Kubernetes outside the [`Platform`] calls. Registered once, in [`KINDS`].
+pub trait SiteKind: Send + Sync {
+    /// The key of its section in a plan's site (`docker`, `kubernetes`); what [`Site::kind`]
+    /// answers for the sites it serves.
+    fn name(&self) -> &'static str;
+    /// How the runbook names it ("Docker") and where its endpoint is, in words.
+    fn describe(&self, site: &Site) -> (&'static str, String);
+    /// Opens `site` (named `name` in the plan) for `app`. [`OrchestratorError::Unreachable`] when
+    /// it cannot be reached.
+    fn connect(&self, name: &str, site: &Site, app: &App) -> Result<Arc<dyn Platform>, OrchestratorError>;
+    /// The hosts its control endpoints name in the plan besides the site's `address` (compared as
+    /// written, never resolved), for the repository's failure-domain check.
+    fn endpoint_hosts(&self, site: &Site) -> Vec<String>;
+    /// Whether its control endpoint is on this host (a local socket).
+    fn on_this_host(&self, site: &Site) -> bool;
+    /// The preflight checks only this kind has, for `app` on its site `name`, reached as `p`.
+    fn checks(&self, app: &App, name: &str, site: &Site, p: &dyn Platform) -> Vec<CheckResult>;
+    /// The runbook's commands by hand for `app` on `site`.
+    fn hand(&self, app: &App, site: &Site) -> Box<dyn HandCommands>;
+}
+
+/// What the runbook tells an operator to type for one app on one site.
+pub trait HandCommands {
+    /// The command that stops the app here, so it cannot write (`grace`: seconds to stop).
+    fn fence(&self, grace: Option<u64>) -> String;
+    /// The command that starts the app here.
+    fn start(&self) -> String;
+    /// What `lifeboat restore ... --to` takes for this site.
+    fn restore_to(&self) -> String;
+    /// A plan hook run by hand.
+    fn exec(&self, container: &str, command: &str) -> String;
+    /// A backup of the app here with the plan's tags.
+    fn backup(&self, plan: &str, app: &str) -> String;
+}
+
+/// Every site kind, once.
+pub static KINDS: [&dyn SiteKind; 2] = [&docker::DockerKind, &kube::KubeKind];
+
+/// The kind of `site`.
+pub fn kind(site: &Site) -> &'static dyn SiteKind {
+    KINDS
+        .iter()
+        .copied()
+        .find(|k| k.name() == site.kind())
+        .unwrap_or_else(|| panic!("no site kind {:?} in platform::KINDS", site.kind()))
+}
 
 /// One workload of an app (a container, service, Deployment or StatefulSet), as a preflight
 /// sees it.
@@ -31,32 +86,42 @@ pub struct Workload {
     pub memory: u64,
 }
 
-/// An app's definitions on one site as its engine reports them now: no volume data, no secret
-/// values.
-#[derive(Debug, Clone)]
-pub enum Definitions {
-    Docker(Box<Capture>),
-    /// Live objects of [`lifeboat_kube::control::APP_KINDS`].
-    Kubernetes(Vec<Value>),
+/// An app's definitions on one site as its engine reports them now (no volume data, no secret
+/// values): their essence, which every kind gives in one form, and the platform's own form, which
+/// only the same kind's [`Platform::apply_definitions`] reads back.
+#[derive(Clone)]
+pub struct Definitions {
+    essence: BTreeMap<String, Value>,
+    native: Arc<dyn Any + Send + Sync>,
 }
 
 impl Definitions {
+    /// Definitions of `essence` ("KIND/NAME" to its settings) and the platform's own `native` form.
+    pub fn new<T: Any + Send + Sync>(essence: BTreeMap<String, Value>, native: T) -> Definitions {
+        Definitions {
+            essence,
+            native: Arc::new(native),
+        }
+    }
+
     /// What a user chose of each object ("KIND/NAME" to its settings), for [`drift`]: without what
     /// differs by design between an active site and a hot standby (running, replicas) and what
     /// each cluster or engine assigns itself.
-    pub fn essence(&self) -> BTreeMap<String, Value> {
-        match self {
-            Definitions::Docker(c) => essence(c),
-            Definitions::Kubernetes(objects) => objects
-                .iter()
-                .map(|o| {
-                    (
-                        lifeboat_kube::control::definition_key(o),
-                        lifeboat_kube::control::essence(o),
-                    )
-                })
-                .collect(),
-        }
+    pub fn essence(&self) -> &BTreeMap<String, Value> {
+        &self.essence
+    }
+
+    /// The platform's own form, if it is a `T`.
+    pub fn native<T: Any>(&self) -> Option<&T> {
+        self.native.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Definitions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Definitions")
+            .field("objects", &self.essence.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,56 +205,6 @@ fn output_tail(stdout: &[u8], stderr: &[u8]) -> String {
     text[start..].to_string()
 }
 
-/// The essence of Docker definitions (see [`Definitions::essence`]), without prefixed copies (a
-/// drill's).
-fn essence(defs: &Capture) -> BTreeMap<String, Value> {
-    let mut out = BTreeMap::new();
-    for kind in ["containers", "services"] {
-        for (name, doc) in defs.kind(kind) {
-            if doc.pointer("/Config/Labels/io.lifeboat.prefix").is_some()
-                || doc.pointer("/Spec/Labels/io.lifeboat.prefix").is_some()
-            {
-                continue;
-            }
-            let mut e = lifeboat_docker::diff::essence(kind, doc);
-            if let Some(m) = e.as_object_mut() {
-                m.remove("Running");
-            }
-            if let Some(m) = e.pointer_mut("/Spec/Mode/Replicated").and_then(|v| v.as_object_mut()) {
-                m.remove("Replicas");
-            }
-            if let Some(spec) = e.get_mut("Spec") {
-                // A global service held back on a standby differs by design, like replicas.
-                if lifeboat_docker::control::held_back(spec) {
-                    lifeboat_docker::control::hold_global(spec, false);
-                }
-                // An empty placement is no placement, whichever way it was written.
-                if let Some(p) = spec
-                    .pointer_mut("/TaskTemplate/Placement")
-                    .and_then(|v| v.as_object_mut())
-                {
-                    if p.get("Constraints")
-                        .and_then(Value::as_array)
-                        .is_some_and(Vec::is_empty)
-                    {
-                        p.remove("Constraints");
-                    }
-                    if p.is_empty() {
-                        if let Some(t) = spec.get_mut("TaskTemplate").and_then(|v| v.as_object_mut()) {
-                            t.remove("Placement");
-                        }
-                    }
-                }
-            }
-            if let Some(l) = e.pointer_mut("/Spec/Labels").and_then(|v| v.as_object_mut()) {
-                l.remove(lifeboat_docker::control::REPLICAS_LABEL);
-            }
-            out.insert(format!("{kind}/{name}"), e);
-        }
-    }
-    out
-}
-
 /// One difference between the active site's workloads and the standby's.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "drift", rename_all = "snake_case")]
@@ -258,35 +273,14 @@ pub fn drift(active: &BTreeMap<String, Value>, standby: &BTreeMap<String, Value>
 /// Opens `site` of `plan` for `app`. [`OrchestratorError::Unreachable`] when it cannot be reached.
 pub type Connector = dyn Fn(&str, &App) -> Result<Arc<dyn Platform>, OrchestratorError> + Send + Sync;
 
-/// The connector for real sites.
+/// The connector for real sites: each site opened by its kind.
 pub fn connector(plan: &Plan) -> Arc<Connector> {
     let sites = plan.sites.clone();
     Arc::new(move |name: &str, app: &App| {
         let site = sites.get(name).ok_or_else(|| OrchestratorError::Refused {
             reason: format!("no site {name:?} in the plan"),
         })?;
-        match site {
-            Site::Docker {
-                host, tls, insecure, ..
-            } => docker::connect(
-                name,
-                host.as_deref(),
-                &docker::transport(host.is_some(), tls.as_ref(), *insecure),
-                app,
-            ),
-            Site::Kubernetes {
-                kubeconfig,
-                context,
-                helper_image,
-                ..
-            } => kube::connect(
-                name,
-                kubeconfig.as_deref(),
-                context.as_deref(),
-                helper_image.as_deref(),
-                app,
-            ),
-        }
+        kind(site).connect(name, site, app)
     })
 }
 
@@ -294,6 +288,37 @@ pub fn connector(plan: &Plan) -> Arc<Connector> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn every_kind_of_plan_site_is_registered_once() {
+        let sites = [
+            Site::Docker {
+                host: None,
+                address: None,
+                tls: None,
+                insecure: false,
+            },
+            Site::Kubernetes {
+                kubeconfig: None,
+                context: None,
+                address: None,
+                helper_image: None,
+            },
+        ];
+        for s in &sites {
+            assert_eq!(kind(s).name(), s.kind());
+        }
+        let names: BTreeSet<&str> = KINDS.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), KINDS.len(), "a kind registered twice");
+        assert_eq!(names.len(), sites.len(), "a registered kind no plan site has");
+    }
+
+    #[test]
+    fn definitions_give_back_only_their_own_platforms_form() {
+        let defs = Definitions::new(BTreeMap::new(), vec![json!({"kind": "Deployment"})]);
+        assert!(defs.native::<Vec<Value>>().is_some());
+        assert!(defs.native::<lifeboat_docker::Capture>().is_none());
+    }
 
     #[test]
     fn drift_names_what_is_missing_different_and_extra_on_the_standby() {

@@ -9,171 +9,24 @@ use lifeboat_model::redact::shown_url;
 
 use lifeboat_plan::{App, Plan, Profile, Site, StandbyMode, Traffic};
 
-/// The hand commands for one app on one site.
-enum Kit {
-    Docker {
-        /// `-H HOST ` or nothing.
-        host: String,
-        /// `--filter ...` of the app's selection.
-        filters: String,
-        /// What `--to docker:` takes.
-        target: String,
-    },
-    Kubernetes {
-        /// `--kubeconfig FILE --context CONTEXT ` or less.
-        kc: String,
-        /// `kube` or `kube:CONTEXT`, then ` --kubeconfig FILE` when one is set.
-        target: String,
-        namespaces: Vec<String>,
-        /// `-l SELECTOR ` or nothing.
-        selector: String,
-    },
-}
+use crate::platform::{self, HandCommands};
 
-fn kit(plan: &Plan, app: &App, site: &str) -> Kit {
-    match plan.sites.get(site) {
-        Some(Site::Kubernetes {
-            kubeconfig, context, ..
-        }) => {
-            let kfile = kubeconfig.as_ref().map(|k| format!("--kubeconfig {}", k.display()));
-            let labels: Vec<String> = app.select.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            Kit::Kubernetes {
-                kc: [kfile.clone(), context.as_ref().map(|c| format!("--context {c}"))]
-                    .into_iter()
-                    .flatten()
-                    .map(|a| a + " ")
-                    .collect(),
-                target: format!(
-                    "kube{}{}",
-                    context.as_ref().map(|c| format!(":{c}")).unwrap_or_default(),
-                    kfile.map(|k| format!(" {k}")).unwrap_or_default()
-                ),
-                namespaces: app.select.namespaces.clone(),
-                selector: if labels.is_empty() {
-                    String::new()
-                } else {
-                    format!("-l {} ", labels.join(","))
-                },
-            }
-        }
-        Some(Site::Docker { host, .. }) => Kit::Docker {
-            host: host.as_ref().map(|h| format!("-H {h} ")).unwrap_or_default(),
-            filters: filters(app),
-            target: host.clone().unwrap_or_default(),
-        },
-        None => Kit::Docker {
-            host: String::new(),
-            filters: filters(app),
-            target: String::new(),
-        },
-    }
-}
-
-impl Kit {
-    /// The command that stops the app here, so it cannot write.
-    fn fence(&self, grace: Option<u64>) -> String {
-        match self {
-            Kit::Docker { host, filters, .. } => format!(
-                "`docker {host}stop {}$(docker {host}ps -q {filters})`",
-                grace.map(|g| format!("-t {g} ")).unwrap_or_default()
-            ),
-            Kit::Kubernetes { .. } => format!(
-                "each Deployment and StatefulSet to zero, its count kept in the annotation `lifeboat.io/replicas`:\n{}",
-                self.each_workload(
-                    "{.spec.replicas}",
-                    "w n",
-                    "[ \"$n\" = 0 ] || { kubectl KC-n NS annotate --overwrite \"$w\" lifeboat.io/replicas=\"$n\"; kubectl KC-n NS scale \"$w\" --replicas=0; }"
-                )
-            ),
-        }
-    }
-
-    /// The command that starts the app here.
-    fn start(&self) -> String {
-        match self {
-            Kit::Docker { host, filters, .. } => format!("`docker {host}start $(docker {host}ps -aq {filters})`"),
-            Kit::Kubernetes { .. } => format!(
-                "each Deployment and StatefulSet at zero back to its recorded count:\n{}",
-                self.each_workload(
-                    "{.spec.replicas}={.metadata.annotations.lifeboat\\.io/replicas}",
-                    "w r n",
-                    "[ \"$r\" != 0 ] || kubectl KC-n NS scale \"$w\" --replicas=\"${n:-1}\""
-                )
-            ),
-        }
-    }
-
-    /// Kubernetes: a shell block that reads `Kind/name=VALUE` of each of the app's workloads per
-    /// namespace into `vars` and runs `body` (`KC` and `NS` stand for the kubeconfig arguments and
-    /// the namespace).
-    fn each_workload(&self, value: &str, vars: &str, body: &str) -> String {
-        let Kit::Kubernetes {
-            kc,
-            namespaces,
-            selector,
-            ..
-        } = self
-        else {
-            return String::new();
-        };
-        let lines: String = namespaces
-            .iter()
-            .map(|ns| {
-                format!(
-                    "   kubectl {kc}-n {ns} get deploy,statefulset {selector}-o jsonpath='{{range .items[*]}}{{.kind}}/{{.metadata.name}}={value}{{\"\\n\"}}{{end}}' | while IFS== read {vars}; do {}; done\n",
-                    body.replace("KC", kc).replace("NS", ns)
-                )
-            })
-            .collect();
-        format!("   ```\n{lines}   ```")
-    }
-
-    /// `--to ...` of `lifeboat restore`.
-    fn restore_to(&self) -> String {
-        match self {
-            Kit::Docker { target, .. } => format!("docker:{target}"),
-            Kit::Kubernetes { target, .. } => target.clone(),
-        }
-    }
-
-    /// A plan hook run by hand.
-    fn exec(&self, container: &str, command: &str) -> String {
-        match self {
-            Kit::Docker { host, .. } => format!("`docker {host}exec {container} {command}`"),
-            Kit::Kubernetes { kc, .. } => {
-                let (ns, name, c) = lifeboat_kube::exec::target(container).unwrap_or((container, "", None));
-                let c = c.map(|c| format!("-c {c} ")).unwrap_or_default();
-                format!("`kubectl {kc}-n {ns} exec {name} {c}-- {command}` (a workload: `deploy/{name}` or `statefulset/{name}`)")
-            }
-        }
-    }
-
-    /// A backup of the app here with the plan's tags.
-    fn backup(&self, plan: &str, app: &str) -> String {
-        match self {
-            Kit::Docker { target, .. } => {
-                format!(
-                "`lifeboat backup docker {}--label ...` with the selection above, tags `plan={plan}` and `app={app}`",
-                if target.is_empty() { String::new() } else { format!("--host {target} ") }
-            )
-            }
-            Kit::Kubernetes {
-                kc,
-                namespaces,
-                selector,
-                ..
-            } => format!(
-                "`lifeboat backup kube {kc}{}{selector}--tag plan={plan} --tag app={app}`",
-                namespaces.iter().map(|n| format!("-n {n} ")).collect::<String>()
-            ),
-        }
-    }
+/// The hand commands of `app` on `site`, by the site's kind.
+fn kit(plan: &Plan, app: &App, site: &str) -> Box<dyn HandCommands> {
+    let default = Site::Docker {
+        host: None,
+        address: None,
+        tls: None,
+        insecure: false,
+    };
+    let s = plan.sites.get(site).unwrap_or(&default);
+    platform::kind(s).hand(app, s)
 }
 
 /// The app's selection in words.
 fn selection(app: &App) -> String {
     if app.select.namespaces.is_empty() {
-        return filters(app);
+        return platform::docker_filters(app);
     }
     let labels: Vec<String> = app.select.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     format!(
@@ -185,19 +38,6 @@ fn selection(app: &App) -> String {
             format!(", labels {}", labels.join(","))
         }
     )
-}
-
-fn filters(app: &App) -> String {
-    let mut f: Vec<String> = app
-        .select
-        .labels
-        .iter()
-        .map(|(k, v)| format!("--filter label={k}={v}"))
-        .collect();
-    if let Some(s) = &app.select.stack {
-        f.push(format!("--filter label=com.docker.stack.namespace={s}"));
-    }
-    f.join(" ")
 }
 
 fn addr(plan: &Plan, site: &str) -> String {
@@ -219,19 +59,7 @@ pub fn markdown(plan: &Plan, path: &Path) -> String {
         plan.repository
     );
     for (n, site) in &plan.sites {
-        let (kind, where_) = match site {
-            Site::Docker { host, .. } => ("Docker", host.clone().unwrap_or_else(|| "local socket".into())),
-            Site::Kubernetes {
-                kubeconfig, context, ..
-            } => (
-                "Kubernetes",
-                format!(
-                    "{} {}",
-                    kubeconfig.as_ref().map(|k| k.display().to_string()).unwrap_or_default(),
-                    context.clone().unwrap_or_default()
-                ),
-            ),
-        };
+        let (kind, where_) = platform::kind(site).describe(site);
         s += &format!("| {n} | {kind} ({where_}) | {} |\n", addr(plan, n));
     }
     for app in &plan.apps {

@@ -120,7 +120,7 @@ pub fn sync_plan(
             let source = (env.connect)(&r.from, app)?;
             let defs = source.definitions()?;
             let here = target.definitions()?;
-            r.drift.extend(drift(&defs.essence(), &here.essence()));
+            r.drift.extend(drift(defs.essence(), here.essence()));
             let fix: BTreeSet<String> = r
                 .drift
                 .iter()

@@ -90,6 +90,15 @@ pub struct DockerTls {
 }
 
 impl Site {
+    /// The key of this site's section (`docker`, `kubernetes`): the name its kind is registered
+    /// under.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Site::Docker { .. } => "docker",
+            Site::Kubernetes { .. } => "kubernetes",
+        }
+    }
+
     /// What `{site}` stands for on this site, if known.
     pub fn address(&self) -> Option<String> {
         match self {

@@ -1,15 +1,145 @@
 //! The Docker [`Platform`]: an app's containers and services on one engine or Swarm, selected by
 //! labels and/or a stack.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use lifeboat_docker::{Existing, RestoreOptions, Selection, Site as DockerSite};
-use lifeboat_plan::App;
+use lifeboat_docker::{Capture, Existing, RestoreOptions, Selection, Site as DockerSite};
+use lifeboat_plan::{App, Site};
 use lifeboat_repo::Repository;
+use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::{Definitions, Platform, Workload};
+use super::{Definitions, HandCommands, Platform, SiteKind, Workload};
+use crate::check::CheckResult;
 use crate::OrchestratorError;
+
+/// Docker engines and Swarms (`sites.NAME.docker`).
+pub(super) struct DockerKind;
+
+impl SiteKind for DockerKind {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn describe(&self, site: &Site) -> (&'static str, String) {
+        let host = match site {
+            Site::Docker { host, .. } => host.clone(),
+            _ => None,
+        };
+        ("Docker", host.unwrap_or_else(|| "local socket".into()))
+    }
+
+    fn connect(&self, name: &str, site: &Site, app: &App) -> Result<Arc<dyn Platform>, OrchestratorError> {
+        let Site::Docker {
+            host, tls, insecure, ..
+        } = site
+        else {
+            return Err(wrong_kind(name));
+        };
+        connect(
+            name,
+            host.as_deref(),
+            &transport(host.is_some(), tls.as_ref(), *insecure),
+            app,
+        )
+    }
+
+    fn endpoint_hosts(&self, site: &Site) -> Vec<String> {
+        let Site::Docker { host: Some(h), .. } = site else {
+            return Vec::new();
+        };
+        let Some(rest) = h.strip_prefix("tcp://").or_else(|| h.strip_prefix("ssh://")) else {
+            return Vec::new();
+        };
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        vec![rest.rsplit_once(':').map_or(rest, |(h, _)| h).to_string()]
+    }
+
+    fn on_this_host(&self, site: &Site) -> bool {
+        matches!(site, Site::Docker { host: Some(h), .. } if h.starts_with("unix://"))
+    }
+
+    fn checks(&self, _: &App, _: &str, _: &Site, _: &dyn Platform) -> Vec<CheckResult> {
+        Vec::new()
+    }
+
+    fn hand(&self, app: &App, site: &Site) -> Box<dyn HandCommands> {
+        let host = match site {
+            Site::Docker { host, .. } => host.clone(),
+            _ => None,
+        };
+        Box::new(Hand {
+            host: host.as_ref().map(|h| format!("-H {h} ")).unwrap_or_default(),
+            filters: filters(app),
+            target: host.unwrap_or_default(),
+        })
+    }
+}
+
+fn wrong_kind(name: &str) -> OrchestratorError {
+    OrchestratorError::Refused {
+        reason: format!("site {name} is not a Docker site"),
+    }
+}
+
+/// `docker ... --filter` arguments of the app's selection.
+pub(crate) fn filters(app: &App) -> String {
+    let mut f: Vec<String> = app
+        .select
+        .labels
+        .iter()
+        .map(|(k, v)| format!("--filter label={k}={v}"))
+        .collect();
+    if let Some(s) = &app.select.stack {
+        f.push(format!("--filter label=com.docker.stack.namespace={s}"));
+    }
+    f.join(" ")
+}
+
+/// The hand commands of an app on a Docker site.
+struct Hand {
+    /// `-H HOST ` or nothing.
+    host: String,
+    /// `--filter ...` of the app's selection.
+    filters: String,
+    /// What `--to docker:` takes.
+    target: String,
+}
+
+impl HandCommands for Hand {
+    fn fence(&self, grace: Option<u64>) -> String {
+        let Hand { host, filters, .. } = self;
+        format!(
+            "`docker {host}stop {}$(docker {host}ps -q {filters})`",
+            grace.map(|g| format!("-t {g} ")).unwrap_or_default()
+        )
+    }
+
+    fn start(&self) -> String {
+        let Hand { host, filters, .. } = self;
+        format!("`docker {host}start $(docker {host}ps -aq {filters})`")
+    }
+
+    fn restore_to(&self) -> String {
+        format!("docker:{}", self.target)
+    }
+
+    fn exec(&self, container: &str, command: &str) -> String {
+        format!("`docker {}exec {container} {command}`", self.host)
+    }
+
+    fn backup(&self, plan: &str, app: &str) -> String {
+        format!(
+            "`lifeboat backup docker {}--label ...` with the selection above, tags `plan={plan}` and `app={app}`",
+            if self.target.is_empty() {
+                String::new()
+            } else {
+                format!("--host {} ", self.target)
+            }
+        )
+    }
+}
 
 /// The Docker selection of an app: its labels and stack.
 pub fn selection(app: &App) -> Selection {
@@ -256,7 +386,7 @@ impl Platform for Docker {
     fn definitions(&self) -> Result<Definitions, OrchestratorError> {
         self.site
             .capture(&self.selection)
-            .map(|c| Definitions::Docker(Box::new(c)))
+            .map(|c| Definitions::new(essence(&c), c))
             .map_err(self.err())
     }
 
@@ -267,7 +397,7 @@ impl Platform for Docker {
         here: &Definitions,
         workloads: &BTreeSet<String>,
     ) -> Result<Vec<String>, OrchestratorError> {
-        let (Definitions::Docker(mut defs), Definitions::Docker(here)) = (defs, here) else {
+        let (Some(defs), Some(here)) = (defs.native::<Capture>(), here.native::<Capture>()) else {
             return Err(OrchestratorError::Refused {
                 reason: format!(
                     "site {}: Docker definitions are needed to change a Docker site",
@@ -275,6 +405,7 @@ impl Platform for Docker {
                 ),
             });
         };
+        let mut defs = defs.clone();
         defs.containers
             .retain(|n, _| workloads.contains(&format!("containers/{n}")));
         defs.services
@@ -286,7 +417,7 @@ impl Platform for Docker {
         defs.secrets.clear();
         defs.nodes.clear();
         let stored = lifeboat_docker::restore::Stored {
-            capture: *defs,
+            capture: defs,
             secret_values: Default::default(),
             volume_data: Default::default(),
         };
@@ -310,4 +441,54 @@ impl Platform for Docker {
         }
         Ok(done)
     }
+}
+
+/// The essence of Docker definitions (see [`Definitions::essence`]), without prefixed copies (a
+/// drill's).
+fn essence(defs: &Capture) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for kind in ["containers", "services"] {
+        for (name, doc) in defs.kind(kind) {
+            if doc.pointer("/Config/Labels/io.lifeboat.prefix").is_some()
+                || doc.pointer("/Spec/Labels/io.lifeboat.prefix").is_some()
+            {
+                continue;
+            }
+            let mut e = lifeboat_docker::diff::essence(kind, doc);
+            if let Some(m) = e.as_object_mut() {
+                m.remove("Running");
+            }
+            if let Some(m) = e.pointer_mut("/Spec/Mode/Replicated").and_then(|v| v.as_object_mut()) {
+                m.remove("Replicas");
+            }
+            if let Some(spec) = e.get_mut("Spec") {
+                // A global service held back on a standby differs by design, like replicas.
+                if lifeboat_docker::control::held_back(spec) {
+                    lifeboat_docker::control::hold_global(spec, false);
+                }
+                // An empty placement is no placement, whichever way it was written.
+                if let Some(p) = spec
+                    .pointer_mut("/TaskTemplate/Placement")
+                    .and_then(|v| v.as_object_mut())
+                {
+                    if p.get("Constraints")
+                        .and_then(Value::as_array)
+                        .is_some_and(Vec::is_empty)
+                    {
+                        p.remove("Constraints");
+                    }
+                    if p.is_empty() {
+                        if let Some(t) = spec.get_mut("TaskTemplate").and_then(|v| v.as_object_mut()) {
+                            t.remove("Placement");
+                        }
+                    }
+                }
+            }
+            if let Some(l) = e.pointer_mut("/Spec/Labels").and_then(|v| v.as_object_mut()) {
+                l.remove(lifeboat_docker::control::REPLICAS_LABEL);
+            }
+            out.insert(format!("{kind}/{name}"), e);
+        }
+    }
+    out
 }

@@ -17,12 +17,206 @@ use std::time::Duration;
 
 use lifeboat_kube::restore::Existing;
 use lifeboat_kube::{Cluster, KubeError, RestoreOptions, Selection};
-use lifeboat_plan::App;
+use lifeboat_plan::{App, Site};
 use lifeboat_repo::Repository;
+use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::{Definitions, Platform, Workload};
+use super::{Definitions, HandCommands, Platform, SiteKind, Workload};
+use crate::check::{line, CheckResult, Status};
 use crate::OrchestratorError;
+
+/// Kubernetes clusters (`sites.NAME.kubernetes`).
+pub(super) struct KubeKind;
+
+impl SiteKind for KubeKind {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn describe(&self, site: &Site) -> (&'static str, String) {
+        let Site::Kubernetes {
+            kubeconfig, context, ..
+        } = site
+        else {
+            return ("Kubernetes", String::new());
+        };
+        (
+            "Kubernetes",
+            format!(
+                "{} {}",
+                kubeconfig.as_ref().map(|k| k.display().to_string()).unwrap_or_default(),
+                context.clone().unwrap_or_default()
+            ),
+        )
+    }
+
+    fn connect(&self, name: &str, site: &Site, app: &App) -> Result<Arc<dyn Platform>, OrchestratorError> {
+        let Site::Kubernetes {
+            kubeconfig,
+            context,
+            helper_image,
+            ..
+        } = site
+        else {
+            return Err(OrchestratorError::Refused {
+                reason: format!("site {name} is not a Kubernetes site"),
+            });
+        };
+        connect(
+            name,
+            kubeconfig.as_deref(),
+            context.as_deref(),
+            helper_image.as_deref(),
+            app,
+        )
+    }
+
+    /// None besides the site's `address`: the API server's host is in the kubeconfig, which the
+    /// plan only names.
+    fn endpoint_hosts(&self, _: &Site) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn on_this_host(&self, _: &Site) -> bool {
+        false
+    }
+
+    /// The helper image that reads and writes volume data: a site whose nodes lack it and cannot
+    /// pull it (air-gapped, or the lab) starts no helper.
+    fn checks(&self, app: &App, name: &str, site: &Site, p: &dyn Platform) -> Vec<CheckResult> {
+        let Site::Kubernetes { helper_image, .. } = site else {
+            return Vec::new();
+        };
+        let a = Some(app.name.value.as_str());
+        let check = format!("helper image on {name}");
+        let image = helper_image
+            .as_deref()
+            .unwrap_or(lifeboat_kube::volumes::DEFAULT_HELPER_IMAGE);
+        vec![match p.has_image(image) {
+            Ok(true) => line(a, &check, Status::Ok, format!("{image} present")),
+            Ok(false) => line(
+                a,
+                &check,
+                Status::Fail,
+                format!(
+                    "{image} is on no node of {name}: volume data cannot be read or written there unless its nodes can pull it (sites.{name}.helper_image names another)"
+                ),
+            ),
+            Err(e) => line(a, &check, Status::Fail, e.to_string()),
+        }]
+    }
+
+    fn hand(&self, app: &App, site: &Site) -> Box<dyn HandCommands> {
+        let (kubeconfig, context) = match site {
+            Site::Kubernetes {
+                kubeconfig, context, ..
+            } => (kubeconfig.as_ref(), context.as_ref()),
+            _ => (None, None),
+        };
+        let kfile = kubeconfig.map(|k| format!("--kubeconfig {}", k.display()));
+        let labels: Vec<String> = app.select.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Box::new(Hand {
+            kc: [kfile.clone(), context.map(|c| format!("--context {c}"))]
+                .into_iter()
+                .flatten()
+                .map(|a| a + " ")
+                .collect(),
+            target: format!(
+                "kube{}{}",
+                context.map(|c| format!(":{c}")).unwrap_or_default(),
+                kfile.map(|k| format!(" {k}")).unwrap_or_default()
+            ),
+            namespaces: app.select.namespaces.clone(),
+            selector: if labels.is_empty() {
+                String::new()
+            } else {
+                format!("-l {} ", labels.join(","))
+            },
+        })
+    }
+}
+
+/// The hand commands of an app on a Kubernetes site.
+struct Hand {
+    /// `--kubeconfig FILE --context CONTEXT ` or less.
+    kc: String,
+    /// `kube` or `kube:CONTEXT`, then ` --kubeconfig FILE` when one is set.
+    target: String,
+    namespaces: Vec<String>,
+    /// `-l SELECTOR ` or nothing.
+    selector: String,
+}
+
+impl Hand {
+    /// A shell block that reads `Kind/name=VALUE` of each of the app's workloads per namespace
+    /// into `vars` and runs `body` (`KC` and `NS` stand for the kubeconfig arguments and the
+    /// namespace).
+    fn each_workload(&self, value: &str, vars: &str, body: &str) -> String {
+        let Hand {
+            kc,
+            namespaces,
+            selector,
+            ..
+        } = self;
+        let lines: String = namespaces
+            .iter()
+            .map(|ns| {
+                format!(
+                    "   kubectl {kc}-n {ns} get deploy,statefulset {selector}-o jsonpath='{{range .items[*]}}{{.kind}}/{{.metadata.name}}={value}{{\"\\n\"}}{{end}}' | while IFS== read {vars}; do {}; done\n",
+                    body.replace("KC", kc).replace("NS", ns)
+                )
+            })
+            .collect();
+        format!("   ```\n{lines}   ```")
+    }
+}
+
+impl HandCommands for Hand {
+    fn fence(&self, _grace: Option<u64>) -> String {
+        format!(
+            "each Deployment and StatefulSet to zero, its count kept in the annotation `lifeboat.io/replicas`:\n{}",
+            self.each_workload(
+                "{.spec.replicas}",
+                "w n",
+                "[ \"$n\" = 0 ] || { kubectl KC-n NS annotate --overwrite \"$w\" lifeboat.io/replicas=\"$n\"; kubectl KC-n NS scale \"$w\" --replicas=0; }"
+            )
+        )
+    }
+
+    fn start(&self) -> String {
+        format!(
+            "each Deployment and StatefulSet at zero back to its recorded count:\n{}",
+            self.each_workload(
+                "{.spec.replicas}={.metadata.annotations.lifeboat\\.io/replicas}",
+                "w r n",
+                "[ \"$r\" != 0 ] || kubectl KC-n NS scale \"$w\" --replicas=\"${n:-1}\""
+            )
+        )
+    }
+
+    fn restore_to(&self) -> String {
+        self.target.clone()
+    }
+
+    fn exec(&self, container: &str, command: &str) -> String {
+        let (ns, name, c) = lifeboat_kube::exec::target(container).unwrap_or((container, "", None));
+        let c = c.map(|c| format!("-c {c} ")).unwrap_or_default();
+        format!(
+            "`kubectl {}-n {ns} exec {name} {c}-- {command}` (a workload: `deploy/{name}` or `statefulset/{name}`)",
+            self.kc
+        )
+    }
+
+    fn backup(&self, plan: &str, app: &str) -> String {
+        format!(
+            "`lifeboat backup kube {}{}{}--tag plan={plan} --tag app={app}`",
+            self.kc,
+            self.namespaces.iter().map(|n| format!("-n {n} ")).collect::<String>(),
+            self.selector
+        )
+    }
+}
 
 /// Connects to the API server of site `name`.
 pub(super) fn connect(
@@ -386,7 +580,18 @@ impl Platform for Kube {
                 self.selector.as_deref(),
                 lifeboat_kube::control::APP_KINDS,
             )
-            .map(Definitions::Kubernetes)
+            .map(|objects| {
+                let essence = objects
+                    .iter()
+                    .map(|o| {
+                        (
+                            lifeboat_kube::control::definition_key(o),
+                            lifeboat_kube::control::essence(o),
+                        )
+                    })
+                    .collect();
+                Definitions::new(essence, objects)
+            })
             .map_err(self.err())
     }
 
@@ -397,7 +602,7 @@ impl Platform for Kube {
         _here: &Definitions,
         objects: &BTreeSet<String>,
     ) -> Result<Vec<String>, OrchestratorError> {
-        let Definitions::Kubernetes(live) = &defs else {
+        let Some(live) = defs.native::<Vec<Value>>() else {
             return Err(OrchestratorError::Refused {
                 reason: format!(
                     "site {}: Kubernetes definitions are needed to change a Kubernetes site",
