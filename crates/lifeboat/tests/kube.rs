@@ -759,6 +759,37 @@ spec:
     let _ = a.kubectl_try(&["delete", "namespace", "k4-api", "--wait=false"], None);
 }
 
+/// Namespace `ns` with a claim `claim` (10 MiB) and one Deployment `name` (label `app: label`) that
+/// mounts it at `mount`.
+fn app_with_claim(site: &KubeSite, ns: &str, name: &str, claim: &str, mount: &str, label: &str) {
+    site.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: {claim}, namespace: {ns}}}
+spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 10Mi}}}}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {label}}}}}
+  template:
+    metadata: {{labels: {{app: {label}}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{{name: {name}, image: lifeboat-lab/web:1, imagePullPolicy: Never, command: [sleep, "3600"],
+                    volumeMounts: [{{name: {claim}, mountPath: {mount}}}]}}]
+      volumes: [{{name: {claim}, persistentVolumeClaim: {{claimName: {claim}}}}}]
+"#
+    ));
+}
+
 #[test]
 #[cfg_attr(
     not(feature = "lab"),
@@ -768,32 +799,7 @@ fn a_helper_pod_whose_image_cannot_be_pulled_fails_within_seconds_naming_it() {
     let sites = kube_sites(1);
     let a = &sites[0];
     a.drop_namespace("k5-helper");
-    a.apply(
-        r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: k5-helper}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: www, namespace: k5-helper}
-spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 10Mi}}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: k5-helper}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: k5}}
-  template:
-    metadata: {labels: {app: k5}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers: [{name: web, image: lifeboat-lab/web:1, imagePullPolicy: Never, command: [sleep, "3600"],
-                    volumeMounts: [{name: www, mountPath: /www}]}]
-      volumes: [{name: www, persistentVolumeClaim: {claimName: www}}]
-"#,
-    );
+    app_with_claim(a, "k5-helper", "web", "www", "/www", "k5");
     wait_for("the claim to bind", Duration::from_secs(60), || {
         (a.get_json("pvc", Some("k5-helper"), "www")?["status"]["phase"] == "Bound").then_some(())
     });
@@ -896,32 +902,7 @@ fn a_claim_on_a_node_whose_cpu_is_all_requested_is_still_backed_up() {
     let sites = kube_sites(1);
     let a = &sites[0];
     a.drop_namespace("k6-full");
-    a.apply(
-        r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: k6-full}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: data, namespace: k6-full}
-spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 10Mi}}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: db, namespace: k6-full}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: k6}}
-  template:
-    metadata: {labels: {app: k6}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers: [{name: db, image: lifeboat-lab/web:1, imagePullPolicy: Never, command: [sleep, "3600"],
-                    volumeMounts: [{name: data, mountPath: /data}]}]
-      volumes: [{name: data, persistentVolumeClaim: {claimName: data}}]
-"#,
-    );
+    app_with_claim(a, "k6-full", "db", "data", "/data", "k6");
     let (pod, node) = wait_for("the app's pod to run", Duration::from_secs(90), || {
         let pods: Value =
             serde_json::from_str(&a.kubectl(&["-n", "k6-full", "get", "pods", "-l", "app=k6", "-o", "json"])).ok()?;
