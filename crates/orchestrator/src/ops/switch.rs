@@ -1,0 +1,523 @@
+//! Failover and failback: the app moves to the other side in journaled steps.
+use std::sync::Arc;
+use std::time::Duration;
+
+use lifeboat_model::{QUARANTINE_TAG, SPLIT_BRAIN_TAG};
+use lifeboat_plan::StandbyMode;
+use lifeboat_repo::RepoError;
+use lifeboat_traffic::{Side, SwitchContext};
+use time::OffsetDateTime;
+
+use super::backup::stage_on;
+use super::fence::{hold_and_stop, refence_on_resume, unconfirmed, witness_verdict, WitnessSays};
+use super::points::{recovery_points, RECOVERY_POINTS_TRIED};
+use super::preflight::{preflight, PREFLIGHT_LOCK_WAIT};
+use super::runner::{begin, fenced};
+use super::steps::{verify_step, wait_healthy};
+use super::{app, join_notes, site_address, standby, store, summary, tags, Env, Options, Outcome};
+use crate::journal::{Fence, FencedBy, Kind, OpStatus, Operation, RecoveryPoint, Staged, Step, StepOutcome, Store};
+use crate::platform::Platform;
+use crate::{verify, OrchestratorError};
+
+/// The longest a failover or failback waits for a scheduled backup of the same app to give way
+/// (it gives way before its data is read and before it stages; a stream it is reading is not cut).
+pub const PREEMPT_WAIT: Duration = Duration::from_secs(300);
+
+/// The app's lock for a failover or failback. Held by a scheduled `backup --plan`: that backup is
+/// asked to give way ([`Store::request_preemption`]) and the lock is waited for up to
+/// [`PREEMPT_WAIT`]; held by anything else (another operation, a drill, a sync): refused at once,
+/// naming the holder.
+pub(super) fn app_lock(env: &Env, st: &Store, kind: Kind) -> Result<lifeboat_repo::lock::LockGuard, OrchestratorError> {
+    match env.repo.lock_state(&st.dir(), kind.as_str(), Duration::ZERO) {
+        Ok(l) => Ok(l),
+        Err(RepoError::Locked { holder, .. }) if holder.contains("`backup --plan`") => {
+            st.request_preemption(kind.as_str())?;
+            (env.log)(&format!(
+                "waiting up to {} s for the scheduled backup of {} to give way ({holder})",
+                PREEMPT_WAIT.as_secs(),
+                st.app
+            ));
+            let lock = env.repo.lock_state(&st.dir(), kind.as_str(), PREEMPT_WAIT);
+            st.clear_preemption()?;
+            Ok(lock?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Moves `app` to its standby (`Kind::Failover`) or back to its primary (`Kind::Failback`).
+/// Holds the app's lock for the whole run: a second call for the same app fails at once, naming
+/// the holder. A call after a crash resumes the unfinished operation.
+pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Result<Outcome, OrchestratorError> {
+    let app = app(env.plan, app_name)?;
+    let standby = standby(app)?.to_string();
+    let primary = app.primary.value.clone();
+    let st = store(env, app);
+    let _lock = app_lock(env, &st, kind)?;
+    let mut state = st.state()?;
+    let active = state.active.clone().unwrap_or_else(|| primary.clone());
+    let (from, to) = match kind {
+        Kind::Failover => (primary.clone(), standby.clone()),
+        _ => (standby.clone(), primary.clone()),
+    };
+    if state.running.is_none() && active == to {
+        return Ok(Outcome::AlreadyThere {
+            site: to,
+            last: state.last.clone(),
+        });
+    }
+    if let Some(m) = &opts.fenced_by_hand {
+        if m.site != from {
+            return Err(OrchestratorError::Refused {
+                reason: format!(
+                    "--fenced-by-hand names {}, but this {} of {} leaves {from}: name the site being left",
+                    m.site,
+                    kind.as_str(),
+                    app.name.value
+                ),
+            });
+        }
+    }
+    // Held for the whole operation: a prune cannot take the repository between the checks below
+    // and the steps that read or write it.
+    let _repo_lock =
+        env.repo
+            .lock(false, kind.as_str(), PREFLIGHT_LOCK_WAIT)
+            .map_err(|e| OrchestratorError::Refused {
+                reason: format!(
+                    "the repository cannot be locked for the {} ({e}); nothing was fenced or changed",
+                    kind.as_str()
+                ),
+            })?;
+    // A resumed operation is taken up first (it names its own sides); a new one is begun only
+    // once the preflight passed, so a failover that cannot finish leaves no trace but the error.
+    let mut resumed = match state.running {
+        Some(_) => Some(begin(env, app, kind, &from, &to, opts, &mut state)?),
+        None => None,
+    };
+    let fence_done = resumed.as_ref().is_some_and(|r| r.op.finished(Step::Fence).is_some());
+    let (from, to) = match &resumed {
+        Some(r) => (r.op.from.clone(), r.op.to.clone()),
+        None => (from, to),
+    };
+    let target = std::cell::OnceCell::new();
+    let mut source_conn = None;
+    if !fence_done {
+        let pre = preflight(env, app, kind, &from, &to, opts)?;
+        let _ = target.set(pre.target);
+        source_conn = Some(pre.source);
+        (env.log)(&format!("preflight: {}", pre.lines.join("; ")));
+    }
+    let mut run = match resumed.take() {
+        Some(r) => r,
+        None => begin(env, app, kind, &from, &to, opts, &mut state)?,
+    };
+    let hot = app.standby_mode == StandbyMode::Hot;
+
+    // 1. Fence the side being left: stopped by Lifeboat, or confirmed by the witness or the
+    // operator. Anything else fails the operation here, before the other side is touched.
+    let mut source: Option<Arc<dyn Platform>> = None;
+    let mut touched = false;
+    let fenced = run.step(Step::Fence, |_| {
+        let conn = match source_conn.take() {
+            Some(c) => c,
+            None => (env.connect)(&from, app),
+        };
+        let failure = match conn {
+            Ok(p) => {
+                touched = true;
+                match hold_and_stop(&st, &mut state, &*p, &from) {
+                    Ok(changes) => {
+                        source = Some(p);
+                        let mut detail = summary(&format!("{from} fenced"), &changes);
+                        if let Some(m) = &opts.fenced_by_hand {
+                            detail += &format!(" (also confirmed by hand by {})", m.by);
+                        }
+                        return Ok(fenced(FencedBy::Lifeboat, detail));
+                    }
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        let reachable_problem = matches!(
+            failure,
+            OrchestratorError::Unreachable { .. } | OrchestratorError::Access { .. }
+        );
+        if kind == Kind::Failback && !opts.accept_data_loss && reachable_problem {
+            return Err(OrchestratorError::Refused {
+                reason: format!(
+                    "{failure}: failing back now would lose what was written on {from} since its last backup; \
+                     retry when it is reachable, or pass --accept-data-loss"
+                ),
+            });
+        }
+        if let Some(m) = &opts.fenced_by_hand {
+            return Ok(fenced(
+                FencedBy::Hand,
+                format!(
+                    "{from} could not be fenced by Lifeboat ({failure}); {} confirmed by hand that it is off \
+                     (--fenced-by-hand {from}); it is never started automatically",
+                    m.by
+                ),
+            ));
+        }
+        let witness = witness_verdict(env, app, &from);
+        if let (OrchestratorError::Unreachable { reason, .. }, Some(WitnessSays::Agrees(report))) = (&failure, &witness)
+        {
+            return Ok(fenced(
+                FencedBy::Witness,
+                format!(
+                    "{from} cannot be reached ({reason}); the witness confirms it is down ({report}): recorded as \
+                     fenced; it is never started automatically"
+                ),
+            ));
+        }
+        Err(unconfirmed(kind, &from, &to, &failure, witness))
+    });
+    if let Err(e) = fenced {
+        if !touched && run.op.resumed == 0 {
+            // Nothing was changed anywhere: the operation is over, failed. Another attempt (with
+            // evidence, or once the site answers) starts afresh; backups and sync go on meanwhile.
+            run.op.status = OpStatus::Failed;
+            st.save_operation(&run.op)?;
+            state.running = None;
+            st.save_state(&state)?;
+        }
+        return Err(e);
+    }
+    if fence_done {
+        refence_on_resume(&st, &mut state, &mut run, env, app, &from, &mut source)?;
+    }
+    let fence_rec = run.op.finished(Step::Fence).expect("finished above");
+    let positive = run.op.fenced_by() == Some(FencedBy::Lifeboat);
+    let fenced_unreachable = !positive;
+    if !state.fenced.iter().any(|f| f.site == from) {
+        state.fenced.push(Fence {
+            site: from.clone(),
+            at: fence_rec.finished.unwrap_or_else(OffsetDateTime::now_utc),
+            unreachable: fenced_unreachable,
+            evidence: (!positive).then(|| fence_rec.detail.clone()),
+        });
+        st.save_state(&state)?;
+    }
+
+    // 2. A last backup of the fenced side, when it can be reached: nothing written is lost.
+    let op_tag = format!("op={}", run.op.id);
+    run.step(Step::FinalBackup, |op| {
+        if fenced_unreachable {
+            return Ok((StepOutcome::Skipped,
+                format!("{from} was not stopped by Lifeboat: the latest backup is the recovery point"),
+            ));
+        }
+        if !opts.final_backup {
+            return Ok((StepOutcome::Skipped, "turned off: the latest backup is the recovery point".into()));
+        }
+        // A crash after the snapshot was written but before this step was journaled left it. An
+        // incomplete one (an item could not be read) is never taken unless the operator accepts it.
+        let tagged = |incomplete: bool| -> Result<_, OrchestratorError> {
+            Ok(env
+                .repo
+                .snapshots()?
+                .into_iter()
+                .filter(|(_, s)| s.tags.contains(&op_tag) && (incomplete || s.is_complete()))
+                .max_by_key(|(_, s)| s.time))
+        };
+        if let Some((id, s)) = tagged(opts.accept_incomplete)? {
+            op.recovery_point = Some(RecoveryPoint {
+                snapshot: id,
+                time: s.time,
+                final_backup: true,
+            });
+            let note = if s.is_complete() {
+                ""
+            } else {
+                "; incomplete, accepted with --accept-incomplete"
+            };
+            return Ok((StepOutcome::Done,
+                format!("snapshot {} (taken before an interruption){note}", id.short()),
+            ));
+        }
+        let p = match source.take() {
+            Some(p) => p,
+            None => (env.connect)(&from, app)?,
+        };
+        let mut t = tags(&op.plan, &op.app, &from);
+        t.push(op_tag.clone());
+        let (id, time) = match p.backup(env.repo, t) {
+            Ok(done) => done,
+            Err(e) => {
+                // The snapshot may have been written, marked incomplete: accepted only when asked.
+                if let Some((id, s)) = tagged(true)? {
+                    if opts.accept_incomplete {
+                        op.recovery_point = Some(RecoveryPoint {
+                            snapshot: id,
+                            time: s.time,
+                            final_backup: true,
+                        });
+                        return Ok((StepOutcome::Done,
+                            format!(
+                                "snapshot {} of {from} after fencing; incomplete ({e}), accepted with --accept-incomplete",
+                                id.short()
+                            ),
+                        ));
+                    }
+                    return Err(OrchestratorError::Refused {
+                        reason: format!(
+                            "the final backup {} of {from} is incomplete and is not used as the recovery point: {e}; fix \
+                             the cause and run again, or run again with --no-final-backup (recover from the latest \
+                             complete backup) or --accept-incomplete (recover from this one)",
+                            id.short()
+                        ),
+                    });
+                }
+                return Err(e);
+            }
+        };
+        op.recovery_point = Some(RecoveryPoint {
+            snapshot: id,
+            time,
+            final_backup: true,
+        });
+        Ok((StepOutcome::Done, format!("snapshot {} of {from} after fencing", id.short())))
+    })?;
+
+    // 3. Data onto the side taking over.
+    let connect_target = || -> Result<Arc<dyn Platform>, OrchestratorError> {
+        if let Some(p) = target.get() {
+            return Ok(Arc::clone(p));
+        }
+        let p = (env.connect)(&to, app)?;
+        let _ = target.set(Arc::clone(&p));
+        Ok(p)
+    };
+    // A site fenced while it could not be reached may hold writes that no snapshot has (what it
+    // wrote after its last backup, or while it ran cut off): keep a copy before overwriting it.
+    let unreachable_fence = state.fenced.iter().find(|f| f.site == to && f.unreachable).cloned();
+    if unreachable_fence.is_some() || run.op.steps.iter().any(|s| s.name == Step::Quarantine) {
+        run.step(Step::Quarantine, |op| {
+            let t = connect_target()?;
+            let running = t.running(None)?;
+            let stopped = summary(&format!("{to} stopped before it is overwritten"), &t.stop(None)?);
+            let why = match &unreachable_fence {
+                Some(f) => format!(
+                    "it was fenced at {} while it could not be reached{}",
+                    f.at,
+                    if running.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", and it ran {}", running.join(", "))
+                    }
+                ),
+                None => "an interrupted quarantine step is repeated".into(),
+            };
+            let q = quarantine(env, &*t, op, &to, !running.is_empty(), &why, opts.accept_data_loss)?;
+            if !running.is_empty() && state.staged.as_ref().is_some_and(|s| s.site == to) {
+                state.staged = None;
+                st.save_state(&state)?;
+            }
+            Ok((StepOutcome::Done, format!("{q}; {stopped}")))
+        })?;
+    }
+    run.step(Step::Data, |op| {
+        let t = connect_target()?;
+        // The target is fenced before its volumes are written: nothing may write there meanwhile.
+        // If it ran the app, both sites were active (split brain): its data is kept first.
+        let running = t.running(None)?;
+        let stopped = t.stop(None)?;
+        let mut notes = Vec::new();
+        if !running.is_empty() {
+            notes.push(summary(
+                &format!(
+                    "{to} ran the app ({}) while {from} was active: stopped",
+                    running.join(", ")
+                ),
+                &stopped,
+            ));
+            let why = format!("it ran {} while {from} was active (split brain)", running.join(", "));
+            notes.push(quarantine(env, &*t, op, &to, true, &why, opts.accept_data_loss)?);
+            if state.staged.as_ref().is_some_and(|s| s.site == to) {
+                state.staged = None;
+                st.save_state(&state)?;
+            }
+        }
+        // The recovery point: the final backup, else the newest complete snapshot; each read
+        // whole before the target is touched; a damaged one gives way to the one before it.
+        let mut candidates: Vec<RecoveryPoint> = op.recovery_point.clone().into_iter().collect();
+        for rp in recovery_points(env.repo, &op.plan, &op.app, opts.accept_incomplete)? {
+            if !candidates.iter().any(|c| c.snapshot == rp.snapshot) {
+                candidates.push(rp);
+            }
+        }
+        let newest = candidates
+            .first()
+            .cloned()
+            .ok_or_else(|| OrchestratorError::NoRecoveryPoint { app: op.app.clone() })?;
+        let mut damaged = Vec::new();
+        for rp in candidates.iter().take(RECOVERY_POINTS_TRIED) {
+            let fallback = if rp.snapshot == newest.snapshot {
+                String::new()
+            } else {
+                format!(
+                    "{}; recovering from the one before it, {} of {} ({} s older: the achieved RPO grows by that)",
+                    damaged.join("; "),
+                    rp.snapshot.short(),
+                    rp.time,
+                    (newest.time - rp.time).whole_seconds()
+                )
+            };
+            if hot
+                && state.staged
+                    == Some(Staged {
+                        site: to.clone(),
+                        snapshot: rp.snapshot,
+                    })
+            {
+                op.recovery_point = Some(rp.clone());
+                notes.push(fallback);
+                notes.push(format!(
+                    "hot standby: snapshot {} is already staged on {to}",
+                    rp.snapshot.short()
+                ));
+                return Ok((StepOutcome::Skipped, join_notes(&notes)));
+            }
+            match verify::recovery_point(env.repo, &rp.snapshot) {
+                Ok(v) => {
+                    op.recovery_point = Some(rp.clone());
+                    notes.push(fallback);
+                    notes.push(format!(
+                        "snapshot {} verified ({} blobs, {} bytes read)",
+                        rp.snapshot.short(),
+                        v.blobs,
+                        v.bytes
+                    ));
+                    notes.push(stage_on(&st, &mut state, &*t, env.repo, &to, &rp.snapshot)?);
+                    return Ok((StepOutcome::Done, join_notes(&notes)));
+                }
+                Err(e @ OrchestratorError::Damaged { .. }) => {
+                    (env.log)(&format!("data: {e}"));
+                    damaged.push(e.to_string());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(OrchestratorError::Refused {
+            reason: format!(
+                "no recovery point of {} could be read whole ({} tried, newest first; nothing was written on {to}): {}",
+                op.app,
+                damaged.len(),
+                damaged.join("; ")
+            ),
+        })
+    })?;
+
+    // 4. Start.
+    run.step(Step::Start, |_| {
+        let t = connect_target()?;
+        let mut changes = t.start(None)?;
+        // What the fence of this site cleared (restart policies) is given back now.
+        if let Some(policies) = state.restart_policies.get(&to).cloned() {
+            changes.extend(t.set_restart_policies(&policies)?);
+            state.restart_policies.remove(&to);
+            st.save_state(&state)?;
+        }
+        // The app writes there from now on: what was staged is no longer what the site holds.
+        if state.staged.as_ref().is_some_and(|s| s.site == to) {
+            state.staged = None;
+            st.save_state(&state)?;
+        }
+        Ok((StepOutcome::Done, summary(&format!("{to} started"), &changes)))
+    })?;
+
+    // 5. Health, then the plan's post_restore hooks, each its own step (`hook N`), so that a
+    // resume runs again only the hook that was under way when the process died, never one that
+    // finished.
+    let address = site_address(env.plan, &to)?;
+    run.step(Step::Health, |_| wait_healthy(app, &address, opts.health_timeout))?;
+    run.post_restore_hooks(app, &to, "", connect_target)?;
+
+    // 6. Traffic.
+    run.step(Step::Traffic, |op| match (env.router)(app)? {
+        None => Ok((
+            StepOutcome::Skipped,
+            "the plan has no traffic section for this app".into(),
+        )),
+        Some(r) => {
+            let side = if to == primary { Side::Primary } else { Side::Standby };
+            // Every request gets a new number, saved before it is sent, so none is ever reused
+            // (a webhook receiver refuses a sequence it has seen: replays, late deliveries).
+            state.traffic_sequence += 1;
+            st.save_state(&state)?;
+            r.switch(
+                side,
+                &SwitchContext {
+                    plan: op.plan.clone(),
+                    app: op.app.clone(),
+                    reason: op.kind.as_str().into(),
+                    operation: op.id.clone(),
+                    sequence: state.traffic_sequence,
+                },
+            )
+            .map_err(|e| OrchestratorError::Traffic {
+                app: op.app.clone(),
+                source: Box::new(e),
+            })?;
+            Ok((StepOutcome::Done, format!("{} now sends traffic to {to}", r.describe())))
+        }
+    })?;
+
+    // 7. Verify.
+    run.step(Step::Verify, |_| verify_step(app, &address))?;
+
+    let mut op = run.op;
+    op.status = OpStatus::Done;
+    st.save_operation(&op)?;
+    state.active = Some(to.clone());
+    state.running = None;
+    state.last = Some(op.id.clone());
+    state.fenced.retain(|f| f.site != to);
+    if kind == Kind::Failback {
+        // The standby is stopped again: that is its normal state, not a fence.
+        state.fenced.retain(|f| f.site != from || f.unreachable);
+    }
+    st.save_state(&state)?;
+    Ok(Outcome::Done(Box::new(op)))
+}
+
+/// Backs up `site` (stopped) as a quarantine snapshot before a recovery point is written over it:
+/// tagged `quarantine` (and `split-brain` when it ran the app) with the plan, app and site, never
+/// a recovery point, never removed by retention. `why` says what it may hold. When the site cannot
+/// be read, the operation is refused unless `accept_data_loss`.
+pub(super) fn quarantine(
+    env: &Env,
+    p: &dyn Platform,
+    op: &Operation,
+    site: &str,
+    split_brain: bool,
+    why: &str,
+    accept_data_loss: bool,
+) -> Result<String, OrchestratorError> {
+    let mut t = tags(&op.plan, &op.app, site);
+    t.push(QUARANTINE_TAG.to_string());
+    if split_brain {
+        t.push(SPLIT_BRAIN_TAG.to_string());
+    }
+    match p.backup(env.repo, t) {
+        Ok((id, _)) => Ok(format!(
+            "quarantine snapshot {} of {site} ({why}): kept, never a recovery point; restore it by hand to recover \
+             what only {site} had",
+            id.short()
+        )),
+        Err(e) if accept_data_loss => Ok(format!(
+            "{site} could not be read whole for a quarantine snapshot ({e}): overwritten without a full copy, as \
+             --accept-data-loss allows"
+        )),
+        Err(e) => Err(OrchestratorError::Refused {
+            reason: format!(
+                "{site} may hold writes no snapshot has ({why}) and could not be read whole for a quarantine snapshot: \
+                 {e}; nothing was written there. Fix the cause and run again, or pass --accept-data-loss to overwrite \
+                 it without a copy"
+            ),
+        }),
+    }
+}
