@@ -1,9 +1,10 @@
 //! Failover and failback: the app moves to the other side in journaled steps.
+use std::cell::OnceCell;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lifeboat_model::{QUARANTINE_TAG, SPLIT_BRAIN_TAG};
-use lifeboat_plan::StandbyMode;
+use lifeboat_plan::{App, StandbyMode};
 use lifeboat_repo::RepoError;
 use lifeboat_traffic::{Side, SwitchContext};
 use time::OffsetDateTime;
@@ -12,10 +13,12 @@ use super::backup::stage_on;
 use super::fence::{hold_and_stop, refence_on_resume, unconfirmed, witness_verdict, WitnessSays};
 use super::points::{recovery_points, RECOVERY_POINTS_TRIED};
 use super::preflight::{preflight, PREFLIGHT_LOCK_WAIT};
-use super::runner::{begin, fenced};
+use super::runner::{begin, fenced, Finished};
 use super::steps::{verify_step, wait_healthy};
 use super::{app, join_notes, site_address, standby, store, summary, tags, Env, Options, Outcome};
-use crate::journal::{Fence, FencedBy, Kind, OpStatus, Operation, RecoveryPoint, Staged, Step, StepOutcome, Store};
+use crate::journal::{
+    AppState, Fence, FencedBy, Kind, OpStatus, Operation, RecoveryPoint, Staged, Step, StepOutcome, Store,
+};
 use crate::platform::Platform;
 use crate::{verify, OrchestratorError};
 
@@ -48,6 +51,10 @@ pub(super) fn app_lock(env: &Env, st: &Store, kind: Kind) -> Result<lifeboat_rep
 /// Moves `app` to its standby (`Kind::Failover`) or back to its primary (`Kind::Failback`).
 /// Holds the app's lock for the whole run: a second call for the same app fails at once, naming
 /// the holder. A call after a crash resumes the unfinished operation.
+///
+/// The steps, each journaled: fence the side being left, a final backup of it, a quarantine
+/// snapshot of the side taking over when it may hold writes of its own, data onto it, start,
+/// health, the plan's `post_restore` hooks, traffic, verify.
 pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Result<Outcome, OrchestratorError> {
     let app = app(env.plan, app_name)?;
     let standby = standby(app)?.to_string();
@@ -100,35 +107,135 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
         Some(r) => (r.op.from.clone(), r.op.to.clone()),
         None => (from, to),
     };
-    let target = std::cell::OnceCell::new();
-    let mut source_conn = None;
+    let mut sw = Switch {
+        env,
+        app,
+        kind,
+        opts,
+        st,
+        state,
+        from,
+        to,
+        source: None,
+        source_conn: None,
+        target: OnceCell::new(),
+        touched: false,
+    };
     if !fence_done {
-        let pre = preflight(env, app, kind, &from, &to, opts)?;
-        let _ = target.set(pre.target);
-        source_conn = Some(pre.source);
+        let pre = preflight(env, app, kind, &sw.from, &sw.to, opts)?;
+        let _ = sw.target.set(pre.target);
+        sw.source_conn = Some(pre.source);
         (env.log)(&format!("preflight: {}", pre.lines.join("; ")));
     }
     let mut run = match resumed.take() {
         Some(r) => r,
-        None => begin(env, app, kind, &from, &to, opts, &mut state)?,
+        None => begin(env, app, kind, &sw.from, &sw.to, opts, &mut sw.state)?,
     };
-    let hot = app.standby_mode == StandbyMode::Hot;
 
     // 1. Fence the side being left: stopped by Lifeboat, or confirmed by the witness or the
     // operator. Anything else fails the operation here, before the other side is touched.
-    let mut source: Option<Arc<dyn Platform>> = None;
-    let mut touched = false;
-    let fenced = run.step(Step::Fence, |_| {
-        let conn = match source_conn.take() {
+    if let Err(e) = run.step(Step::Fence, |_| sw.fence()) {
+        if !sw.touched && run.op.resumed == 0 {
+            // Nothing was changed anywhere: the operation is over, failed. Another attempt (with
+            // evidence, or once the site answers) starts afresh; backups and sync go on meanwhile.
+            run.op.status = OpStatus::Failed;
+            sw.st.save_operation(&run.op)?;
+            sw.state.running = None;
+            sw.st.save_state(&sw.state)?;
+        }
+        return Err(e);
+    }
+    if fence_done {
+        refence_on_resume(&sw.st, &mut sw.state, &mut run, env, app, &sw.from, &mut sw.source)?;
+    }
+    let fenced_unreachable = sw.record_fence(&run.op)?;
+
+    // 2. A last backup of the fenced side, when it can be reached: nothing written is lost.
+    run.step(Step::FinalBackup, |op| sw.final_backup(op, fenced_unreachable))?;
+
+    // 3. Data onto the side taking over, after a quarantine snapshot of what it may hold.
+    // A site fenced while it could not be reached may hold writes that no snapshot has (what it
+    // wrote after its last backup, or while it ran cut off): keep a copy before overwriting it.
+    let unreachable_fence = sw
+        .state
+        .fenced
+        .iter()
+        .find(|f| f.site == sw.to && f.unreachable)
+        .cloned();
+    if unreachable_fence.is_some() || run.op.steps.iter().any(|s| s.name == Step::Quarantine) {
+        run.step(Step::Quarantine, |op| sw.quarantine(op, unreachable_fence.as_ref()))?;
+    }
+    run.step(Step::Data, |op| sw.data(op))?;
+
+    // 4. Start.
+    run.step(Step::Start, |_| sw.start())?;
+
+    // 5. Health, then the plan's post_restore hooks, each its own step (`hook N`), so that a
+    // resume runs again only the hook that was under way when the process died, never one that
+    // finished.
+    let address = site_address(env.plan, &sw.to)?;
+    run.step(Step::Health, |_| wait_healthy(app, &address, opts.health_timeout))?;
+    run.post_restore_hooks(app, &sw.to.clone(), "", || sw.target())?;
+
+    // 6. Traffic.
+    run.step(Step::Traffic, |op| sw.traffic(op))?;
+
+    // 7. Verify.
+    run.step(Step::Verify, |_| verify_step(app, &address))?;
+
+    let mut op = run.op;
+    op.status = OpStatus::Done;
+    sw.st.save_operation(&op)?;
+    sw.finish(&op)?;
+    Ok(Outcome::Done(Box::new(op)))
+}
+
+/// A failover or failback under way: what its steps share.
+struct Switch<'a, 'e> {
+    env: &'a Env<'e>,
+    app: &'a App,
+    kind: Kind,
+    opts: &'a Options,
+    st: Store<'e>,
+    state: AppState,
+    /// The side being left.
+    from: String,
+    /// The side taking over.
+    to: String,
+    /// The side being left, once the fence stopped it (the final backup reads it).
+    source: Option<Arc<dyn Platform>>,
+    /// The preflight's connection to the side being left, or why there is none.
+    source_conn: Option<Result<Arc<dyn Platform>, OrchestratorError>>,
+    /// The side taking over, connected once.
+    target: OnceCell<Arc<dyn Platform>>,
+    /// The fence changed something (a failed fence that touched nothing leaves no operation open).
+    touched: bool,
+}
+
+impl Switch<'_, '_> {
+    fn target(&self) -> Result<Arc<dyn Platform>, OrchestratorError> {
+        if let Some(p) = self.target.get() {
+            return Ok(Arc::clone(p));
+        }
+        let p = (self.env.connect)(&self.to, self.app)?;
+        let _ = self.target.set(Arc::clone(&p));
+        Ok(p)
+    }
+
+    /// Stops the side being left, or finds the evidence that it is off (the operator's word, the
+    /// witness); anything else is an unconfirmed fence, which is a failed one.
+    fn fence(&mut self) -> Result<Finished, OrchestratorError> {
+        let (from, to, opts, kind) = (self.from.clone(), self.to.clone(), self.opts, self.kind);
+        let conn = match self.source_conn.take() {
             Some(c) => c,
-            None => (env.connect)(&from, app),
+            None => (self.env.connect)(&from, self.app),
         };
         let failure = match conn {
             Ok(p) => {
-                touched = true;
-                match hold_and_stop(&st, &mut state, &*p, &from) {
+                self.touched = true;
+                match hold_and_stop(&self.st, &mut self.state, &*p, &from) {
                     Ok(changes) => {
-                        source = Some(p);
+                        self.source = Some(p);
                         let mut detail = summary(&format!("{from} fenced"), &changes);
                         if let Some(m) = &opts.fenced_by_hand {
                             detail += &format!(" (also confirmed by hand by {})", m.by);
@@ -162,7 +269,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
                 ),
             ));
         }
-        let witness = witness_verdict(env, app, &from);
+        let witness = witness_verdict(self.env, self.app, &from);
         if let (OrchestratorError::Unreachable { reason, .. }, Some(WitnessSays::Agrees(report))) = (&failure, &witness)
         {
             return Ok(fenced(
@@ -174,45 +281,46 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
             ));
         }
         Err(unconfirmed(kind, &from, &to, &failure, witness))
-    });
-    if let Err(e) = fenced {
-        if !touched && run.op.resumed == 0 {
-            // Nothing was changed anywhere: the operation is over, failed. Another attempt (with
-            // evidence, or once the site answers) starts afresh; backups and sync go on meanwhile.
-            run.op.status = OpStatus::Failed;
-            st.save_operation(&run.op)?;
-            state.running = None;
-            st.save_state(&state)?;
-        }
-        return Err(e);
-    }
-    if fence_done {
-        refence_on_resume(&st, &mut state, &mut run, env, app, &from, &mut source)?;
-    }
-    let fence_rec = run.op.finished(Step::Fence).expect("finished above");
-    let positive = run.op.fenced_by() == Some(FencedBy::Lifeboat);
-    let fenced_unreachable = !positive;
-    if !state.fenced.iter().any(|f| f.site == from) {
-        state.fenced.push(Fence {
-            site: from.clone(),
-            at: fence_rec.finished.unwrap_or_else(OffsetDateTime::now_utc),
-            unreachable: fenced_unreachable,
-            evidence: (!positive).then(|| fence_rec.detail.clone()),
-        });
-        st.save_state(&state)?;
     }
 
-    // 2. A last backup of the fenced side, when it can be reached: nothing written is lost.
-    let op_tag = format!("op={}", run.op.id);
-    run.step(Step::FinalBackup, |op| {
+    /// Records the finished fence in the app's state; whether it was fenced without being
+    /// stopped by Lifeboat (then it is never started automatically, and never backed up).
+    fn record_fence(&mut self, op: &Operation) -> Result<bool, OrchestratorError> {
+        let fence_rec = op.finished(Step::Fence).expect("finished above");
+        let fenced_unreachable = op.fenced_by() != Some(FencedBy::Lifeboat);
+        if !self.state.fenced.iter().any(|f| f.site == self.from) {
+            self.state.fenced.push(Fence {
+                site: self.from.clone(),
+                at: fence_rec.finished.unwrap_or_else(OffsetDateTime::now_utc),
+                unreachable: fenced_unreachable,
+                evidence: fenced_unreachable.then(|| fence_rec.detail.clone()),
+            });
+            self.st.save_state(&self.state)?;
+        }
+        Ok(fenced_unreachable)
+    }
+
+    /// A last backup of the fenced side; taken once per operation (a snapshot tagged with the
+    /// operation's id is taken up again after a crash).
+    fn final_backup(
+        &mut self,
+        op: &mut Operation,
+        fenced_unreachable: bool,
+    ) -> Result<(StepOutcome, String), OrchestratorError> {
+        let (env, opts, from) = (self.env, self.opts, self.from.clone());
         if fenced_unreachable {
-            return Ok((StepOutcome::Skipped,
+            return Ok((
+                StepOutcome::Skipped,
                 format!("{from} was not stopped by Lifeboat: the latest backup is the recovery point"),
             ));
         }
         if !opts.final_backup {
-            return Ok((StepOutcome::Skipped, "turned off: the latest backup is the recovery point".into()));
+            return Ok((
+                StepOutcome::Skipped,
+                "turned off: the latest backup is the recovery point".into(),
+            ));
         }
+        let op_tag = format!("op={}", op.id);
         // A crash after the snapshot was written but before this step was journaled left it. An
         // incomplete one (an item could not be read) is never taken unless the operator accepts it.
         let tagged = |incomplete: bool| -> Result<_, OrchestratorError> {
@@ -223,24 +331,26 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
                 .filter(|(_, s)| s.tags.contains(&op_tag) && (incomplete || s.is_complete()))
                 .max_by_key(|(_, s)| s.time))
         };
+        let final_point = |id, time| RecoveryPoint {
+            snapshot: id,
+            time,
+            final_backup: true,
+        };
         if let Some((id, s)) = tagged(opts.accept_incomplete)? {
-            op.recovery_point = Some(RecoveryPoint {
-                snapshot: id,
-                time: s.time,
-                final_backup: true,
-            });
+            op.recovery_point = Some(final_point(id, s.time));
             let note = if s.is_complete() {
                 ""
             } else {
                 "; incomplete, accepted with --accept-incomplete"
             };
-            return Ok((StepOutcome::Done,
+            return Ok((
+                StepOutcome::Done,
                 format!("snapshot {} (taken before an interruption){note}", id.short()),
             ));
         }
-        let p = match source.take() {
+        let p = match self.source.take() {
             Some(p) => p,
-            None => (env.connect)(&from, app)?,
+            None => (env.connect)(&from, self.app)?,
         };
         let mut t = tags(&op.plan, &op.app, &from);
         t.push(op_tag.clone());
@@ -248,79 +358,79 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
             Ok(done) => done,
             Err(e) => {
                 // The snapshot may have been written, marked incomplete: accepted only when asked.
-                if let Some((id, s)) = tagged(true)? {
-                    if opts.accept_incomplete {
-                        op.recovery_point = Some(RecoveryPoint {
-                            snapshot: id,
-                            time: s.time,
-                            final_backup: true,
-                        });
-                        return Ok((StepOutcome::Done,
-                            format!(
-                                "snapshot {} of {from} after fencing; incomplete ({e}), accepted with --accept-incomplete",
-                                id.short()
-                            ),
-                        ));
-                    }
+                let Some((id, s)) = tagged(true)? else {
+                    return Err(e);
+                };
+                if !opts.accept_incomplete {
                     return Err(OrchestratorError::Refused {
                         reason: format!(
-                            "the final backup {} of {from} is incomplete and is not used as the recovery point: {e}; fix \
-                             the cause and run again, or run again with --no-final-backup (recover from the latest \
-                             complete backup) or --accept-incomplete (recover from this one)",
+                            "the final backup {} of {from} is incomplete and is not used as the recovery point: {e}; \
+                             fix the cause and run again, or run again with --no-final-backup (recover from the \
+                             latest complete backup) or --accept-incomplete (recover from this one)",
                             id.short()
                         ),
                     });
                 }
-                return Err(e);
+                op.recovery_point = Some(final_point(id, s.time));
+                return Ok((
+                    StepOutcome::Done,
+                    format!(
+                        "snapshot {} of {from} after fencing; incomplete ({e}), accepted with --accept-incomplete",
+                        id.short()
+                    ),
+                ));
             }
         };
-        op.recovery_point = Some(RecoveryPoint {
-            snapshot: id,
-            time,
-            final_backup: true,
-        });
-        Ok((StepOutcome::Done, format!("snapshot {} of {from} after fencing", id.short())))
-    })?;
-
-    // 3. Data onto the side taking over.
-    let connect_target = || -> Result<Arc<dyn Platform>, OrchestratorError> {
-        if let Some(p) = target.get() {
-            return Ok(Arc::clone(p));
-        }
-        let p = (env.connect)(&to, app)?;
-        let _ = target.set(Arc::clone(&p));
-        Ok(p)
-    };
-    // A site fenced while it could not be reached may hold writes that no snapshot has (what it
-    // wrote after its last backup, or while it ran cut off): keep a copy before overwriting it.
-    let unreachable_fence = state.fenced.iter().find(|f| f.site == to && f.unreachable).cloned();
-    if unreachable_fence.is_some() || run.op.steps.iter().any(|s| s.name == Step::Quarantine) {
-        run.step(Step::Quarantine, |op| {
-            let t = connect_target()?;
-            let running = t.running(None)?;
-            let stopped = summary(&format!("{to} stopped before it is overwritten"), &t.stop(None)?);
-            let why = match &unreachable_fence {
-                Some(f) => format!(
-                    "it was fenced at {} while it could not be reached{}",
-                    f.at,
-                    if running.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", and it ran {}", running.join(", "))
-                    }
-                ),
-                None => "an interrupted quarantine step is repeated".into(),
-            };
-            let q = quarantine(env, &*t, op, &to, !running.is_empty(), &why, opts.accept_data_loss)?;
-            if !running.is_empty() && state.staged.as_ref().is_some_and(|s| s.site == to) {
-                state.staged = None;
-                st.save_state(&state)?;
-            }
-            Ok((StepOutcome::Done, format!("{q}; {stopped}")))
-        })?;
+        op.recovery_point = Some(final_point(id, time));
+        Ok((
+            StepOutcome::Done,
+            format!("snapshot {} of {from} after fencing", id.short()),
+        ))
     }
-    run.step(Step::Data, |op| {
-        let t = connect_target()?;
+
+    /// Stops the side taking over and keeps a quarantine snapshot of it before it is overwritten.
+    fn quarantine(
+        &mut self,
+        op: &mut Operation,
+        unreachable_fence: Option<&Fence>,
+    ) -> Result<(StepOutcome, String), OrchestratorError> {
+        let to = self.to.clone();
+        let t = self.target()?;
+        let running = t.running(None)?;
+        let stopped = summary(&format!("{to} stopped before it is overwritten"), &t.stop(None)?);
+        let why = match unreachable_fence {
+            Some(f) => format!(
+                "it was fenced at {} while it could not be reached{}",
+                f.at,
+                if running.is_empty() {
+                    String::new()
+                } else {
+                    format!(", and it ran {}", running.join(", "))
+                }
+            ),
+            None => "an interrupted quarantine step is repeated".into(),
+        };
+        let q = quarantine(
+            self.env,
+            &*t,
+            op,
+            &to,
+            !running.is_empty(),
+            &why,
+            self.opts.accept_data_loss,
+        )?;
+        if !running.is_empty() {
+            self.forget_staged()?;
+        }
+        Ok((StepOutcome::Done, format!("{q}; {stopped}")))
+    }
+
+    /// The side taking over is stopped (its own writes kept first when it ran the app), then given
+    /// the recovery point: the final backup, else the newest complete snapshot; each read whole
+    /// before the target is touched; a damaged one gives way to the one before it.
+    fn data(&mut self, op: &mut Operation) -> Result<(StepOutcome, String), OrchestratorError> {
+        let (env, from, to) = (self.env, self.from.clone(), self.to.clone());
+        let t = self.target()?;
         // The target is fenced before its volumes are written: nothing may write there meanwhile.
         // If it ran the app, both sites were active (split brain): its data is kept first.
         let running = t.running(None)?;
@@ -335,16 +445,11 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
                 &stopped,
             ));
             let why = format!("it ran {} while {from} was active (split brain)", running.join(", "));
-            notes.push(quarantine(env, &*t, op, &to, true, &why, opts.accept_data_loss)?);
-            if state.staged.as_ref().is_some_and(|s| s.site == to) {
-                state.staged = None;
-                st.save_state(&state)?;
-            }
+            notes.push(quarantine(env, &*t, op, &to, true, &why, self.opts.accept_data_loss)?);
+            self.forget_staged()?;
         }
-        // The recovery point: the final backup, else the newest complete snapshot; each read
-        // whole before the target is touched; a damaged one gives way to the one before it.
         let mut candidates: Vec<RecoveryPoint> = op.recovery_point.clone().into_iter().collect();
-        for rp in recovery_points(env.repo, &op.plan, &op.app, opts.accept_incomplete)? {
+        for rp in recovery_points(env.repo, &op.plan, &op.app, self.opts.accept_incomplete)? {
             if !candidates.iter().any(|c| c.snapshot == rp.snapshot) {
                 candidates.push(rp);
             }
@@ -353,6 +458,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
             .first()
             .cloned()
             .ok_or_else(|| OrchestratorError::NoRecoveryPoint { app: op.app.clone() })?;
+        let hot = self.app.standby_mode == StandbyMode::Hot;
         let mut damaged = Vec::new();
         for rp in candidates.iter().take(RECOVERY_POINTS_TRIED) {
             let fallback = if rp.snapshot == newest.snapshot {
@@ -366,13 +472,11 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
                     (newest.time - rp.time).whole_seconds()
                 )
             };
-            if hot
-                && state.staged
-                    == Some(Staged {
-                        site: to.clone(),
-                        snapshot: rp.snapshot,
-                    })
-            {
+            let staged_here = Staged {
+                site: to.clone(),
+                snapshot: rp.snapshot,
+            };
+            if hot && self.state.staged.as_ref() == Some(&staged_here) {
                 op.recovery_point = Some(rp.clone());
                 notes.push(fallback);
                 notes.push(format!(
@@ -391,7 +495,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
                         v.blobs,
                         v.bytes
                     ));
-                    notes.push(stage_on(&st, &mut state, &*t, env.repo, &to, &rp.snapshot)?);
+                    notes.push(stage_on(&self.st, &mut self.state, &*t, env.repo, &to, &rp.snapshot)?);
                     return Ok((StepOutcome::Done, join_notes(&notes)));
                 }
                 Err(e @ OrchestratorError::Damaged { .. }) => {
@@ -409,79 +513,83 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
                 damaged.join("; ")
             ),
         })
-    })?;
+    }
 
-    // 4. Start.
-    run.step(Step::Start, |_| {
-        let t = connect_target()?;
+    /// Starts the app on the side taking over and gives back the restart policies its own fence
+    /// had cleared.
+    fn start(&mut self) -> Result<(StepOutcome, String), OrchestratorError> {
+        let to = self.to.clone();
+        let t = self.target()?;
         let mut changes = t.start(None)?;
-        // What the fence of this site cleared (restart policies) is given back now.
-        if let Some(policies) = state.restart_policies.get(&to).cloned() {
+        if let Some(policies) = self.state.restart_policies.get(&to).cloned() {
             changes.extend(t.set_restart_policies(&policies)?);
-            state.restart_policies.remove(&to);
-            st.save_state(&state)?;
+            self.state.restart_policies.remove(&to);
+            self.st.save_state(&self.state)?;
         }
         // The app writes there from now on: what was staged is no longer what the site holds.
-        if state.staged.as_ref().is_some_and(|s| s.site == to) {
-            state.staged = None;
-            st.save_state(&state)?;
-        }
+        self.forget_staged()?;
         Ok((StepOutcome::Done, summary(&format!("{to} started"), &changes)))
-    })?;
-
-    // 5. Health, then the plan's post_restore hooks, each its own step (`hook N`), so that a
-    // resume runs again only the hook that was under way when the process died, never one that
-    // finished.
-    let address = site_address(env.plan, &to)?;
-    run.step(Step::Health, |_| wait_healthy(app, &address, opts.health_timeout))?;
-    run.post_restore_hooks(app, &to, "", connect_target)?;
-
-    // 6. Traffic.
-    run.step(Step::Traffic, |op| match (env.router)(app)? {
-        None => Ok((
-            StepOutcome::Skipped,
-            "the plan has no traffic section for this app".into(),
-        )),
-        Some(r) => {
-            let side = if to == primary { Side::Primary } else { Side::Standby };
-            // Every request gets a new number, saved before it is sent, so none is ever reused
-            // (a webhook receiver refuses a sequence it has seen: replays, late deliveries).
-            state.traffic_sequence += 1;
-            st.save_state(&state)?;
-            r.switch(
-                side,
-                &SwitchContext {
-                    plan: op.plan.clone(),
-                    app: op.app.clone(),
-                    reason: op.kind.as_str().into(),
-                    operation: op.id.clone(),
-                    sequence: state.traffic_sequence,
-                },
-            )
-            .map_err(|e| OrchestratorError::Traffic {
-                app: op.app.clone(),
-                source: Box::new(e),
-            })?;
-            Ok((StepOutcome::Done, format!("{} now sends traffic to {to}", r.describe())))
-        }
-    })?;
-
-    // 7. Verify.
-    run.step(Step::Verify, |_| verify_step(app, &address))?;
-
-    let mut op = run.op;
-    op.status = OpStatus::Done;
-    st.save_operation(&op)?;
-    state.active = Some(to.clone());
-    state.running = None;
-    state.last = Some(op.id.clone());
-    state.fenced.retain(|f| f.site != to);
-    if kind == Kind::Failback {
-        // The standby is stopped again: that is its normal state, not a fence.
-        state.fenced.retain(|f| f.site != from || f.unreachable);
     }
-    st.save_state(&state)?;
-    Ok(Outcome::Done(Box::new(op)))
+
+    /// Points the app's traffic at the side taking over.
+    fn traffic(&mut self, op: &mut Operation) -> Result<(StepOutcome, String), OrchestratorError> {
+        let Some(r) = (self.env.router)(self.app)? else {
+            return Ok((
+                StepOutcome::Skipped,
+                "the plan has no traffic section for this app".into(),
+            ));
+        };
+        let side = if self.to == self.app.primary.value {
+            Side::Primary
+        } else {
+            Side::Standby
+        };
+        // Every request gets a new number, saved before it is sent, so none is ever reused
+        // (a webhook receiver refuses a sequence it has seen: replays, late deliveries).
+        self.state.traffic_sequence += 1;
+        self.st.save_state(&self.state)?;
+        r.switch(
+            side,
+            &SwitchContext {
+                plan: op.plan.clone(),
+                app: op.app.clone(),
+                reason: op.kind.as_str().into(),
+                operation: op.id.clone(),
+                sequence: self.state.traffic_sequence,
+            },
+        )
+        .map_err(|e| OrchestratorError::Traffic {
+            app: op.app.clone(),
+            source: Box::new(e),
+        })?;
+        Ok((
+            StepOutcome::Done,
+            format!("{} now sends traffic to {}", r.describe(), self.to),
+        ))
+    }
+
+    /// The record of what was staged on the side taking over is dropped: it no longer holds it.
+    fn forget_staged(&mut self) -> Result<(), OrchestratorError> {
+        if self.state.staged.as_ref().is_some_and(|s| s.site == self.to) {
+            self.state.staged = None;
+            self.st.save_state(&self.state)?;
+        }
+        Ok(())
+    }
+
+    /// The operation `op` finished: the app is active on the side that took over.
+    fn finish(mut self, op: &Operation) -> Result<(), OrchestratorError> {
+        self.state.active = Some(self.to.clone());
+        self.state.running = None;
+        self.state.last = Some(op.id.clone());
+        self.state.fenced.retain(|f| f.site != self.to);
+        if self.kind == Kind::Failback {
+            // The standby is stopped again: that is its normal state, not a fence.
+            let from = &self.from;
+            self.state.fenced.retain(|f| &f.site != from || f.unreachable);
+        }
+        self.st.save_state(&self.state)
+    }
 }
 
 /// Backs up `site` (stopped) as a quarantine snapshot before a recovery point is written over it:
