@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use lifeboat_plan::{Plan, Profile, Site, StandbyMode};
+use lifeboat_plan::{App, Plan, Profile, Site, StandbyMode};
 use lifeboat_repo::Repository;
 use lifeboat_traffic::Route;
 use serde::Serialize;
@@ -206,7 +206,12 @@ fn repository_failure_domain(plan: &Plan, location: &str, endpoint_env: Option<&
     }
 }
 
-/// Runs every check.
+/// What each standby would run if every primary were gone: (CPUs, memory, app names) by site.
+type Load = BTreeMap<String, (f64, u64, Vec<String>)>;
+
+/// Runs every check: the repository, then per app its sites, what their kind checks, the
+/// recovery point, the journal, the standby (images, drift) and traffic, then the capacity of each
+/// standby for everything it would run.
 pub fn run(
     plan: &Plan,
     repo: Result<&Repository, String>,
@@ -226,8 +231,7 @@ pub fn run(
             None
         }
     };
-    // What each site would run if every primary were gone: (cpus, memory, app names).
-    let mut load: BTreeMap<String, (f64, u64, Vec<String>)> = BTreeMap::new();
+    let mut load = Load::new();
     let mut platforms: BTreeMap<(String, String), Option<Arc<dyn Platform>>> = BTreeMap::new();
     for app in &plan.apps {
         let a = app.name.value.as_str();
@@ -275,176 +279,195 @@ pub fn run(
             };
             out.extend(crate::platform::kind(s).checks(app, name, s, &**p));
         }
-
-        // Recovery point age.
         if let Some(repo) = repo {
-            let rpo = app.objectives.as_ref().and_then(|o| o.rpo.as_ref()).map(|d| d.value.0);
-            match latest_recovery_point(repo, &plan.metadata.name, a) {
-                Ok(Some(rp)) => {
-                    let age = (OffsetDateTime::now_utc() - rp.time).as_seconds_f64().max(0.0);
-                    let (status, detail) = match rpo {
-                        Some(r) if age > r.as_secs_f64() => (
-                            Status::Fail,
-                            format!(
-                                "last backup {} is {age:.0} s old, more than the RPO {r:?}",
-                                rp.snapshot.short()
-                            ),
-                        ),
-                        Some(r) => (
-                            Status::Ok,
-                            format!("last backup {} is {age:.0} s old (RPO {r:?})", rp.snapshot.short()),
-                        ),
-                        None => (
-                            Status::Warn,
-                            format!(
-                                "last backup {} is {age:.0} s old; the plan sets no RPO",
-                                rp.snapshot.short()
-                            ),
-                        ),
-                    };
-                    out.push(line(Some(a), "recovery point", status, detail));
-                }
-                Ok(None) => out.push(line(
-                    Some(a),
-                    "recovery point",
-                    Status::Fail,
-                    format!("no backup yet (lifeboat backup --plan PLAN --app {a})"),
-                )),
-                Err(e) => out.push(line(Some(a), "recovery point", Status::Fail, e.to_string())),
-            }
-            let st = Store {
-                repo,
-                plan: plan.metadata.name.clone(),
-                app: a.to_string(),
-            };
-            match st.state() {
-                Ok(s) => {
-                    if let Some(r) = &s.running {
-                        out.push(line(
-                            Some(a),
-                            "operations",
-                            Status::Fail,
-                            format!("operation {r} is unfinished: run the same command again to complete it"),
-                        ));
-                    }
-                    if let Some(act) = &s.active {
-                        if *act != app.primary.value {
-                            out.push(line(
-                                Some(a),
-                                "active site",
-                                Status::Warn,
-                                format!("running on {act} after a failover"),
-                            ));
-                        }
-                    }
-                }
-                Err(e) => out.push(line(Some(a), "operations", Status::Fail, e.to_string())),
-            }
+            out.push(recovery_point(repo, plan, app));
+            out.extend(journal(repo, plan, app));
         }
+        if let (Some(sb_name), Some(primary)) = (standby_name.as_deref(), primary.as_ref()) {
+            out.extend(standby_lines(app, &**primary, sb_name, standby.as_deref(), &mut load));
+        }
+        out.push(traffic(app, router));
+        out.extend(traffic_durability(app, a));
+        out.extend(haproxy_socket_exposure(app, a));
+    }
+    out.extend(capacity(load, &platforms));
+    out
+}
 
-        // What needs both sites; the traffic checks below run whatever happens here.
-        'sites: {
-            let (Some(sb_name), Some(primary)) = (standby_name.as_deref(), primary.as_ref()) else {
-                break 'sites;
-            };
-            let workloads = match primary.workloads() {
-                Ok(w) => w,
-                Err(e) => {
-                    out.push(line(Some(a), "workloads", Status::Fail, e.to_string()));
-                    break 'sites;
-                }
-            };
-            if workloads.is_empty() {
-                out.push(line(
-                    Some(a),
-                    "workloads",
-                    Status::Fail,
-                    format!("the selection finds nothing on {}", app.primary.value),
-                ));
-            }
-            let e = load.entry(sb_name.to_string()).or_default();
-            e.0 += workloads.iter().map(|w| w.cpus).sum::<f64>();
-            e.1 += workloads.iter().map(|w| w.memory).sum::<u64>();
-            e.2.push(a.to_string());
+/// The age of the app's newest recovery point against its RPO.
+fn recovery_point(repo: &Repository, plan: &Plan, app: &App) -> CheckResult {
+    let a = app.name.value.as_str();
+    let rpo = app.objectives.as_ref().and_then(|o| o.rpo.as_ref()).map(|d| d.value.0);
+    let rp = match latest_recovery_point(repo, &plan.metadata.name, a) {
+        Ok(Some(rp)) => rp,
+        Ok(None) => {
+            return line(
+                Some(a),
+                "recovery point",
+                Status::Fail,
+                format!("no backup yet (lifeboat backup --plan PLAN --app {a})"),
+            )
+        }
+        Err(e) => return line(Some(a), "recovery point", Status::Fail, e.to_string()),
+    };
+    let age = (OffsetDateTime::now_utc() - rp.time).as_seconds_f64().max(0.0);
+    let id = rp.snapshot.short();
+    let (status, detail) = match rpo {
+        Some(r) if age > r.as_secs_f64() => (
+            Status::Fail,
+            format!("last backup {id} is {age:.0} s old, more than the RPO {r:?}"),
+        ),
+        Some(r) => (Status::Ok, format!("last backup {id} is {age:.0} s old (RPO {r:?})")),
+        None => (
+            Status::Warn,
+            format!("last backup {id} is {age:.0} s old; the plan sets no RPO"),
+        ),
+    };
+    line(Some(a), "recovery point", status, detail)
+}
 
-            if let Some(standby) = &standby {
-                // Images.
-                let images: BTreeSet<&str> = workloads.iter().flat_map(|w| &w.images).map(String::as_str).collect();
-                let mut missing = Vec::new();
-                for i in &images {
-                    match standby.has_image(i) {
-                        Ok(true) => {}
-                        Ok(false) => missing.push(i.to_string()),
-                        Err(e) => missing.push(format!("{i} ({e})")),
-                    }
-                }
-                out.push(if missing.is_empty() {
+/// An unfinished operation, and an app that runs away from its primary.
+fn journal(repo: &Repository, plan: &Plan, app: &App) -> Vec<CheckResult> {
+    let a = app.name.value.as_str();
+    let st = Store {
+        repo,
+        plan: plan.metadata.name.clone(),
+        app: a.to_string(),
+    };
+    let s = match st.state() {
+        Ok(s) => s,
+        Err(e) => return vec![line(Some(a), "operations", Status::Fail, e.to_string())],
+    };
+    let mut out = Vec::new();
+    if let Some(r) = &s.running {
+        out.push(line(
+            Some(a),
+            "operations",
+            Status::Fail,
+            format!("operation {r} is unfinished: run the same command again to complete it"),
+        ));
+    }
+    if let Some(act) = s.active.as_ref().filter(|act| **act != app.primary.value) {
+        out.push(line(
+            Some(a),
+            "active site",
+            Status::Warn,
+            format!("running on {act} after a failover"),
+        ));
+    }
+    out
+}
+
+/// What needs both sites: the primary's workloads (added to the standby's `load`), the images on
+/// the standby and, for a hot standby, its drift.
+fn standby_lines(
+    app: &App,
+    primary: &dyn Platform,
+    sb_name: &str,
+    standby: Option<&dyn Platform>,
+    load: &mut Load,
+) -> Vec<CheckResult> {
+    let a = app.name.value.as_str();
+    let workloads = match primary.workloads() {
+        Ok(w) => w,
+        Err(e) => return vec![line(Some(a), "workloads", Status::Fail, e.to_string())],
+    };
+    let mut out = Vec::new();
+    if workloads.is_empty() {
+        out.push(line(
+            Some(a),
+            "workloads",
+            Status::Fail,
+            format!("the selection finds nothing on {}", app.primary.value),
+        ));
+    }
+    let e = load.entry(sb_name.to_string()).or_default();
+    e.0 += workloads.iter().map(|w| w.cpus).sum::<f64>();
+    e.1 += workloads.iter().map(|w| w.memory).sum::<u64>();
+    e.2.push(a.to_string());
+    let Some(standby) = standby else {
+        return out;
+    };
+    let images: BTreeSet<&str> = workloads.iter().flat_map(|w| &w.images).map(String::as_str).collect();
+    let mut missing = Vec::new();
+    for i in &images {
+        match standby.has_image(i) {
+            Ok(true) => {}
+            Ok(false) => missing.push(i.to_string()),
+            Err(e) => missing.push(format!("{i} ({e})")),
+        }
+    }
+    out.push(if missing.is_empty() {
+        line(
+            Some(a),
+            "images on standby",
+            Status::Ok,
+            format!("{} images present on {sb_name}", images.len()),
+        )
+    } else {
+        line(
+            Some(a),
+            "images on standby",
+            Status::Fail,
+            format!("missing on {sb_name}: {}", missing.join(", ")),
+        )
+    });
+    // Drift (hot standby only: a cold one holds nothing until failover).
+    if app.standby_mode == StandbyMode::Hot {
+        out.push(match (primary.definitions(), standby.definitions()) {
+            (Ok(p), Ok(s)) => {
+                let p = p.essence();
+                let d: Vec<String> = drift(p, s.essence()).iter().map(|d| d.describe(sb_name)).collect();
+                if d.is_empty() {
                     line(
                         Some(a),
-                        "images on standby",
+                        "drift",
                         Status::Ok,
-                        format!("{} images present on {sb_name}", images.len()),
+                        format!("{} objects identical on {sb_name}", p.len()),
                     )
                 } else {
                     line(
                         Some(a),
-                        "images on standby",
+                        "drift",
                         Status::Fail,
-                        format!("missing on {sb_name}: {}", missing.join(", ")),
+                        format!("{} (`lifeboat sync` corrects it)", d.join("; ")),
                     )
-                });
-                // Drift (hot standby only: a cold one holds nothing until failover).
-                if app.standby_mode == StandbyMode::Hot {
-                    match (primary.definitions(), standby.definitions()) {
-                        (Ok(p), Ok(s)) => {
-                            let p = p.essence();
-                            let d: Vec<String> = drift(p, s.essence()).iter().map(|d| d.describe(sb_name)).collect();
-                            out.push(if d.is_empty() {
-                                line(
-                                    Some(a),
-                                    "drift",
-                                    Status::Ok,
-                                    format!("{} objects identical on {sb_name}", p.len()),
-                                )
-                            } else {
-                                line(
-                                    Some(a),
-                                    "drift",
-                                    Status::Fail,
-                                    format!("{} (`lifeboat sync` corrects it)", d.join("; ")),
-                                )
-                            });
-                        }
-                        (Err(e), _) | (_, Err(e)) => out.push(line(Some(a), "drift", Status::Fail, e.to_string())),
-                    }
                 }
             }
-        }
-        // Traffic router.
-        match router(app) {
-            Ok(None) => out.push(line(
-                Some(a),
-                "traffic",
-                Status::Warn,
-                "no traffic section: clients are moved by hand",
-            )),
-            Ok(Some(r)) => out.push(match r.current() {
-                Ok(Route::On(side)) => line(
-                    Some(a),
-                    "traffic",
-                    Status::Ok,
-                    format!("{}: traffic on the {side}", r.describe()),
-                ),
-                Ok(Route::Unknown(why)) => line(Some(a), "traffic", Status::Warn, format!("{}: {why}", r.describe())),
-                // The error names the router itself.
-                Err(e) => line(Some(a), "traffic", Status::Fail, e.to_string()),
-            }),
-            Err(e) => out.push(line(Some(a), "traffic", Status::Fail, e.to_string())),
-        }
-        out.extend(traffic_durability(app, a));
-        out.extend(haproxy_socket_exposure(app, a));
+            (Err(e), _) | (_, Err(e)) => line(Some(a), "drift", Status::Fail, e.to_string()),
+        });
     }
-    // Capacity: each standby must hold what it would run with every primary gone.
+    out
+}
+
+/// Where the app's traffic router sends traffic now.
+fn traffic(app: &App, router: &RouterFn) -> CheckResult {
+    let a = Some(app.name.value.as_str());
+    match router(app) {
+        Ok(None) => line(
+            a,
+            "traffic",
+            Status::Warn,
+            "no traffic section: clients are moved by hand",
+        ),
+        Ok(Some(r)) => match r.current() {
+            Ok(Route::On(side)) => line(
+                a,
+                "traffic",
+                Status::Ok,
+                format!("{}: traffic on the {side}", r.describe()),
+            ),
+            Ok(Route::Unknown(why)) => line(a, "traffic", Status::Warn, format!("{}: {why}", r.describe())),
+            // The error names the router itself.
+            Err(e) => line(a, "traffic", Status::Fail, e.to_string()),
+        },
+        Err(e) => line(a, "traffic", Status::Fail, e.to_string()),
+    }
+}
+
+/// Each standby must hold what it would run with every primary gone.
+fn capacity(load: Load, platforms: &BTreeMap<(String, String), Option<Arc<dyn Platform>>>) -> Vec<CheckResult> {
+    let mut out = Vec::new();
     for (site, (cpus, mem, apps)) in load {
         let Some(p) = platforms
             .iter()
@@ -573,5 +596,81 @@ mod tests {
                 "{quiet}"
             );
         }
+    }
+
+    /// `plan check` against the in-memory sites: one line per check, each failure its own line.
+    #[test]
+    fn plan_check_gives_each_failure_its_own_line() {
+        use crate::journal::Kind;
+        use crate::ops::fake::{no_final, Answer, World};
+        let lines = |w: &World| -> Vec<(String, Status, String)> {
+            let env = w.env();
+            run(&w.plan, Ok(&w.repo), &env.connect, env.router)
+                .into_iter()
+                .filter(|l| l.check != "repository failure domain")
+                .map(|l| (l.check, l.status, l.detail))
+                .collect()
+        };
+        let find = |lines: &[(String, Status, String)], check: &str| -> (Status, String) {
+            let l = lines
+                .iter()
+                .find(|l| l.0 == check)
+                .unwrap_or_else(|| panic!("no {check} line: {lines:?}"));
+            (l.1, l.2.clone())
+        };
+
+        let mut w = World::new(false);
+        let all = lines(&w);
+        assert_eq!(find(&all, "site a").0, Status::Ok);
+        assert_eq!(
+            find(&all, "recovery point"),
+            (
+                Status::Fail,
+                "no backup yet (lifeboat backup --plan PLAN --app web)".into()
+            )
+        );
+        assert_eq!(find(&all, "drift"), (Status::Ok, "0 objects identical on b".into()));
+        assert_eq!(find(&all, "traffic").0, Status::Warn);
+        assert_eq!(
+            find(&all, "capacity b").0,
+            Status::Ok,
+            "b has 1 CPU for a's 0.5: {all:?}"
+        );
+
+        w = w.backed_up();
+        w.a_asks = (2.0, 256 << 20);
+        w.fail_once("b start");
+        w.run(
+            Kind::Failover,
+            &crate::ops::Options {
+                ignore_capacity: true,
+                ..no_final()
+            },
+        )
+        .unwrap_err();
+        w.b = Answer::Unreachable;
+        let all = lines(&w);
+        let (status, detail) = find(&all, "site b");
+        assert_eq!(status, Status::Fail);
+        assert!(detail.contains("connection refused"), "{detail}");
+        assert!(
+            find(&all, "recovery point").1.contains("the plan sets no RPO"),
+            "{all:?}"
+        );
+        let (status, detail) = find(&all, "operations");
+        assert_eq!(status, Status::Fail);
+        assert!(detail.contains("is unfinished"), "{detail}");
+        assert!(
+            !all.iter().any(|l| l.0 == "drift"),
+            "no drift line without the standby: {all:?}"
+        );
+        assert!(
+            !all.iter().any(|l| l.0 == "capacity b"),
+            "no capacity line for a site that cannot be asked"
+        );
+        w.b = Answer::Up;
+        let (status, detail) = find(&lines(&w), "capacity b");
+        assert_eq!(status, Status::Fail);
+        assert!(detail.contains("would need 2.00 CPUs"), "{detail}");
     }
 }
