@@ -30,6 +30,7 @@ pub mod diff;
 pub mod helper;
 pub mod hooks;
 pub mod restore;
+mod rules;
 
 use std::time::Duration;
 

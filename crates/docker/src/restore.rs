@@ -25,6 +25,7 @@ use serde_json::{json, Map, Value};
 
 use crate::capture::{Capture, Manifest, KINDS};
 use crate::control::PREFIX_LABEL;
+use crate::rules::{with_udp, Forward, Rules};
 use crate::{is_not_found, str_at, to_json, DockerError, Site};
 
 /// What to do with objects that already exist on the target.
@@ -69,8 +70,7 @@ pub struct RestoreOptions {
     pub isolate: bool,
 }
 
-/// The network a drill's isolated copy joins, after its prefix.
-pub const ISOLATED_NETWORK: &str = "isolated";
+pub use crate::rules::ISOLATED_NETWORK;
 /// The gateway container of an isolated copy, after its prefix.
 pub const GATEWAY: &str = "gateway";
 
@@ -420,41 +420,6 @@ pub fn restore(
     Ok(report)
 }
 
-/// The aliases a workload has on an isolated copy's one network: its own name, then every alias
-/// of `endpoints` (its network attachments), each once.
-fn isolated_aliases<'a>(name: &str, endpoints: impl Iterator<Item = &'a Value>) -> Vec<Value> {
-    let mut aliases: Vec<Value> = vec![json!(name)];
-    for ep in endpoints {
-        for a in ep.get("Aliases").and_then(Value::as_array).into_iter().flatten() {
-            if !aliases.contains(a) {
-                aliases.push(a.clone());
-            }
-        }
-    }
-    aliases
-}
-
-/// `line`, plus the UDP ports an isolated copy's gateway does not forward.
-fn with_udp(line: &str, udp: &[String]) -> String {
-    match udp.is_empty() {
-        true => line.to_string(),
-        false => format!(
-            "{line}; ports {} not forwarded by the drill's gateway (TCP only)",
-            udp.join(", ")
-        ),
-    }
-}
-
-/// A port the copy published, forwarded by the gateway: the host port (and address), the copy's
-/// name for the workload on the isolated network, the port there.
-#[derive(Debug, Clone)]
-struct Forward {
-    host_ip: String,
-    host_port: u16,
-    alias: String,
-    port: u16,
-}
-
 fn singular(kind: &str) -> &str {
     match kind {
         "networks" => "network",
@@ -570,12 +535,19 @@ impl Ctx<'_> {
         Ok(format!("forwards {} (TCP), nothing the other way", lines.join(", ")))
     }
 
-    fn p(&self, n: &str) -> String {
-        format!("{}{n}", self.opts.name_prefix)
+    /// The rewriting rules of this restore.
+    fn rules(&self) -> Rules<'_> {
+        Rules {
+            prefix: &self.opts.name_prefix,
+            isolate: self.opts.isolate,
+            replicas: self.opts.replicas,
+            capture: &self.stored.capture,
+            images: &self.image_map,
+        }
     }
 
-    fn image(&self, image: &str) -> String {
-        self.image_map.get(image).cloned().unwrap_or_else(|| image.to_string())
+    fn p(&self, n: &str) -> String {
+        self.rules().p(n)
     }
 
     /// Applies one step; `Ok(Some(note))` adds a remark to the result.
@@ -756,142 +728,13 @@ impl Ctx<'_> {
         )))
     }
 
-    /// Rewrites a volume name that the snapshot holds to its restored name.
-    fn volume_ref(&self, v: &str) -> String {
-        if self.stored.capture.volumes.contains_key(v) {
-            self.p(v)
-        } else {
-            v.to_string()
-        }
-    }
-
-    fn network_ref(&self, n: &str) -> String {
-        let nets = &self.stored.capture.networks;
-        if nets.contains_key(n) {
-            return self.p(n);
-        }
-        // Swarm specs refer to networks by id.
-        match nets.iter().find(|(_, d)| str_at(d, "/Id") == Some(n)) {
-            Some((name, _)) => self.p(name),
-            None => n.to_string(),
-        }
-    }
-
     fn container(&mut self, name: &str, doc: &Value, update: bool) -> Result<Option<String>, DockerError> {
         let site = self.site;
         let target = self.p(name);
-        let id = str_at(doc, "/Id").unwrap_or_default();
-        let mut body = doc.get("Config").cloned().unwrap_or(json!({}));
-        let cfg = body.as_object_mut().expect("Config is an object");
-        if cfg
-            .get("Hostname")
-            .and_then(Value::as_str)
-            .is_some_and(|h| id.starts_with(h))
-        {
-            cfg.remove("Hostname");
-        }
-        if let Some(image) = cfg.get("Image").and_then(Value::as_str) {
-            let image = self.image(image);
-            cfg.insert("Image".into(), json!(image));
-        }
-        if !self.opts.name_prefix.is_empty() {
-            let labels = cfg.entry("Labels").or_insert_with(|| json!({}));
-            if !labels.is_object() {
-                *labels = json!({});
-            }
-            labels[PREFIX_LABEL] = json!(self.opts.name_prefix);
-        }
-        let mut host = doc.get("HostConfig").cloned().unwrap_or(json!({}));
-        if let Some(binds) = host.get_mut("Binds").and_then(Value::as_array_mut) {
-            for b in binds {
-                if let Some(s) = b.as_str() {
-                    let (src, rest) = s.split_once(':').unwrap_or((s, ""));
-                    if !src.starts_with('/') {
-                        *b = json!(format!("{}:{rest}", self.volume_ref(src)));
-                    }
-                }
-            }
-        }
-        if let Some(mounts) = host.get_mut("Mounts").and_then(Value::as_array_mut) {
-            for m in mounts {
-                if str_at(m, "/Type") == Some("volume") {
-                    if let Some(src) = str_at(m, "/Source").map(str::to_string) {
-                        m["Source"] = json!(self.volume_ref(&src));
-                    }
-                }
-            }
-        }
-        let mode = str_at(&host, "/NetworkMode").unwrap_or("default").to_string();
-        let user_net =
-            !matches!(mode.as_str(), "default" | "bridge" | "host" | "none") && !mode.starts_with("container:");
-        if user_net {
-            host["NetworkMode"] = json!(self.network_ref(&mode));
-        }
-        let mut udp = Vec::new();
-        if self.opts.isolate {
-            // The gateway publishes the ports; the copy joins only its isolated network.
-            for (key, binds) in host
-                .get("PortBindings")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-            {
-                let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
-                for b in binds.as_array().into_iter().flatten() {
-                    let hp = str_at(b, "/HostPort").and_then(|p| p.parse::<u16>().ok());
-                    match (hp, port.parse::<u16>(), proto) {
-                        (Some(hp), Ok(port), "tcp") => self.forwards.push(Forward {
-                            host_ip: str_at(b, "/HostIp").unwrap_or("").to_string(),
-                            host_port: hp,
-                            alias: name.to_string(),
-                            port,
-                        }),
-                        _ => udp.push(key.clone()),
-                    }
-                }
-            }
-            if let Some(h) = host.as_object_mut() {
-                h.remove("PortBindings");
-                h.insert("PublishAllPorts".into(), json!(false));
-                h.insert("NetworkMode".into(), json!(self.p(ISOLATED_NETWORK)));
-                h.remove("Links");
-            }
-        }
-        cfg.insert("HostConfig".into(), host);
-        // Endpoints: the primary network at create, the others connected afterwards.
-        let mut endpoints: Vec<(String, Value)> = Vec::new();
-        if let Some(nets) = doc.pointer("/NetworkSettings/Networks").and_then(Value::as_object) {
-            for (net, ep) in nets {
-                let aliases = crate::capture::user_aliases(ep, id);
-                let mut e = Map::new();
-                if !aliases.is_empty() {
-                    e.insert("Aliases".into(), Value::Array(aliases));
-                }
-                if let Some(ipam) = ep.get("IPAMConfig").filter(|v| !v.is_null()) {
-                    e.insert("IPAMConfig".into(), ipam.clone());
-                }
-                let restored = if matches!(net.as_str(), "bridge" | "host" | "none") {
-                    net.clone()
-                } else {
-                    self.network_ref(net)
-                };
-                if *net == mode || (mode == "default" && net == "bridge") {
-                    endpoints.insert(0, (restored, Value::Object(e)));
-                } else {
-                    endpoints.push((restored, Value::Object(e)));
-                }
-            }
-        }
-        if self.opts.isolate {
-            // One endpoint, on the isolated network, with every alias the container had and its
-            // own name: the copy's parts find each other as they did.
-            let aliases = isolated_aliases(name, endpoints.iter().map(|(_, ep)| ep));
-            endpoints = vec![(self.p(ISOLATED_NETWORK), json!({"Aliases": aliases}))];
-        }
-        if let Some((net, ep)) = endpoints.first() {
-            cfg.insert("NetworkingConfig".into(), json!({"EndpointsConfig": {net.clone(): ep}}));
-        }
-        let body: ContainerCreateBody = from_doc(body, "container", name)?;
+        let c = self.rules().container(name, doc);
+        self.forwards.extend(c.forwards);
+        let (endpoints, udp) = (c.endpoints, c.udp);
+        let body: ContainerCreateBody = from_doc(c.body, "container", name)?;
 
         if update {
             let _ = site.block_on(site.docker.stop_container(&target, None::<StopContainerOptions>));
@@ -923,9 +766,7 @@ impl Ctx<'_> {
             ))
             .map_err(site.api_err(format!("connect container {target} to network {net}")))?;
         }
-        let was_running = doc.pointer("/State/Running") == Some(&Value::Bool(true));
-        let start = self.opts.replicas.map(|n| n > 0).unwrap_or(was_running);
-        if start {
+        if c.start {
             site.block_on(
                 site.docker
                     .start_container(&target, None::<bollard::query_parameters::StartContainerOptions>),
@@ -940,103 +781,12 @@ impl Ctx<'_> {
     fn service(&mut self, name: &str, doc: &Value, update: bool) -> Result<Option<String>, DockerError> {
         let site = self.site;
         let target = self.p(name);
-        let mut spec = doc.get("Spec").cloned().unwrap_or(json!({}));
-        spec["Name"] = json!(target);
-        let mut note = None;
-        if let Some(cs) = spec.pointer_mut("/TaskTemplate/ContainerSpec") {
-            if let Some(image) = cs.get("Image").and_then(Value::as_str) {
-                cs["Image"] = json!(self.image(image));
-            }
-            if let Some(mounts) = cs.get_mut("Mounts").and_then(Value::as_array_mut) {
-                for m in mounts {
-                    if str_at(m, "/Type").unwrap_or("volume") == "volume" {
-                        if let Some(src) = str_at(m, "/Source").map(str::to_string) {
-                            m["Source"] = json!(self.volume_ref(&src));
-                        }
-                    }
-                }
-            }
-            for (key, name_key, id_key, kind) in [
-                ("Configs", "ConfigName", "ConfigID", "configs"),
-                ("Secrets", "SecretName", "SecretID", "secrets"),
-            ] {
-                if let Some(refs) = cs.get_mut(key).and_then(Value::as_array_mut) {
-                    for r in refs {
-                        let Some(orig) = str_at(r, &format!("/{name_key}")).map(str::to_string) else {
-                            continue;
-                        };
-                        let restored = if self.stored.capture.kind(kind).contains_key(&orig) {
-                            self.p(&orig)
-                        } else {
-                            orig.clone()
-                        };
-                        let id = site.object_id(kind, &restored)?;
-                        r[name_key] = json!(restored);
-                        r[id_key] = json!(id);
-                    }
-                }
-            }
-        }
-        if let Some(nets) = spec.pointer_mut("/TaskTemplate/Networks").and_then(Value::as_array_mut) {
-            for n in nets {
-                if let Some(t) = str_at(n, "/Target").map(str::to_string) {
-                    n["Target"] = json!(self.network_ref(&t));
-                }
-            }
-        }
-        if self.opts.isolate {
-            let nets = spec
-                .pointer("/TaskTemplate/Networks")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let aliases = isolated_aliases(name, nets.iter());
-            spec["TaskTemplate"]["Networks"] = json!([{"Target": self.p(ISOLATED_NETWORK), "Aliases": aliases}]);
-            let mut udp = Vec::new();
-            if let Some(ports) = spec.pointer_mut("/EndpointSpec/Ports").and_then(Value::as_array_mut) {
-                for port in ports.drain(..) {
-                    let published = port.get("PublishedPort").and_then(Value::as_u64);
-                    let target = port.get("TargetPort").and_then(Value::as_u64);
-                    match (published, target, str_at(&port, "/Protocol").unwrap_or("tcp")) {
-                        (Some(p), Some(t), "tcp") => self.forwards.push(Forward {
-                            host_ip: String::new(),
-                            host_port: p as u16,
-                            alias: name.to_string(),
-                            port: t as u16,
-                        }),
-                        (_, t, proto) => udp.push(format!("{}/{proto}", t.unwrap_or(0))),
-                    }
-                }
-            }
-            if !udp.is_empty() {
-                note = Some(with_udp(note.as_deref().unwrap_or("created"), &udp));
-            }
-        }
-        if (!self.opts.name_prefix.is_empty() || self.opts.replicas.is_some())
-            && !spec.get("Labels").is_some_and(Value::is_object)
-        {
-            spec["Labels"] = json!({});
-        }
-        if !self.opts.name_prefix.is_empty() {
-            spec["Labels"][PREFIX_LABEL] = json!(self.opts.name_prefix);
-        }
-        if let Some(r) = self.opts.replicas {
-            if let Some(rep) = spec.pointer_mut("/Mode/Replicated") {
-                let was = rep.get("Replicas").and_then(Value::as_u64).unwrap_or(1);
-                rep["Replicas"] = json!(r);
-                if r == 0 && was > 0 {
-                    spec["Labels"][crate::control::REPLICAS_LABEL] = json!(was.to_string());
-                }
-            } else if r == 0 {
-                // A global service cannot be scaled: it is held off every node until it is started.
-                crate::control::hold_global(&mut spec, true);
-                note =
-                    Some("global service: held off every node (placement constraint) until it is started".to_string());
-            } else {
-                note = Some("global service: --replicas does not apply".to_string());
-            }
-        }
-        let spec: ServiceSpec = from_doc(spec, "service", name)?;
+        let svc = self
+            .rules()
+            .service(name, doc, |kind, name| site.object_id(kind, name))?;
+        self.forwards.extend(svc.forwards);
+        let note = svc.note;
+        let spec: ServiceSpec = from_doc(svc.spec, "service", name)?;
         if update {
             let live = site
                 .block_on(site.docker.inspect_service(&target, None))
