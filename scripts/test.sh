@@ -46,7 +46,7 @@ fi
 lab/lab up --docker 2 --kube 2 --dns --haproxy >/dev/null
 
 cargo fmt --all -- --check
-shellcheck -S warning lab/lab scripts/*.sh .ci/run bench/*.sh
+shellcheck -S warning lab/lab lab/files/labrunc lab/files/lab-postgres scripts/*.sh .ci/run bench/*.sh
 cargo clippy --workspace --all-targets -- -D warnings
 # Every fuzz target for a fixed 10 s, its corpus kept between runs (seeded from fuzz/corpus).
 fuzz_corpus="$HOME/.cache/lifeboat-fuzz-corpus"
