@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 fn corpus_dir() -> PathBuf {
     std::env::var_os("LIFEBOAT_CORPUS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/kube"))
+        .unwrap_or_else(|| manifest_dir().join("../../../shared/corpus/kube"))
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -391,4 +391,12 @@ fn wait_for_option<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Opti
         }
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// The package's directory: cargo's at run time (a test binary built from another checkout that
+/// shares the target directory still reads this checkout's files), else the one it was built in.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }

@@ -8,7 +8,7 @@ use lifeboat_orchestrator::journal::{AppState, FencedBy, OpStatus, Operation, St
 use serde_json::Value;
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/journal-v1")
+    manifest_dir().join("tests/fixtures/journal-v1")
 }
 
 fn read(name: &str) -> String {
@@ -76,4 +76,12 @@ fn a_journal_naming_a_step_this_version_does_not_know_is_refused() {
     assert!(e.contains("unknown step \"teleport\""), "{e}");
     let text = read("failover-final-backup.json").replace("\"name\": \"data\"", "\"name\": \"hook 0\"");
     assert!(serde_json::from_str::<Operation>(&text).is_err(), "hooks count from 1");
+}
+
+/// The package's directory: cargo's at run time (a test binary built from another checkout that
+/// shares the target directory still reads this checkout's files), else the one it was built in.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }

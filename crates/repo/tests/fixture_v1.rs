@@ -1,7 +1,6 @@
 //! Format compatibility: a repository written by format version 1 (committed under
 //! `tests/fixtures/v1`, password `lifeboat-fixture`) must stay readable, byte for byte.
 //! If this test breaks, the change altered the on-disk format: bump the version instead.
-use std::path::Path;
 use std::sync::Arc;
 
 use lifeboat_model::{NodeKind, Tree};
@@ -26,7 +25,7 @@ fn content(repo: &Repository, tree: &Tree, name: &str) -> Vec<u8> {
 
 #[test]
 fn version_1_fixture_opens_and_reads_back_exactly() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
+    let dir = manifest_dir().join("tests/fixtures/v1");
     let repo = Repository::open(Arc::new(LocalBackend::new(&dir)), b"lifeboat-fixture").unwrap();
     assert_eq!(repo.config().version, 1);
     let snaps = repo.snapshots().unwrap();
@@ -53,9 +52,17 @@ fn version_1_fixture_opens_and_reads_back_exactly() {
 
 #[test]
 fn version_1_fixture_refuses_a_wrong_password() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
+    let dir = manifest_dir().join("tests/fixtures/v1");
     let err = Repository::open(Arc::new(LocalBackend::new(&dir)), b"nope")
         .err()
         .unwrap();
     assert!(err.to_string().contains("wrong password"), "{err}");
+}
+
+/// The package's directory: cargo's at run time (a test binary built from another checkout that
+/// shares the target directory still reads this checkout's files), else the one it was built in.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }

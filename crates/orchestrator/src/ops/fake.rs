@@ -281,7 +281,7 @@ impl World {
             "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {{name: p}}\nrepository: repo\n{}sites:\n  \
              a: {{docker: {{host: \"unix:///a.sock\", address: 127.0.0.1}}}}\n  b: {{docker: {{host: \"unix:///b.sock\", address: 127.0.0.1}}}}\n\
              apps:\n  - name: web\n    primary: a\n    standby: b\n    standby_mode: {mode}\n    select: {{labels: {{app: web}}}}\n{lines}",
-            if witness { "witness: {max_age: 10s}\n" } else { "" }
+            if witness { "witness: {max_age: 3s}\n" } else { "" }
         );
         let plan = Plan::parse("plan.yaml", &yaml).unwrap();
         World {

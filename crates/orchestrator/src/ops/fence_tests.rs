@@ -155,7 +155,11 @@ fn a_failover_during_a_prune_does_not_fence_before_it_can_finish() {
     let w = World::new(false).backed_up();
     let other = Repository::open(w.repo.backend().clone(), b"pw").unwrap();
     let _prune = other.lock(true, "prune", Duration::ZERO).unwrap();
-    let e = w.run(Kind::Failover, &no_final()).unwrap_err().to_string();
+    let opts = Options {
+        repo_lock_wait: Duration::from_millis(300),
+        ..no_final()
+    };
+    let e = w.run(Kind::Failover, &opts).unwrap_err().to_string();
     assert!(
         e.contains("repository cannot be locked") && e.contains("nothing was fenced"),
         "{e}"

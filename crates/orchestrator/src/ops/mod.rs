@@ -95,6 +95,9 @@ pub struct Options {
     /// Go on although the site taking over has fewer CPUs or less memory than the app's workloads
     /// ask for (it then runs degraded, or some of them stay pending).
     pub ignore_capacity: bool,
+    /// The longest wait for the repository's shared lock before a failover or failback fences
+    /// anything (default [`PREFLIGHT_LOCK_WAIT`]; a prune holds it exclusively while it runs).
+    pub repo_lock_wait: Duration,
 }
 
 /// An operator's acknowledgment that a site is fenced (the `fence_ack_manual` of Lifeboat).
@@ -119,6 +122,7 @@ impl Default for Options {
             drill_site: None,
             fenced_by_hand: None,
             ignore_capacity: false,
+            repo_lock_wait: PREFLIGHT_LOCK_WAIT,
         }
     }
 }

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use super::backup::stage_on;
 use super::fence::{hold_and_stop, refence_on_resume, unconfirmed, witness_verdict, WitnessSays};
 use super::points::{recovery_points, RECOVERY_POINTS_TRIED};
-use super::preflight::{preflight, PREFLIGHT_LOCK_WAIT};
+use super::preflight::preflight;
 use super::runner::{begin, fenced, Finished};
 use super::steps::{verify_step, wait_healthy};
 use super::{app, join_notes, site_address, standby, store, summary, tags, Env, Options, Outcome};
@@ -89,7 +89,7 @@ pub fn switch_over(env: &Env, app_name: &str, kind: Kind, opts: &Options) -> Res
     // and the steps that read or write it.
     let _repo_lock =
         env.repo
-            .lock(false, kind.as_str(), PREFLIGHT_LOCK_WAIT)
+            .lock(false, kind.as_str(), opts.repo_lock_wait)
             .map_err(|e| OrchestratorError::Refused {
                 reason: format!(
                     "the repository cannot be locked for the {} ({e}); nothing was fenced or changed",
