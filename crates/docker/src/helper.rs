@@ -25,7 +25,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use lifeboat_fs::archive::{tar_to_tree, tree_to_tar, TarOutcome};
 use lifeboat_fs::backup::Progress;
-use lifeboat_model::Node;
+use lifeboat_model::{Node, Retry};
 use lifeboat_repo::Repository;
 
 use crate::{bridge, is_not_found, DockerError, Site, HELPER_LABEL};
@@ -438,6 +438,7 @@ impl Site {
         if out.exit_code != 0 {
             return Err(DockerError::Api {
                 host: self.host.clone(),
+                retry: Retry::AfterFix,
                 what: format!("write volume {volume} ({step})"),
                 reason: format!(
                     "the helper exited with {}: {}",
@@ -491,6 +492,7 @@ impl Site {
                 .await
                 .map_err(|_| DockerError::Api {
                     host: self.host.clone(),
+                    retry: Retry::Later,
                     what: what.clone(),
                     reason: format!("no result within {} s", timeout.as_secs()),
                 })?

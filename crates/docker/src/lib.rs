@@ -37,6 +37,7 @@ use std::time::Duration;
 use bollard::Docker;
 pub use lifeboat_model::reach::AccessProblem;
 use lifeboat_model::reach::{classify, Reach};
+pub use lifeboat_model::Retry;
 use serde_json::Value;
 
 pub use backup::{backup, BackupOptions, BackupOutcome};
@@ -69,9 +70,16 @@ pub enum DockerError {
         problem: AccessProblem,
         reason: String,
     },
-    /// An Engine API call failed (the engine's own message is included). `what` names the object.
+    /// An Engine API call failed (the engine's own message is included). `what` names the object;
+    /// `retry` is the class of the engine's answer ([`Retry::for_status`]; no answer at all is
+    /// [`Retry::Later`]).
     #[error("Docker engine at {host}: {what}: {reason}")]
-    Api { host: String, what: String, reason: String },
+    Api {
+        host: String,
+        what: String,
+        reason: String,
+        retry: Retry,
+    },
     /// The engine or the selection cannot do what was asked (for example Swarm objects on a host
     /// that is not a Swarm manager). Nothing was changed.
     #[error("{0}")]
@@ -98,6 +106,27 @@ pub enum DockerError {
     /// Storing or reading file data failed.
     #[error(transparent)]
     Fs(#[from] lifeboat_fs::FsError),
+}
+
+impl DockerError {
+    /// Whether the same call may succeed later without a change: an engine that cannot be reached,
+    /// an API call that failed in passing, a repository lock or store error, a failed stream are
+    /// [`Retry::Later`]; a transport, address or credential problem, what the engine or the
+    /// selection cannot do, a failed hook, a bad snapshot or secret, a refused restore need a fix.
+    pub fn retry(&self) -> Retry {
+        match self {
+            DockerError::Unreachable { .. } | DockerError::Fs(_) => Retry::Later,
+            DockerError::Api { retry, .. } => *retry,
+            DockerError::Repo(e) => e.retry(),
+            DockerError::Transport { .. }
+            | DockerError::Access { .. }
+            | DockerError::Unsupported(_)
+            | DockerError::Hook { .. }
+            | DockerError::BadSnapshot { .. }
+            | DockerError::Preflight { .. }
+            | DockerError::SecretInput { .. } => Retry::AfterFix,
+        }
+    }
 }
 
 /// One Docker Engine (and the Swarm it manages, if any).
@@ -368,8 +397,18 @@ impl Site {
         move |e| DockerError::Api {
             host: self.host.clone(),
             what,
+            retry: api_retry(&e),
             reason: short_error(&e),
         }
+    }
+}
+
+/// The class of a failed Engine API call: the engine's answer ([`Retry::for_status`]), or
+/// [`Retry::Later`] when it did not answer.
+pub(crate) fn api_retry(e: &bollard::errors::Error) -> Retry {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Retry::for_status(*status_code),
+        _ => Retry::Later,
     }
 }
 
@@ -427,6 +466,37 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Value {
 #[cfg(test)]
 mod connect_tests {
     use super::*;
+
+    /// Errors lost their retry class at every boundary (architecture review, change 4).
+    #[test]
+    fn an_engine_api_error_keeps_the_class_of_the_engine_s_answer() {
+        let api = |status_code: u16| {
+            let retry = api_retry(&bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message: "m".into(),
+            });
+            DockerError::Api {
+                host: "h".into(),
+                what: "create container web".into(),
+                reason: "m".into(),
+                retry,
+            }
+        };
+        assert_eq!(
+            api(409).retry(),
+            Retry::Later,
+            "a name in use by a container being removed"
+        );
+        assert_eq!(api(503).retry(), Retry::Later);
+        assert_eq!(api(400).retry(), Retry::AfterFix, "a request the engine refuses");
+        assert_eq!(api(404).retry(), Retry::AfterFix);
+        assert_eq!(api_retry(&bollard::errors::Error::RequestTimeoutError), Retry::Later);
+        let unreachable = DockerError::Unreachable {
+            host: "h".into(),
+            reason: "refused".into(),
+        };
+        assert_eq!(unreachable.retry(), Retry::Later);
+    }
     use std::io::{Read, Write};
     use std::os::unix::net::UnixListener;
 

@@ -79,6 +79,7 @@ impl Cluster {
             Ok(r) => r.map_err(self.api_err(what)),
             Err(_) => Err(KubeError::Api {
                 context: self.context.clone(),
+                retry: crate::Retry::Later,
                 what,
                 reason: format!("no answer within {} s", timeout.as_secs()),
             }),

@@ -31,6 +31,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 pub use lifeboat_model::reach::AccessProblem;
 use lifeboat_model::reach::{classify, Reach};
+pub use lifeboat_model::Retry;
 use serde::{Deserialize, Serialize};
 
 pub use backup::{backup, BackupOptions, BackupOutcome};
@@ -57,12 +58,15 @@ pub enum KubeError {
         problem: AccessProblem,
         reason: String,
     },
-    /// An API call failed; `what` names the resource or object.
+    /// An API call failed; `what` names the resource or object; `retry` is the class of the API
+    /// server's answer ([`Retry::for_status`]; no answer, a helper pod that failed, is
+    /// [`Retry::Later`]).
     #[error("Kubernetes API ({context}): {what}: {reason}")]
     Api {
         context: String,
         what: String,
         reason: String,
+        retry: Retry,
     },
     /// The options cannot be used (a bad selector, an unknown kind, a bad mapping).
     #[error("{0}")]
@@ -81,6 +85,25 @@ pub enum KubeError {
     Repo(#[from] lifeboat_repo::RepoError),
     #[error(transparent)]
     Fs(#[from] lifeboat_fs::FsError),
+}
+
+impl KubeError {
+    /// Whether the same call may succeed later without a change: an API server that cannot be
+    /// reached, an API call that failed in passing, a repository lock or store error, a failed
+    /// stream are [`Retry::Later`]; a kubeconfig, credential or TLS problem, a bad option, a failed
+    /// hook or a bad snapshot need a fix.
+    pub fn retry(&self) -> Retry {
+        match self {
+            KubeError::Unreachable { .. } | KubeError::Fs(_) => Retry::Later,
+            KubeError::Api { retry, .. } => *retry,
+            KubeError::Repo(e) => e.retry(),
+            KubeError::Config(_)
+            | KubeError::Access { .. }
+            | KubeError::BadOption(_)
+            | KubeError::Hook { .. }
+            | KubeError::BadSnapshot { .. } => Retry::AfterFix,
+        }
+    }
 }
 
 /// What a Kubernetes snapshot records about where and how it was taken (`kube.json`).
@@ -241,6 +264,7 @@ impl Cluster {
         move |e| KubeError::Api {
             context: self.context.clone(),
             what,
+            retry: status_code(&e).map_or(Retry::Later, Retry::for_status),
             reason: short_error(&e),
         }
     }

@@ -261,6 +261,7 @@ impl Cluster {
     fn helper_err(&self, what: String) -> impl FnOnce(String) -> KubeError + '_ {
         move |reason| KubeError::Api {
             context: self.context.clone(),
+            retry: crate::Retry::Later,
             what,
             reason,
         }

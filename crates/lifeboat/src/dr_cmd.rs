@@ -252,7 +252,7 @@ pub fn check(ctx: &Ctx, plan: &Path) -> Result<bool> {
     let router = lifeboat_server::routers(dir);
     let results = check::run(
         &plan_v,
-        repo.as_ref().map_err(|e| format!("{e:#}")),
+        repo.as_ref().map_err(crate::error_line),
         &platform::connector(&plan_v),
         &*router,
     );

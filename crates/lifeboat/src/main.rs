@@ -39,12 +39,49 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            let msg = format!("{e:#}");
+            let msg = error_line(&e);
             if json && !std::io::stdout().is_terminal() {
                 println!("{}", serde_json::json!({ "error": msg }));
             }
             eprintln!("lifeboat: error: {msg}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// An error and its causes in one line: each cause is added unless the line already says it
+/// (library errors name their cause in their own message and keep it as `source` too).
+pub(crate) fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !line.contains(&c) {
+            line = format!("{line}: {c}");
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    /// A failed step names its cause in its message and keeps it as its source: said once.
+    #[test]
+    fn an_error_whose_message_names_its_cause_prints_it_once() {
+        let step = lifeboat_orchestrator::OrchestratorError::Step {
+            kind: "failover",
+            app: "web".into(),
+            step: "start".into(),
+            id: "op1".into(),
+            cause: Box::new(lifeboat_orchestrator::OrchestratorError::Unreachable {
+                site: "b".into(),
+                source: "connection refused".into(),
+            }),
+        };
+        let line = super::error_line(&anyhow::Error::new(step).context("plan p"));
+        assert_eq!(line.matches("connection refused").count(), 1, "{line}");
+        assert!(
+            line.starts_with("plan p: failover of web stopped at step start"),
+            "{line}"
+        );
     }
 }

@@ -32,6 +32,9 @@ use std::time::Duration;
 
 pub use lifeboat_model::reach::AccessProblem;
 
+/// The cause of a site's error as the adapter gave it (its own error type, or a line).
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Errors of DR operations. Each names the app, site or step concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
@@ -47,19 +50,32 @@ pub enum OrchestratorError {
     NotDr { app: String },
     /// A site could not be reached: refused, no route, or no answer after several tries. Says
     /// nothing about whether its workloads still run. Retrying makes sense once it is reachable.
-    #[error("site {site} cannot be reached: {reason}")]
-    Unreachable { site: String, reason: String },
+    #[error("site {site} cannot be reached: {source}")]
+    Unreachable {
+        site: String,
+        /// What the adapter saw (refused, no route, no answer).
+        #[source]
+        source: Cause,
+    },
     /// A site's endpoint could not be used although it may be up: configuration, credentials,
     /// TLS or an error answer ([`AccessProblem`]). Never taken for "down".
-    #[error("site {site}: {problem}: {reason}")]
+    #[error("site {site}: {problem}: {source}")]
     Access {
         site: String,
         problem: AccessProblem,
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// A site answered, but refused or failed an action.
-    #[error("site {site}: {reason}")]
-    Site { site: String, reason: String },
+    #[error("site {site}: {source}")]
+    Site {
+        site: String,
+        /// The adapter's class of the failure (a refused request needs a fix; an engine that failed
+        /// in passing may not).
+        retry: Retry,
+        #[source]
+        source: Cause,
+    },
     /// This kind of site cannot do this yet.
     #[error("site {site}: {what} is not supported yet")]
     Unsupported { site: String, what: String },
@@ -136,9 +152,8 @@ impl OrchestratorError {
     /// need a fix first ([`Retry::AfterFix`]). A failed step has its cause's class.
     pub fn retry(&self) -> Retry {
         match self {
-            OrchestratorError::Unreachable { .. }
-            | OrchestratorError::Site { .. }
-            | OrchestratorError::Unhealthy { .. } => Retry::Later,
+            OrchestratorError::Unreachable { .. } | OrchestratorError::Unhealthy { .. } => Retry::Later,
+            OrchestratorError::Site { retry, .. } => *retry,
             OrchestratorError::Repo(e) => e.retry(),
             OrchestratorError::Traffic { source, .. } => source.retry(),
             OrchestratorError::Step { cause, .. } => cause.retry(),

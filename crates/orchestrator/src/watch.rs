@@ -608,7 +608,7 @@ mod tests {
         };
         let unreachable = TriggerError::from(step(OrchestratorError::Unreachable {
             site: "a".into(),
-            reason: "no route to host".into(),
+            source: "no route to host".into(),
         }));
         assert_eq!(unreachable.retry, Retry::Later);
         assert!(

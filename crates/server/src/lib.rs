@@ -505,7 +505,7 @@ mod tests {
             connect: Arc::new(|site: &str, _: &App| {
                 Err(OrchestratorError::Unreachable {
                     site: site.to_string(),
-                    reason: "no route to host".into(),
+                    source: "no route to host".into(),
                 })
             }),
             routers: routers(dir.path().to_path_buf()),

@@ -70,7 +70,8 @@ impl Fake {
         if fails(&self.fail_once, &call) {
             return Err(OrchestratorError::Site {
                 site: self.name.clone(),
-                reason: format!("{verb} failed (injected)"),
+                retry: crate::Retry::Later,
+                source: format!("{verb} failed (injected)").into(),
             });
         }
         self.log.lock().unwrap().push(call);
@@ -398,12 +399,12 @@ impl World {
                 }) as Arc<dyn Platform>),
                 Answer::Unreachable => Err(OrchestratorError::Unreachable {
                     site: site.into(),
-                    reason: "connection refused (3 tries)".into(),
+                    source: "connection refused (3 tries)".into(),
                 }),
                 Answer::Denied => Err(OrchestratorError::Access {
                     site: site.into(),
                     problem: AccessProblem::Auth,
-                    reason: "Unauthorized (401)".into(),
+                    source: "Unauthorized (401)".into(),
                 }),
             }
         });

@@ -116,7 +116,8 @@ pub(super) fn refence_on_resume(
             id: run.op.id.clone(),
             cause: Box::new(OrchestratorError::Site {
                 site: from.to_string(),
-                reason: format!("runs the app again ({}) and cannot be stopped: {e}", live.join(", ")),
+                retry: e.retry(),
+                source: format!("runs the app again ({}) and cannot be stopped: {e}", live.join(", ")).into(),
             }),
         })?;
         let line = summary(

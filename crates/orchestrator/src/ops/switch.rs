@@ -270,7 +270,8 @@ impl Switch<'_, '_> {
             ));
         }
         let witness = witness_verdict(self.env, self.app, &from);
-        if let (OrchestratorError::Unreachable { reason, .. }, Some(WitnessSays::Agrees(report))) = (&failure, &witness)
+        if let (OrchestratorError::Unreachable { source: reason, .. }, Some(WitnessSays::Agrees(report))) =
+            (&failure, &witness)
         {
             return Ok(fenced(
                 FencedBy::Witness,

@@ -192,22 +192,22 @@ pub(super) fn connect_error(site: &str, e: lifeboat_docker::DockerError) -> Orch
     match e {
         lifeboat_docker::DockerError::Unreachable { reason, .. } => OrchestratorError::Unreachable {
             site: site.to_string(),
-            reason,
+            source: reason.into(),
         },
         lifeboat_docker::DockerError::Access { problem, host, reason } => OrchestratorError::Access {
             site: site.to_string(),
             problem,
-            reason: format!("{host}: {reason}"),
+            source: format!("{host}: {reason}").into(),
         },
         e @ lifeboat_docker::DockerError::Transport { .. } => OrchestratorError::Access {
             site: site.to_string(),
             problem: lifeboat_model::reach::AccessProblem::Config,
-            reason: e.to_string(),
+            source: Box::new(e),
         },
         e => OrchestratorError::Access {
             site: site.to_string(),
             problem: lifeboat_model::reach::AccessProblem::Protocol,
-            reason: e.to_string(),
+            source: Box::new(e),
         },
     }
 }
@@ -225,11 +225,12 @@ impl Docker {
         |e| match e {
             lifeboat_docker::DockerError::Unreachable { reason, .. } => OrchestratorError::Unreachable {
                 site: self.name.clone(),
-                reason,
+                source: reason.into(),
             },
             e => OrchestratorError::Site {
                 site: self.name.clone(),
-                reason: e.to_string(),
+                retry: e.retry(),
+                source: Box::new(e),
             },
         }
     }
@@ -260,11 +261,13 @@ impl Platform for Docker {
         if let Some(e) = out.capture.manifest.errors.first() {
             return Err(OrchestratorError::Site {
                 site: self.name.clone(),
-                reason: format!(
+                retry: lifeboat_model::Retry::Later,
+                source: format!(
                     "backup {} is incomplete: {e} ({} problems)",
                     out.snapshot_id.short(),
                     out.capture.manifest.errors.len()
-                ),
+                )
+                .into(),
             });
         }
         Ok((out.snapshot_id, out.snapshot.time))
@@ -323,14 +326,16 @@ impl Platform for Docker {
             let first = report.items.iter().find(|i| i.status == "failed");
             return Err(OrchestratorError::Site {
                 site: self.name.clone(),
-                reason: format!(
+                retry: lifeboat_model::Retry::AfterFix,
+                source: format!(
                     "restore of {} failed for {} objects; first: {}",
                     id.short(),
                     report.failed,
                     first
                         .map(|i| format!("{} {}: {}", i.kind, i.name, i.detail.clone().unwrap_or_default()))
                         .unwrap_or_default()
-                ),
+                )
+                .into(),
             });
         }
         Ok(format!("{} objects restored from {}", report.items.len(), id.short()))
@@ -434,7 +439,8 @@ impl Platform for Docker {
             if i.status == "failed" {
                 return Err(OrchestratorError::Site {
                     site: self.name.clone(),
-                    reason: format!("{line} failed: {}", i.detail.unwrap_or_default()),
+                    retry: lifeboat_model::Retry::AfterFix,
+                    source: format!("{line} failed: {}", i.detail.unwrap_or_default()).into(),
                 });
             }
             done.push(line);

@@ -256,22 +256,22 @@ pub(super) fn connect_error(site: &str, e: KubeError) -> OrchestratorError {
     match e {
         KubeError::Unreachable { .. } => OrchestratorError::Unreachable {
             site,
-            reason: e.to_string(),
+            source: Box::new(e),
         },
         KubeError::Access { problem, .. } => OrchestratorError::Access {
             site,
             problem,
-            reason: e.to_string(),
+            source: Box::new(e),
         },
         KubeError::Config(reason) => OrchestratorError::Access {
             site,
             problem: AccessProblem::Config,
-            reason: format!("kubeconfig: {reason}"),
+            source: format!("kubeconfig: {reason}").into(),
         },
         e => OrchestratorError::Access {
             site,
             problem: AccessProblem::Protocol,
-            reason: e.to_string(),
+            source: Box::new(e),
         },
     }
 }
@@ -305,11 +305,12 @@ impl Kube {
         |e| match e {
             KubeError::Unreachable { .. } => OrchestratorError::Unreachable {
                 site: self.name.clone(),
-                reason: e.to_string(),
+                source: Box::new(e),
             },
             e => OrchestratorError::Site {
                 site: self.name.clone(),
-                reason: e.to_string(),
+                retry: e.retry(),
+                source: Box::new(e),
             },
         }
     }
@@ -344,11 +345,13 @@ impl Platform for Kube {
         if let Some(e) = out.manifest.errors.first() {
             return Err(OrchestratorError::Site {
                 site: self.name.clone(),
-                reason: format!(
+                retry: lifeboat_model::Retry::Later,
+                source: format!(
                     "backup {} is incomplete: {e} ({} problems)",
                     out.snapshot_id.short(),
                     out.manifest.errors.len()
-                ),
+                )
+                .into(),
             });
         }
         Ok((out.snapshot_id, out.snapshot.time))
@@ -380,13 +383,15 @@ impl Platform for Kube {
             // running. Not confirmed, so not fenced.
             return Err(OrchestratorError::Site {
                 site: self.name.clone(),
-                reason: format!(
+                retry: lifeboat_model::Retry::Later,
+                source: format!(
                     "scaled to zero, but pods still run after {} s (their node may not answer), so the fence is not \
                      confirmed: {} ({})",
                     limit.as_secs(),
                     running.join(", "),
                     done.join("; ")
-                ),
+                )
+                .into(),
             });
         }
         Ok(done)
@@ -464,7 +469,8 @@ impl Platform for Kube {
             let first = report.items.iter().find(|i| i.status == "failed");
             return Err(OrchestratorError::Site {
                 site: self.name.clone(),
-                reason: format!(
+                retry: lifeboat_model::Retry::AfterFix,
+                source: format!(
                     "restore of {} failed for {} objects; first: {}",
                     id.short(),
                     report.failed,
@@ -477,7 +483,8 @@ impl Platform for Kube {
                             i.message.as_deref().unwrap_or_default()
                         ))
                         .unwrap_or_default()
-                ),
+                )
+                .into(),
             });
         }
         let data: Vec<String> = report
