@@ -4,6 +4,8 @@ use std::sync::Arc;
 use lifeboat_plan::App;
 use time::OffsetDateTime;
 
+#[cfg(feature = "fault-injection")]
+use super::FAULT_ENV;
 use super::{store, Env, Options};
 use crate::hooks;
 use crate::journal::{
@@ -56,11 +58,14 @@ impl Runner<'_, '_> {
             (self.env.log)(&format!("{name}: finished before ({}), not repeated", done.outcome));
             return Ok(());
         }
+        // A deposed leader stops here, before it writes anything (the journal included).
+        let term = self.env.term()?;
         let now = OffsetDateTime::now_utc();
         match self.op.steps.iter_mut().find(|s| s.name == name) {
             Some(s) => {
                 s.attempts += 1;
                 s.started = now;
+                s.term = term;
             }
             None => self.op.steps.push(StepRecord {
                 name,
@@ -70,6 +75,7 @@ impl Runner<'_, '_> {
                 detail: String::new(),
                 attempts: 1,
                 fenced_by: None,
+                term,
             }),
         }
         self.store.save_operation(&self.op)?;
@@ -94,6 +100,8 @@ impl Runner<'_, '_> {
                 }
                 Ok(())
             }
+            // Deposed during the step: the new leader owns the journal now.
+            Err(e @ OrchestratorError::Deposed { .. }) => Err(e),
             Err(e) => {
                 rec.outcome = StepOutcome::Failed;
                 rec.detail = e.to_string();
