@@ -5,6 +5,9 @@
 //! stack or code generation is needed. etcd ends a snapshot with the SHA-256 of everything before
 //! it; the backup checks that hash and fails without writing a snapshot when it does not match.
 //!
+//! [`coord`] is the other use of etcd: coordination of `serve` instances (a lease, leader
+//! election, fencing tokens, published verdicts) through the same gateway.
+//!
 //! A snapshot of kind `etcd` holds `etcd.json` (the [`Manifest`]) and `etcd/snapshot.db`, the file
 //! `etcdctl snapshot restore` takes; `restore SNAPSHOT --to files:DIR` writes it back.
 #![forbid(unsafe_code)]
@@ -13,6 +16,8 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+
+pub mod coord;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -74,8 +79,13 @@ pub struct BackupOutcome {
     pub manifest: Manifest,
 }
 
-fn agent(ep: &Endpoint) -> Result<ureq::Agent, EtcdError> {
+/// An HTTP client for `ep` (TLS from its files), with an overall deadline per request when
+/// `timeout` is given (a snapshot stream has none).
+fn agent(ep: &Endpoint, timeout: Option<std::time::Duration>) -> Result<ureq::Agent, EtcdError> {
     let mut b = ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(10));
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
     if ep.url.starts_with("https://") {
         let tls = |e: String| EtcdError::Tls(e);
         let mut roots = rustls::RootCertStore::empty();
@@ -180,7 +190,7 @@ impl<R: Read> Read for SnapshotReader<R> {
 /// Takes a snapshot of the etcd at `ep` into a new repository snapshot.
 pub fn backup(repo: &Repository, ep: &Endpoint, tags: &[String]) -> Result<BackupOutcome, EtcdError> {
     let started = Instant::now();
-    let agent = agent(ep)?;
+    let agent = agent(ep, None)?;
     let base = ep.url.trim_end_matches('/');
     let unreachable = |reason: String| EtcdError::Unreachable {
         endpoint: ep.url.clone(),
