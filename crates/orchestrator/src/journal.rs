@@ -241,6 +241,10 @@ pub struct StepRecord {
     /// field have it only in the detail's words ([`Operation::fenced_by`] reads those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fenced_by: Option<FencedBy>,
+    /// The leader's term the step last ran under, when several instances run the plan
+    /// ([`crate::leadership`]); none for a single process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<i64>,
 }
 
 fn one() -> u32 {
@@ -562,9 +566,10 @@ mod tests {
                 Just(FencedBy::Witness),
                 Just(FencedBy::Hand)
             ]),
+            proptest::option::of(1i64..i64::MAX),
         )
             .prop_map(
-                |(name, started, finished, outcome, detail, attempts, fenced_by)| StepRecord {
+                |(name, started, finished, outcome, detail, attempts, fenced_by, term)| StepRecord {
                     name,
                     started,
                     finished,
@@ -572,6 +577,7 @@ mod tests {
                     detail,
                     attempts,
                     fenced_by,
+                    term,
                 },
             )
     }

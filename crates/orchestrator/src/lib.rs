@@ -16,6 +16,7 @@
 pub mod check;
 pub mod hooks;
 pub mod journal;
+pub mod leadership;
 pub mod ops;
 pub mod platform;
 pub mod probe;
@@ -126,6 +127,10 @@ pub enum OrchestratorError {
         container: String,
         reason: String,
     },
+    /// This process is no longer the leader of the plan's instances (another was elected since
+    /// `term`): it did nothing more. Not retried here: the leader carries on.
+    #[error("not the leader any more (term {term}): {reason}; nothing more was done here")]
+    Deposed { term: i64, reason: String },
     /// The operation cannot go on as asked; nothing further was changed.
     #[error("{reason}")]
     Refused { reason: String },
@@ -166,7 +171,8 @@ impl OrchestratorError {
             | OrchestratorError::Damaged { .. }
             | OrchestratorError::Verify { .. }
             | OrchestratorError::Hook { .. }
-            | OrchestratorError::Refused { .. } => Retry::AfterFix,
+            | OrchestratorError::Refused { .. }
+            | OrchestratorError::Deposed { .. } => Retry::AfterFix,
         }
     }
 }

@@ -400,6 +400,7 @@ mod tests {
             detail: "<d&>".into(),
             attempts: 1,
             fenced_by: None,
+            term: None,
         };
         Operation {
             id: "20270115T080000Z-0001-drill".into(),

@@ -203,6 +203,7 @@ mod tests {
             }),
             router: &router,
             log: &log,
+            leadership: None,
         };
         let removed = apply_retention(&env, &plan.apps[0], Duration::ZERO).unwrap();
         let mut want = vec![old.short(), superseded.short(), older_incomplete.short()];

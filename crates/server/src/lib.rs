@@ -218,6 +218,7 @@ impl Server {
             connect: self.connect.clone(),
             router: &*self.routers,
             log: &log,
+            leadership: None,
         };
         f(&env)
     }

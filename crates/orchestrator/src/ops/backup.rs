@@ -43,6 +43,8 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
             error: None,
         };
         let result = (|| -> Result<(), OrchestratorError> {
+            // Only the leader backs up (the others would take the same backup again).
+            env.term()?;
             let _lock = env.repo.lock_state(&st.dir(), "backup --plan", lock_wait)?;
             let mut state = st.state()?;
             if let Some(r) = &state.running {
@@ -109,6 +111,8 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
                         }
                     ),
                 })?;
+                // A stage overwrites the standby: only the leader does it.
+                env.term()?;
                 let done = stage_on(&st, &mut state, &*t, env.repo, &other, &id)?;
                 item.staged = Some(format!("{other}: {done}"));
             }

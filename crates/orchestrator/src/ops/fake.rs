@@ -8,7 +8,7 @@
 //! `a backup`, `traffic switch`) fail once, as a site that stops answering mid-operation.
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 
 use super::{switch_over, Env, Options, Outcome};
 use crate::journal::{Kind, Operation, Step, Store};
+use crate::leadership::Leadership;
 use crate::platform::{Connector, Definitions, Platform, Workload};
 use crate::watch::WitnessReport;
 use crate::OrchestratorError;
@@ -226,6 +227,51 @@ impl Router for Recording {
     }
 }
 
+/// A leadership that holds its term until it is deposed: at once, or after a number of checks.
+pub(crate) struct FakeTerm {
+    term: AtomicI64,
+    /// Checks that still pass (negative: all of them).
+    left: AtomicI64,
+}
+
+impl FakeTerm {
+    pub(crate) fn new(term: i64) -> Arc<FakeTerm> {
+        Arc::new(FakeTerm {
+            term: AtomicI64::new(term),
+            left: AtomicI64::new(-1),
+        })
+    }
+
+    /// `n` more checks pass, then this process is deposed.
+    pub(crate) fn depose_after(&self, n: i64) {
+        self.left.store(n, Ordering::SeqCst);
+    }
+
+    /// This process leads again, in a new `term`.
+    pub(crate) fn elect(&self, term: i64) {
+        self.term.store(term, Ordering::SeqCst);
+        self.left.store(-1, Ordering::SeqCst);
+    }
+}
+
+impl Leadership for FakeTerm {
+    fn check(&self) -> Result<i64, OrchestratorError> {
+        let term = self.term.load(Ordering::SeqCst);
+        match self.left.load(Ordering::SeqCst) {
+            0 => Err(OrchestratorError::Deposed {
+                term,
+                reason: "another instance leads since a later term".into(),
+            }),
+            n => {
+                if n > 0 {
+                    self.left.store(n - 1, Ordering::SeqCst);
+                }
+                Ok(term)
+            }
+        }
+    }
+}
+
 /// How each site answers the connector.
 #[derive(Clone)]
 pub(crate) enum Answer {
@@ -255,6 +301,8 @@ pub(crate) struct World {
     pub(crate) a_runs_again: Arc<AtomicBool>,
     /// The app runs on b.
     pub(crate) b_runs: Arc<AtomicBool>,
+    /// The leadership this world's operations run under (none: a single process).
+    pub(crate) leadership: Option<Arc<FakeTerm>>,
     /// The app's traffic router (none, or the recording one: [`World::with_traffic`]).
     router: Box<SendRouterFn>,
 }
@@ -300,6 +348,7 @@ impl World {
             fail_once: Arc::default(),
             a_runs_again: Arc::default(),
             b_runs: Arc::default(),
+            leadership: None,
             router: Box::new(no_router),
         }
     }
@@ -415,6 +464,7 @@ impl World {
             connect,
             router: &*self.router,
             log: &|_| {},
+            leadership: self.leadership.clone().map(|l| l as Arc<dyn Leadership>),
         }
     }
 

@@ -22,6 +22,7 @@ use lifeboat_traffic::Router;
 use time::OffsetDateTime;
 
 use crate::journal::{Operation, Store};
+use crate::leadership::Leadership;
 use crate::platform::Connector;
 use crate::OrchestratorError;
 
@@ -62,6 +63,17 @@ pub struct Env<'a> {
     pub router: &'a RouterFn<'a>,
     /// Called with one line per event (step started, finished).
     pub log: &'a (dyn Fn(&str) + Sync),
+    /// The leadership this process acts under when several instances run the plan: checked
+    /// before every side effect (see [`crate::leadership`]). `None`: a single process.
+    pub leadership: Option<Arc<dyn Leadership>>,
+}
+
+impl Env<'_> {
+    /// The term to act under: `None` for a single process; [`OrchestratorError::Deposed`] when
+    /// this process no longer leads.
+    pub fn term(&self) -> Result<Option<i64>, OrchestratorError> {
+        self.leadership.as_ref().map(|l| l.check()).transpose()
+    }
 }
 
 /// How to run an operation.

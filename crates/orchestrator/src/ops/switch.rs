@@ -545,6 +545,8 @@ impl Switch<'_, '_> {
         } else {
             Side::Standby
         };
+        // Checked again right before the request: the switch is the side effect clients see.
+        self.env.term()?;
         // Every request gets a new number, saved before it is sent, so none is ever reused
         // (a webhook receiver refuses a sequence it has seen: replays, late deliveries).
         self.state.traffic_sequence += 1;

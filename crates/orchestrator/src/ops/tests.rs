@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::fake::{no_final, Answer, World};
+use super::fake::{no_final, Answer, FakeTerm, World};
 use super::{backup_plan, drill, ManualFence, Options, Outcome};
 use crate::journal::{Kind, OpStatus, Operation, Step, StepOutcome};
 use crate::sync::sync_plan;
@@ -261,4 +261,87 @@ fn sync_fences_again_a_primary_that_came_back_after_a_failover() {
     assert_eq!(w.log(), ["a stop"]);
     assert!(r[0].corrected[0].starts_with("fenced again"), "{r:?}");
     assert!(!w.a_runs_again.load(Ordering::SeqCst));
+}
+
+fn terms(op: &Operation) -> Vec<(Step, Option<i64>)> {
+    op.steps.iter().map(|s| (s.name, s.term)).collect()
+}
+
+/// Issue 15: a leader deposed while it was paused must not act when it wakes up.
+#[test]
+fn a_deposed_leader_s_next_step_is_refused_and_it_writes_nothing() {
+    let mut w = cold();
+    let leader = FakeTerm::new(7);
+    w.leadership = Some(leader.clone());
+    w.fail_once("b start");
+    w.run(Kind::Failover, &no_final()).unwrap_err();
+    let id = w.store().state().unwrap().running.unwrap();
+    let before = w.store().operation(&id).unwrap().unwrap();
+    assert!(
+        terms(&before).iter().all(|(_, t)| *t == Some(7)),
+        "{:?}",
+        terms(&before)
+    );
+
+    leader.depose_after(0);
+    w.clear_log();
+    let e = w.run(Kind::Failover, &no_final()).unwrap_err();
+    assert!(matches!(e, crate::OrchestratorError::Deposed { term: 7, .. }), "{e}");
+    assert!(w.log().is_empty(), "nothing started, switched or staged: {:?}", w.log());
+    let after = w.store().operation(&id).unwrap().unwrap();
+    assert_eq!(
+        serde_json::to_value(&after).unwrap()["steps"],
+        serde_json::to_value(&before).unwrap()["steps"],
+        "the deposed leader did not even journal its refusal"
+    );
+
+    // The new leader (term 9) resumes the same operation.
+    leader.elect(9);
+    let op = done(w.run(Kind::Failover, &no_final()).unwrap());
+    assert_eq!(op.id, id);
+    assert_eq!(w.log(), ["b start", "traffic switch standby seq 1"]);
+    let t = terms(&op);
+    assert!(
+        t.contains(&(Step::Fence, Some(7))) && t.contains(&(Step::Start, Some(9))),
+        "{t:?}"
+    );
+    assert!(t.contains(&(Step::Traffic, Some(9))), "{t:?}");
+}
+
+#[test]
+fn a_leader_deposed_during_the_traffic_step_sends_no_switch() {
+    let mut w = cold();
+    let leader = FakeTerm::new(7);
+    w.leadership = Some(leader.clone());
+    // Fence, final backup, data, start, health and the traffic step's own check pass; the check
+    // right before the switch request does not.
+    leader.depose_after(6);
+    let e = w.run(Kind::Failover, &no_final()).unwrap_err();
+    assert!(matches!(e, crate::OrchestratorError::Deposed { .. }), "{e}");
+    assert!(!w.log().iter().any(|l| l.starts_with("traffic")), "{:?}", w.log());
+    let state = w.store().state().unwrap();
+    assert_eq!(state.traffic_sequence, 0, "no request number was used");
+    leader.elect(8);
+    done(w.run(Kind::Failover, &no_final()).unwrap());
+    let switches: Vec<String> = w.log().into_iter().filter(|l| l.starts_with("traffic")).collect();
+    assert_eq!(
+        switches,
+        ["traffic switch standby seq 1"],
+        "one switch, by the new leader"
+    );
+}
+
+#[test]
+fn a_deposed_leader_neither_backs_up_nor_stages() {
+    let mut w = World::new(false);
+    w.a_backup_takes = Some(Duration::ZERO);
+    let leader = FakeTerm::new(3);
+    leader.depose_after(0);
+    w.leadership = Some(leader);
+    let r = backup_plan(&w.env(), None, Duration::ZERO).unwrap();
+    assert!(
+        r[0].error.as_deref().unwrap().contains("not the leader any more"),
+        "{r:?}"
+    );
+    assert!(w.log().is_empty(), "{:?}", w.log());
 }
