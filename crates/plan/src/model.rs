@@ -25,6 +25,69 @@ pub struct Plan {
     /// A second prober (`lifeboat watch --witness`) must confirm a failure before `watch` fails over.
     #[serde(default)]
     pub witness: Option<Witness>,
+    /// Several `serve` instances (one per site and a witness) elect one leader through etcd and
+    /// fail over on a majority verdict; without it, `serve` is one process.
+    #[serde(default)]
+    pub coordination: Option<Coordination>,
+}
+
+/// The control plane's coordination service: `serve` instances on several machines elect one
+/// leader (the only one that acts) through an etcd v3 lease, decide "the primary is down" by a
+/// majority of their verdicts, and the instance on the primary's site fences the app there when it
+/// loses etcd for `self_fence_after`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Coordination {
+    pub etcd: EtcdCoordination,
+    /// How many `serve` instances vote; a failover needs more than half of them to see the
+    /// active site down (default: one per etcd endpoint).
+    #[serde(default)]
+    pub instances: Option<u32>,
+    /// How long the instance on the active site may be cut off from etcd before it stops the app
+    /// there (default: 40% of the lease TTL; must be shorter than the TTL, see docs/dr.md).
+    #[serde(default)]
+    pub self_fence_after: Option<Dur>,
+}
+
+/// An etcd v3 cluster, through its HTTP/JSON gateway.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdCoordination {
+    /// Client URLs, `http://HOST:PORT` or `https://HOST:PORT`, of the cluster's members.
+    pub endpoints: Vec<String>,
+    /// The leader's lease: a leader that has not renewed it for this long is replaced.
+    #[serde(default = "ten_seconds")]
+    pub ttl: Dur,
+    /// CA certificate (PEM) of https endpoints.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (PEM), when etcd asks for one.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+impl Coordination {
+    /// The instances that vote.
+    pub fn voters(&self) -> u32 {
+        self.instances.unwrap_or(self.etcd.endpoints.len() as u32).max(1)
+    }
+
+    /// How many "down" verdicts make a majority.
+    pub fn majority(&self) -> u32 {
+        self.voters() / 2 + 1
+    }
+
+    /// The lease TTL.
+    pub fn ttl(&self) -> std::time::Duration {
+        self.etcd.ttl.0
+    }
+
+    /// How long the active site's instance may be cut off before it fences the app there.
+    pub fn self_fence_after(&self) -> std::time::Duration {
+        self.self_fence_after.map(|d| d.0).unwrap_or(self.ttl() * 2 / 5)
+    }
 }
 
 /// The witness rule: `watch` fails over only when the witness reported the primary failing within

@@ -167,6 +167,50 @@ fn a_witness_has_a_default_max_age() {
 }
 
 #[test]
+fn coordination_has_defaults_from_its_endpoints_and_ttl() {
+    let p = Plan::parse(
+        "shop.yaml",
+        &format!("{GOOD}coordination: {{etcd: {{endpoints: [\"http://10.77.1.2:2381\", \"http://10.77.2.2:2381\", \"http://10.77.3.2:2381\"]}}}}\n"),
+    )
+    .unwrap();
+    let c = p.coordination.unwrap();
+    assert_eq!((c.voters(), c.majority()), (3, 2));
+    assert_eq!(c.ttl().as_secs(), 10);
+    assert_eq!(c.self_fence_after().as_secs(), 4, "40% of the TTL");
+}
+
+#[test]
+fn coordination_that_cannot_be_carried_out_is_refused_field_by_field() {
+    let fields = |section: &str| -> Vec<String> {
+        let e = Plan::parse("p.yaml", &format!("{GOOD}{section}")).unwrap_err();
+        let PlanError::Invalid { problems, .. } = &e else { panic!("{e}") };
+        problems.iter().map(|p| p.field.clone()).collect()
+    };
+    assert_eq!(fields("coordination: {etcd: {endpoints: []}}\n"), ["coordination.etcd.endpoints"]);
+    assert_eq!(
+        fields("coordination: {etcd: {endpoints: [\"10.77.1.2:2381\", \"http://h:2381/v3\"]}}\n"),
+        ["coordination.etcd.endpoints[0]", "coordination.etcd.endpoints[1]"]
+    );
+    assert_eq!(
+        fields("coordination: {etcd: {endpoints: [\"http://h:2381\"], ttl: 1s}}\n"),
+        ["coordination.etcd.ttl"]
+    );
+    assert_eq!(
+        fields("coordination: {etcd: {endpoints: [\"http://h:2381\"]}, self_fence_after: 9s}\n"),
+        ["coordination.self_fence_after"],
+        "a self-fence that may end after the lease"
+    );
+    assert_eq!(
+        fields("coordination: {etcd: {endpoints: [\"http://h:2381\"], cert: c.pem}}\n"),
+        ["coordination.etcd.cert", "coordination.etcd.ca"]
+    );
+    assert_eq!(
+        fields("witness: {}\ncoordination: {etcd: {endpoints: [\"http://h:2381\"]}, instances: 0}\n"),
+        ["coordination", "coordination.instances"]
+    );
+}
+
+#[test]
 fn hooks_parse_with_defaults_and_an_empty_command_is_named_with_its_line() {
     let with = |hooks: &str| GOOD.replace("    verify: [", &format!("{hooks}    verify: ["));
     let p = Plan::parse(

@@ -8,6 +8,7 @@ impl Plan {
     pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         self.header_problems(&mut out);
+        self.coordination_problems(&mut out);
         let mut seen = Vec::new();
         for (i, app) in self.apps.iter().enumerate() {
             self.app_sites(i, app, &mut seen, &mut out);
@@ -83,6 +84,69 @@ impl Plan {
                     );
                 }
             }
+        }
+    }
+
+    /// The coordination section: endpoints etcd's gateway serves, a lease TTL etcd can keep, a
+    /// self-fence that ends before the lease does, TLS files that go together; not beside a
+    /// `witness` (the quorum replaces it).
+    fn coordination_problems(&self, out: &mut Vec<Problem>) {
+        let Some(c) = &self.coordination else { return };
+        let mut bad = |field: &str, message: String| {
+            let field = if field.is_empty() { "coordination".to_string() } else { format!("coordination.{field}") };
+            push(out, 0, field, message)
+        };
+        if self.witness.is_some() {
+            bad(
+                "",
+                "a plan has either `witness` or `coordination`, not both: with coordination the serve instances' \
+                 majority verdict replaces the witness (run `serve` where `watch --witness` ran)"
+                    .into(),
+            );
+        }
+        if c.etcd.endpoints.is_empty() {
+            bad("etcd.endpoints", "name at least one etcd client URL".into());
+        }
+        let mut https = false;
+        for (i, e) in c.etcd.endpoints.iter().enumerate() {
+            let rest = e.strip_prefix("https://").or_else(|| e.strip_prefix("http://"));
+            https |= e.starts_with("https://");
+            match rest {
+                Some(hp) if !hp.is_empty() && !hp.contains('/') && hp.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) => {}
+                _ => bad(
+                    &format!("etcd.endpoints[{i}]"),
+                    format!("{e:?} is not an etcd client URL like http://HOST:2379 or https://HOST:2379"),
+                ),
+            }
+        }
+        let ttl = c.ttl();
+        if ttl < std::time::Duration::from_secs(2) || ttl > std::time::Duration::from_secs(300) || ttl.subsec_nanos() != 0 {
+            bad(
+                "etcd.ttl",
+                format!("{ttl:?}: a lease TTL is whole seconds from 2s to 300s (etcd keeps leases to the second)"),
+            );
+        }
+        let grace = c.self_fence_after();
+        if grace <= ttl / 5 || grace > ttl / 2 {
+            bad(
+                "self_fence_after",
+                format!(
+                    "{grace:?} must be longer than one keep-alive period ({:?}, a fifth of the TTL) and at most half the \
+                     TTL ({:?}), so that the active site's instance has stopped the app before its lease ends and \
+                     another instance may start it (docs/dr.md, \"the timing argument\")",
+                    ttl / 5,
+                    ttl / 2
+                ),
+            );
+        }
+        if c.instances == Some(0) {
+            bad("instances", "at least one serve instance votes".into());
+        }
+        if c.etcd.cert.is_some() != c.etcd.key.is_some() {
+            bad("etcd.cert", "a client certificate needs its key, and a key its certificate".into());
+        }
+        if !https && (c.etcd.ca.is_some() || c.etcd.cert.is_some() || c.etcd.key.is_some()) {
+            bad("etcd.ca", "TLS files are used only with https:// endpoints".into());
         }
     }
 
