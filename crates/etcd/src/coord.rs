@@ -426,6 +426,22 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Puts `name` = `value` with no lease: it stays until deleted.
+    pub fn put(&self, name: &str, value: &[u8]) -> Result<(), CoordError> {
+        self.call(
+            "a write",
+            "/v3/kv/put",
+            json!({"key": b64(&self.key(name)), "value": b64(value)}),
+        )?;
+        Ok(())
+    }
+
+    /// Deletes `name` (deleting a key that is not there changes nothing).
+    pub fn delete(&self, name: &str) -> Result<(), CoordError> {
+        self.call("a delete", "/v3/kv/deleterange", json!({"key": b64(&self.key(name))}))?;
+        Ok(())
+    }
+
     /// Every key under `name` (under the prefix), with its value, in key order; keys are given
     /// without the prefix.
     pub fn list(&self, name: &str) -> Result<Vec<(String, Vec<u8>)>, CoordError> {

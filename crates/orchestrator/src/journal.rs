@@ -220,6 +220,10 @@ pub enum FencedBy {
     Witness,
     /// The operator said so (`--fenced-by-hand`).
     Hand,
+    /// It could not be reached, a majority of the plan's `serve` instances saw it down, and the
+    /// instance on that site lost its lease: it stopped the app there before the lease ended
+    /// (its self-fence).
+    Quorum,
 }
 
 /// One step of an operation.

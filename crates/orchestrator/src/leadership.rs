@@ -19,4 +19,13 @@ pub trait Leadership: Send + Sync {
     /// The term this process acts under while it leads; [`OrchestratorError::Deposed`] when it
     /// does not (or can no longer tell: an unconfirmed term is a lost term).
     fn check(&self) -> Result<i64, OrchestratorError>;
+
+    /// Evidence that `site`, which cannot be reached, has stopped the app itself: the instance that
+    /// guards it lost its lease, so it fenced the app there before the lease ended. `Ok`: a line
+    /// for the journal; `Err`: why there is no such evidence. `None`: this leadership knows no
+    /// self-fencing instances (the fence then needs a witness or an operator).
+    fn site_fenced(&self, site: &str) -> Option<Result<String, String>> {
+        let _ = site;
+        None
+    }
 }

@@ -232,6 +232,8 @@ pub(crate) struct FakeTerm {
     term: AtomicI64,
     /// Checks that still pass (negative: all of them).
     left: AtomicI64,
+    /// What it says of a site's self-fence (none: it knows no self-fencing instances).
+    pub(crate) self_fence: Mutex<Option<Result<String, String>>>,
 }
 
 impl FakeTerm {
@@ -239,6 +241,7 @@ impl FakeTerm {
         Arc::new(FakeTerm {
             term: AtomicI64::new(term),
             left: AtomicI64::new(-1),
+            self_fence: Mutex::new(None),
         })
     }
 
@@ -269,6 +272,10 @@ impl Leadership for FakeTerm {
                 Ok(term)
             }
         }
+    }
+
+    fn site_fenced(&self, _: &str) -> Option<Result<String, String>> {
+        self.self_fence.lock().unwrap().clone()
     }
 }
 

@@ -15,6 +15,8 @@ use crate::OrchestratorError;
 pub(super) enum WitnessSays {
     Agrees(String),
     Not(String),
+    /// The serve instances' quorum does not confirm a self-fence: why.
+    QuorumNot(String),
 }
 
 pub(super) fn witness_verdict(env: &Env, app: &App, site: &str) -> Option<WitnessSays> {
@@ -72,6 +74,7 @@ pub(super) fn unconfirmed(
         Some(WitnessSays::Not(why)) | Some(WitnessSays::Agrees(why)) => {
             format!("the witness does not confirm it: {why}")
         }
+        Some(WitnessSays::QuorumNot(why)) => format!("the serve instances do not confirm it: {why}"),
     };
     let cause = match failure {
         OrchestratorError::Unreachable { .. } => format!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lifeboat_repo::Repository;
 
-use super::fake::{no_final, Answer, World};
+use super::fake::{no_final, Answer, FakeTerm, World};
 use super::{backup_plan, ManualFence, Options, Outcome};
 use crate::journal::{FencedBy, Kind, OpStatus, Step, StepOutcome};
 
@@ -59,6 +59,31 @@ fn a_dead_witness_s_last_down_report_is_no_evidence_whatever_its_clock_says() {
         "{e}"
     );
     assert!(w.log().is_empty(), "{:?}", w.log());
+}
+
+#[test]
+fn a_self_fence_confirmed_by_the_quorum_is_evidence_for_an_unreachable_primary_and_its_absence_refuses() {
+    let mut w = World::new(false).backed_up();
+    w.a = Answer::Unreachable;
+    let leader = FakeTerm::new(7);
+    *leader.self_fence.lock().unwrap() = Some(Err("instance a of site a still holds its lease".into()));
+    w.leadership = Some(leader.clone());
+    let err = w.run(Kind::Failover, &no_final()).unwrap_err().to_string();
+    assert!(
+        err.contains("the serve instances do not confirm it: instance a of site a still holds its lease")
+            && err.contains("Nothing was started on b"),
+        "{err}"
+    );
+    assert!(w.log().is_empty(), "{:?}", w.log());
+
+    *leader.self_fence.lock().unwrap() = Some(Ok("its instance lost its lease 12 s ago".into()));
+    let Outcome::Done(op) = w.run(Kind::Failover, &no_final()).unwrap() else {
+        panic!("not done")
+    };
+    assert!(World::fence_detail(&op).contains("its instance lost its lease"), "{op:?}");
+    assert_eq!(op.finished(Step::Fence).unwrap().fenced_by, Some(FencedBy::Quorum));
+    assert_eq!(op.finished(Step::Fence).unwrap().term, Some(7));
+    assert_eq!(w.store().state().unwrap().active.as_deref(), Some("b"));
 }
 
 #[test]

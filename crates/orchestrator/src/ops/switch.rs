@@ -269,6 +269,23 @@ impl Switch<'_, '_> {
                 ),
             ));
         }
+        if let (OrchestratorError::Unreachable { source: reason, .. }, Some(l)) = (&failure, &self.env.leadership) {
+            match l.site_fenced(&from) {
+                Some(Ok(evidence)) => {
+                    return Ok(fenced(
+                        FencedBy::Quorum,
+                        format!(
+                            "{from} cannot be reached ({reason}); {evidence}: recorded as fenced; it is never started \
+                             automatically"
+                        ),
+                    ))
+                }
+                Some(Err(why)) => {
+                    return Err(unconfirmed(kind, &from, &to, &failure, Some(WitnessSays::QuorumNot(why))));
+                }
+                None => {}
+            }
+        }
         let witness = witness_verdict(self.env, self.app, &from);
         if let (OrchestratorError::Unreachable { source: reason, .. }, Some(WitnessSays::Agrees(report))) =
             (&failure, &witness)
