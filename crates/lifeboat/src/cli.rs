@@ -85,6 +85,14 @@ pub enum Command {
         /// Time between sync rounds (which also fence again a returning primary); 0 turns sync off
         #[arg(long, default_value = "1m", value_parser = lifeboat_plan::parse_duration)]
         sync_every: std::time::Duration,
+        /// With the plan's `coordination`: this instance's name among the plan's serve instances
+        /// (default: --site, else the host name)
+        #[arg(long)]
+        instance: Option<String>,
+        /// With the plan's `coordination`: the site this instance runs at; it stops the apps active
+        /// there when it is cut off from etcd for `self_fence_after` (none: a witness elsewhere)
+        #[arg(long)]
+        site: Option<String>,
     },
     /// Recover into an isolated copy, verify it, measure RTO and RPO, tear it down, and report
     Drill {

@@ -226,7 +226,19 @@ pub fn run(args: Cli) -> Result<bool> {
             app,
             no_watch,
             sync_every,
-        } => dr_cmd::serve(&ctx, &plan, app.as_deref(), no_watch, sync_every),
+            instance,
+            site,
+        } => dr_cmd::serve(
+            &ctx,
+            &plan,
+            &dr_cmd::ServeArgs {
+                only: app,
+                no_watch,
+                sync_every,
+                instance,
+                site,
+            },
+        ),
         Command::Sync {
             plan,
             app,

@@ -11,7 +11,7 @@ use lifeboat_orchestrator::ops::{self, Options, Outcome};
 use lifeboat_orchestrator::{check, platform, report, runbook};
 use lifeboat_plan::{App, Plan};
 use lifeboat_repo::Repository;
-use lifeboat_server::{Event, ServeOptions, Server};
+use lifeboat_server::{Coordination, Event, Instance, ServeOptions, Server};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -282,9 +282,18 @@ pub fn watch(ctx: &Ctx, plan_path: &Path, only: Option<&str>, witness: bool) -> 
     Ok(true)
 }
 
+/// What `serve` was asked.
+pub struct ServeArgs {
+    pub only: Option<String>,
+    pub no_watch: bool,
+    pub sync_every: Duration,
+    pub instance: Option<String>,
+    pub site: Option<String>,
+}
+
 /// `serve PLAN`: the plan's backup schedule with its retention, sync rounds, and the watch, in one
-/// process until SIGTERM or SIGINT.
-pub fn serve(ctx: &Ctx, plan_path: &Path, only: Option<&str>, no_watch: bool, sync_every: Duration) -> Result<bool> {
+/// process until SIGTERM or SIGINT; with the plan's `coordination`, as one of its instances.
+pub fn serve(ctx: &Ctx, plan_path: &Path, args: &ServeArgs) -> Result<bool> {
     if ctx.password_file.is_none() && std::env::var_os("LIFEBOAT_PASSWORD").is_some() {
         // A daemon's environment is shown to others: `systemctl show` prints an `Environment=`
         // line to every local user, and /proc/PID/environ to root and the same user.
@@ -294,12 +303,41 @@ pub fn serve(ctx: &Ctx, plan_path: &Path, only: Option<&str>, no_watch: bool, sy
              --password-file $CREDENTIALS_DIRECTORY/NAME)"
         );
     }
-    let server = server(ctx, plan_path)?;
+    let mut server = server(ctx, plan_path)?;
+    if server.plan.coordination.is_some() {
+        if let Some(site) = &args.site {
+            if !server.plan.sites.contains_key(site) {
+                bail!(
+                    "--site {site}: plan {} has no such site (sites: {}); a witness elsewhere gives no --site",
+                    server.plan.metadata.name,
+                    server.plan.sites.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        let name = match (&args.instance, &args.site) {
+            (Some(n), _) | (None, Some(n)) => n.clone(),
+            (None, None) => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+        };
+        let me = Instance {
+            name,
+            site: args.site.clone(),
+        };
+        let c = Coordination::join(&server.plan, &server.plan_dir, me)?;
+        Arc::get_mut(&mut server).expect("not shared yet").coordination = Some(Arc::new(c));
+    } else if args.instance.is_some() || args.site.is_some() {
+        bail!(
+            "--instance and --site name this serve among the instances of a plan's `coordination`, and plan {} has \
+             none",
+            server.plan.metadata.name
+        );
+    }
     let rt = runtime()?;
     let opts = ServeOptions {
-        only: only.map(str::to_string),
-        watch: !no_watch,
-        sync_every,
+        only: args.only.clone(),
+        watch: !args.no_watch,
+        sync_every: args.sync_every,
     };
     let run = rt.block_on(server.serve(&opts, lifeboat_server::shutdown_signal()));
     // Dropping the runtime waits for the jobs under way (a backup, a failover).

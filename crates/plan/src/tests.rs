@@ -183,10 +183,15 @@ fn coordination_has_defaults_from_its_endpoints_and_ttl() {
 fn coordination_that_cannot_be_carried_out_is_refused_field_by_field() {
     let fields = |section: &str| -> Vec<String> {
         let e = Plan::parse("p.yaml", &format!("{GOOD}{section}")).unwrap_err();
-        let PlanError::Invalid { problems, .. } = &e else { panic!("{e}") };
+        let PlanError::Invalid { problems, .. } = &e else {
+            panic!("{e}")
+        };
         problems.iter().map(|p| p.field.clone()).collect()
     };
-    assert_eq!(fields("coordination: {etcd: {endpoints: []}}\n"), ["coordination.etcd.endpoints"]);
+    assert_eq!(
+        fields("coordination: {etcd: {endpoints: []}}\n"),
+        ["coordination.etcd.endpoints"]
+    );
     assert_eq!(
         fields("coordination: {etcd: {endpoints: [\"10.77.1.2:2381\", \"http://h:2381/v3\"]}}\n"),
         ["coordination.etcd.endpoints[0]", "coordination.etcd.endpoints[1]"]

@@ -93,7 +93,11 @@ impl Plan {
     fn coordination_problems(&self, out: &mut Vec<Problem>) {
         let Some(c) = &self.coordination else { return };
         let mut bad = |field: &str, message: String| {
-            let field = if field.is_empty() { "coordination".to_string() } else { format!("coordination.{field}") };
+            let field = if field.is_empty() {
+                "coordination".to_string()
+            } else {
+                format!("coordination.{field}")
+            };
             push(out, 0, field, message)
         };
         if self.witness.is_some() {
@@ -112,7 +116,12 @@ impl Plan {
             let rest = e.strip_prefix("https://").or_else(|| e.strip_prefix("http://"));
             https |= e.starts_with("https://");
             match rest {
-                Some(hp) if !hp.is_empty() && !hp.contains('/') && hp.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) => {}
+                Some(hp)
+                    if !hp.is_empty()
+                        && !hp.contains('/')
+                        && hp
+                            .rsplit_once(':')
+                            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) => {}
                 _ => bad(
                     &format!("etcd.endpoints[{i}]"),
                     format!("{e:?} is not an etcd client URL like http://HOST:2379 or https://HOST:2379"),
@@ -120,7 +129,10 @@ impl Plan {
             }
         }
         let ttl = c.ttl();
-        if ttl < std::time::Duration::from_secs(2) || ttl > std::time::Duration::from_secs(300) || ttl.subsec_nanos() != 0 {
+        if ttl < std::time::Duration::from_secs(2)
+            || ttl > std::time::Duration::from_secs(300)
+            || ttl.subsec_nanos() != 0
+        {
             bad(
                 "etcd.ttl",
                 format!("{ttl:?}: a lease TTL is whole seconds from 2s to 300s (etcd keeps leases to the second)"),
@@ -143,7 +155,10 @@ impl Plan {
             bad("instances", "at least one serve instance votes".into());
         }
         if c.etcd.cert.is_some() != c.etcd.key.is_some() {
-            bad("etcd.cert", "a client certificate needs its key, and a key its certificate".into());
+            bad(
+                "etcd.cert",
+                "a client certificate needs its key, and a key its certificate".into(),
+            );
         }
         if !https && (c.etcd.ca.is_some() || c.etcd.cert.is_some() || c.etcd.key.is_some()) {
             bad("etcd.ca", "TLS files are used only with https:// endpoints".into());

@@ -45,6 +45,11 @@ impl ActiveSites {
         }
     }
 
+    /// Where `app` was active when its state was last read (no read now).
+    pub fn last_known(&self, app: &str) -> Option<String> {
+        self.known.lock().unwrap().get(app).cloned()
+    }
+
     /// Where `app` is active: its state's `active` site, the plan's primary while no operation
     /// moved it.
     pub async fn active(self: &Arc<Self>, app: &str) -> Result<String, String> {

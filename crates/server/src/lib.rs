@@ -9,12 +9,19 @@
 //! that ran the server waits for it when it is dropped (a job not yet started does not start).
 //! What happens is told through [`Event`]s, one call each, never printed here.
 //!
+//! With the plan's `coordination`, several `serve` instances run one plan (one per site and a
+//! witness): they elect one leader through etcd, and only the leader backs up, syncs and fails
+//! over, each side effect checked against its term; every instance probes and publishes its
+//! verdict, and the one on the active site fences the app there when cut off (see [`coord`]).
+//!
 //! Assumes: a validated plan; a tokio runtime with the blocking pool (any multi-thread runtime).
-//! Breaks: one process per plan. Two `serve` of one plan on two machines both back up on the
-//! schedule (the repository's locks keep their work apart, not their decisions).
+//! Breaks: without `coordination`, one process per plan: two `serve` of one plan on two machines
+//! both back up on the schedule (the repository's locks keep their work apart, not their
+//! decisions).
 #![forbid(unsafe_code)]
 
 mod active;
+pub mod coord;
 mod trigger;
 mod witness;
 
@@ -26,7 +33,7 @@ use std::time::Duration;
 
 use lifeboat_orchestrator::ops::{self, Env};
 use lifeboat_orchestrator::platform::Connector;
-use lifeboat_orchestrator::watch::{self, Watched};
+use lifeboat_orchestrator::watch::{self, Watched, WitnessReport};
 use lifeboat_orchestrator::{platform, schedule, sync, OrchestratorError};
 use lifeboat_plan::{App, Plan, Profile};
 use lifeboat_repo::Repository;
@@ -35,8 +42,9 @@ use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
 pub use active::{ActiveProbe, ActiveSites, REPO_DEADLINE};
+pub use coord::{Coordination, Instance, QuorumWitness};
 pub use trigger::Failover;
-pub use witness::{report_loop, RepoWitness};
+pub use witness::{repo_sink, report_loop, RepoWitness, Sink};
 
 /// How long a scheduled backup or a sync round waits for an app's lock (a failover or a prune
 /// holds it) before that round fails.
@@ -86,6 +94,27 @@ pub enum ServerError {
     /// No app in scope has health probes.
     #[error("no app of plan {plan} has health probes to watch")]
     NothingToWatch { plan: String },
+    /// The plan has no `coordination` section, so there is nothing to join.
+    #[error("plan {plan} has no coordination section: serve runs as a single process")]
+    NoCoordination { plan: String },
+    /// An instance name is empty or holds a '/'.
+    #[error("{name:?} cannot name a serve instance: give --instance a plain name")]
+    InstanceName { name: String },
+    /// The coordination service cannot be used (unreachable, refusing, bad TLS files).
+    #[error("{source}; serve did not start and did nothing (check the plan's coordination endpoints)")]
+    Coordination {
+        #[source]
+        source: lifeboat_etcd::coord::CoordError,
+    },
+    /// Another plan of the same name already runs on this etcd.
+    #[error("another plan named {plan} runs on this etcd (instance {instance}, with other sites or apps); give each plan its own metadata.name; serve did not start")]
+    TwoPlans { plan: String, instance: String },
+    /// An instance of this name already runs.
+    #[error("a serve instance named {name} already runs for this plan; give each instance its own --instance name; serve did not start")]
+    InstanceRunning { name: String },
+    /// `watch` or `watch --witness` of a plan whose instances coordinate: only their leader may act.
+    #[error("plan {plan} has a coordination section: run `lifeboat serve` on each site instead (its instances probe, vote and elect the one that fails over)")]
+    Coordinated { plan: String },
     /// The time of an app's last backup cannot be read, so its schedule cannot be placed.
     #[error("the recovery points of app {app} cannot be read")]
     RecoveryPoints {
@@ -122,6 +151,20 @@ pub enum Event {
     Progress { line: String },
     /// The shutdown future completed: no new rounds; jobs under way finish.
     Stopping,
+    /// This instance leads (coordination), in this term: it backs up, syncs and fails over.
+    Leading { term: i64 },
+    /// Another instance leads: this one probes and reports.
+    Following { leader: String, term: i64 },
+    /// This instance cannot confirm its lease: it does not lead (and fences its site if this lasts).
+    CutOff { why: String },
+    /// This instance stopped leading: its leader's rounds stopped.
+    StandingBy,
+    /// Cut off for longer than `self_fence_after`: the app was stopped on this instance's site.
+    SelfFenced { app: String, site: String, detail: String },
+    /// The self-fence of an app failed (it may still run there).
+    SelfFenceFailed { app: String, site: String, error: String },
+    /// The backup schedule of an app could not be placed (its recovery points cannot be read).
+    NotScheduled { app: String, why: String },
 }
 
 impl fmt::Display for Event {
@@ -154,6 +197,25 @@ impl fmt::Display for Event {
             },
             Event::Progress { line } => f.write_str(line),
             Event::Stopping => f.write_str("stopping: no new rounds; jobs under way finish first"),
+            Event::Leading { term } => write!(f, "leading (term {term}): backups, sync and failover run here"),
+            Event::Following { leader, term } => {
+                write!(
+                    f,
+                    "following {leader} (term {term}): probing and reporting, standing by"
+                )
+            }
+            Event::CutOff { why } => write!(f, "not leading: {why}"),
+            Event::StandingBy => f.write_str("standing by: this instance's leader rounds stopped"),
+            Event::SelfFenced { app, site, detail } => {
+                write!(f, "{app}: SELF-FENCED on {site} (cut off from the quorum): {detail}")
+            }
+            Event::SelfFenceFailed { app, site, error } => {
+                write!(
+                    f,
+                    "{app}: self-fence on {site} FAILED (it may still run there): {error}"
+                )
+            }
+            Event::NotScheduled { app, why } => write!(f, "{app}: no backup schedule: {why}"),
         }
     }
 }
@@ -178,6 +240,8 @@ pub struct Server {
     pub connect: Arc<Connector>,
     pub routers: Arc<Routers>,
     pub events: Arc<dyn Fn(Event) + Send + Sync>,
+    /// This instance's part in the plan's coordination (none: a single process).
+    pub coordination: Option<Arc<Coordination>>,
 }
 
 impl Server {
@@ -195,6 +259,7 @@ impl Server {
             plan_dir,
             repo: Arc::new(repo),
             events,
+            coordination: None,
         })
     }
 
@@ -218,7 +283,10 @@ impl Server {
             connect: self.connect.clone(),
             router: &*self.routers,
             log: &log,
-            leadership: None,
+            leadership: self
+                .coordination
+                .clone()
+                .map(|c| c as Arc<dyn lifeboat_orchestrator::leadership::Leadership>),
         };
         f(&env)
     }
@@ -236,6 +304,9 @@ impl Server {
         opts: &ServeOptions,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
+        if let Some(c) = self.coordination.clone() {
+            return self.serve_coordinated(c, opts, shutdown).await;
+        }
         let mut tasks = Vec::new();
         for a in apps(&self.plan, opts.only.as_deref())? {
             if let Some(t) = self.schedule(a)? {
@@ -260,6 +331,199 @@ impl Server {
         Ok(())
     }
 
+    /// `serve` as one of the plan's coordinated instances: the election, this instance's probes
+    /// with their verdicts published in etcd, its self-fence (with a site), and the leader's
+    /// rounds while it leads. At shutdown it leaves: resigns (another instance takes over at
+    /// once), removes its guard and ends its lease; a guard that cannot be removed is honoured
+    /// by fencing the site before exiting.
+    async fn serve_coordinated(
+        self: &Arc<Self>,
+        c: Arc<Coordination>,
+        opts: &ServeOptions,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        apps(&self.plan, opts.only.as_deref())?;
+        let sites = Arc::new(ActiveSites::new(self.plan.clone(), self.repo.clone()));
+        let mut tasks = vec![tokio::spawn(c.clone().run(self.events.clone()))];
+        if opts.watch {
+            match self.watched(opts.only.as_deref()) {
+                Ok(watched) => {
+                    let to = c.clone();
+                    let sink: Sink = Arc::new(move |app: &str, r: &WitnessReport| to.publish_verdict(app, r));
+                    for w in watched {
+                        tasks.push(tokio::spawn(report_loop(
+                            w,
+                            sites.clone(),
+                            sink.clone(),
+                            self.events.clone(),
+                        )));
+                    }
+                }
+                Err(e) => self.say(Event::NotWatching { why: e.to_string() }),
+            }
+        }
+        if let Some(site) = c.me.site.clone() {
+            tasks.push(tokio::spawn(self.clone().self_fence_loop(
+                c.clone(),
+                sites.clone(),
+                site,
+                opts.only.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(self.clone().lead_while_elected(c.clone(), opts.clone())));
+        self.run_until(tasks, shutdown).await;
+        let left = {
+            let c = c.clone();
+            tokio::task::spawn_blocking(move || c.leave()).await
+        };
+        match (left, c.me.site.clone()) {
+            (Ok(Ok(())), _) | (_, None) => {}
+            (Ok(Err(e)), Some(site)) => {
+                self.say(Event::CutOff {
+                    why: format!("the guard of site {site} cannot be removed ({e}): fencing the site before exiting"),
+                });
+                self.fence_site(&sites, &site, opts.only.as_deref()).await;
+            }
+            (Err(e), Some(site)) => {
+                self.say(Event::CutOff {
+                    why: format!("leaving failed ({e}): fencing site {site} before exiting"),
+                });
+                self.fence_site(&sites, &site, opts.only.as_deref()).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the leader's rounds (backup schedules, sync, the watch that fails over) while this
+    /// instance leads, and stops them as soon as it does not (a job under way is stopped by its
+    /// next fenced step).
+    async fn lead_while_elected(self: Arc<Self>, c: Arc<Coordination>, opts: ServeOptions) {
+        /// The leader's rounds, aborted when dropped (also when this task is aborted).
+        struct Rounds(Vec<JoinHandle<()>>);
+        impl Drop for Rounds {
+            fn drop(&mut self) {
+                self.0.iter().for_each(JoinHandle::abort);
+            }
+        }
+        let mut rx = c.subscribe();
+        let mut rounds: Option<Rounds> = None;
+        loop {
+            let leads = rx.borrow_and_update().is_some();
+            if leads && rounds.is_none() {
+                rounds = Some(Rounds(self.leader_rounds(&opts)));
+            } else if !leads && rounds.is_some() {
+                rounds = None;
+                self.say(Event::StandingBy);
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// What only the leader runs; each schedule placed by the app's last recovery point, so a new
+    /// leader keeps the old one's schedule.
+    fn leader_rounds(self: &Arc<Self>, opts: &ServeOptions) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for a in apps(&self.plan, opts.only.as_deref()).unwrap_or_default() {
+            match tokio::task::block_in_place(|| self.schedule(a)) {
+                Ok(Some(t)) => tasks.push(t),
+                Ok(None) => {}
+                Err(e) => self.say(Event::NotScheduled {
+                    app: a.name.value.clone(),
+                    why: e.to_string(),
+                }),
+            }
+        }
+        if !opts.sync_every.is_zero() {
+            tasks.push(self.sync_rounds(opts.only.clone(), opts.sync_every));
+        }
+        if opts.watch {
+            if let Ok(t) = self.watch_tasks(opts.only.as_deref()) {
+                tasks.extend(t);
+            }
+        }
+        tasks
+    }
+
+    /// Fences `site` once each time this instance has been cut off for longer than
+    /// `self_fence_after`; while in contact, refreshes where each app is active every few seconds
+    /// (the fence uses what it last read: the repository may be cut off too).
+    async fn self_fence_loop(
+        self: Arc<Self>,
+        c: Arc<Coordination>,
+        sites: Arc<ActiveSites>,
+        site: String,
+        only: Option<String>,
+    ) {
+        const REFRESH: Duration = Duration::from_secs(5);
+        let mut fenced = false;
+        let mut refreshed: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if c.cut_off_for() <= c.self_fence_after {
+                fenced = false;
+                if refreshed.is_none_or(|at| at.elapsed() >= REFRESH) {
+                    refreshed = Some(tokio::time::Instant::now());
+                    let sites = sites.clone();
+                    let names: Vec<String> = apps(&self.plan, only.as_deref())
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|a| a.name.value.clone())
+                        .collect();
+                    tokio::spawn(async move {
+                        for app in names {
+                            let _ = sites.active(&app).await;
+                        }
+                    });
+                }
+                continue;
+            }
+            if !fenced {
+                fenced = true;
+                self.fence_site(&sites, &site, only.as_deref()).await;
+            }
+        }
+    }
+
+    /// Stops, on `site`, every app in scope that was last seen active there (or, never seen, whose
+    /// primary it is), all at once.
+    async fn fence_site(self: &Arc<Self>, sites: &ActiveSites, site: &str, only: Option<&str>) {
+        let jobs: Vec<_> = apps(&self.plan, only)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| {
+                sites
+                    .last_known(&a.name.value)
+                    .unwrap_or_else(|| a.primary.value.clone())
+                    == site
+            })
+            .map(|a| {
+                let (app, on) = (a.name.value.clone(), site.to_string());
+                let job = self.blocking({
+                    let (app, on) = (app.clone(), on.clone());
+                    move |env| ops::self_fence(env, &app, &on)
+                });
+                (app, on, job)
+            })
+            .collect();
+        for (app, site, job) in jobs {
+            match job.await {
+                Ok(Ok(detail)) => self.say(Event::SelfFenced { app, site, detail }),
+                Ok(Err(e)) => self.say(Event::SelfFenceFailed {
+                    app,
+                    site,
+                    error: e.to_string(),
+                }),
+                Err(e) => self.say(Event::SelfFenceFailed {
+                    app,
+                    site,
+                    error: e.to_string(),
+                }),
+            }
+        }
+    }
+
     /// `watch`: each app's health probes where it is active, and a failover when they fail (and
     /// the witness agrees), until `shutdown` completes.
     pub async fn watch(
@@ -267,6 +531,7 @@ impl Server {
         only: Option<&str>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
+        self.not_coordinated()?;
         let tasks = self.watch_tasks(only)?;
         self.run_until(tasks, shutdown).await;
         Ok(())
@@ -279,15 +544,27 @@ impl Server {
         only: Option<&str>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
+        self.not_coordinated()?;
         let watched = self.watched(only)?;
         self.say(Event::Witnessing { apps: watched.len() });
         let sites = Arc::new(ActiveSites::new(self.plan.clone(), self.repo.clone()));
+        let sink = repo_sink(sites.clone());
         let tasks = watched
             .into_iter()
-            .map(|w| tokio::spawn(report_loop(w, sites.clone(), self.events.clone())))
+            .map(|w| tokio::spawn(report_loop(w, sites.clone(), sink.clone(), self.events.clone())))
             .collect();
         self.run_until(tasks, shutdown).await;
         Ok(())
+    }
+
+    /// `watch` alone must not act on a plan whose instances coordinate.
+    fn not_coordinated(&self) -> Result<(), ServerError> {
+        match self.plan.coordination {
+            Some(_) => Err(ServerError::Coordinated {
+                plan: self.plan.metadata.name.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     async fn run_until(&self, tasks: Vec<JoinHandle<()>>, shutdown: impl Future<Output = ()>) {
@@ -389,11 +666,16 @@ impl Server {
     fn watch_tasks(self: &Arc<Self>, only: Option<&str>) -> Result<Vec<JoinHandle<()>>, ServerError> {
         let watched = self.watched(only)?;
         let sites = Arc::new(ActiveSites::new(self.plan.clone(), self.repo.clone()));
-        let witness: Option<Arc<dyn watch::Witness>> = self
-            .plan
-            .witness
-            .as_ref()
-            .map(|w| Arc::new(RepoWitness::new(sites.clone(), w.max_age.0)) as Arc<dyn watch::Witness>);
+        let witness: Option<Arc<dyn watch::Witness>> = match (&self.coordination, &self.plan.witness) {
+            (Some(c), _) => {
+                // A verdict is republished every probe interval: three missed make it stale.
+                let slowest = watched.iter().map(|w| w.interval).max().unwrap_or_default();
+                let max_age = (slowest * 3).max(Duration::from_secs(2));
+                Some(Arc::new(QuorumWitness::new(c.clone(), sites.clone(), max_age)))
+            }
+            (None, Some(w)) => Some(Arc::new(RepoWitness::new(sites.clone(), w.max_age.0))),
+            (None, None) => None,
+        };
         self.say(Event::Watching {
             apps: watched.len(),
             witness: witness.is_some(),
@@ -514,6 +796,7 @@ mod tests {
             plan_dir: dir.path().to_path_buf(),
             repo: Arc::new(repo),
             events: Arc::new(move |e| seen.lock().unwrap().push(e)),
+            coordination: None,
         });
         World { dir, server, events }
     }

@@ -1,6 +1,6 @@
 //! The witness from both sides: [`report_loop`] is the witness itself (`watch --witness`, run
-//! near the primary, writing what it sees into the repository), [`RepoWitness`] is how the watch
-//! reads its reports before a failover.
+//! near the primary, writing what it sees into the repository; a `serve` instance's prober, writing
+//! into etcd), [`RepoWitness`] is how the watch reads the witness's reports before a failover.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -66,11 +66,24 @@ impl watch::Witness for RepoWitness {
     }
 }
 
-/// The witness of one app: probes it where it is active every `w.interval` and writes what it saw
-/// into the repository (a report with a `sequence` one higher each round). Never returns. A round
-/// whose active site or report write is not done within [`REPO_DEADLINE`] writes nothing, which
-/// readers see as silence.
-pub async fn report_loop(w: Watched, sites: Arc<ActiveSites>, events: Arc<dyn Fn(Event) + Send + Sync>) {
+/// Where a prober's reports go: the repository (the witness of a plan without coordination) or
+/// etcd (a `serve` instance's verdict). Runs on the blocking pool.
+pub type Sink = Arc<dyn Fn(&str, &WitnessReport) -> Result<(), String> + Send + Sync>;
+
+/// The witness's sink: `dr/PLAN/APP/witness` in the repository.
+pub fn repo_sink(sites: Arc<ActiveSites>) -> Sink {
+    Arc::new(move |app: &str, report: &WitnessReport| {
+        ActiveSites::store(&sites.repo, &sites.plan, app)
+            .save_witness_report(report)
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// The prober of one app: probes it where it is active every `w.interval` and hands what it saw
+/// to `sink` (a report with a `sequence` one higher each round). Never returns. A round whose
+/// active site or report write is not done within [`REPO_DEADLINE`] writes nothing, which readers
+/// see as silence.
+pub async fn report_loop(w: Watched, sites: Arc<ActiveSites>, sink: Sink, events: Arc<dyn Fn(Event) + Send + Sync>) {
     let probe = ActiveProbe(sites.clone());
     let mut monitor = Monitor::new(w.failure_threshold, w.success_threshold);
     let mut tick = tokio::time::interval(w.interval);
@@ -105,9 +118,8 @@ pub async fn report_loop(w: Watched, sites: Arc<ActiveSites>, events: Arc<dyn Fn
             failures: monitor.failures(),
             error: r.err(),
         };
-        let (s, app) = (sites.clone(), w.app.clone());
-        let write = move || ActiveSites::store(&s.repo, &s.plan, &app).save_witness_report(&report);
-        match tokio::time::timeout(REPO_DEADLINE, tokio::task::spawn_blocking(write)).await {
+        let (sink, app) = (sink.clone(), w.app.clone());
+        match tokio::time::timeout(REPO_DEADLINE, tokio::task::spawn_blocking(move || sink(&app, &report))).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => skipped(format!("cannot report: {e}")),
             Ok(Err(e)) => skipped(format!("cannot report: {e}")),

@@ -97,6 +97,10 @@ pub(super) fn unconfirmed(
     }
 }
 
+/// On a resume whose fence finished before: a fenced side that runs the app again (started by
+/// hand, by an orchestrator, by a restart Lifeboat did not hold) is stopped again before the
+/// operation goes on, as Pacemaker fences a node that rejoins with resources. A side that cannot
+/// be reached now keeps the evidence it was fenced on. What was found and done is added to the
 /// fence step's record.
 pub(super) fn refence_on_resume(
     st: &Store,
@@ -140,29 +144,64 @@ pub(super) fn refence_on_resume(
     Ok(())
 }
 
+/// The self-fence of a `serve` instance cut off from the quorum: stops `app` on `site` (where
+/// the instance runs and the app may be active) without asking any leadership, since the others
+/// may start it elsewhere once this instance's lease ends. The restart policies are read from the
+/// site before the stop and recorded in the app's state after it, so a repository that does not
+/// answer never delays the stop; when they cannot be recorded, the line says so. A line for the log.
+pub fn self_fence(env: &Env, app: &str, site: &str) -> Result<String, OrchestratorError> {
+    let a = env.plan.app(app).ok_or_else(|| OrchestratorError::Refused {
+        reason: format!("no app {app}"),
+    })?;
+    let p = (env.connect)(site, a)?;
+    let policies = p.restart_policies()?;
+    let changes = p.stop(None)?;
+    let mut line = summary(&format!("{app} stopped on {site}"), &changes);
+    let st = store(env, a);
+    let recorded = st.state().and_then(|mut state| {
+        if merge_policies(&mut state, site, policies) {
+            st.save_state(&state)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = recorded {
+        line += &format!(" (its restart policies were not recorded: {e}; a failback starts it without them)");
+    }
+    Ok(line)
+}
+
 /// Stops the app on `site` for good: its restart policies are recorded in `state` (saved) first,
 /// then cleared by the stop. A policy recorded earlier is never overwritten by the "none" that a
 /// second stop sees.
-/// On a resume whose fence finished before: a fenced side that runs the app again (started by
-/// hand, by an orchestrator, by a restart Lifeboat did not hold) is stopped again before the
-/// operation goes on, as Pacemaker fences a node that rejoins with resources. A side that cannot
-/// be reached now keeps the evidence it was fenced on. What was found and done is added to the
 pub(crate) fn hold_and_stop(
     st: &Store,
     state: &mut AppState,
     platform: &dyn Platform,
     site: &str,
 ) -> Result<Vec<String>, OrchestratorError> {
-    let policies = platform.restart_policies()?;
-    if !policies.is_empty() {
-        let held = state.restart_policies.entry(site.to_string()).or_default();
-        let before = held.len();
-        for (name, policy) in policies {
-            held.entry(name).or_insert(policy);
-        }
-        if held.len() != before || before == 0 {
-            st.save_state(state)?;
-        }
-    }
+    hold(st, state, platform, site)?;
     platform.stop(None)
+}
+
+/// Records the restart policies of the app on `site` in `state` (saved), keeping any recorded
+/// before.
+fn hold(st: &Store, state: &mut AppState, platform: &dyn Platform, site: &str) -> Result<(), OrchestratorError> {
+    if merge_policies(state, site, platform.restart_policies()?) {
+        st.save_state(state)?;
+    }
+    Ok(())
+}
+
+/// Adds `policies` of `site` to `state`, never overwriting one recorded before (a second stop
+/// sees "none"); whether the state must be saved.
+fn merge_policies(state: &mut AppState, site: &str, policies: std::collections::BTreeMap<String, String>) -> bool {
+    if policies.is_empty() {
+        return false;
+    }
+    let held = state.restart_policies.entry(site.to_string()).or_default();
+    let before = held.len();
+    for (name, policy) in policies {
+        held.entry(name).or_insert(policy);
+    }
+    held.len() != before || before == 0
 }

@@ -80,7 +80,10 @@ fn a_self_fence_confirmed_by_the_quorum_is_evidence_for_an_unreachable_primary_a
     let Outcome::Done(op) = w.run(Kind::Failover, &no_final()).unwrap() else {
         panic!("not done")
     };
-    assert!(World::fence_detail(&op).contains("its instance lost its lease"), "{op:?}");
+    assert!(
+        World::fence_detail(&op).contains("its instance lost its lease"),
+        "{op:?}"
+    );
     assert_eq!(op.finished(Step::Fence).unwrap().fenced_by, Some(FencedBy::Quorum));
     assert_eq!(op.finished(Step::Fence).unwrap().term, Some(7));
     assert_eq!(w.store().state().unwrap().active.as_deref(), Some("b"));

@@ -39,6 +39,7 @@ pub use crate::journal::{DRILL_STEPS, FAILOVER_STEPS};
 pub use backup::{backup_plan, PlanBackup};
 pub use drill::drill;
 pub(crate) use fence::hold_and_stop;
+pub use fence::self_fence;
 pub use points::{latest_recovery_point, recovery_points, CLOCK_SKEW};
 pub use preflight::PREFLIGHT_LOCK_WAIT;
 pub use switch::{switch_over, PREEMPT_WAIT};

@@ -281,7 +281,13 @@ impl Switch<'_, '_> {
                     ))
                 }
                 Some(Err(why)) => {
-                    return Err(unconfirmed(kind, &from, &to, &failure, Some(WitnessSays::QuorumNot(why))));
+                    return Err(unconfirmed(
+                        kind,
+                        &from,
+                        &to,
+                        &failure,
+                        Some(WitnessSays::QuorumNot(why)),
+                    ));
                 }
                 None => {}
             }
