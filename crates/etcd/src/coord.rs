@@ -222,6 +222,11 @@ impl Coordinator {
                                 .map(str::to_string)
                         })
                         .unwrap_or(text);
+                    let msg = match (msg.trim(), code) {
+                        ("", 404) => "no such API here (is it an etcd 3.4+ client URL?)".to_string(),
+                        ("", _) => "an empty answer".to_string(),
+                        (m, _) => m.to_string(),
+                    };
                     // A member without quorum answers 503 (or a gRPC "unavailable"): try the next.
                     if code >= 500 {
                         failures.push(format!("{url}: {msg} (HTTP {code})"));

@@ -1,61 +1,15 @@
 //! Leader election, fencing tokens and verdicts against a real etcd (Debian's `etcd-server`),
 //! started by each test on free loopback ports with its own data directory. Skipped, with a line
 //! saying so, when `etcd` is not installed.
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lifeboat_etcd::coord::{Campaign, CoordError, Coordinator};
 use lifeboat_etcd::Endpoint;
 
-/// A single-member etcd on loopback, removed when dropped.
-struct Etcd {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use lifeboat_lab_support::etcd::{free_port, Etcd};
 
 fn etcd() -> Option<Etcd> {
-    if Command::new("etcd").arg("--version").output().is_err() {
-        eprintln!("skipped: no etcd on PATH (Debian package etcd-server; scripts/test.sh installs it)");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let child = Command::new("etcd")
-        .args(["--name", "t", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args(["--initial-cluster", &format!("t=http://127.0.0.1:{peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let e = Etcd { child, url, _dir: dir };
-    let started = Instant::now();
-    while ureq::get(&format!("{}/health", e.url)).call().is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "etcd did not start at {}",
-            e.url
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Some(e)
+    Etcd::start()
 }
 
 fn coordinator(urls: &[&str]) -> Coordinator {

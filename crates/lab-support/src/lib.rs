@@ -8,6 +8,8 @@
 //! crate built with another clone's path).
 #![forbid(unsafe_code)]
 
+pub mod etcd;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
