@@ -1,0 +1,292 @@
+//! End-to-end tests of the control plane on the lab (`lab/lab up --docker 3 --dns --etcd`, which
+//! each test makes sure of): three `lifeboat serve` instances of one plan, each inside its site's
+//! network namespace beside that site's etcd member, so that `lab/lab kill` or `partition` of a
+//! site takes its instance and its member with it. They run one at a time (they take sites down).
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::lab::{docker_sites, http_get, wait_for, Site};
+use common::PASSWORD;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn lab() -> PathBuf {
+    lifeboat_lab_support::script()
+}
+
+fn lab_var(name: &str) -> String {
+    lifeboat_lab_support::var(name).unwrap_or_else(|| panic!("lab/lab env has no {name}"))
+}
+
+/// Three Docker sites, DNS and the coordination etcd (and Kubernetes again when the lab runs it:
+/// `kill` takes a site's control plane down too). `up` starts only what is missing.
+fn lab_up() {
+    let mut args = vec!["up", "--docker", "3", "--dns", "--etcd"];
+    if lifeboat_lab_support::var("LAB_KUBE_SITES").is_some_and(|k| !k.is_empty()) {
+        args.extend(["--kube", "2"]);
+    }
+    let mut o = Command::new(lab()).args(&args).output().unwrap();
+    for _ in 0..2 {
+        if o.status.success() {
+            break;
+        }
+        eprintln!("lab up failed, once more: {}", String::from_utf8_lossy(&o.stderr));
+        o = Command::new(lab()).args(&args).output().unwrap();
+    }
+    assert!(o.status.success(), "lab up: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn resolve(name: &str) -> String {
+    let o = Command::new("dig")
+        .args(["+short", "-p", "5353", "@127.0.0.1", &format!("{name}.lab.test."), "A"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn point(name: &str, addr: &str) {
+    let script = format!(
+        "server 127.0.0.1 5353\nzone lab.test.\nupdate delete {name}.lab.test. A\nupdate add {name}.lab.test. 5 A {addr}\nsend\n"
+    );
+    let mut c = Command::new("nsupdate")
+        .args(["-k", &lab_var("LAB_DNS_KEY")])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(c.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    assert!(c.wait().unwrap().success(), "nsupdate failed");
+}
+
+/// A web app with a data volume on site a, staged on b as a hot standby, in a plan whose serve
+/// instances coordinate through the lab's etcd. Removed from every site when dropped.
+struct App {
+    name: &'static str,
+    port: u16,
+    _dir: tempfile::TempDir,
+    plan: PathBuf,
+    sites: Vec<Site>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        for s in &self.sites {
+            s.cleanup(&format!("{}-", self.name));
+        }
+    }
+}
+
+impl App {
+    fn new(sites: &[Site], name: &'static str, port: u16) -> App {
+        for s in sites {
+            s.cleanup(&format!("{name}-"));
+        }
+        let (a, b) = (&sites[0], &sites[1]);
+        let vol = format!("{name}-www");
+        a.docker(&["volume", "create", &vol]);
+        a.docker(&[
+            "run", "--rm", "-v", &format!("{vol}:/www"), "lifeboat-lab/web:1", "sh", "-c",
+            "mkdir -p /www/cgi-bin /www/data && echo ok > /www/healthz && printf 'widget\\n' > /www/data/items \
+             && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\ncat /www/data/items\\n' > /www/cgi-bin/items \
+             && printf '#!/bin/sh\\necho \"$QUERY_STRING\" >> /www/data/items\\necho Content-Type: text/plain\\necho\\necho ok\\n' > /www/cgi-bin/add \
+             && chmod 755 /www/cgi-bin/items /www/cgi-bin/add",
+        ]);
+        a.docker(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("{name}-web"),
+            "--label",
+            &format!("app={name}"),
+            "-p",
+            &format!("{port}:8080"),
+            "-v",
+            &format!("{vol}:/www"),
+            "lifeboat-lab/web:1",
+        ]);
+        wait_for("the web app on a", Duration::from_secs(30), || {
+            http_get(&a.addr, port, "/healthz")
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        common::ok(repo.to_str().unwrap(), &["repo", "init"]);
+        let endpoints: Vec<String> = lab_var("LAB_COORD_ETCD")
+            .split(',')
+            .map(|u| format!("\"{u}\""))
+            .collect();
+        let plan = dir.path().join("plan.yaml");
+        std::fs::write(
+            &plan,
+            format!(
+                "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {{name: {name}}}\nrepository: {repo}\n\
+                 coordination: {{etcd: {{endpoints: [{eps}], ttl: 10s}}, instances: 3}}\nsites:\n  \
+                 a: {{docker: {{host: \"{ah}\", address: {aa}}}}}\n  b: {{docker: {{host: \"{bh}\", address: {ba}}}}}\napps:\n  \
+                 - name: {name}\n    primary: a\n    standby: b\n    standby_mode: hot\n    select: {{labels: {{app: {name}}}}}\n    \
+                 objectives: {{rto: 60s, rpo: 5m}}\n    health:\n      - http: {{url: \"http://{{site}}:{port}/healthz\"}}\n        \
+                 interval: 1s\n        timeout: 1s\n        failure_threshold: 3\n    traffic:\n      \
+                 dns: {{server: \"{dns}\", zone: lab.test., name: {name}, ttl: 5, tsig_key: {key}, primary: {aa}, \
+                 standby: {ba}}}\n    verify:\n      \
+                 - http: {{url: \"http://{{site}}:{port}/cgi-bin/items\", expect_body_contains: widget}}\n",
+                repo = repo.display(),
+                eps = endpoints.join(", "),
+                ah = a.docker_host,
+                aa = a.addr,
+                bh = b.docker_host,
+                ba = b.addr,
+                key = lab_var("LAB_DNS_KEY"),
+                // The DNS server as the instances inside the sites reach it.
+                dns = lab_var("LAB_DNS_SERVICE"),
+            ),
+        )
+        .unwrap();
+        point(name, &a.addr);
+        App {
+            name,
+            port,
+            _dir: dir,
+            plan,
+            sites: sites.to_vec(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(common::bin());
+        c.args(args).arg(&self.plan);
+        c.env("LIFEBOAT_PASSWORD", PASSWORD).env_remove("LIFEBOAT_REPO");
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cmd(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "lifeboat {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    }
+
+    /// `lifeboat serve` inside `site`'s network namespace as instance `site`, guarding it when
+    /// `guards` (a witness elsewhere does not).
+    fn serve_in(&self, site: &str, guards: bool) -> Serve {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/lifeboat-{site}"))
+            .arg(common::bin())
+            .args(["serve", "--sync-every", "0", "--instance", site]);
+        if guards {
+            c.args(["--site", site]);
+        }
+        let mut child = c
+            .arg(&self.plan)
+            .env("LIFEBOAT_PASSWORD", PASSWORD)
+            .env_remove("LIFEBOAT_REPO")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let l = log.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut g = l.lock().unwrap();
+                g.push_str(&line);
+                g.push('\n');
+            }
+        });
+        Serve { child, log }
+    }
+}
+
+/// A running serve instance and what it printed.
+struct Serve {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Serve {
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+    fn until(&self, what: &str, within: Duration, needle: &str) {
+        wait_for(what, within, || self.log().contains(needle).then_some(()));
+    }
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
+fn the_survivors_elect_a_leader_and_fail_over_once_when_the_primary_site_dies_with_the_leader() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    lab_up();
+    let sites = docker_sites(3);
+    let b = &sites[1];
+    let app = App::new(&sites[..2], "ctl1", 8191);
+    assert!(app.ok(&["backup", "--plan"]).contains("staged on b"));
+    let mut sa = app.serve_in("a", true);
+    sa.until("a to lead", Duration::from_secs(30), "leading (term");
+    let sb = app.serve_in("b", true);
+    let sc = app.serve_in("c", false);
+    for s in [&sb, &sc] {
+        s.until("the others to follow a", Duration::from_secs(30), "following a");
+    }
+    // Let every instance probe a few rounds (their verdicts: up).
+    std::thread::sleep(Duration::from_secs(3));
+    let killed = Instant::now();
+    sa.kill9();
+    let o = Command::new(lab()).args(["kill", "a"]).output().unwrap();
+    assert!(o.status.success());
+    let result = std::panic::catch_unwind(|| {
+        wait_for("the new leader to fail over", Duration::from_secs(120), || {
+            let l = sb.log() + &sc.log();
+            (l.contains("ctl1: failed over") || l.contains("failover failed")).then_some(())
+        });
+        let took = killed.elapsed();
+        eprintln!(
+            "site a killed (with the leader) to traffic on b: {:.1} s",
+            took.as_secs_f64()
+        );
+        let (lb, lc) = (sb.log(), sc.log());
+        let both = format!("{lb}{lc}");
+        assert_eq!(
+            both.matches("ctl1: failed over").count(),
+            1,
+            "exactly one failover:\n{both}"
+        );
+        let leader = if lb.contains("ctl1: failed over") { &lb } else { &lc };
+        assert!(
+            leader.contains("leading (term"),
+            "the failover ran on the new leader: {leader}"
+        );
+        assert!(
+            leader.contains("cannot be reached") && leader.contains("that guards site a lost its lease"),
+            "the dead primary is fenced on its guard's lost lease:\n{leader}"
+        );
+        assert_eq!(resolve("ctl1"), b.addr);
+        assert!(http_get(&b.addr, app.port, "/cgi-bin/items").is_some_and(|i| i.contains("widget")));
+        // The state says b; another failover finds nothing to do.
+        assert!(app.ok(&["failover"]).contains("already on b"));
+    });
+    drop((sb, sc));
+    lab_up();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
