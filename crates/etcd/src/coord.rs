@@ -29,7 +29,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::{agent, Endpoint, EtcdError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::{agent_with, Endpoint, EtcdError};
 
 /// Errors of the coordination client.
 #[derive(Debug, thiserror::Error)]
@@ -109,11 +111,18 @@ pub enum Campaign {
 pub struct Coordinator {
     endpoints: Vec<(String, ureq::Agent)>,
     prefix: String,
+    /// The endpoint that answered last: tried first, so a member that is down or cut off costs
+    /// its timeout once, not on every call (a lease's keep-alives must stay well inside its TTL).
+    preferred: AtomicUsize,
 }
 
 /// The longest one request may take (etcd answers in milliseconds; a member without quorum
-/// answers after its own timeout).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// answers after its own timeout, or not at all: then the next member is tried).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The longest a connection to one member may take to open (lab and LAN round trips are
+/// milliseconds; a member that is down or cut off is given up on quickly).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn b64(s: &[u8]) -> String {
     B64.encode(s)
@@ -173,7 +182,7 @@ impl Coordinator {
     pub fn new(endpoints: &[Endpoint], prefix: &str) -> Result<Coordinator, CoordError> {
         let mut out = Vec::new();
         for ep in endpoints {
-            let agent = agent(ep, Some(REQUEST_TIMEOUT)).map_err(|e| match e {
+            let agent = agent_with(ep, CONNECT_TIMEOUT, Some(REQUEST_TIMEOUT)).map_err(|e| match e {
                 EtcdError::Tls(t) => CoordError::Tls(t),
                 other => CoordError::Tls(other.to_string()),
             })?;
@@ -188,6 +197,7 @@ impl Coordinator {
         Ok(Coordinator {
             endpoints: out,
             prefix: prefix.to_string(),
+            preferred: AtomicUsize::new(0),
         })
     }
 
@@ -196,20 +206,26 @@ impl Coordinator {
         format!("{}{name}", self.prefix).into_bytes()
     }
 
-    /// POSTs `body` to `path` on the first endpoint that answers.
+    /// POSTs `body` to `path` on the first endpoint that answers, starting with the one that
+    /// answered last.
     fn call(&self, what: &'static str, path: &str, body: Value) -> Result<Value, CoordError> {
         let mut failures = Vec::new();
-        for (url, agent) in &self.endpoints {
+        let n = self.endpoints.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n;
+        for i in (0..n).map(|k| (first + k) % n) {
+            let (url, agent) = &self.endpoints[i];
+            let answered = || self.preferred.store(i, Ordering::Relaxed);
             let request = agent
                 .post(&format!("{url}{path}"))
                 .set("Content-Type", "application/json");
             match request.send_string(&body.to_string()) {
                 Ok(resp) => {
+                    answered();
                     return serde_json::from_reader::<_, Value>(resp.into_reader()).map_err(|e| CoordError::Refused {
                         endpoint: url.clone(),
                         what,
                         reason: format!("an answer that is not JSON: {e}"),
-                    })
+                    });
                 }
                 Err(ureq::Error::Status(code, resp)) => {
                     let text = resp.into_string().unwrap_or_default();
@@ -222,8 +238,9 @@ impl Coordinator {
                                 .map(str::to_string)
                         })
                         .unwrap_or(text);
+                    // The gateway answers a gRPC NotFound (an unknown lease) as 404, at times without a body.
                     let msg = match (msg.trim(), code) {
-                        ("", 404) => "no such API here (is it an etcd 3.4+ client URL?)".to_string(),
+                        ("", 404) => "not found".to_string(),
                         ("", _) => "an empty answer".to_string(),
                         (m, _) => m.to_string(),
                     };
@@ -232,6 +249,7 @@ impl Coordinator {
                         failures.push(format!("{url}: {msg} (HTTP {code})"));
                         continue;
                     }
+                    answered();
                     return Err(CoordError::Refused {
                         endpoint: url.clone(),
                         what,
@@ -250,6 +268,17 @@ impl Coordinator {
                 .join(", "),
             reason: failures.join("; "),
         })
+    }
+
+    /// [`Coordinator::call`] of a request that uses `lease`: etcd's "not found" for it is
+    /// [`CoordError::LeaseEnded`].
+    fn with_lease(&self, lease: i64, what: &'static str, path: &str, body: Value) -> Result<Value, CoordError> {
+        match self.call(what, path, body) {
+            Err(CoordError::Refused { reason, .. }) if reason.contains("not found") => {
+                Err(CoordError::LeaseEnded { lease })
+            }
+            r => r,
+        }
     }
 
     /// A new lease of `ttl` (whole seconds, at least 1).
@@ -324,7 +353,8 @@ impl Coordinator {
     /// that already leads with this lease (a campaign repeated) keeps its term.
     pub fn campaign(&self, holder: &str, lease: i64) -> Result<Campaign, CoordError> {
         let key = b64(&self.key("leader"));
-        let v = self.call(
+        let v = self.with_lease(
+            lease,
             "a campaign",
             "/v3/kv/txn",
             json!({
@@ -423,7 +453,8 @@ impl Coordinator {
     /// Puts `name` = `value` held by `lease`: it goes away with the lease (a verdict of an
     /// instance that stopped publishing does not outlive it).
     pub fn publish(&self, name: &str, value: &[u8], lease: i64) -> Result<(), CoordError> {
-        self.call(
+        self.with_lease(
+            lease,
             "a write",
             "/v3/kv/put",
             json!({"key": b64(&self.key(name)), "value": b64(value), "lease": lease.to_string()}),

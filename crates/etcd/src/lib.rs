@@ -82,7 +82,16 @@ pub struct BackupOutcome {
 /// An HTTP client for `ep` (TLS from its files), with an overall deadline per request when
 /// `timeout` is given (a snapshot stream has none).
 fn agent(ep: &Endpoint, timeout: Option<std::time::Duration>) -> Result<ureq::Agent, EtcdError> {
-    let mut b = ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(10));
+    agent_with(ep, std::time::Duration::from_secs(10), timeout)
+}
+
+/// [`agent`] with its own connect timeout.
+fn agent_with(
+    ep: &Endpoint,
+    connect: std::time::Duration,
+    timeout: Option<std::time::Duration>,
+) -> Result<ureq::Agent, EtcdError> {
+    let mut b = ureq::AgentBuilder::new().timeout_connect(connect);
     if let Some(t) = timeout {
         b = b.timeout(t);
     }

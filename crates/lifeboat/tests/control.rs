@@ -284,7 +284,111 @@ fn the_survivors_elect_a_leader_and_fail_over_once_when_the_primary_site_dies_wi
         // The state says b; another failover finds nothing to do.
         assert!(app.ok(&["failover"]).contains("already on b"));
     });
+    if result.is_err() {
+        eprintln!("--- b:\n{}\n--- c:\n{}", sb.log(), sc.log());
+    }
     drop((sb, sc));
+    lab_up();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// A writer that adds an item to the app at `addr:port` every 100 ms, from inside `netns` (none:
+/// from the host), and appends the time of each write the app confirmed to `log` (seconds since
+/// the epoch, this machine's clock, shared by both writers).
+fn writer(netns: Option<&str>, addr: &str, port: u16, log: &std::path::Path) -> Child {
+    let script = format!(
+        "while :; do t=$(date +%s.%N); curl -sf -m 1 -o /dev/null \"http://{addr}:{port}/cgi-bin/add?w$t\" && echo $t >> {log}; \
+         sleep 0.1; done",
+        log = log.display()
+    );
+    let mut c = match netns {
+        Some(n) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &format!("lifeboat-{n}"), "sh", "-c", &script]);
+            c
+        }
+        None => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &script]);
+            c
+        }
+    };
+    c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+}
+
+/// The times a writer logged.
+fn writes(log: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
+fn a_partitioned_primary_fences_itself_before_the_standby_starts_and_no_write_lands_on_both() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    lab_up();
+    let sites = docker_sites(3);
+    let (a, b) = (&sites[0], &sites[1]);
+    let app = App::new(&sites[..2], "ctl2", 8192);
+    assert!(app.ok(&["backup", "--plan"]).contains("staged on b"));
+    // a leads: the worst case, the leader is cut off with the primary.
+    let sa = app.serve_in("a", true);
+    sa.until("a to lead", Duration::from_secs(30), "leading (term");
+    let sb = app.serve_in("b", true);
+    let sc = app.serve_in("c", false);
+    for s in [&sb, &sc] {
+        s.until("the others to follow a", Duration::from_secs(30), "following a");
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let (on_a, on_b) = (logs.path().join("a"), logs.path().join("b"));
+    let mut wa = writer(Some("a"), &a.addr, app.port, &on_a);
+    let mut wb = writer(None, &b.addr, app.port, &on_b);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!writes(&on_a).is_empty(), "the writer inside a does not write");
+    let cut = Instant::now();
+    let o = Command::new(lab()).args(["partition", "a"]).output().unwrap();
+    assert!(o.status.success());
+    let result = std::panic::catch_unwind(|| {
+        wait_for("the survivors to fail over", Duration::from_secs(120), || {
+            let l = sb.log() + &sc.log();
+            (l.contains("ctl2: failed over") || l.contains("failover failed")).then_some(())
+        });
+        eprintln!("partition of a to traffic on b: {:.1} s", cut.elapsed().as_secs_f64());
+        wait_for("a write on b", Duration::from_secs(30), || {
+            (!writes(&on_b).is_empty()).then_some(())
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let both = sb.log() + &sc.log();
+        assert_eq!(both.matches("ctl2: failed over").count(), 1, "{both}");
+        assert!(
+            sa.log().contains("ctl2: SELF-FENCED on a"),
+            "a did not fence itself:\n{}",
+            sa.log()
+        );
+        let last_on_a = writes(&on_a).into_iter().fold(f64::MIN, f64::max);
+        let first_on_b = writes(&on_b).into_iter().fold(f64::MAX, f64::min);
+        let margin = first_on_b - last_on_a;
+        eprintln!("last write on a to first write on b: {margin:.2} s (positive: no overlap)");
+        assert!(margin > 0.0, "writes landed on both sides for {:.2} s", -margin);
+        assert_eq!(resolve("ctl2"), b.addr);
+    });
+    let _ = wa.kill();
+    let _ = wb.kill();
+    let _ = (wa.wait(), wb.wait());
+    // The writer inside a is stopped by now; the partition heals.
+    let _ = Command::new(lab()).args(["heal", "a"]).output();
+    if result.is_err() {
+        eprintln!("--- a:\n{}\n--- b:\n{}\n--- c:\n{}", sa.log(), sb.log(), sc.log());
+    }
+    drop((sa, sb, sc));
     lab_up();
     if let Err(e) = result {
         std::panic::resume_unwind(e);

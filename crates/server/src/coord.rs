@@ -259,6 +259,9 @@ impl Coordination {
             }
             Err(e) => {
                 self.term.send_replace(None);
+                if matches!(e, CoordError::LeaseEnded { .. }) {
+                    *self.lease.lock().unwrap() = None;
+                }
                 said(format!("cut off from coordination: {e}"), last).map(|why| Event::CutOff { why })
             }
         }
