@@ -81,7 +81,8 @@ impl Drop for App {
 }
 
 impl App {
-    fn new(sites: &[Site], name: &'static str, port: u16) -> App {
+    /// `app_lines`: more of the app's YAML (indented as its fields).
+    fn new(sites: &[Site], name: &'static str, port: u16, app_lines: &str) -> App {
         for s in sites {
             s.cleanup(&format!("{name}-"));
         }
@@ -130,7 +131,7 @@ impl App {
                  interval: 1s\n        timeout: 1s\n        failure_threshold: 3\n    traffic:\n      \
                  dns: {{server: \"{dns}\", zone: lab.test., name: {name}, ttl: 5, tsig_key: {key}, primary: {aa}, \
                  standby: {ba}}}\n    verify:\n      \
-                 - http: {{url: \"http://{{site}}:{port}/cgi-bin/items\", expect_body_contains: widget}}\n",
+                 - http: {{url: \"http://{{site}}:{port}/cgi-bin/items\", expect_body_contains: widget}}\n{app_lines}",
                 repo = repo.display(),
                 eps = endpoints.join(", "),
                 ah = a.docker_host,
@@ -238,7 +239,7 @@ fn the_survivors_elect_a_leader_and_fail_over_once_when_the_primary_site_dies_wi
     lab_up();
     let sites = docker_sites(3);
     let b = &sites[1];
-    let app = App::new(&sites[..2], "ctl1", 8191);
+    let app = App::new(&sites[..2], "ctl1", 8191, "");
     assert!(app.ok(&["backup", "--plan"]).contains("staged on b"));
     let mut sa = app.serve_in("a", true);
     sa.until("a to lead", Duration::from_secs(30), "leading (term");
@@ -337,7 +338,7 @@ fn a_partitioned_primary_fences_itself_before_the_standby_starts_and_no_write_la
     lab_up();
     let sites = docker_sites(3);
     let (a, b) = (&sites[0], &sites[1]);
-    let app = App::new(&sites[..2], "ctl2", 8192);
+    let app = App::new(&sites[..2], "ctl2", 8192, "");
     assert!(app.ok(&["backup", "--plan"]).contains("staged on b"));
     // a leads: the worst case, the leader is cut off with the primary.
     let sa = app.serve_in("a", true);
@@ -393,4 +394,64 @@ fn a_partitioned_primary_fences_itself_before_the_standby_starts_and_no_write_la
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+}
+
+/// Sends `signal` to a serve instance.
+fn signal(s: &Serve, signal: &str) {
+    let o = Command::new("kill").args([signal, &s.child.id().to_string()]).output().unwrap();
+    assert!(o.status.success(), "kill {signal}");
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
+fn a_killed_leader_is_replaced_within_its_lease_and_one_paused_past_it_does_nothing_when_it_wakes() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    lab_up();
+    let sites = docker_sites(3);
+    let app = App::new(&sites[..2], "ctl3", 8193, "    backup: {every: 8s}\n");
+    let mut sa = app.serve_in("a", true);
+    sa.until("a to lead", Duration::from_secs(30), "leading (term");
+    let mut others = vec![app.serve_in("b", true), app.serve_in("c", false)];
+    for s in &others {
+        s.until("the others to follow a", Duration::from_secs(30), "following a");
+    }
+    sa.until("a's first backup", Duration::from_secs(60), "ctl3: snapshot");
+    // kill -9 of the leader (its site stays up): another leads once its lease ends.
+    let killed = Instant::now();
+    sa.kill9();
+    let next = wait_for("a new leader", Duration::from_secs(30), || {
+        others.iter().position(|s| s.log().contains("leading (term"))
+    });
+    let took = killed.elapsed();
+    eprintln!("leader killed to new leader: {:.1} s (lease TTL 10 s)", took.as_secs_f64());
+    assert!(took < Duration::from_secs(13), "{took:?}");
+    let leader = others.remove(next);
+    // Its schedule goes on from the last recovery point.
+    leader.until("the new leader's backup", Duration::from_secs(30), "ctl3: snapshot");
+    // Paused past its lease: the other one leads; the paused one wakes and is refused.
+    let paused_at = leader.log().len();
+    signal(&leader, "-STOP");
+    let other = &others[0];
+    wait_for("the other instance to lead", Duration::from_secs(30), || {
+        other.log().contains("leading (term").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    signal(&leader, "-CONT");
+    wait_for("the woken instance to stand by", Duration::from_secs(20), || {
+        leader.log()[paused_at..].contains("standing by").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(10));
+    let after = leader.log()[paused_at..].to_string();
+    // A round that was due when it woke is refused by its fencing token, and says so.
+    for line in after.lines().filter(|l| l.contains("ctl3: snapshot") || l.contains("backup FAILED")) {
+        assert!(
+            line.contains("not the leader any more") && line.contains("did nothing"),
+            "the woken instance backed up as if it led: {line}\n{after}"
+        );
+    }
+    other.until("the current leader's backup", Duration::from_secs(30), "ctl3: snapshot");
+    drop((leader, others));
 }
