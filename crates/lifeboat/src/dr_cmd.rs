@@ -249,13 +249,14 @@ pub fn check(ctx: &Ctx, plan: &Path) -> Result<bool> {
     let plan_v = Plan::load(plan)?;
     let dir = plan.parent().unwrap_or(Path::new(".")).to_path_buf();
     let repo = load(ctx, plan).map(|l| l.repo);
-    let router = lifeboat_server::routers(dir);
-    let results = check::run(
+    let router = lifeboat_server::routers(dir.clone());
+    let mut results = check::run(
         &plan_v,
         repo.as_ref().map_err(crate::error_line),
         &platform::connector(&plan_v),
         &*router,
     );
+    results.extend(lifeboat_server::coord::check(&plan_v, &dir));
     let ok = results.iter().all(|r| r.status != check::Status::Fail);
     ctx.print(
         json!({ "plan": plan_v.metadata.name, "ok": ok, "checks": results }),

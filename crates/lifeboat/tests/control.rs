@@ -248,6 +248,13 @@ fn the_survivors_elect_a_leader_and_fail_over_once_when_the_primary_site_dies_wi
     for s in [&sb, &sc] {
         s.until("the others to follow a", Duration::from_secs(30), "following a");
     }
+    // plan check shows the coordination as etcd holds it.
+    let check = app.ok(&["plan", "check"]);
+    let line = check.lines().find(|l| l.contains("coordination")).unwrap_or_default().to_string();
+    assert!(
+        line.contains("a leads (term") && line.contains("3 of 3 instances run") && line.contains("guarded sites: a, b"),
+        "{check}"
+    );
     // Let every instance probe a few rounds (their verdicts: up).
     std::thread::sleep(Duration::from_secs(3));
     let killed = Instant::now();

@@ -231,6 +231,16 @@ pub fn run(
             None
         }
     };
+    if plan.coordination.is_none() {
+        out.push(line(
+            None,
+            "controller",
+            Status::Warn,
+            "one `serve` process controls this plan: if its machine is lost (with the primary site, or alone), \
+             nothing backs up, fails over or drills; add `coordination:` (an etcd cluster) and run `serve` on each \
+             site and on a witness site (docs/dr.md, \"Control plane\")",
+        ));
+    }
     let mut load = Load::new();
     let mut platforms: BTreeMap<(String, String), Option<Arc<dyn Platform>>> = BTreeMap::new();
     for app in &plan.apps {
@@ -250,7 +260,27 @@ pub fn run(
                 })
                 .clone()
         };
-        if app.profile == Profile::Dr && !app.health.is_empty() && plan.witness.is_none() {
+        if let (Some(c), Some(grace)) = (&plan.coordination, app.stop_grace) {
+            let room = c.ttl().saturating_sub(c.self_fence_after());
+            if grace.0 >= room {
+                out.push(line(
+                    Some(a),
+                    "self-fence",
+                    Status::Warn,
+                    format!(
+                        "stop_grace {:?} is not shorter than the lease TTL less self_fence_after ({room:?}): a self-fence \
+                         may still be stopping the app when another instance starts it elsewhere; shorten stop_grace \
+                         or lengthen coordination.etcd.ttl",
+                        grace.0
+                    ),
+                ));
+            }
+        }
+        if app.profile == Profile::Dr
+            && !app.health.is_empty()
+            && plan.witness.is_none()
+            && plan.coordination.is_none()
+        {
             out.push(line(
                 Some(a),
                 "witness",

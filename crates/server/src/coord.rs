@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use lifeboat_etcd::coord::{Campaign, CoordError, Coordinator, Term};
 use lifeboat_etcd::Endpoint;
+use lifeboat_orchestrator::check::{CheckResult, Status};
 use lifeboat_orchestrator::leadership::Leadership;
 use lifeboat_orchestrator::watch::{self, BoxFuture, Freshness, Verdict, WitnessReport};
 use lifeboat_orchestrator::OrchestratorError;
@@ -91,6 +92,95 @@ fn plan_digest(plan: &Plan) -> String {
     d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A client of the plan's coordination cluster (TLS files found from `plan_dir`).
+fn coordinator(plan: &Plan, c: &lifeboat_plan::Coordination, plan_dir: &Path) -> Result<Coordinator, CoordError> {
+    let file = |f: &Option<std::path::PathBuf>| f.as_ref().map(|p| plan_dir.join(p));
+    let endpoints: Vec<Endpoint> = c
+        .etcd
+        .endpoints
+        .iter()
+        .map(|url| Endpoint {
+            url: url.clone(),
+            cacert: file(&c.etcd.ca),
+            cert: file(&c.etcd.cert),
+            key: file(&c.etcd.key),
+        })
+        .collect();
+    Coordinator::new(&endpoints, &format!("lifeboat/{}/", plan.metadata.name))
+}
+
+/// `plan check`'s line about the plan's coordination as etcd holds it now: who leads, which
+/// instances run and which sites are guarded. Fails when etcd cannot be read, warns when fewer
+/// instances run than vote or an app's primary has no guard (none without `coordination`).
+pub fn check(plan: &Plan, plan_dir: &Path) -> Option<CheckResult> {
+    let c = plan.coordination.as_ref()?;
+    let read = || -> Result<(String, Status), CoordError> {
+        let coord = coordinator(plan, c, plan_dir)?;
+        let leader = coord.leader()?;
+        let members: Vec<Member> = coord
+            .list("instances/")?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect();
+        let guards: Vec<String> = coord
+            .list("guards/")?
+            .into_iter()
+            .filter_map(|(k, _)| k.strip_prefix("guards/").map(str::to_string))
+            .collect();
+        let names: Vec<String> = members
+            .iter()
+            .map(|m| match &m.site {
+                Some(s) => format!("{} (site {s})", m.name),
+                None => m.name.clone(),
+            })
+            .collect();
+        let mut status = Status::Ok;
+        let mut detail = format!(
+            "{}; {} of {} instances run: {}; guarded sites: {}",
+            match &leader {
+                Some(l) => format!("{} leads (term {})", l.holder, l.term.revision),
+                None => "nobody leads".into(),
+            },
+            members.len(),
+            c.voters(),
+            if names.is_empty() { "none".into() } else { names.join(", ") },
+            if guards.is_empty() { "none".into() } else { guards.join(", ") },
+        );
+        if leader.is_none() || (members.len() as u32) < c.majority() {
+            status = Status::Warn;
+            detail += "; with fewer than a majority running, no failover can be decided";
+        }
+        let unguarded: Vec<&str> = plan
+            .apps
+            .iter()
+            .map(|a| a.primary.value.as_str())
+            .filter(|p| !guards.iter().any(|g| g == p))
+            .collect();
+        if !unguarded.is_empty() {
+            status = Status::Warn;
+            detail += &format!(
+                "; no instance guards {} (run `serve --site` there): an unreachable primary there is failed over only by hand",
+                unguarded.join(", ")
+            );
+        }
+        Ok((detail, status))
+    };
+    Some(match read() {
+        Ok((detail, status)) => CheckResult {
+            app: None,
+            check: "coordination".into(),
+            status,
+            detail,
+        },
+        Err(e) => CheckResult {
+            app: None,
+            check: "coordination".into(),
+            status: Status::Fail,
+            detail: e.to_string(),
+        },
+    })
+}
+
 fn coordination_error(source: CoordError) -> ServerError {
     ServerError::Coordination { source }
 }
@@ -106,20 +196,7 @@ impl Coordination {
         if me.name.is_empty() || me.name.contains('/') {
             return Err(ServerError::InstanceName { name: me.name });
         }
-        let file = |f: &Option<std::path::PathBuf>| f.as_ref().map(|p| plan_dir.join(p));
-        let endpoints: Vec<Endpoint> = c
-            .etcd
-            .endpoints
-            .iter()
-            .map(|url| Endpoint {
-                url: url.clone(),
-                cacert: file(&c.etcd.ca),
-                cert: file(&c.etcd.cert),
-                key: file(&c.etcd.key),
-            })
-            .collect();
-        let coord =
-            Coordinator::new(&endpoints, &format!("lifeboat/{}/", plan.metadata.name)).map_err(coordination_error)?;
+        let coord = coordinator(plan, c, plan_dir).map_err(coordination_error)?;
         let me_ = Coordination {
             coord,
             digest: plan_digest(plan),
