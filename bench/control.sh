@@ -18,7 +18,7 @@ trap 'rm -f "$out"' EXIT
 for r in $(seq "$ROUNDS"); do
   echo "round $r of $ROUNDS ..." >&2
   cargo test -q -p lifeboat --features lab --test control -- --nocapture --test-threads 1 2>&1 \
-    | grep -E '^(leader killed|site a killed|last write on a)' >> "$out" || true
+    | grep -oE '(leader killed|site a killed|last write on a).*' >> "$out" || true
 done
 python3 - "$out" <<'PY'
 import re, sys
