@@ -16,11 +16,22 @@ pub struct Cli {
     /// Print results as JSON on stdout
     #[arg(long, global = true)]
     pub json: bool,
+    /// How log lines look on stderr: `human` (default) or `json` (one object per line, with the
+    /// event's kind, app and site as fields; what `serve`, `watch` and `sync` report goes there)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
     /// Wait up to this many seconds for a conflicting lock to be released
     #[arg(long, global = true, default_value_t = 0, value_name = "SECONDS")]
     pub lock_wait: u64,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The format of log lines.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]

@@ -25,6 +25,8 @@ pub(crate) struct Ctx {
     pub(crate) password_file: Option<PathBuf>,
     pub(crate) json: bool,
     pub(crate) lock_wait: Duration,
+    /// Log lines as JSON objects (`--log-format json`).
+    pub(crate) log_json: bool,
 }
 
 fn default_location() -> String {
@@ -95,6 +97,7 @@ pub fn run(args: Cli) -> Result<bool> {
         password_file: args.password_file.clone(),
         json: args.json,
         lock_wait: Duration::from_secs(args.lock_wait),
+        log_json: args.log_format == crate::cli::LogFormat::Json,
     };
     match args.command {
         Command::Repo(RepoCmd::Init) => init(&ctx),

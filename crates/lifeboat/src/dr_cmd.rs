@@ -351,9 +351,19 @@ pub fn serve(ctx: &Ctx, plan_path: &Path, args: &ServeArgs) -> Result<bool> {
 /// on stdout with `--json` (a failover's step lines only without it).
 fn server(ctx: &Ctx, plan_path: &Path) -> Result<Arc<Server>> {
     let l = load(ctx, plan_path)?;
-    let json = ctx.json;
+    let (json, log_json) = (ctx.json, ctx.log_json);
     let events = Arc::new(move |e: Event| {
         let now = OffsetDateTime::now_utc();
+        if log_json {
+            // Structured: one object per line on stderr, through tracing (main set it up).
+            let (kind, app) = (e.kind(), e.app().unwrap_or(""));
+            if e.is_failure() {
+                tracing::warn!(kind, app, "{e}");
+            } else {
+                tracing::info!(kind, app, "{e}");
+            }
+            return;
+        }
         match (&e, json) {
             (Event::Progress { .. }, true) => {}
             (Event::Progress { line }, false) => eprintln!("  {line}"),

@@ -15,7 +15,41 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // Warnings (and worse) of every crate go to stderr, as `lifeboat: warning: ...`.
+    let args = cli::Cli::parse();
+    logs(args.log_format);
+    let json = args.json;
+    let log_json = args.log_format == cli::LogFormat::Json;
+    match commands::run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            let msg = error_line(&e);
+            if json && !std::io::stdout().is_terminal() {
+                println!("{}", serde_json::json!({ "error": msg }));
+            }
+            if log_json {
+                tracing::error!("{msg}");
+            } else {
+                eprintln!("lifeboat: error: {msg}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Log lines on stderr. Human: warnings (and worse) of every crate as `lifeboat: warning: ...`
+/// (a daemon's events are printed by its command). JSON: one object per line from `info` up, with
+/// the time, level, message and fields (a daemon's events come through here with their kind).
+fn logs(format: cli::LogFormat) {
+    if format == cli::LogFormat::Json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::INFO)
+            .with_target(false)
+            .init();
+        return;
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::WARN)
@@ -33,20 +67,6 @@ fn main() -> ExitCode {
             }
         }))
         .init();
-    let args = cli::Cli::parse();
-    let json = args.json;
-    match commands::run(args) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            let msg = error_line(&e);
-            if json && !std::io::stdout().is_terminal() {
-                println!("{}", serde_json::json!({ "error": msg }));
-            }
-            eprintln!("lifeboat: error: {msg}");
-            ExitCode::from(1)
-        }
-    }
 }
 
 /// An error and its causes in one line: each cause is added unless the line already says it

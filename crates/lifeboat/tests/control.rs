@@ -250,7 +250,11 @@ fn the_survivors_elect_a_leader_and_fail_over_once_when_the_primary_site_dies_wi
     }
     // plan check shows the coordination as etcd holds it.
     let check = app.ok(&["plan", "check"]);
-    let line = check.lines().find(|l| l.contains("coordination")).unwrap_or_default().to_string();
+    let line = check
+        .lines()
+        .find(|l| l.contains("coordination"))
+        .unwrap_or_default()
+        .to_string();
     assert!(
         line.contains("a leads (term") && line.contains("3 of 3 instances run") && line.contains("guarded sites: a, b"),
         "{check}"
@@ -405,7 +409,10 @@ fn a_partitioned_primary_fences_itself_before_the_standby_starts_and_no_write_la
 
 /// Sends `signal` to a serve instance.
 fn signal(s: &Serve, signal: &str) {
-    let o = Command::new("kill").args([signal, &s.child.id().to_string()]).output().unwrap();
+    let o = Command::new("kill")
+        .args([signal, &s.child.id().to_string()])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "kill {signal}");
 }
 
@@ -433,7 +440,10 @@ fn a_killed_leader_is_replaced_within_its_lease_and_one_paused_past_it_does_noth
         others.iter().position(|s| s.log().contains("leading (term"))
     });
     let took = killed.elapsed();
-    eprintln!("leader killed to new leader: {:.1} s (lease TTL 10 s)", took.as_secs_f64());
+    eprintln!(
+        "leader killed to new leader: {:.1} s (lease TTL 10 s)",
+        took.as_secs_f64()
+    );
     assert!(took < Duration::from_secs(13), "{took:?}");
     let leader = others.remove(next);
     // Its schedule goes on from the last recovery point.
@@ -453,7 +463,10 @@ fn a_killed_leader_is_replaced_within_its_lease_and_one_paused_past_it_does_noth
     std::thread::sleep(Duration::from_secs(10));
     let after = leader.log()[paused_at..].to_string();
     // A round that was due when it woke is refused by its fencing token, and says so.
-    for line in after.lines().filter(|l| l.contains("ctl3: snapshot") || l.contains("backup FAILED")) {
+    for line in after
+        .lines()
+        .filter(|l| l.contains("ctl3: snapshot") || l.contains("backup FAILED"))
+    {
         assert!(
             line.contains("not the leader any more") && line.contains("did nothing"),
             "the woken instance backed up as if it led: {line}\n{after}"

@@ -276,10 +276,7 @@ pub fn run(
                 ));
             }
         }
-        if app.profile == Profile::Dr
-            && !app.health.is_empty()
-            && plan.witness.is_none()
-            && plan.coordination.is_none()
+        if app.profile == Profile::Dr && !app.health.is_empty() && plan.witness.is_none() && plan.coordination.is_none()
         {
             out.push(line(
                 Some(a),

@@ -143,8 +143,16 @@ pub fn check(plan: &Plan, plan_dir: &Path) -> Option<CheckResult> {
             },
             members.len(),
             c.voters(),
-            if names.is_empty() { "none".into() } else { names.join(", ") },
-            if guards.is_empty() { "none".into() } else { guards.join(", ") },
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            },
+            if guards.is_empty() {
+                "none".into()
+            } else {
+                guards.join(", ")
+            },
         );
         if leader.is_none() || (members.len() as u32) < c.majority() {
             status = Status::Warn;

@@ -167,6 +167,74 @@ pub enum Event {
     NotScheduled { app: String, why: String },
 }
 
+impl Event {
+    /// The event's kind, for structured logs (`--log-format json`).
+    pub fn kind(&self) -> &'static str {
+        use watch::Event as W;
+        match self {
+            Event::Scheduled { .. } => "scheduled",
+            Event::BackedUp { .. } => "backed_up",
+            Event::Synced { .. } => "synced",
+            Event::Watching { .. } => "watching",
+            Event::NotWatching { .. } => "not_watching",
+            Event::Witnessing { .. } => "witnessing",
+            Event::WitnessSkipped { .. } => "witness_skipped",
+            Event::Watch(W::Failing { .. }) => "probe_failed",
+            Event::Watch(W::Down { .. }) => "down",
+            Event::Watch(W::Up { .. }) => "up",
+            Event::Watch(W::WitnessRefused { .. }) => "failover_refused",
+            Event::Watch(W::FailedOver { .. }) => "failed_over",
+            Event::Watch(W::FailoverFailed { .. }) => "failover_failed",
+            Event::Watch(W::Resumed { .. }) => "resumed",
+            Event::Progress { .. } => "progress",
+            Event::Stopping => "stopping",
+            Event::Leading { .. } => "leading",
+            Event::Following { .. } => "following",
+            Event::CutOff { .. } => "cut_off",
+            Event::StandingBy => "standing_by",
+            Event::SelfFenced { .. } => "self_fenced",
+            Event::SelfFenceFailed { .. } => "self_fence_failed",
+            Event::NotScheduled { .. } => "not_scheduled",
+        }
+    }
+
+    /// The app it is about, if one.
+    pub fn app(&self) -> Option<&str> {
+        use watch::Event as W;
+        match self {
+            Event::Scheduled { app, .. }
+            | Event::BackedUp { app, .. }
+            | Event::WitnessSkipped { app, .. }
+            | Event::SelfFenced { app, .. }
+            | Event::SelfFenceFailed { app, .. }
+            | Event::NotScheduled { app, .. }
+            | Event::Watch(
+                W::Failing { app, .. }
+                | W::Down { app }
+                | W::Up { app }
+                | W::WitnessRefused { app, .. }
+                | W::FailedOver { app, .. }
+                | W::FailoverFailed { app, .. }
+                | W::Resumed { app, .. },
+            ) => Some(app),
+            _ => None,
+        }
+    }
+
+    /// Whether it reports a failure (logged as a warning).
+    pub fn is_failure(&self) -> bool {
+        use watch::Event as W;
+        matches!(
+            self,
+            Event::NotWatching { .. }
+                | Event::CutOff { .. }
+                | Event::SelfFenceFailed { .. }
+                | Event::NotScheduled { .. }
+                | Event::Watch(W::FailoverFailed { .. } | W::Failing { .. })
+        ) || matches!(self, Event::BackedUp { summary, .. } | Event::Synced { summary } if summary.contains("FAILED"))
+    }
+}
+
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use watch::Event as W;
