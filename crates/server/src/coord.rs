@@ -511,7 +511,7 @@ impl watch::Witness for QuorumWitness {
                         .entry((app.clone(), instance.clone()))
                         .or_default()
                         .observe(Some(r), now);
-                    if r.site != site || !ago.is_some_and(|a| a <= self.max_age) {
+                    if r.site != site || ago.is_none_or(|a| a > self.max_age) {
                         continue;
                     }
                     if r.down {
