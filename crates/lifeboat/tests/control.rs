@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::lab::{docker_sites, http_get, wait_for, Site};
+use common::lab::{docker_sites, http_get, point, resolve, wait_for, Site};
 use common::PASSWORD;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -26,40 +26,7 @@ fn lab_var(name: &str) -> String {
 /// Three Docker sites, DNS and the coordination etcd (and Kubernetes again when the lab runs it:
 /// `kill` takes a site's control plane down too). `up` starts only what is missing.
 fn lab_up() {
-    let mut args = vec!["up", "--docker", "3", "--dns", "--etcd"];
-    if lifeboat_lab_support::var("LAB_KUBE_SITES").is_some_and(|k| !k.is_empty()) {
-        args.extend(["--kube", "2"]);
-    }
-    let mut o = Command::new(lab()).args(&args).output().unwrap();
-    for _ in 0..2 {
-        if o.status.success() {
-            break;
-        }
-        eprintln!("lab up failed, once more: {}", String::from_utf8_lossy(&o.stderr));
-        o = Command::new(lab()).args(&args).output().unwrap();
-    }
-    assert!(o.status.success(), "lab up: {}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn resolve(name: &str) -> String {
-    let o = Command::new("dig")
-        .args(["+short", "-p", "5353", "@127.0.0.1", &format!("{name}.lab.test."), "A"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn point(name: &str, addr: &str) {
-    let script = format!(
-        "server 127.0.0.1 5353\nzone lab.test.\nupdate delete {name}.lab.test. A\nupdate add {name}.lab.test. 5 A {addr}\nsend\n"
-    );
-    let mut c = Command::new("nsupdate")
-        .args(["-k", &lab_var("LAB_DNS_KEY")])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(c.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
-    assert!(c.wait().unwrap().success(), "nsupdate failed");
+    common::lab::lab_up(&["--docker", "3", "--dns", "--etcd"]);
 }
 
 /// A web app with a data volume on site a, staged on b as a hot standby, in a plan whose serve
@@ -144,7 +111,7 @@ impl App {
             ),
         )
         .unwrap();
-        point(name, &a.addr);
+        point(name, &a.addr, &lab_var("LAB_DNS_KEY"));
         App {
             name,
             port,

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::lab::{docker_sites, http_get, kube_sites, wait_for, KubeSite, Site};
+use common::lab::{docker_sites, http_get, kube_sites, point, resolve, wait_for, KubeSite, Site};
 use common::PASSWORD;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -29,43 +29,7 @@ fn lab_var(name: &str) -> String {
 
 /// Brings every site back after `lab kill` (with Kubernetes too when the lab runs it).
 fn revive() {
-    let mut args = vec!["up", "--docker", "2", "--dns"];
-    let kube = lab_var("LAB_KUBE_SITES");
-    if !kube.is_empty() {
-        args.extend(["--kube", "2"]);
-    }
-    // On a loaded machine a daemon can miss its start timeout; `up` starts only what is missing.
-    let mut o = Command::new(lab()).args(&args).output().unwrap();
-    for _ in 0..2 {
-        if o.status.success() {
-            break;
-        }
-        eprintln!("lab up failed, once more: {}", String::from_utf8_lossy(&o.stderr));
-        o = Command::new(lab()).args(&args).output().unwrap();
-    }
-    assert!(o.status.success(), "lab up: {}", String::from_utf8_lossy(&o.stderr));
-}
-
-/// The address the lab's DNS server gives for NAME.lab.test.
-fn resolve(name: &str) -> String {
-    let o = Command::new("dig")
-        .args(["+short", "-p", "5353", "@127.0.0.1", &format!("{name}.lab.test."), "A"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn point(name: &str, addr: &str) {
-    let script = format!(
-        "server 127.0.0.1 5353\nzone lab.test.\nupdate delete {name}.lab.test. A\nupdate add {name}.lab.test. 5 A {addr}\nsend\n"
-    );
-    let mut c = Command::new("nsupdate")
-        .args(["-k", &lab_var("LAB_DNS_KEY")])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(c.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
-    assert!(c.wait().unwrap().success(), "nsupdate failed");
+    common::lab::lab_up(&["--docker", "2", "--dns"]);
 }
 
 /// One test's app: a web server with a data volume (items via CGI) and optionally PostgreSQL.
@@ -170,7 +134,7 @@ impl App {
             ),
         )
         .unwrap();
-        point(name, &a.addr);
+        point(name, &a.addr, &lab_var("LAB_DNS_KEY"));
         App {
             name,
             port,
@@ -1260,7 +1224,7 @@ spec:
             ),
         )
         .unwrap();
-        point(ns, &a.addr);
+        point(ns, &a.addr, &lab_var("LAB_DNS_KEY"));
         KubeApp {
             ns,
             port,

@@ -92,6 +92,24 @@ fn plan_digest(plan: &Plan) -> String {
     d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The running instances' records.
+fn members(coord: &Coordinator) -> Result<Vec<Member>, CoordError> {
+    Ok(coord
+        .list("instances/")?
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .collect())
+}
+
+/// The guards, by the site they guard.
+fn guards(coord: &Coordinator) -> Result<Vec<(String, Guard)>, CoordError> {
+    Ok(coord
+        .list("guards/")?
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("guards/")?.to_string(), serde_json::from_slice(&v).ok()?)))
+        .collect())
+}
+
 /// A client of the plan's coordination cluster (TLS files found from `plan_dir`).
 fn coordinator(plan: &Plan, c: &lifeboat_plan::Coordination, plan_dir: &Path) -> Result<Coordinator, CoordError> {
     let file = |f: &Option<std::path::PathBuf>| f.as_ref().map(|p| plan_dir.join(p));
@@ -117,16 +135,8 @@ pub fn check(plan: &Plan, plan_dir: &Path) -> Option<CheckResult> {
     let read = || -> Result<(String, Status), CoordError> {
         let coord = coordinator(plan, c, plan_dir)?;
         let leader = coord.leader()?;
-        let members: Vec<Member> = coord
-            .list("instances/")?
-            .into_iter()
-            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-            .collect();
-        let guards: Vec<String> = coord
-            .list("guards/")?
-            .into_iter()
-            .filter_map(|(k, _)| k.strip_prefix("guards/").map(str::to_string))
-            .collect();
+        let members = members(&coord)?;
+        let guards: Vec<String> = guards(&coord)?.into_iter().map(|(site, _)| site).collect();
         let names: Vec<String> = members
             .iter()
             .map(|m| match &m.site {
@@ -158,12 +168,14 @@ pub fn check(plan: &Plan, plan_dir: &Path) -> Option<CheckResult> {
             status = Status::Warn;
             detail += "; with fewer than a majority running, no failover can be decided";
         }
-        let unguarded: Vec<&str> = plan
+        let mut unguarded: Vec<&str> = plan
             .apps
             .iter()
             .map(|a| a.primary.value.as_str())
             .filter(|p| !guards.iter().any(|g| g == p))
             .collect();
+        unguarded.sort_unstable();
+        unguarded.dedup();
         if !unguarded.is_empty() {
             status = Status::Warn;
             detail += &format!(
@@ -222,7 +234,7 @@ impl Coordination {
             let _ = me_.coord.revoke(lease);
             Err(e)
         };
-        let members = match me_.members() {
+        let members = match members(&me_.coord) {
             Ok(m) => m,
             Err(e) => return refuse(coordination_error(e)),
         };
@@ -243,16 +255,6 @@ impl Coordination {
         }
         *me_.contact.lock().unwrap() = Instant::now();
         Ok(me_)
-    }
-
-    /// The running instances' records.
-    fn members(&self) -> Result<Vec<Member>, CoordError> {
-        Ok(self
-            .coord
-            .list("instances/")?
-            .into_iter()
-            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-            .collect())
     }
 
     /// Publishes this instance's record under `lease`, and its guard.
@@ -430,20 +432,16 @@ impl Leadership for Coordination {
 
     fn site_fenced(&self, site: &str) -> Option<Result<String, String>> {
         let read = || -> Result<Result<String, String>, CoordError> {
-            let key = format!("guards/{site}");
-            let Some(guard) = self
-                .coord
-                .list(&key)?
-                .into_iter()
-                .find(|(k, _)| *k == key)
-                .and_then(|(_, v)| serde_json::from_slice::<Guard>(&v).ok())
-            else {
+            let Some((_, guard)) = guards(&self.coord)?.into_iter().find(|(s, _)| s == site) else {
                 return Ok(Err(format!(
                     "no serve instance guards site {site} (none runs there with --site {site}), so nothing stopped the \
                      app there"
                 )));
             };
-            if let Some(m) = self.members()?.into_iter().find(|m| m.site.as_deref() == Some(site)) {
+            if let Some(m) = members(&self.coord)?
+                .into_iter()
+                .find(|m| m.site.as_deref() == Some(site))
+            {
                 return Ok(Err(format!(
                     "instance {} on site {site} still holds its lease: it reaches etcd and has not fenced itself",
                     m.name

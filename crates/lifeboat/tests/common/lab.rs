@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lifeboat_lab_support::env as lab_env;
@@ -303,4 +303,47 @@ impl KubeSite {
         let (ok, out, _) = self.kubectl_try(&args, None);
         ok.then(|| serde_json::from_str(&out).expect("kubectl prints JSON"))
     }
+}
+
+/// `lab/lab up ARGS` (with `--kube 2` too when the lab runs Kubernetes: `kill` takes a site's
+/// control plane down as well), tried three times: on a loaded machine a daemon can miss its start
+/// timeout, and `up` starts only what is missing.
+pub fn lab_up(args: &[&str]) {
+    let mut args: Vec<&str> = [&["up"][..], args].concat();
+    if lifeboat_lab_support::var("LAB_KUBE_SITES").is_some_and(|k| !k.is_empty()) {
+        args.extend(["--kube", "2"]);
+    }
+    let lab = lifeboat_lab_support::script();
+    let mut o = Command::new(&lab).args(&args).output().unwrap();
+    for _ in 0..2 {
+        if o.status.success() {
+            break;
+        }
+        eprintln!("lab up failed, once more: {}", String::from_utf8_lossy(&o.stderr));
+        o = Command::new(&lab).args(&args).output().unwrap();
+    }
+    assert!(o.status.success(), "lab up: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The address the lab's DNS server gives for NAME.lab.test.
+pub fn resolve(name: &str) -> String {
+    let o = Command::new("dig")
+        .args(["+short", "-p", "5353", "@127.0.0.1", &format!("{name}.lab.test."), "A"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Points NAME.lab.test. at `addr` (an RFC 2136 update signed with the lab's key, `key`).
+pub fn point(name: &str, addr: &str, key: &str) {
+    let script = format!(
+        "server 127.0.0.1 5353\nzone lab.test.\nupdate delete {name}.lab.test. A\nupdate add {name}.lab.test. 5 A {addr}\nsend\n"
+    );
+    let mut c = Command::new("nsupdate")
+        .args(["-k", key])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(c.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    assert!(c.wait().unwrap().success(), "nsupdate failed");
 }
