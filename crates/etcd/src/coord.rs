@@ -41,7 +41,7 @@ pub enum CoordError {
     Tls(String),
     /// None of the endpoints answered (refused, no route, timed out). Nothing was changed;
     /// retrying may help once a quorum of etcd answers.
-    #[error("coordination: no etcd endpoint answers ({endpoints}): {reason}")]
+    #[error("coordination: no etcd endpoint answers: {reason}")]
     Unreachable { endpoints: String, reason: String },
     /// An endpoint answered with an error (a bad request, no quorum, an unknown lease).
     #[error("coordination: etcd at {endpoint} refused {what}: {reason}")]
@@ -176,6 +176,19 @@ fn kvs(range: &Value) -> Vec<Kv> {
         .collect()
 }
 
+/// Why a request got no answer, in a few words: the innermost cause (`Connection refused (os
+/// error 111)`, `timed out`), else the kind of failure.
+fn transport_reason(t: &ureq::Transport) -> String {
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(t);
+    let mut last = None;
+    while let Some(c) = cause {
+        last = Some(c.to_string());
+        cause = c.source();
+    }
+    last.or_else(|| t.message().map(str::to_string))
+        .unwrap_or_else(|| t.kind().to_string())
+}
+
 impl Coordinator {
     /// A client for the keys under `prefix` on the etcd cluster at `endpoints`. Nothing is sent
     /// yet; TLS files are read here.
@@ -256,7 +269,7 @@ impl Coordinator {
                         reason: format!("{msg} (HTTP {code})"),
                     });
                 }
-                Err(e) => failures.push(format!("{url}: {e}")),
+                Err(ureq::Error::Transport(t)) => failures.push(format!("{url}: {}", transport_reason(&t))),
             }
         }
         Err(CoordError::Unreachable {

@@ -111,7 +111,7 @@ pub enum Command {
         /// Only this app (default: every dr app)
         #[arg(long)]
         app: Option<String>,
-        /// Recover on this site (default: the app's standby)
+        /// Recover on this site (default: the app's drill.site, else its standby)
         #[arg(long)]
         site: Option<String>,
         /// Write the report here: NAME.md, NAME.json, NAME.xml (JUnit) and NAME.html
@@ -120,6 +120,13 @@ pub enum Command {
         /// Longest wait for the copy to become healthy, in seconds
         #[arg(long, default_value_t = 300)]
         health_timeout: u64,
+    },
+    /// List the drills the repository holds for a plan's apps, newest first, with their result
+    Drills {
+        plan: PathBuf,
+        /// Only this app
+        #[arg(long)]
+        app: Option<String>,
     },
     /// List snapshots
     Snapshots,

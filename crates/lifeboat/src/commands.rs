@@ -256,6 +256,7 @@ pub fn run(args: Cli) -> Result<bool> {
             report,
             health_timeout,
         } => dr_cmd::drill(&ctx, &plan, app.as_deref(), site, report.as_deref(), health_timeout),
+        Command::Drills { plan, app } => dr_cmd::drills(&ctx, &plan, app.as_deref()),
     }
 }
 

@@ -234,6 +234,43 @@ pub fn drill(
     })
 }
 
+/// `drills PLAN`: each app's drills as the repository holds them, newest first.
+pub fn drills(ctx: &Ctx, plan: &Path, app: Option<&str>) -> Result<bool> {
+    let s = server(ctx, plan)?;
+    s.with_env(false, |env| {
+        let mut all = Vec::new();
+        for a in apps(env.plan, app)? {
+            all.extend(lifeboat_orchestrator::drills::history(env.repo, env.plan, a)?);
+        }
+        ctx.print(
+            json!({ "plan": env.plan.metadata.name, "drills": all.iter().map(|d| d.to_json()).collect::<Vec<_>>() }),
+            || {
+                if all.is_empty() {
+                    println!("no drills yet (lifeboat drill PLAN, or drill.every in the plan)");
+                }
+                for d in &all {
+                    let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} s"));
+                    println!(
+                        "{}  {}  on {}  {:?}  RTO {}  RPO {}{}",
+                        d.op.id,
+                        d.op.app,
+                        d.op.to,
+                        d.outcome(),
+                        secs(lifeboat_orchestrator::report::rto_seconds(&d.op)),
+                        secs(d.op.rpo_seconds()),
+                        if d.problems.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  ({})", d.problems.join("; "))
+                        }
+                    );
+                }
+            },
+        );
+        Ok(true)
+    })
+}
+
 pub fn runbook(ctx: &Ctx, plan: &Path, out: Option<&Path>) -> Result<bool> {
     let plan_v = Plan::load(plan)?;
     let text = runbook::markdown(&plan_v, plan);
@@ -258,10 +295,12 @@ pub fn check(ctx: &Ctx, plan: &Path) -> Result<bool> {
     );
     results.extend(lifeboat_server::coord::check(&plan_v, &dir));
     let ok = results.iter().all(|r| r.status != check::Status::Fail);
+    let readiness = check::readiness(&plan_v, &results);
     ctx.print(
-        json!({ "plan": plan_v.metadata.name, "ok": ok, "checks": results }),
+        json!({ "plan": plan_v.metadata.name, "ok": ok, "checks": results, "readiness": readiness }),
         || {
             print!("{}", check::table(&results));
+            print!("{}", check::readiness_table(&readiness));
             println!("{}", if ok { "plan check passed" } else { "plan check FAILED" });
         },
     );

@@ -139,6 +139,12 @@ impl App {
         String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
     }
 
+    /// `plan check --json`, passed or not.
+    fn check(&self) -> serde_json::Value {
+        let o = self.cmd(&["--json", "plan", "check"]).output().unwrap();
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+    }
+
     /// `lifeboat serve` inside `site`'s network namespace as instance `site`, guarding it when
     /// `guards` (a witness elsewhere does not).
     fn serve_in(&self, site: &str, guards: bool) -> Serve {
@@ -441,4 +447,173 @@ fn a_killed_leader_is_replaced_within_its_lease_and_one_paused_past_it_does_noth
     }
     other.until("the current leader's backup", Duration::from_secs(30), "ctl3: snapshot");
     drop((leader, others));
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
+fn the_leader_drills_on_its_schedule_lists_the_report_and_the_app_reads_readiness_level_3() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    lab_up();
+    let sites = docker_sites(3);
+    let app = App::new(
+        &sites[..2],
+        "ctl4",
+        8194,
+        "    backup: {every: 1h}\n    drill: {every: 1h, keep: 3}\n",
+    );
+    assert!(app.ok(&["backup", "--plan"]).contains("staged on b"));
+    // Before any drill: level 1 at most, and the check says what level 2 needs.
+    let before = app.check();
+    let r = &before["readiness"][0];
+    assert!(r["level"].as_u64().unwrap() <= 1, "{r}");
+    let sa = app.serve_in("a", true);
+    sa.until("a to lead", Duration::from_secs(30), "leading (term");
+    let others = [app.serve_in("b", true), app.serve_in("c", false)];
+    for s in &others {
+        s.until("the others to follow a", Duration::from_secs(30), "following a");
+    }
+    // Never drilled: the first drill is due at once, on the leader only.
+    sa.until(
+        "the drill schedule",
+        Duration::from_secs(10),
+        "ctl4: drill every 1h 0m, next in 0s",
+    );
+    wait_for("the scheduled drill", Duration::from_secs(240), || {
+        let l = sa.log();
+        l.lines()
+            .find(|l| l.contains("ctl4: drill ") && (l.contains("passed") || l.contains("FAILED")))
+            .map(str::to_string)
+    });
+    let log = sa.log();
+    let line = log.lines().find(|l| l.contains("ctl4: drill 2")).unwrap_or_default();
+    assert!(line.contains("on b passed (RTO "), "{log}");
+    for s in &others {
+        assert!(!s.log().contains("ctl4: drill"), "a follower drilled: {}", s.log());
+    }
+    let listed: serde_json::Value = serde_json::from_str(&app.ok(&["--json", "drills"])).unwrap();
+    let drills = listed["drills"].as_array().unwrap();
+    assert_eq!(drills.len(), 1, "{listed}");
+    assert_eq!(drills[0]["outcome"], "passed", "{listed}");
+    assert_eq!(drills[0]["site"], "b");
+    assert!(drills[0]["rto_seconds"].as_f64().is_some(), "{listed}");
+    // Everything level 3 asks for is there: coordination of 3 running instances, health probes,
+    // DNS traffic, the drill schedule with a drill that passed.
+    let check = app.check();
+    let r = &check["readiness"][0];
+    assert_eq!(
+        (r["app"].as_str(), r["level"].as_u64()),
+        (Some("ctl4"), Some(3)),
+        "{check:#}"
+    );
+    assert_eq!(r["name"], "automated");
+    let drill = check["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "drill")
+        .unwrap();
+    assert_eq!(drill["status"], "ok", "{drill}");
+    assert_eq!(check["ok"], true, "{check:#}");
+    let text = app.ok(&["plan", "check"]);
+    assert!(text.contains("readiness ctl4: level 3 (automated)"), "{text}");
+    drop((sa, others));
+}
+
+/// Adds (`-I`) or removes (`-D`) a rule in `site`'s namespace that refuses its connections to
+/// `addr:port`.
+fn refuse_from(site: &str, op: &str, addr: &str, port: u16) {
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("lifeboat-{site}"),
+            "iptables",
+            op,
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            addr,
+        ])
+        .args(["--dport", &port.to_string(), "-j", "REJECT"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "iptables {op}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
+fn probes_that_flap_on_a_minority_of_instances_never_fail_over() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    lab_up();
+    let sites = docker_sites(3);
+    let a = &sites[0];
+    let app = App::new(&sites[..2], "ctl5", 8195, "");
+    assert!(app.ok(&["backup", "--plan"]).contains("staged on b"));
+    let sa = app.serve_in("a", true);
+    sa.until("a to lead", Duration::from_secs(30), "leading (term");
+    let (sb, sc) = (app.serve_in("b", true), app.serve_in("c", false));
+    for s in [&sb, &sc] {
+        s.until("the others to follow a", Duration::from_secs(30), "following a");
+    }
+    // c alone sees a's app fail, again and again: 4 s refused (past the threshold of 3 failed
+    // 1 s probes, so c's verdict is "down"), 1 s through, five times.
+    let result = std::panic::catch_unwind(|| {
+        for _ in 0..5 {
+            refuse_from("c", "-I", &a.addr, app.port);
+            std::thread::sleep(Duration::from_secs(4));
+            refuse_from("c", "-D", &a.addr, app.port);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        let (la, lb, lc) = (sa.log(), sb.log(), sc.log());
+        assert!(
+            lc.contains("ctl5: DOWN"),
+            "c never saw the app down, the test proves nothing:\n{lc}"
+        );
+        for (who, l) in [("a", &la), ("b", &lb), ("c", &lc)] {
+            assert!(
+                !l.contains("failed over") && !l.contains("failover failed") && !l.contains("SELF-FENCED"),
+                "{who} acted on a minority's verdict:\n{l}"
+            );
+        }
+        assert!(!la.contains("ctl5: DOWN"), "the leader's own probes failed: {la}");
+        assert_eq!(resolve("ctl5"), a.addr, "traffic moved");
+        assert!(
+            http_get(&a.addr, app.port, "/healthz").is_some(),
+            "the app on a stopped"
+        );
+    });
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "lifeboat-c",
+            "iptables",
+            "-D",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &a.addr,
+        ])
+        .args(["--dport", &app.port.to_string(), "-j", "REJECT"])
+        .output();
+    if result.is_err() {
+        eprintln!("--- a:\n{}\n--- b:\n{}\n--- c:\n{}", sa.log(), sb.log(), sc.log());
+    }
+    drop((sa, sb, sc));
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
 }

@@ -1,7 +1,8 @@
 //! `plan check`: the preflight. For the repository and each app: sites reachable, age of the last
 //! recovery point against the RPO, every image present on the standby, standby capacity against
-//! what the apps ask for, drift between primary and a hot standby, traffic router reachable, and
-//! (a warning) automatic failover without a witness.
+//! what the apps ask for, drift between primary and a hot standby, traffic router reachable, the
+//! last drill, and (a warning) automatic failover without a witness; then each app's
+//! [`Readiness`] level from those lines.
 //! Checks only read; nothing is changed.
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -76,7 +77,7 @@ fn traffic_durability(app: &lifeboat_plan::App, a: &str) -> Option<CheckResult> 
             Some(a),
             "traffic-reload",
             Status::Fail,
-            "HAProxy forgets a switch when it is reloaded and sends traffic back to the server its configuration              marks ready: set traffic.haproxy.state_file to the file HAProxy's `server-state-file` names (with              `load-server-state-from-file global` in `defaults`); Lifeboat saves the state there after each switch",
+            "HAProxy forgets a switch when it is reloaded and sends traffic back to the server its configuration marks ready: set traffic.haproxy.state_file to the file HAProxy's `server-state-file` names (with `load-server-state-from-file global` in `defaults`); Lifeboat saves the state there after each switch",
         )),
         Traffic::Haproxy {
             state_file: Some(f), ..
@@ -89,7 +90,7 @@ fn traffic_durability(app: &lifeboat_plan::App, a: &str) -> Option<CheckResult> 
                     "traffic-reload",
                     Status::Ok,
                     format!(
-                        "the server state is saved to {} after each switch (HAProxy must load it:                          `server-state-file` and `load-server-state-from-file global`)",
+                        "the server state is saved to {} after each switch (HAProxy must load it: `server-state-file` and `load-server-state-from-file global`)",
                         f.display()
                     ),
                 ),
@@ -309,6 +310,9 @@ pub fn run(
         if let Some(repo) = repo {
             out.push(recovery_point(repo, plan, app));
             out.extend(journal(repo, plan, app));
+            if app.profile == Profile::Dr {
+                out.push(drill(repo, plan, app));
+            }
         }
         if let (Some(sb_name), Some(primary)) = (standby_name.as_deref(), primary.as_ref()) {
             out.extend(standby_lines(app, &**primary, sb_name, standby.as_deref(), &mut load));
@@ -330,12 +334,12 @@ fn recovery_point(repo: &Repository, plan: &Plan, app: &App) -> CheckResult {
         Ok(None) => {
             return line(
                 Some(a),
-                "recovery point",
+                RECOVERY_POINT,
                 Status::Fail,
                 format!("no backup yet (lifeboat backup --plan PLAN --app {a})"),
             )
         }
-        Err(e) => return line(Some(a), "recovery point", Status::Fail, e.to_string()),
+        Err(e) => return line(Some(a), RECOVERY_POINT, Status::Fail, e.to_string()),
     };
     let age = (OffsetDateTime::now_utc() - rp.time).as_seconds_f64().max(0.0);
     let id = rp.snapshot.short();
@@ -350,7 +354,149 @@ fn recovery_point(repo: &Repository, plan: &Plan, app: &App) -> CheckResult {
             format!("last backup {id} is {age:.0} s old; the plan sets no RPO"),
         ),
     };
-    line(Some(a), "recovery point", status, detail)
+    line(Some(a), RECOVERY_POINT, status, detail)
+}
+
+/// The app's last drill: passed within the drill interval (ok), failed (a failed check: the
+/// recovery it rehearsed does not work), overdue or never run (warnings).
+fn drill(repo: &Repository, plan: &Plan, app: &App) -> CheckResult {
+    let a = app.name.value.as_str();
+    let history = match crate::drills::history(repo, plan, app) {
+        Ok(h) => h,
+        Err(e) => return line(Some(a), DRILL, Status::Fail, e.to_string()),
+    };
+    let now = OffsetDateTime::now_utc();
+    let how = match &app.drill.every {
+        Some(e) => format!("the leading `serve` drills every {}", crate::drills::human(e.value.0)),
+        None => format!("no drill.every: run `lifeboat drill PLAN --app {a}`, or set drill.every"),
+    };
+    match (
+        crate::drills::drilled(app, &history, now),
+        crate::drills::last_finished(&history),
+    ) {
+        (Ok(()), Some(last)) => line(
+            Some(a),
+            DRILL,
+            Status::Ok,
+            format!(
+                "the last drill {} passed {} ago ({how})",
+                last.op.id,
+                crate::drills::human((now - last.time()).unsigned_abs())
+            ),
+        ),
+        (Err(why), Some(last)) if last.outcome() == crate::drills::Outcome::Failed => {
+            line(Some(a), DRILL, Status::Fail, why)
+        }
+        (Err(why), _) => line(Some(a), DRILL, Status::Warn, format!("{why} ({how})")),
+        (Ok(()), None) => unreachable!("drilled without a drill"),
+    }
+}
+
+/// The check names readiness reads.
+const DRILL: &str = "drill";
+const RECOVERY_POINT: &str = "recovery point";
+
+/// An app's readiness level, computed from the plan and the check's own lines (docs/dr.md,
+/// "Readiness levels"): 1 manual (recurring backups within the RPO, a standby the runbook
+/// recovers to), 2 scripted (the failover preflight passes and a drill passed within its
+/// interval), 3 automated (a quorum-armed watch, automated traffic, scheduled drills). 0: not
+/// even level 1.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Readiness {
+    pub app: String,
+    pub level: u8,
+    /// `none`, `manual`, `scripted`, `automated`.
+    pub name: &'static str,
+    /// What the next level still needs (empty at level 3).
+    pub missing: Vec<String>,
+}
+
+/// The readiness of each app; `results` are the check's lines (with the coordination line).
+pub fn readiness(plan: &Plan, results: &[CheckResult]) -> Vec<Readiness> {
+    plan.apps
+        .iter()
+        .map(|app| {
+            let a = app.name.value.as_str();
+            let mine = |check: &str| results.iter().find(|r| r.app.as_deref() == Some(a) && r.check == check);
+            let ok = |check: &str| mine(check).is_some_and(|r| r.status == Status::Ok);
+            let why = |check: &str| mine(check).map_or_else(|| "not checked".to_string(), |r| r.detail.clone());
+            let mut levels: [Vec<String>; 3] = Default::default();
+            if app.backup.is_none() {
+                levels[0].push("a backup schedule (backup.every)".into());
+            }
+            if app.objectives.as_ref().and_then(|o| o.rpo.as_ref()).is_none() {
+                levels[0].push("an RPO (objectives.rpo)".into());
+            } else if !ok(RECOVERY_POINT) {
+                levels[0].push(format!("a recovery point within the RPO ({})", why(RECOVERY_POINT)));
+            }
+            if app.profile != Profile::Dr || app.standby.is_none() {
+                levels[0].push("a standby site (profile dr, standby:) that the runbook recovers to".into());
+            }
+            let failing: Vec<String> = results
+                .iter()
+                .filter(|r| r.status == Status::Fail)
+                .filter(|r| r.app.as_deref().is_none_or(|x| x == a))
+                .filter(|r| r.check != DRILL && r.check != RECOVERY_POINT && r.check != "coordination")
+                .map(|r| format!("{}: {}", r.check, r.detail))
+                .collect();
+            if !failing.is_empty() {
+                levels[1].push(format!("a failover preflight that passes ({})", failing.join("; ")));
+            }
+            if !ok(DRILL) {
+                levels[1].push(format!(
+                    "a drill passed within {} ({})",
+                    crate::drills::human(app.drill.interval()),
+                    why(DRILL)
+                ));
+            }
+            match &plan.coordination {
+                None => {
+                    levels[2].push("a quorum-armed watch (coordination: with serve on each site and a witness)".into())
+                }
+                Some(c) if c.voters() < 3 => levels[2].push(format!(
+                    "a quorum-armed watch ({} serve instances vote; a majority needs 3 or more to survive one)",
+                    c.voters()
+                )),
+                Some(_) => {
+                    if let Some(r) = results
+                        .iter()
+                        .find(|r| r.check == "coordination" && r.status == Status::Fail)
+                    {
+                        levels[2].push(format!("a reachable coordination service ({})", r.detail));
+                    }
+                }
+            }
+            if app.health.is_empty() {
+                levels[2].push("health probes (health:) for the watch to fail over on".into());
+            }
+            if app.traffic.is_none() {
+                levels[2].push("automated traffic (traffic:)".into());
+            }
+            if app.drill.every.is_none() {
+                levels[2].push("scheduled drills (drill.every)".into());
+            }
+            let level = levels.iter().take_while(|m| m.is_empty()).count();
+            Readiness {
+                app: a.to_string(),
+                level: level as u8,
+                name: ["none", "manual", "scripted", "automated"][level],
+                missing: levels.get(level).cloned().unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// The readiness of each app as lines under the check's table.
+pub fn readiness_table(r: &[Readiness]) -> String {
+    let mut s = String::new();
+    for x in r {
+        s += &format!("readiness {}: level {} ({})", x.app, x.level, x.name);
+        if !x.missing.is_empty() {
+            s += &format!("; level {} needs: {}", x.level + 1, x.missing.join("; "));
+        }
+        s += "\n";
+    }
+    s
 }
 
 /// An unfinished operation, and an app that runs away from its primary.

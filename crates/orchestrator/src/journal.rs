@@ -440,6 +440,11 @@ impl Store<'_> {
         self.write(&format!("{}/ops/{}", self.dir(), op.id), op)
     }
 
+    /// Removes an operation's record (a drill report past `drill.keep`).
+    pub fn remove_operation(&self, id: &str) -> Result<(), OrchestratorError> {
+        Ok(self.repo.remove_state(&format!("{}/ops/{id}", self.dir()))?)
+    }
+
     /// Every operation of the app, oldest first.
     pub fn operations(&self) -> Result<Vec<Operation>, OrchestratorError> {
         let mut ids = self.repo.list_state(&format!("{}/ops", self.dir()))?;

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod drills;
 pub mod hooks;
 pub mod journal;
 pub mod leadership;

@@ -71,6 +71,37 @@ pub fn json(op: &Operation) -> Value {
     v
 }
 
+/// What is wrong with a drill: its failed or unfinished steps and the objectives (RTO, RPO in
+/// seconds) it missed. Empty: the drill passed.
+pub fn drill_problems(op: &Operation, rto: Option<f64>, rpo: Option<f64>) -> Vec<String> {
+    let mut out: Vec<String> = op
+        .steps
+        .iter()
+        .filter(|s| s.outcome == StepOutcome::Failed || s.finished.is_none())
+        .map(|s| format!("step {} failed: {}", s.name, s.detail))
+        .collect();
+    match (rto, rto_seconds(op)) {
+        (Some(want), Some(got)) if got > want => out.push(format!("RTO {got:.1} s exceeds the objective {want:.0} s")),
+        (_, None) => out.push("the copy never became healthy: no RTO".into()),
+        _ => {}
+    }
+    if let (Some(want), Some(got)) = (rpo, op.rpo_seconds()) {
+        if got > want {
+            out.push(format!("RPO {got:.1} s exceeds the objective {want:.0} s"));
+        }
+    }
+    out
+}
+
+/// An app's objectives in seconds: (RTO, RPO).
+pub fn objectives(app: &lifeboat_plan::App) -> (Option<f64>, Option<f64>) {
+    let o = app.objectives.as_ref();
+    (
+        o.and_then(|o| o.rto.as_ref()).map(|d| d.value.0.as_secs_f64()),
+        o.and_then(|o| o.rpo.as_ref()).map(|d| d.value.0.as_secs_f64()),
+    )
+}
+
 /// The report of a drill over one or more apps.
 pub struct DrillReport {
     pub plan: String,
@@ -98,12 +129,8 @@ impl DrillReport {
             .apps
             .iter()
             .map(|a| {
-                let o = a.objectives.as_ref();
-                (
-                    a.name.value.clone(),
-                    o.and_then(|o| o.rto.as_ref()).map(|d| d.value.0.as_secs_f64()),
-                    o.and_then(|o| o.rpo.as_ref()).map(|d| d.value.0.as_secs_f64()),
-                )
+                let (rto, rpo) = objectives(a);
+                (a.name.value.clone(), rto, rpo)
             })
             .collect();
         DrillReport {
@@ -122,28 +149,9 @@ impl DrillReport {
             .unwrap_or_default()
     }
 
-    /// Problems of one operation: failed steps and missed objectives.
     fn problems(&self, op: &Operation) -> Vec<String> {
-        let mut out: Vec<String> = op
-            .steps
-            .iter()
-            .filter(|s| s.outcome == StepOutcome::Failed || s.finished.is_none())
-            .map(|s| format!("step {} failed: {}", s.name, s.detail))
-            .collect();
         let (rto, rpo) = self.objective(&op.app);
-        match (rto, rto_seconds(op)) {
-            (Some(want), Some(got)) if got > want => {
-                out.push(format!("RTO {got:.1} s exceeds the objective {want:.0} s"))
-            }
-            (_, None) => out.push("the copy never became healthy: no RTO".into()),
-            _ => {}
-        }
-        if let (Some(want), Some(got)) = (rpo, op.rpo_seconds()) {
-            if got > want {
-                out.push(format!("RPO {got:.1} s exceeds the objective {want:.0} s"));
-            }
-        }
-        out
+        drill_problems(op, rto, rpo)
     }
 
     /// Every app drilled, healthy, verified, torn down and within its objectives.

@@ -187,6 +187,27 @@ pub enum Event {
     },
 }
 
+/// Where an earlier prober of the same app in this process left off (a `serve` instance's own
+/// probes, when the instance becomes the leader): its consecutive failures and when the first of
+/// them was seen. The default: nothing seen yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Seed {
+    pub failures: u32,
+    pub first_failure: Option<OffsetDateTime>,
+}
+
+impl Seed {
+    /// Takes in one probe result at `now`.
+    pub fn observe(&mut self, ok: bool, now: OffsetDateTime) {
+        if ok {
+            *self = Seed::default();
+        } else {
+            self.failures += 1;
+            self.first_failure.get_or_insert(now);
+        }
+    }
+}
+
 /// Watches one app until it has failed over (then returns) or forever.
 pub async fn watch_app(
     w: Watched,
@@ -195,10 +216,31 @@ pub async fn watch_app(
     trigger: Arc<dyn Trigger>,
     events: Arc<dyn Fn(Event) + Send + Sync>,
 ) {
+    watch_app_from(w, Seed::default(), prober, witness, trigger, events).await
+}
+
+/// [`watch_app`], starting where `seed` left off: an app already seen failing `failure_threshold`
+/// times is down from the first probe on (one more failed probe and a witness that agrees fail it
+/// over). While the app fails but is not down yet, the witness is asked too (its answer unused),
+/// so that by the threshold it has been seen to report and its verdict counts at once.
+pub async fn watch_app_from(
+    w: Watched,
+    seed: Seed,
+    prober: Arc<dyn Prober>,
+    witness: Option<Arc<dyn Witness>>,
+    trigger: Arc<dyn Trigger>,
+    events: Arc<dyn Fn(Event) + Send + Sync>,
+) {
     let mut monitor = Monitor::new(w.failure_threshold, w.success_threshold);
+    for _ in 0..seed.failures {
+        monitor.observe(false);
+    }
+    if monitor.is_down() {
+        events(Event::Down { app: w.app.clone() });
+    }
     let mut tick = tokio::time::interval(w.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut first_failure = None;
+    let mut first_failure = seed.first_failure.filter(|_| seed.failures > 0);
     // After a failed attempt, the next waits (doubling up to MAX_RETRY_DELAY).
     let mut retry: Option<(tokio::time::Instant, Duration)> = None;
     let wait_retry = |retry: &Option<(tokio::time::Instant, Duration)>| {
@@ -271,6 +313,11 @@ pub async fn watch_app(
             }
             Transition::WentDown => events(Event::Down { app: w.app.clone() }),
             Transition::None => {}
+        }
+        if !ok && !monitor.is_down() {
+            if let Some(wit) = &witness {
+                let _ = wit.verdict(&w.app).await;
+            }
         }
         // Down and still failing: fail over, if the witness agrees (asked again each round). The
         // failover itself fences the primary or stops: one that cannot be reached is fenced only
@@ -646,6 +693,21 @@ mod tests {
 
     /// Runs the watch for `secs` of (paused) time; the number of failovers and when the first came.
     async fn run(results: Vec<bool>, witness: Option<Verdict>, secs: u64) -> (usize, Option<Duration>, Vec<Event>) {
+        run_from(
+            Seed::default(),
+            results,
+            witness.map(|v| Arc::new(Fixed(v)) as Arc<dyn Witness>),
+            secs,
+        )
+        .await
+    }
+
+    async fn run_from(
+        seed: Seed,
+        results: Vec<bool>,
+        witness: Option<Arc<dyn Witness>>,
+        secs: u64,
+    ) -> (usize, Option<Duration>, Vec<Event>) {
         let prober = Arc::new(Script {
             results,
             next: AtomicUsize::new(0),
@@ -659,10 +721,11 @@ mod tests {
         let start = tokio::time::Instant::now();
         let _ = tokio::time::timeout(
             Duration::from_secs(secs),
-            watch_app(
+            watch_app_from(
                 watched(),
+                seed,
                 prober,
-                witness.map(|v| Arc::new(Fixed(v)) as Arc<dyn Witness>),
+                witness,
                 trigger.clone(),
                 Arc::new(move |e| ev.lock().unwrap().push(e)),
             ),
@@ -671,6 +734,50 @@ mod tests {
         let at = trigger.at.lock().unwrap().map(|t| t - start);
         let events = events.lock().unwrap().clone();
         (trigger.calls.load(Ordering::SeqCst), at, events)
+    }
+
+    /// Agrees, counting how often it was asked.
+    struct Counted(AtomicUsize);
+    impl Witness for Counted {
+        fn verdict(&self, _: &str) -> BoxFuture<'_, Verdict> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Verdict::Agrees })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_seeded_with_the_threshold_of_failures_fails_over_at_its_first_failed_probe() {
+        let mut seed = Seed::default();
+        let first = OffsetDateTime::now_utc();
+        for _ in 0..3 {
+            seed.observe(false, first);
+        }
+        assert_eq!((seed.failures, seed.first_failure), (3, Some(first)));
+        let (n, at, events) = run_from(seed, vec![false], Some(Arc::new(Fixed(Verdict::Agrees))), 60).await;
+        assert_eq!((n, at), (1, Some(Duration::ZERO)));
+        assert_eq!(events[0], Event::Down { app: "web".into() });
+        // Two seen, one more of its own: down at its first probe too.
+        let two = Seed {
+            failures: 2,
+            first_failure: Some(first),
+        };
+        let (n, at, _) = run_from(two, vec![false], Some(Arc::new(Fixed(Verdict::Agrees))), 60).await;
+        assert_eq!((n, at), (1, Some(Duration::ZERO)));
+        // A success in between starts over.
+        seed.observe(true, first);
+        assert_eq!(seed, Seed::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_witness_is_asked_on_every_failed_probe_before_the_threshold_so_it_is_known_at_it() {
+        let w = Arc::new(Counted(AtomicUsize::new(0)));
+        let (n, at, _) = run_from(Seed::default(), vec![true, false], Some(w.clone()), 60).await;
+        assert_eq!((n, at), (1, Some(Duration::from_secs(3))));
+        // Failures at 1 and 2 s asked it (unused), the third at 3 s decided with it.
+        assert_eq!(w.0.load(Ordering::SeqCst), 3);
+        let quiet = Arc::new(Counted(AtomicUsize::new(0)));
+        let _ = run_from(Seed::default(), vec![true], Some(quiet.clone()), 60).await;
+        assert_eq!(quiet.0.load(Ordering::SeqCst), 0, "never asked while the app is up");
     }
 
     #[test]

@@ -246,7 +246,28 @@ pub struct Drill {
     /// e.g. where Lifeboat's health probes come from. Kubernetes drill sites only.
     #[serde(default)]
     pub allow: Vec<Spanned<String>>,
+    /// How often the leading `serve` drills the app (`7d`; profile `dr` only); none: only by hand
+    /// (`lifeboat drill`).
+    #[serde(default)]
+    pub every: Option<Spanned<Dur>>,
+    /// How many drill reports the repository keeps for the app (the oldest are removed after each
+    /// drill); none: every report is kept.
+    #[serde(default)]
+    pub keep: Option<Spanned<u32>>,
+    /// Where drills run (default: the standby); never the primary.
+    #[serde(default)]
+    pub site: Option<Spanned<String>>,
 }
+
+impl Drill {
+    /// The interval a drill must have passed within: `every`, else [`DEFAULT_DRILL_INTERVAL`].
+    pub fn interval(&self) -> std::time::Duration {
+        self.every.as_ref().map_or(DEFAULT_DRILL_INTERVAL, |e| e.value.0)
+    }
+}
+
+/// How recent a passed drill must be for an app without `drill.every` to count as drilled: 30 days.
+pub const DEFAULT_DRILL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 /// Commands run in the app's containers around its backups and after it is started elsewhere.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

@@ -330,6 +330,41 @@ fn a_drill_allow_list_is_networks_and_only_for_kubernetes_sites() {
 }
 
 #[test]
+fn a_drill_schedule_reads_its_fields_and_refuses_what_it_cannot_carry_out() {
+    let with = |drill: &str| GOOD.replace("    verify: [", &format!("    drill: {drill}\n    verify: ["));
+    let p = Plan::parse("p.yaml", &with("{every: 7d, keep: 20, site: west}")).unwrap();
+    let d = &p.apps[0].drill;
+    assert_eq!(
+        d.every.as_ref().unwrap().value.0,
+        std::time::Duration::from_secs(7 * 86_400)
+    );
+    assert_eq!(
+        (d.keep.as_ref().unwrap().value, d.site.as_ref().unwrap().value.as_str()),
+        (20, "west")
+    );
+    assert_eq!(d.interval(), std::time::Duration::from_secs(7 * 86_400));
+    let none = Plan::parse("p.yaml", GOOD).unwrap();
+    assert_eq!(
+        none.apps[0].drill.interval(),
+        DEFAULT_DRILL_INTERVAL,
+        "no schedule: 30 days"
+    );
+    for (bad, field, says) in [
+        ("{every: 30s}", "apps[0].drill.every", "1m or more"),
+        ("{keep: 0}", "apps[0].drill.keep", "1 or more"),
+        ("{site: north}", "apps[0].drill.site", "no site \"north\""),
+        ("{site: east}", "apps[0].drill.site", "primary"),
+        ("{every: 1d, sometimes: yes}", "sometimes", "unknown field"),
+    ] {
+        let e = Plan::parse("p.yaml", &with(bad)).unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains(says), "{bad}: {e}");
+    }
+    let single = with("{every: 1d, site: west}").replace("profile: dr", "profile: single-site");
+    let e = Plan::parse("p.yaml", &single).unwrap_err().to_string();
+    assert!(e.contains("apps[0].drill.every") && e.contains("profile dr"), "{e}");
+}
+
+#[test]
 fn a_plain_tcp_engine_is_refused_without_insecure() {
     let plain = GOOD.replace(
         "tls: {ca: /etc/lifeboat/west/ca.pem, cert: /etc/lifeboat/west/cert.pem, key: /etc/lifeboat/west/key.pem}",

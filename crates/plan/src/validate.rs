@@ -15,9 +15,82 @@ impl Plan {
             let on_kubernetes = self.app_selection(i, app, &mut out);
             self.app_probes(i, app, &mut out);
             app_hooks(i, app, &mut out);
-            app_drill_and_backup(i, app, on_kubernetes, &mut out);
+            self.app_drill_and_backup(i, app, on_kubernetes, &mut out);
         }
         out
+    }
+
+    /// Drill networks (Kubernetes only), the drill schedule and site, and the backup schedule.
+    fn app_drill_and_backup(&self, i: usize, app: &App, on_kubernetes: Option<bool>, out: &mut Vec<Problem>) {
+        let f = |field: &str| format!("apps[{i}].{field}");
+        for a in &app.drill.allow {
+            if !is_cidr(&a.value) {
+                out.push(Problem {
+                    line: line(a),
+                    field: f("drill.allow"),
+                    message: format!("{:?} is not a network (ADDRESS/PREFIX, e.g. 10.77.0.0/16)", a.value),
+                });
+            }
+        }
+        if !app.drill.allow.is_empty() && on_kubernetes == Some(false) {
+            out.push(Problem {
+                line: line(&app.drill.allow[0]),
+                field: f("drill.allow"),
+                message: "a Docker drill copy is on an internal network with no route out, reached only through its gateway, so there is nothing to allow; drill.allow is for Kubernetes sites".into(),
+            });
+        }
+        if let Some(e) = &app.drill.every {
+            if e.value.0 < std::time::Duration::from_secs(60) {
+                push(
+                    out,
+                    line(e),
+                    f("drill.every"),
+                    "must be 1m or more (a drill recovers the whole app)".into(),
+                );
+            }
+        }
+        if let Some(k) = &app.drill.keep {
+            if k.value == 0 {
+                push(
+                    out,
+                    line(k),
+                    f("drill.keep"),
+                    "must be 1 or more (the newest report says whether the app is drilled)".into(),
+                );
+            }
+        }
+        if let Some(s) = &app.drill.site {
+            if !self.sites.contains_key(&s.value) {
+                push(out, line(s), f("drill.site"), format!("no site {:?} in sites", s.value));
+            } else if s.value == app.primary.value {
+                push(
+                    out,
+                    line(s),
+                    f("drill.site"),
+                    format!(
+                        "{:?} is the app's primary: a drill there would compete with production",
+                        s.value
+                    ),
+                );
+            }
+        }
+        if let Some(e) = app.drill.every.as_ref().filter(|_| app.profile != Profile::Dr) {
+            push(
+                out,
+                line(e),
+                f("drill.every"),
+                "serve drills the apps of profile dr (with a standby) only".into(),
+            );
+        }
+        if let Some(b) = &app.backup {
+            if b.every.value.0.is_zero() {
+                out.push(Problem {
+                    line: line(&b.every),
+                    field: f("backup.every"),
+                    message: "must be more than 0".into(),
+                });
+            }
+        }
     }
 
     /// apiVersion, kind, the name, that there are sites and apps, each Docker site's transport,
@@ -378,36 +451,6 @@ fn app_hooks(i: usize, app: &App, out: &mut Vec<Problem>) {
                     "must be more than 0".into(),
                 );
             }
-        }
-    }
-}
-
-/// Drill networks (Kubernetes only) and the backup schedule.
-fn app_drill_and_backup(i: usize, app: &App, on_kubernetes: Option<bool>, out: &mut Vec<Problem>) {
-    let f = |field: &str| format!("apps[{i}].{field}");
-    for a in &app.drill.allow {
-        if !is_cidr(&a.value) {
-            out.push(Problem {
-                line: line(a),
-                field: f("drill.allow"),
-                message: format!("{:?} is not a network (ADDRESS/PREFIX, e.g. 10.77.0.0/16)", a.value),
-            });
-        }
-    }
-    if !app.drill.allow.is_empty() && on_kubernetes == Some(false) {
-        out.push(Problem {
-            line: line(&app.drill.allow[0]),
-            field: f("drill.allow"),
-            message: "a Docker drill copy is on an internal network with no route out, reached only through its gateway, so there is nothing to allow; drill.allow is for Kubernetes sites".into(),
-        });
-    }
-    if let Some(b) = &app.backup {
-        if b.every.value.0.is_zero() {
-            out.push(Problem {
-                line: line(&b.every),
-                field: f("backup.every"),
-                message: "must be more than 0".into(),
-            });
         }
     }
 }

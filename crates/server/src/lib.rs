@@ -34,7 +34,7 @@ use std::time::Duration;
 use lifeboat_orchestrator::ops::{self, Env};
 use lifeboat_orchestrator::platform::Connector;
 use lifeboat_orchestrator::watch::{self, Watched, WitnessReport};
-use lifeboat_orchestrator::{platform, schedule, sync, OrchestratorError};
+use lifeboat_orchestrator::{drills, platform, report, schedule, sync, OrchestratorError};
 use lifeboat_plan::{App, Plan, Profile};
 use lifeboat_repo::Repository;
 use lifeboat_traffic::Router;
@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 pub use active::{ActiveProbe, ActiveSites, REPO_DEADLINE};
 pub use coord::{Coordination, Instance, QuorumWitness};
 pub use trigger::Failover;
-pub use witness::{repo_sink, report_loop, RepoWitness, Sink};
+pub use witness::{repo_sink, report_loop, RepoWitness, Shared, Sink};
 
 /// How long a scheduled backup or a sync round waits for an app's lock (a failover or a prune
 /// holds it) before that round fails.
@@ -88,8 +88,10 @@ pub enum ServerError {
         app: String,
         known: Vec<String>,
     },
-    /// No app has a backup schedule, sync is off and nothing is watched.
-    #[error("nothing to serve for plan {plan}: no app has a backup schedule, sync is off and nothing is watched")]
+    /// No app has a backup or drill schedule, sync is off and nothing is watched.
+    #[error(
+        "nothing to serve for plan {plan}: no app has a backup or drill schedule, sync is off and nothing is watched"
+    )]
     NothingToServe { plan: String },
     /// No app in scope has health probes.
     #[error("no app of plan {plan} has health probes to watch")]
@@ -118,6 +120,13 @@ pub enum ServerError {
     /// The time of an app's last backup cannot be read, so its schedule cannot be placed.
     #[error("the recovery points of app {app} cannot be read")]
     RecoveryPoints {
+        app: String,
+        #[source]
+        source: Box<OrchestratorError>,
+    },
+    /// The app's drill reports cannot be read, so its drill schedule cannot be placed.
+    #[error("the drill reports of app {app} cannot be read")]
+    DrillReports {
         app: String,
         #[source]
         source: Box<OrchestratorError>,
@@ -163,8 +172,17 @@ pub enum Event {
     SelfFenced { app: String, site: String, detail: String },
     /// The self-fence of an app failed (it may still run there).
     SelfFenceFailed { app: String, site: String, error: String },
-    /// The backup schedule of an app could not be placed (its recovery points cannot be read).
+    /// The backup or drill schedule of an app could not be placed (its recovery points or drill
+    /// reports cannot be read).
     NotScheduled { app: String, why: String },
+    /// `app` is drilled every `every`, the first time in `first`.
+    DrillScheduled {
+        app: String,
+        every: Duration,
+        first: Duration,
+    },
+    /// A scheduled drill of `app` ended, passed or not: what it found, in one line.
+    Drilled { app: String, passed: bool, summary: String },
 }
 
 impl Event {
@@ -195,6 +213,9 @@ impl Event {
             Event::SelfFenced { .. } => "self_fenced",
             Event::SelfFenceFailed { .. } => "self_fence_failed",
             Event::NotScheduled { .. } => "not_scheduled",
+            Event::DrillScheduled { .. } => "drill_scheduled",
+            Event::Drilled { passed: true, .. } => "drill_passed",
+            Event::Drilled { passed: false, .. } => "drill_failed",
         }
     }
 
@@ -208,6 +229,8 @@ impl Event {
             | Event::SelfFenced { app, .. }
             | Event::SelfFenceFailed { app, .. }
             | Event::NotScheduled { app, .. }
+            | Event::DrillScheduled { app, .. }
+            | Event::Drilled { app, .. }
             | Event::Watch(
                 W::Failing { app, .. }
                 | W::Down { app }
@@ -230,6 +253,7 @@ impl Event {
                 | Event::CutOff { .. }
                 | Event::SelfFenceFailed { .. }
                 | Event::NotScheduled { .. }
+                | Event::Drilled { passed: false, .. }
                 | Event::Watch(W::FailoverFailed { .. } | W::Failing { .. })
         ) || matches!(self, Event::BackedUp { summary, .. } | Event::Synced { summary } if summary.contains("FAILED"))
     }
@@ -283,7 +307,16 @@ impl fmt::Display for Event {
                     "{app}: self-fence on {site} FAILED (it may still run there): {error}"
                 )
             }
-            Event::NotScheduled { app, why } => write!(f, "{app}: no backup schedule: {why}"),
+            Event::NotScheduled { app, why } => write!(f, "{app}: not scheduled: {why}"),
+            Event::DrillScheduled { app, every, first } => {
+                write!(
+                    f,
+                    "{app}: drill every {}, next in {}",
+                    drills::human(*every),
+                    drills::human(*first)
+                )
+            }
+            Event::Drilled { summary, .. } => f.write_str(summary),
         }
     }
 }
@@ -377,15 +410,14 @@ impl Server {
         }
         let mut tasks = Vec::new();
         for a in apps(&self.plan, opts.only.as_deref())? {
-            if let Some(t) = self.schedule(a)? {
-                tasks.push(t);
-            }
+            tasks.extend(self.schedule(a)?);
+            tasks.extend(self.drill_schedule(a)?);
         }
         if !opts.sync_every.is_zero() {
             tasks.push(self.sync_rounds(opts.only.clone(), opts.sync_every));
         }
         if opts.watch {
-            match self.watch_tasks(opts.only.as_deref()) {
+            match self.watch_tasks(opts.only.as_deref(), None) {
                 Ok(t) => tasks.extend(t),
                 Err(e) => self.say(Event::NotWatching { why: e.to_string() }),
             }
@@ -413,19 +445,24 @@ impl Server {
         apps(&self.plan, opts.only.as_deref())?;
         let sites = Arc::new(ActiveSites::new(self.plan.clone(), self.repo.clone()));
         let mut tasks = vec![tokio::spawn(c.clone().run(self.events.clone()))];
+        let mut shared = None;
         if opts.watch {
             match self.watched(opts.only.as_deref()) {
                 Ok(watched) => {
                     let to = c.clone();
                     let sink: Sink = Arc::new(move |app: &str, r: &WitnessReport| to.publish_verdict(app, r));
+                    let quorum = QuorumWitness::new(c.clone(), sites.clone(), verdict_max_age(&watched));
+                    let sh = Shared::new(Arc::new(quorum));
                     for w in watched {
                         tasks.push(tokio::spawn(report_loop(
                             w,
                             sites.clone(),
                             sink.clone(),
                             self.events.clone(),
+                            Some(sh.clone()),
                         )));
                     }
+                    shared = Some(sh);
                 }
                 Err(e) => self.say(Event::NotWatching { why: e.to_string() }),
             }
@@ -438,7 +475,11 @@ impl Server {
                 opts.only.clone(),
             )));
         }
-        tasks.push(tokio::spawn(self.clone().lead_while_elected(c.clone(), opts.clone())));
+        tasks.push(tokio::spawn(self.clone().lead_while_elected(
+            c.clone(),
+            opts.clone(),
+            shared,
+        )));
         self.run_until(tasks, shutdown).await;
         let left = {
             let c = c.clone();
@@ -465,7 +506,7 @@ impl Server {
     /// Runs the leader's rounds (backup schedules, sync, the watch that fails over) while this
     /// instance leads, and stops them as soon as it does not (a job under way is stopped by its
     /// next fenced step).
-    async fn lead_while_elected(self: Arc<Self>, c: Arc<Coordination>, opts: ServeOptions) {
+    async fn lead_while_elected(self: Arc<Self>, c: Arc<Coordination>, opts: ServeOptions, shared: Option<Shared>) {
         /// The leader's rounds, aborted when dropped (also when this task is aborted).
         struct Rounds(Vec<JoinHandle<()>>);
         impl Drop for Rounds {
@@ -478,7 +519,7 @@ impl Server {
         loop {
             let leads = rx.borrow_and_update().is_some();
             if leads && rounds.is_none() {
-                rounds = Some(Rounds(self.leader_rounds(&opts)));
+                rounds = Some(Rounds(self.leader_rounds(&opts, shared.as_ref())));
             } else if !leads && rounds.is_some() {
                 rounds = None;
                 self.say(Event::StandingBy);
@@ -491,23 +532,24 @@ impl Server {
 
     /// What only the leader runs; each schedule placed by the app's last recovery point, so a new
     /// leader keeps the old one's schedule.
-    fn leader_rounds(self: &Arc<Self>, opts: &ServeOptions) -> Vec<JoinHandle<()>> {
+    fn leader_rounds(self: &Arc<Self>, opts: &ServeOptions, shared: Option<&Shared>) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         for a in apps(&self.plan, opts.only.as_deref()).unwrap_or_default() {
-            match tokio::task::block_in_place(|| self.schedule(a)) {
-                Ok(Some(t)) => tasks.push(t),
-                Ok(None) => {}
-                Err(e) => self.say(Event::NotScheduled {
-                    app: a.name.value.clone(),
-                    why: e.to_string(),
-                }),
+            for placed in tokio::task::block_in_place(|| [self.schedule(a), self.drill_schedule(a)]) {
+                match placed {
+                    Ok(t) => tasks.extend(t),
+                    Err(e) => self.say(Event::NotScheduled {
+                        app: a.name.value.clone(),
+                        why: e.to_string(),
+                    }),
+                }
             }
         }
         if !opts.sync_every.is_zero() {
             tasks.push(self.sync_rounds(opts.only.clone(), opts.sync_every));
         }
         if opts.watch {
-            if let Ok(t) = self.watch_tasks(opts.only.as_deref()) {
+            if let Ok(t) = self.watch_tasks(opts.only.as_deref(), shared) {
                 tasks.extend(t);
             }
         }
@@ -600,7 +642,7 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
         self.not_coordinated()?;
-        let tasks = self.watch_tasks(only)?;
+        let tasks = self.watch_tasks(only, None)?;
         self.run_until(tasks, shutdown).await;
         Ok(())
     }
@@ -619,7 +661,7 @@ impl Server {
         let sink = repo_sink(sites.clone());
         let tasks = watched
             .into_iter()
-            .map(|w| tokio::spawn(report_loop(w, sites.clone(), sink.clone(), self.events.clone())))
+            .map(|w| tokio::spawn(report_loop(w, sites.clone(), sink.clone(), self.events.clone(), None)))
             .collect();
         self.run_until(tasks, shutdown).await;
         Ok(())
@@ -687,6 +729,39 @@ impl Server {
         }))))
     }
 
+    /// The drill schedule of `a` (none without `drill.every`), its first drill placed by the
+    /// start of its last one, so a new leader keeps the old one's rhythm.
+    fn drill_schedule(self: &Arc<Self>, a: &App) -> Result<Option<JoinHandle<()>>, ServerError> {
+        let Some(every) = a.drill.every.as_ref().map(|e| e.value.0) else {
+            return Ok(None);
+        };
+        let name = a.name.value.clone();
+        let history = drills::history(&self.repo, &self.plan, a).map_err(|e| ServerError::DrillReports {
+            app: name.clone(),
+            source: Box::new(e),
+        })?;
+        let first = schedule::first_delay(every, drills::since_last(&history, OffsetDateTime::now_utc()));
+        self.say(Event::DrillScheduled {
+            app: name.clone(),
+            every,
+            first,
+        });
+        let me = self.clone();
+        Ok(Some(tokio::spawn(schedule::every(every, first, move || {
+            let (me, app) = (me.clone(), name.clone());
+            async move {
+                let job = me.blocking({
+                    let app = app.clone();
+                    move |env| drill_round(env, &app)
+                });
+                let (passed, summary) = job
+                    .await
+                    .unwrap_or_else(|e| (false, format!("{app}: drill task FAILED: {e}")));
+                me.say(Event::Drilled { app, passed, summary });
+            }
+        }))))
+    }
+
     /// A sync round every `every`; a round that corrected nothing says nothing.
     fn sync_rounds(self: &Arc<Self>, only: Option<String>, every: Duration) -> JoinHandle<()> {
         let me = self.clone();
@@ -731,18 +806,24 @@ impl Server {
         Ok(watched)
     }
 
-    fn watch_tasks(self: &Arc<Self>, only: Option<&str>) -> Result<Vec<JoinHandle<()>>, ServerError> {
+    /// The watch of each app; a leader's (`shared`: its instance's probers) starts where its own
+    /// probes are and asks the quorum they keep fresh.
+    fn watch_tasks(
+        self: &Arc<Self>,
+        only: Option<&str>,
+        shared: Option<&Shared>,
+    ) -> Result<Vec<JoinHandle<()>>, ServerError> {
         let watched = self.watched(only)?;
         let sites = Arc::new(ActiveSites::new(self.plan.clone(), self.repo.clone()));
-        let witness: Option<Arc<dyn watch::Witness>> = match (&self.coordination, &self.plan.witness) {
-            (Some(c), _) => {
-                // A verdict is republished every probe interval: three missed make it stale.
-                let slowest = watched.iter().map(|w| w.interval).max().unwrap_or_default();
-                let max_age = (slowest * 3).max(Duration::from_secs(2));
-                Some(Arc::new(QuorumWitness::new(c.clone(), sites.clone(), max_age)))
-            }
-            (None, Some(w)) => Some(Arc::new(RepoWitness::new(sites.clone(), w.max_age.0))),
-            (None, None) => None,
+        let witness: Option<Arc<dyn watch::Witness>> = match (shared, &self.coordination, &self.plan.witness) {
+            (Some(sh), ..) => Some(sh.quorum.clone()),
+            (None, Some(c), _) => Some(Arc::new(QuorumWitness::new(
+                c.clone(),
+                sites.clone(),
+                verdict_max_age(&watched),
+            ))),
+            (None, None, Some(w)) => Some(Arc::new(RepoWitness::new(sites.clone(), w.max_age.0))),
+            (None, None, None) => None,
         };
         self.say(Event::Watching {
             apps: watched.len(),
@@ -755,8 +836,10 @@ impl Server {
         Ok(watched
             .into_iter()
             .map(|w| {
-                tokio::spawn(watch::watch_app(
+                let seed = shared.map(|sh| sh.seed(&w.app)).unwrap_or_default();
+                tokio::spawn(watch::watch_app_from(
                     w,
+                    seed,
                     probe.clone(),
                     witness.clone(),
                     trigger.clone(),
@@ -765,6 +848,13 @@ impl Server {
             })
             .collect())
     }
+}
+
+/// How long a serve instance's verdict counts as fresh: it is republished every probe interval,
+/// three missed make it stale.
+fn verdict_max_age(watched: &[Watched]) -> Duration {
+    let slowest = watched.iter().map(|w| w.interval).max().unwrap_or_default();
+    (slowest * 3).max(Duration::from_secs(2))
 }
 
 /// One scheduled backup of `app` and its retention, in one line.
@@ -788,6 +878,40 @@ fn backup_round(env: &Env, app: &str) -> String {
         Err(e) => line += &format!("; retention FAILED: {e}"),
     }
     line
+}
+
+/// One scheduled drill of `app` (on its `drill.site`, else its standby): whether it passed, and
+/// what it found in one line. Its report is the drill's operation in the repository.
+fn drill_round(env: &Env, app: &str) -> (bool, String) {
+    let opts = ops::Options {
+        reason: "scheduled drill".into(),
+        ..Default::default()
+    };
+    let Some(a) = env.plan.app(app) else {
+        return (false, format!("{app}: drill FAILED: no such app"));
+    };
+    match ops::drill(env, app, &opts) {
+        Ok(op) => {
+            let (rto, rpo) = report::objectives(a);
+            let problems = report::drill_problems(&op, rto, rpo);
+            let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} s"));
+            let figures = format!("RTO {}, RPO {}", secs(report::rto_seconds(&op)), secs(op.rpo_seconds()));
+            if op.status == lifeboat_orchestrator::journal::OpStatus::Done && problems.is_empty() {
+                (true, format!("{app}: drill {} on {} passed ({figures})", op.id, op.to))
+            } else {
+                let why = if problems.is_empty() {
+                    op.error.clone().unwrap_or_default()
+                } else {
+                    problems.join("; ")
+                };
+                (
+                    false,
+                    format!("{app}: drill {} on {} FAILED ({figures}): {why}", op.id, op.to),
+                )
+            }
+        }
+        Err(e) => (false, format!("{app}: drill FAILED: {e}")),
+    }
 }
 
 /// One sync round: what it corrected or why it failed, per app, in one line (empty: nothing).
@@ -1000,6 +1124,83 @@ mod tests {
         let fresh = Arc::new(ActiveSites::new(w.server.plan.clone(), w.server.repo.clone()));
         let err = rt.block_on(fresh.active("web")).unwrap_err();
         assert!(err.starts_with("the app's state cannot be read"), "{err}");
+    }
+
+    /// The drill schedule on a paused clock: placed by the last drill's start (40 minutes ago,
+    /// every hour: the first in 20 minutes), then every hour; each failed drill is one failure
+    /// event naming why.
+    #[tokio::test(start_paused = true)]
+    async fn drills_run_on_their_schedule_placed_by_the_last_drill_and_a_failed_one_is_a_failure() {
+        use lifeboat_orchestrator::journal::{Kind, OpStatus, Operation};
+        let w = world("    drill: {every: 1h}\n");
+        let store = Store {
+            repo: &w.server.repo,
+            plan: "p".into(),
+            app: "web".into(),
+        };
+        let started = OffsetDateTime::now_utc() - Duration::from_secs(40 * 60);
+        store
+            .save_operation(&Operation {
+                id: lifeboat_orchestrator::journal::new_id(started) + "-drill",
+                plan: "p".into(),
+                app: "web".into(),
+                kind: Kind::Drill,
+                from: "b".into(),
+                to: "b".into(),
+                trigger: started,
+                reason: "drill".into(),
+                detected: None,
+                recovery_point: None,
+                steps: Vec::new(),
+                status: OpStatus::Done,
+                error: None,
+                resumed: 0,
+                prefix: None,
+            })
+            .unwrap();
+        let began = tokio::time::Instant::now();
+        let at = Arc::new(Mutex::new(Vec::new()));
+        let seen = at.clone();
+        let events = w.events.clone();
+        let server = Arc::new(Server {
+            events: Arc::new(move |e| {
+                if matches!(e, Event::Drilled { .. }) {
+                    seen.lock().unwrap().push(began.elapsed().as_secs() / 60);
+                }
+                events.lock().unwrap().push(e)
+            }),
+            coordination: None,
+            plan: w.server.plan.clone(),
+            plan_dir: w.server.plan_dir.clone(),
+            repo: w.server.repo.clone(),
+            connect: w.server.connect.clone(),
+            routers: w.server.routers.clone(),
+        });
+        let until = tokio::time::sleep(Duration::from_secs(2 * 3600 + 30 * 60));
+        server.serve(&ServeOptions::default(), until).await.unwrap();
+        let events = w.events.lock().unwrap().clone();
+        let Event::DrillScheduled { app, every, first } = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!((app.as_str(), *every), ("web", Duration::from_secs(3600)));
+        // 20 minutes less the (wall-clock) time the test took to get here.
+        assert!((1190..=1200).contains(&first.as_secs()), "{first:?}");
+        assert_eq!(
+            *at.lock().unwrap(),
+            [19, 79, 139],
+            "minutes after the start (a little less than 20, 80, 140)"
+        );
+        let drilled: Vec<&Event> = events.iter().filter(|e| matches!(e, Event::Drilled { .. })).collect();
+        for e in drilled {
+            let Event::Drilled { app, passed, summary } = e else {
+                unreachable!()
+            };
+            assert!(!passed && e.is_failure() && app == "web", "{e:?}");
+            assert!(
+                summary.starts_with("web: drill FAILED") && summary.contains("site b cannot be reached"),
+                "{summary}"
+            );
+        }
     }
 
     /// Overwrites every file of the repository's `dr` directory (journals, states) with junk.

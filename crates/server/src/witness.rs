@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lifeboat_orchestrator::watch::{self, BoxFuture, Freshness, Monitor, Prober, Verdict, Watched, WitnessReport};
+use lifeboat_orchestrator::watch::{
+    self, BoxFuture, Freshness, Monitor, Prober, Seed, Verdict, Watched, WitnessReport,
+};
 use time::OffsetDateTime;
 
 use crate::active::{ActiveProbe, ActiveSites, REPO_DEADLINE};
@@ -79,11 +81,42 @@ pub fn repo_sink(sites: Arc<ActiveSites>) -> Sink {
     })
 }
 
+/// What a `serve` instance's probers share with the watch it runs while it leads: each app's run
+/// of failed probes (the [`Seed`] of the leader's watch, so a new leader does not count the
+/// failures again), and the quorum, asked on each failed probe so that its verdicts' freshness is
+/// known the moment the instance leads.
+#[derive(Clone)]
+pub struct Shared {
+    pub seeds: Arc<Mutex<HashMap<String, Seed>>>,
+    pub quorum: Arc<dyn watch::Witness>,
+}
+
+impl Shared {
+    pub fn new(quorum: Arc<dyn watch::Witness>) -> Shared {
+        Shared {
+            seeds: Default::default(),
+            quorum,
+        }
+    }
+
+    /// Where this instance's probes of `app` are now.
+    pub fn seed(&self, app: &str) -> Seed {
+        self.seeds.lock().unwrap().get(app).copied().unwrap_or_default()
+    }
+}
+
 /// The prober of one app: probes it where it is active every `w.interval` and hands what it saw
-/// to `sink` (a report with a `sequence` one higher each round). Never returns. A round whose
-/// active site or report write is not done within [`REPO_DEADLINE`] writes nothing, which readers
-/// see as silence.
-pub async fn report_loop(w: Watched, sites: Arc<ActiveSites>, sink: Sink, events: Arc<dyn Fn(Event) + Send + Sync>) {
+/// to `sink` (a report with a `sequence` one higher each round); with `shared`, records each
+/// result there and asks the quorum after each failure. Never returns. A round whose active
+/// site or report write is not done within [`REPO_DEADLINE`] writes nothing, which readers see as
+/// silence.
+pub async fn report_loop(
+    w: Watched,
+    sites: Arc<ActiveSites>,
+    sink: Sink,
+    events: Arc<dyn Fn(Event) + Send + Sync>,
+    shared: Option<Shared>,
+) {
     let probe = ActiveProbe(sites.clone());
     let mut monitor = Monitor::new(w.failure_threshold, w.success_threshold);
     let mut tick = tokio::time::interval(w.interval);
@@ -109,6 +142,15 @@ pub async fn report_loop(w: Watched, sites: Arc<ActiveSites>, sink: Sink, events
             Err(_) => Err("timeout".into()),
         };
         monitor.observe(r.is_ok());
+        if let Some(sh) = &shared {
+            sh.seeds
+                .lock()
+                .unwrap()
+                .entry(w.app.clone())
+                .or_default()
+                .observe(r.is_ok(), OffsetDateTime::now_utc());
+        }
+        let failed = r.is_err();
         sequence += 1;
         let report = WitnessReport {
             time: OffsetDateTime::now_utc(),
@@ -124,6 +166,9 @@ pub async fn report_loop(w: Watched, sites: Arc<ActiveSites>, sink: Sink, events
             Ok(Ok(Err(e))) => skipped(format!("cannot report: {e}")),
             Ok(Err(e)) => skipped(format!("cannot report: {e}")),
             Err(_) => skipped(format!("the report was not written within {REPO_DEADLINE:?}")),
+        }
+        if let Some(sh) = shared.as_ref().filter(|_| failed) {
+            let _ = sh.quorum.verdict(&w.app).await;
         }
     }
 }

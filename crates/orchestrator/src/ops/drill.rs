@@ -11,13 +11,14 @@ use crate::journal::{new_id, new_prefix, Kind, OpStatus, Operation, Step, StepOu
 use crate::{verify, OrchestratorError};
 
 /// Recovers `app` into an isolated copy (names prefixed `drill-ID-`) on the drill site (default:
-/// the standby), checks it, measures RTO and RPO, and removes the copy. Never touches the
+/// `drill.site`, else the standby), checks it, measures RTO and RPO, and removes the copy. Never touches the
 /// primary, the production workloads of the drill site, or traffic.
 pub fn drill(env: &Env, app_name: &str, opts: &Options) -> Result<Operation, OrchestratorError> {
     let app = app(env.plan, app_name)?;
-    let site = match &opts.drill_site {
-        Some(s) => s.clone(),
-        None => standby(app)?.to_string(),
+    let site = match (&opts.drill_site, &app.drill.site) {
+        (Some(s), _) => s.clone(),
+        (None, Some(s)) => s.value.clone(),
+        (None, None) => standby(app)?.to_string(),
     };
     if !env.plan.sites.contains_key(&site) {
         return Err(OrchestratorError::Refused {
@@ -100,5 +101,13 @@ pub fn drill(env: &Env, app_name: &str, opts: &Options) -> Result<Operation, Orc
         op.error = Some(e.to_string());
     }
     run.store.save_operation(&op)?;
+    // The reports past `drill.keep`; a failure to remove them fails nothing.
+    match crate::drills::prune(env.repo, env.plan, app) {
+        Ok(gone) if !gone.is_empty() => {
+            (env.log)(&format!("drill reports past drill.keep removed: {}", gone.join(", ")))
+        }
+        Ok(_) => {}
+        Err(e) => (env.log)(&format!("old drill reports not removed: {e}")),
+    }
     Ok(op)
 }

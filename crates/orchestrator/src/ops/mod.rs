@@ -100,7 +100,7 @@ pub struct Options {
     /// recovery point: the final backup when it is incomplete, else the newest snapshot whether
     /// complete or not.
     pub accept_incomplete: bool,
-    /// Drill only: the site to recover on (default: the standby).
+    /// Drill only: the site to recover on (default: the app's `drill.site`, else the standby).
     pub drill_site: Option<String>,
     /// The operator's word that the site being left is off (`--fenced-by-hand SITE`): the fence
     /// step goes on when Lifeboat cannot stop that site itself.
