@@ -183,6 +183,9 @@ pub enum Event {
     },
     /// A scheduled drill of `app` ended, passed or not: what it found, in one line.
     Drilled { app: String, passed: bool, summary: String },
+    /// This process's own probes of `app` on `site` crossed a threshold: the verdict it reports
+    /// (to etcd or the repository) is now down, or up again.
+    Verdict { app: String, site: String, down: bool },
 }
 
 impl Event {
@@ -216,6 +219,8 @@ impl Event {
             Event::DrillScheduled { .. } => "drill_scheduled",
             Event::Drilled { passed: true, .. } => "drill_passed",
             Event::Drilled { passed: false, .. } => "drill_failed",
+            Event::Verdict { down: true, .. } => "verdict_down",
+            Event::Verdict { down: false, .. } => "verdict_up",
         }
     }
 
@@ -231,6 +236,7 @@ impl Event {
             | Event::NotScheduled { app, .. }
             | Event::DrillScheduled { app, .. }
             | Event::Drilled { app, .. }
+            | Event::Verdict { app, .. }
             | Event::Watch(
                 W::Failing { app, .. }
                 | W::Down { app }
@@ -254,6 +260,7 @@ impl Event {
                 | Event::SelfFenceFailed { .. }
                 | Event::NotScheduled { .. }
                 | Event::Drilled { passed: false, .. }
+                | Event::Verdict { down: true, .. }
                 | Event::Watch(W::FailoverFailed { .. } | W::Failing { .. })
         ) || matches!(self, Event::BackedUp { summary, .. } | Event::Synced { summary } if summary.contains("FAILED"))
     }
@@ -317,6 +324,10 @@ impl fmt::Display for Event {
                 )
             }
             Event::Drilled { summary, .. } => f.write_str(summary),
+            Event::Verdict { app, site, down: true } => {
+                write!(f, "{app}: verdict: {site} DOWN (this instance's probes)")
+            }
+            Event::Verdict { app, site, down: false } => write!(f, "{app}: verdict: {site} up again"),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lifeboat_orchestrator::watch::{
-    self, BoxFuture, Freshness, Monitor, Prober, Seed, Verdict, Watched, WitnessReport,
+    self, BoxFuture, Freshness, Monitor, Prober, Seed, Transition, Verdict, Watched, WitnessReport,
 };
 use time::OffsetDateTime;
 
@@ -141,7 +141,14 @@ pub async fn report_loop(
             Ok(r) => r,
             Err(_) => Err("timeout".into()),
         };
-        monitor.observe(r.is_ok());
+        match monitor.observe(r.is_ok()) {
+            Transition::WentDown | Transition::WentUp => events(Event::Verdict {
+                app: w.app.clone(),
+                site: site.clone(),
+                down: monitor.is_down(),
+            }),
+            Transition::None => {}
+        }
         if let Some(sh) = &shared {
             sh.seeds
                 .lock()
