@@ -11,8 +11,12 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/lifeboat-target}
 [ "$(id -u)" = 0 ] || { echo "control-demo: run as root (the lab)" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "control-demo: needs Rust (cargo)" >&2; exit 1; }
-(cd "$ROOT" && cargo build --release -q -p lifeboat)
-L="$CARGO_TARGET_DIR/release/lifeboat"
+# LIFEBOAT_BIN: a lifeboat binary already built (default: a release build made here).
+if [ -z "${LIFEBOAT_BIN:-}" ]; then
+  (cd "$ROOT" && cargo build --release -q -p lifeboat)
+  LIFEBOAT_BIN="$CARGO_TARGET_DIR/release/lifeboat"
+fi
+L=$LIFEBOAT_BIN
 export LIFEBOAT_BIN=$L
 UP=(up --docker 3 --dns --etcd --demo)
 "$ROOT/lab/lab" "${UP[@]}" >/dev/null
@@ -83,7 +87,8 @@ step "the new leader keeps the drill schedule (placed by the last drill)"
 grep -h "drill every" "$D/b.log" "$D/c.log" | tail -1
 stop_all
 step "lab/lab up brings a back (the app stays fenced there); lifeboat failback returns to a"
-"$ROOT/lab/lab" "${UP[@]}" >/dev/null
+# (without --demo: its set-up would back up the lab's own demo plan, whose app now runs on b)
+"$ROOT/lab/lab" up --docker 3 --dns --etcd >/dev/null
 "$L" failback "$P" 2>/dev/null
 echo "$LAB_DEMO_NAME resolves to $(name) again"
 echo
