@@ -726,18 +726,37 @@ impl Server {
             every,
             first,
         });
-        let me = self.clone();
-        Ok(Some(tokio::spawn(schedule::every(every, first, move || {
-            let (me, app) = (me.clone(), name.clone());
-            async move {
-                let job = me.blocking({
-                    let app = app.clone();
-                    move |env| backup_round(env, &app)
-                });
-                let summary = job.await.unwrap_or_else(|e| format!("{app}: backup task failed: {e}"));
-                me.say(Event::BackedUp { app, summary });
+        Ok(Some(self.rounds(name, every, first, backup_round, |app, done| {
+            Event::BackedUp {
+                summary: done.unwrap_or_else(|e| format!("{app}: backup task failed: {e}")),
+                app,
             }
-        }))))
+        })))
+    }
+
+    /// `job` of `app` on the blocking pool every `every`, first after `first`, each reported as
+    /// the event `report` makes of its result.
+    fn rounds<R: Send + 'static>(
+        self: &Arc<Self>,
+        app: String,
+        every: Duration,
+        first: Duration,
+        job: fn(&Env, &str) -> R,
+        report: fn(String, Result<R, tokio::task::JoinError>) -> Event,
+    ) -> JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(schedule::every(every, first, move || {
+            let (me, app) = (me.clone(), app.clone());
+            async move {
+                let done = me
+                    .blocking({
+                        let app = app.clone();
+                        move |env| job(env, &app)
+                    })
+                    .await;
+                me.say(report(app, done));
+            }
+        }))
     }
 
     /// The drill schedule of `a` (none without `drill.every`), its first drill placed by the
@@ -757,20 +776,10 @@ impl Server {
             every,
             first,
         });
-        let me = self.clone();
-        Ok(Some(tokio::spawn(schedule::every(every, first, move || {
-            let (me, app) = (me.clone(), name.clone());
-            async move {
-                let job = me.blocking({
-                    let app = app.clone();
-                    move |env| drill_round(env, &app)
-                });
-                let (passed, summary) = job
-                    .await
-                    .unwrap_or_else(|e| (false, format!("{app}: drill task FAILED: {e}")));
-                me.say(Event::Drilled { app, passed, summary });
-            }
-        }))))
+        Ok(Some(self.rounds(name, every, first, drill_round, |app, done| {
+            let (passed, summary) = done.unwrap_or_else(|e| (false, format!("{app}: drill task FAILED: {e}")));
+            Event::Drilled { app, passed, summary }
+        })))
     }
 
     /// A sync round every `every`; a round that corrected nothing says nothing.
