@@ -5,11 +5,10 @@
 //! snapshot; etcd holds nothing of the refused instance).
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::PASSWORD;
@@ -141,14 +140,7 @@ fn a_second_plan_of_the_same_name_on_one_etcd_is_refused_and_the_first_goes_on()
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let l = log.clone();
-    let err = running.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            l.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
+    let log = common::stderr_log(&mut running);
     let start = Instant::now();
     while !log.lock().unwrap().contains("leading (term") {
         assert!(start.elapsed() < Duration::from_secs(30), "{}", log.lock().unwrap());

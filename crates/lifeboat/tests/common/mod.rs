@@ -51,6 +51,22 @@ pub fn spawn(repo: &str, args: &[&str]) -> Child {
         .expect("spawn lifeboat")
 }
 
+/// Collects the lines `child` writes to its (piped) stderr, as they come, into the string returned.
+pub fn stderr_log(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::BufRead;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let l = log.clone();
+    let err = child.stderr.take().expect("stderr piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let mut g = l.lock().unwrap();
+            g.push_str(&line);
+            g.push('\n');
+        }
+    });
+    log
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 32);
