@@ -122,9 +122,12 @@ const HELPER_TRIES: u32 = 3;
 
 /// How long a helper pod may take to start when nothing says it cannot (a slow image pull).
 const HELPER_START_LIMIT: Duration = Duration::from_secs(120);
-/// How long a helper pod may stay unschedulable: a claim restored a moment ago may still be
-/// binding (the scheduler says "unbound immediate PersistentVolumeClaims" meanwhile).
+/// How long a helper pod may stay unschedulable for want of room or a matching node.
 const UNSCHEDULABLE_LIMIT: Duration = Duration::from_secs(10);
+/// How long a helper pod may stay unschedulable while its claim binds: a claim restored a moment
+/// ago waits for its provisioner (the scheduler says "unbound immediate PersistentVolumeClaims"
+/// meanwhile), which on a loaded cluster or a cloud disk takes tens of seconds.
+const BINDING_LIMIT: Duration = Duration::from_secs(90);
 
 /// Container waiting reasons that mean the helper will not start by waiting longer.
 const HOPELESS_WAITING: [&str; 6] = [
@@ -159,6 +162,11 @@ fn unschedulable_reason(pod: &Value) -> Option<String> {
             && c.get("reason").and_then(Value::as_str) == Some("Unschedulable"))
         .then(|| c.get("message").and_then(Value::as_str).unwrap_or_default().to_string())
     })
+}
+
+/// Whether the scheduler's message says the pod waits for its claims to bind.
+fn waits_for_binding(unschedulable: &str) -> bool {
+    unschedulable.contains("unbound immediate PersistentVolumeClaims")
 }
 
 /// Whether the scheduler's message says no node has the CPU or memory the pod requests.
@@ -202,7 +210,7 @@ fn why_gone(p: &Pod) -> Option<Gone> {
 /// Why a helper pod (as the API server reports it) will not start, if something says so: a
 /// container waiting for a reason that waiting does not cure (an image that cannot be pulled or
 /// is not on the node), the pod failed, or unschedulable for `unschedulable_for` beyond
-/// [`UNSCHEDULABLE_LIMIT`].
+/// [`UNSCHEDULABLE_LIMIT`] ([`BINDING_LIMIT`] while its claims bind).
 fn helper_failure(pod: &Value, unschedulable_for: Duration) -> Option<String> {
     let statuses = pod
         .pointer("/status/containerStatuses")
@@ -236,8 +244,13 @@ fn helper_failure(pod: &Value, unschedulable_for: Duration) -> Option<String> {
             .unwrap_or_default();
         return Some(format!("pod failed: {msg}"));
     }
-    if unschedulable_for >= UNSCHEDULABLE_LIMIT {
-        if let Some(msg) = unschedulable_reason(pod) {
+    if let Some(msg) = unschedulable_reason(pod) {
+        let limit = if waits_for_binding(&msg) {
+            BINDING_LIMIT
+        } else {
+            UNSCHEDULABLE_LIMIT
+        };
+        if unschedulable_for >= limit {
             return Some(format!("Unschedulable for {} s: {msg}", unschedulable_for.as_secs()));
         }
     }
@@ -989,5 +1002,18 @@ mod tests {
         let scheduled = json!({"status": {"phase": "Pending", "conditions": [
             {"type": "PodScheduled", "status": "True"}]}});
         assert_eq!(unschedulable_reason(&scheduled), None);
+    }
+
+    /// Regression (CI, 2026-12-02): a claim restored on a loaded cluster took more than 10 s to
+    /// bind, and the failover's data step stopped on "unbound immediate PersistentVolumeClaims".
+    #[test]
+    fn a_helper_waiting_for_its_claim_to_bind_gets_the_binding_limit() {
+        let pod = json!({"status": {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": "0/1 nodes are available: 1 pod has unbound immediate PersistentVolumeClaims."}]}});
+        assert_eq!(helper_failure(&pod, UNSCHEDULABLE_LIMIT), None);
+        assert_eq!(helper_failure(&pod, BINDING_LIMIT - Duration::from_secs(1)), None);
+        let why = helper_failure(&pod, BINDING_LIMIT).unwrap();
+        assert!(why.contains("unbound immediate PersistentVolumeClaims"), "{why}");
     }
 }

@@ -104,6 +104,8 @@ pub enum Command {
         /// there when it is cut off from etcd for `self_fence_after` (none: a witness elsewhere)
         #[arg(long)]
         site: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Recover into an isolated copy, verify it, measure RTO and RPO, tear it down, and report
     Drill {
@@ -128,6 +130,36 @@ pub enum Command {
         #[arg(long)]
         app: Option<String>,
     },
+    /// Where each app of a plan stands: active site and traffic, RPO now against its objective,
+    /// last backup, standby, last drill, operation in flight, readiness level
+    Status {
+        plan: PathBuf,
+        /// Only this app
+        #[arg(long)]
+        app: Option<String>,
+        /// Redraw every --every until interrupted
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: time between redraws
+        #[arg(long, default_value = "5s", value_parser = lifeboat_plan::parse_duration)]
+        every: std::time::Duration,
+    },
+    /// Write Prometheus alerting rules for a plan, derived from each app's objectives
+    Alerts {
+        plan: PathBuf,
+        /// Write here instead of stdout
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// How long the RPO may be above its objective before the alert fires
+        #[arg(long, default_value = "5m", value_parser = lifeboat_plan::parse_duration)]
+        rpo_for: std::time::Duration,
+        /// How often `lifeboat repo check` is expected to pass
+        #[arg(long, default_value = "7d", value_parser = lifeboat_plan::parse_duration)]
+        repository_check_every: std::time::Duration,
+    },
+    /// API tokens for `serve --listen`
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// List snapshots
     Snapshots,
     /// Show one snapshot: its record and its top-level entries
@@ -212,6 +244,56 @@ pub struct BackupArgs {
     /// With --plan: only this app
     #[arg(long, requires = "plan")]
     pub app: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Make a token: print it once, and add its hash (never the token) to the token file
+    New {
+        /// The token's name (shown in the audit log)
+        name: String,
+        /// viewer (every GET) or operator (also the POSTs that start actions)
+        #[arg(long, value_enum)]
+        role: TokenRole,
+        /// The token file (created mode 0600 if absent)
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum TokenRole {
+    Viewer,
+    Operator,
+}
+
+/// The HTTP API, dashboard and metrics of `serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Serve the API, the dashboard and /metrics on this address (e.g. 127.0.0.1:8443)
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The API's token file (`lifeboat token new`); without it only /healthz, /readyz and /metrics answer
+    #[arg(long, requires = "listen")]
+    pub tokens: Option<PathBuf>,
+    /// TLS certificate (PEM); without it a self-signed pair is made in --tls-dir
+    #[arg(long, requires_all = ["listen", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[arg(long, requires_all = ["listen", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
+    /// Where the self-signed pair is made and kept (default: ~/.local/state/lifeboat/tls/PLAN)
+    #[arg(long, requires = "listen", conflicts_with = "tls_cert")]
+    pub tls_dir: Option<PathBuf>,
+    /// Plain HTTP (loopback addresses only: behind a local proxy that terminates TLS)
+    #[arg(long, requires = "listen", conflicts_with_all = ["tls_cert", "tls_dir"])]
+    pub no_tls: bool,
+    /// How often the status is read from the repository and the traffic routers
+    #[arg(long, default_value = "10s", value_parser = lifeboat_plan::parse_duration)]
+    pub status_every: std::time::Duration,
+    /// How often the full check runs (sites, standby drift, images, capacity, readiness)
+    #[arg(long, default_value = "1m", value_parser = lifeboat_plan::parse_duration)]
+    pub check_every: std::time::Duration,
 }
 
 #[derive(Subcommand, Debug)]

@@ -14,7 +14,7 @@ use lifeboat_repo::{open_location, prune, RepoError, Repository};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::cli::{BackupArgs, BackupCmd, Cli, Command, KeyCmd, PlanCmd, RepoCmd};
+use crate::cli::{BackupArgs, BackupCmd, Cli, Command, KeyCmd, PlanCmd, RepoCmd, TokenCmd};
 use crate::docker_cmd;
 use crate::dr_cmd;
 use crate::kube_cmd;
@@ -231,6 +231,7 @@ pub fn run(args: Cli) -> Result<bool> {
             sync_every,
             instance,
             site,
+            api,
         } => dr_cmd::serve(
             &ctx,
             &plan,
@@ -240,6 +241,7 @@ pub fn run(args: Cli) -> Result<bool> {
                 sync_every,
                 instance,
                 site,
+                api,
             },
         ),
         Command::Sync {
@@ -257,6 +259,19 @@ pub fn run(args: Cli) -> Result<bool> {
             health_timeout,
         } => dr_cmd::drill(&ctx, &plan, app.as_deref(), site, report.as_deref(), health_timeout),
         Command::Drills { plan, app } => dr_cmd::drills(&ctx, &plan, app.as_deref()),
+        Command::Status {
+            plan,
+            app,
+            watch,
+            every,
+        } => dr_cmd::status(&ctx, &plan, app.as_deref(), watch, every),
+        Command::Alerts {
+            plan,
+            out,
+            rpo_for,
+            repository_check_every,
+        } => dr_cmd::alerts(&plan, out.as_deref(), rpo_for, repository_check_every),
+        Command::Token(TokenCmd::New { name, role, file }) => dr_cmd::new_token(&name, role, &file),
     }
 }
 
@@ -575,6 +590,10 @@ fn check(ctx: &Ctx, read_data: bool) -> Result<bool> {
     });
     if errors > 0 && !ctx.json {
         eprintln!("lifeboat: error: the repository has {errors} errors (listed above)");
+    }
+    if errors == 0 {
+        // `lifeboat status` and the metrics show how old the last passing check is.
+        lifeboat_orchestrator::status::record_repo_check(&repo, time::OffsetDateTime::now_utc())?;
     }
     Ok(errors == 0)
 }

@@ -48,7 +48,7 @@ fn apps<'p>(plan: &'p Plan, only: Option<&str>) -> Result<Vec<&'p App>> {
 pub fn backup(ctx: &Ctx, plan: &Path, app: Option<&str>) -> Result<bool> {
     let s = server(ctx, plan)?;
     s.with_env(true, |env| {
-        let items = ops::backup_plan(env, app, ctx.lock_wait)?;
+        let items = ops::backup_plan(env, app, ctx.lock_wait, "cli")?;
         let ok = items.iter().all(|i| i.error.is_none());
         ctx.print(json!({ "plan": env.plan.metadata.name, "apps": items }), || {
             for i in &items {
@@ -329,6 +329,7 @@ pub struct ServeArgs {
     pub sync_every: Duration,
     pub instance: Option<String>,
     pub site: Option<String>,
+    pub api: crate::cli::ApiArgs,
 }
 
 /// `serve PLAN`: the plan's backup schedule with its retention, sync rounds, and the watch, in one
@@ -343,7 +344,7 @@ pub fn serve(ctx: &Ctx, plan_path: &Path, args: &ServeArgs) -> Result<bool> {
              --password-file $CREDENTIALS_DIRECTORY/NAME)"
         );
     }
-    let mut server = server(ctx, plan_path)?;
+    let (mut server, board) = server_with_board(ctx, plan_path)?;
     if server.plan.coordination.is_some() {
         if let Some(site) = &args.site {
             if !server.plan.sites.contains_key(site) {
@@ -379,19 +380,209 @@ pub fn serve(ctx: &Ctx, plan_path: &Path, args: &ServeArgs) -> Result<bool> {
         watch: !args.no_watch,
         sync_every: args.sync_every,
     };
-    let run = rt.block_on(server.serve(&opts, lifeboat_server::shutdown_signal()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let run = rt.block_on(async {
+        tokio::spawn(async move {
+            lifeboat_server::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        if let Some(addr) = args.api.listen {
+            let api = start_api(&server, &args.api, addr, board).await?;
+            tokio::spawn(api.0.clone().run(stop()));
+            tokio::spawn(api.1.run(api.2, stop()));
+        }
+        anyhow::Ok(server.serve(&opts, stop()).await?)
+    });
     // Dropping the runtime waits for the jobs under way (a backup, a failover).
     drop(rt);
     run?;
     Ok(true)
 }
 
+/// Binds the API (TLS and tokens loaded) before anything is served; prints where it listens
+/// and, for a certificate made here, its fingerprint.
+async fn start_api(
+    server: &Arc<Server>,
+    a: &crate::cli::ApiArgs,
+    addr: std::net::SocketAddr,
+    board: Arc<std::sync::OnceLock<Arc<lifeboat_api::Board>>>,
+) -> Result<(Arc<lifeboat_api::Board>, lifeboat_api::Listener, Arc<lifeboat_api::http::Api>)> {
+    use lifeboat_api::tls::TlsSource;
+    let tokens = match &a.tokens {
+        Some(p) => lifeboat_api::auth::Tokens::load(p)?,
+        None => {
+            tracing::warn!("serve --listen without --tokens: only /healthz, /readyz, /metrics and the dashboard's files answer");
+            lifeboat_api::auth::Tokens::default()
+        }
+    };
+    let tls = match (&a.tls_cert, &a.tls_key, a.no_tls) {
+        (_, _, true) => None,
+        (Some(cert), Some(key), _) => Some(TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => {
+            let dir = a.tls_dir.clone().unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+                home.join(".local/state/lifeboat/tls").join(&server.plan.metadata.name)
+            });
+            let mut names = vec!["localhost".to_string(), addr.ip().to_string()];
+            if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+                names.push(h.trim().to_string());
+            }
+            Some(TlsSource::SelfSigned { dir, names })
+        }
+    };
+    let listener = lifeboat_api::Listener::bind(addr, tls.as_ref()).await?;
+    match &listener.tls {
+        Some(t) => tracing::info!(
+            kind = "api_listening",
+            "API, dashboard and metrics on https://{} (certificate {}{}, SHA-256 {})",
+            listener.addr,
+            t.cert_path.display(),
+            if t.generated { ", self-signed, made now" } else { "" },
+            t.fingerprint
+        ),
+        None => tracing::info!(kind = "api_listening", "API, dashboard and metrics on http://{} (no TLS)", listener.addr),
+    }
+    let b = lifeboat_api::Board::new(server.clone(), a.status_every, a.check_every);
+    b.counters.set_plan(&server.plan.metadata.name);
+    let _ = board.set(b.clone());
+    let api = lifeboat_api::http::Api::new(b.clone(), tokens);
+    Ok((b, listener, api))
+}
+
+/// `status PLAN`: the status model as a table (or JSON), once or every `every`.
+pub fn status(ctx: &Ctx, plan_path: &Path, app: Option<&str>, watch: bool, every: Duration) -> Result<bool> {
+    let plan_v = Plan::load(plan_path)?;
+    if let Some(a) = app {
+        apps(&plan_v, Some(a))?;
+    }
+    let dir = plan_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let repo = load(ctx, plan_path).map(|l| l.repo);
+    let router = lifeboat_server::routers(dir.clone());
+    let connect = platform::connector(&plan_v);
+    loop {
+        let now = OffsetDateTime::now_utc();
+        let src = lifeboat_orchestrator::status::Sources {
+            plan: &plan_v,
+            repo: repo.as_ref().map_err(crate::error_line),
+            router: &*router,
+            refresh: every,
+            only: app,
+        };
+        let mut st = lifeboat_orchestrator::status::collect(&src, now);
+        let mut results = check::run(&plan_v, repo.as_ref().map_err(crate::error_line), &connect, &*router);
+        results.extend(lifeboat_server::coord::check(&plan_v, &dir));
+        st.with_checks(&plan_v, &results, now, every);
+        let healthy = st.apps.iter().all(|a| {
+            matches!(
+                a.health,
+                lifeboat_orchestrator::status::Health::Ok | lifeboat_orchestrator::status::Health::Warning
+            )
+        });
+        if ctx.json {
+            println!("{}", serde_json::to_string(&st)?);
+        } else {
+            if watch {
+                // Clear the screen and go home, then redraw.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", lifeboat_orchestrator::status::table(&st));
+        }
+        if !watch {
+            return Ok(healthy);
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// `alerts PLAN`: Prometheus alerting rules from the plan's objectives.
+pub fn alerts(plan_path: &Path, out: Option<&Path>, rpo_for: Duration, repository_check_every: Duration) -> Result<bool> {
+    let plan_v = Plan::load(plan_path)?;
+    let text = lifeboat_api::alerts::rules(
+        &plan_v,
+        &lifeboat_api::alerts::AlertOptions {
+            rpo_for,
+            check_refresh: lifeboat_orchestrator::status::DEFAULT_CHECK_REFRESH,
+            repository_check_every,
+        },
+    );
+    match out {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(true)
+}
+
+/// `token new NAME --role R --file F`: prints a new token once and adds its hash to the file.
+pub fn new_token(name: &str, role: crate::cli::TokenRole, file: &Path) -> Result<bool> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let role = match role {
+        crate::cli::TokenRole::Viewer => lifeboat_api::auth::Role::Viewer,
+        crate::cli::TokenRole::Operator => lifeboat_api::auth::Role::Operator,
+    };
+    let existing = match std::fs::read_to_string(file) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    };
+    if existing.is_some() {
+        // An existing file must load as it is (its mode, its entries) before one is added.
+        lifeboat_api::auth::Tokens::load(file)?;
+    }
+    let (token, entry) = lifeboat_api::auth::new_token(name, role).map_err(anyhow::Error::msg)?;
+    let text = match existing {
+        Some(t) if t.trim().is_empty() || t.trim() == "tokens: []" => format!("tokens:\n{entry}"),
+        Some(t) => format!("{}{}{entry}", t, if t.ends_with('\n') { "" } else { "\n" }),
+        None => format!("tokens:\n{entry}"),
+    };
+    // Refused whole if the result would not load (a second token of the same name).
+    lifeboat_api::auth::Tokens::parse(file, &text)?;
+    let tmp = file.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file).with_context(|| format!("cannot write {}", file.display()))?;
+    println!("{token}");
+    eprintln!(
+        "token {name} ({}) added to {}: the line above is the token, shown only now",
+        role.as_str(),
+        file.display()
+    );
+    Ok(true)
+}
+
 /// The plan's server, its events printed one line each: with a time on stderr, or as JSON lines
 /// on stdout with `--json` (a failover's step lines only without it).
 fn server(ctx: &Ctx, plan_path: &Path) -> Result<Arc<Server>> {
+    Ok(server_with_board(ctx, plan_path)?.0)
+}
+
+/// The server, and where its status board goes once `serve --listen` makes one: every event
+/// is shown to it first.
+fn server_with_board(ctx: &Ctx, plan_path: &Path) -> Result<(Arc<Server>, Arc<std::sync::OnceLock<Arc<lifeboat_api::Board>>>)> {
     let l = load(ctx, plan_path)?;
     let (json, log_json) = (ctx.json, ctx.log_json);
+    let board: Arc<std::sync::OnceLock<Arc<lifeboat_api::Board>>> = Arc::default();
+    let b = board.clone();
     let events = Arc::new(move |e: Event| {
+        if let Some(b) = b.get() {
+            b.observe(&e);
+        }
         let now = OffsetDateTime::now_utc();
         if log_json {
             // Structured: one object per line on stderr, through tracing (main set it up).
@@ -411,7 +602,7 @@ fn server(ctx: &Ctx, plan_path: &Path) -> Result<Arc<Server>> {
             (_, false) => eprintln!("{} {e}", now.time()),
         }
     });
-    Ok(Server::new(l.plan, l.dir, l.repo, events))
+    Ok((Server::new(l.plan, l.dir, l.repo, events), board))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

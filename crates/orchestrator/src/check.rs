@@ -33,6 +33,16 @@ pub struct CheckResult {
     pub check: String,
     pub status: Status,
     pub detail: String,
+    /// How many things the line counts, where it counts (drifted objects, images missing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+impl CheckResult {
+    fn counting(mut self, n: usize) -> CheckResult {
+        self.count = Some(n as u64);
+        self
+    }
 }
 
 pub(crate) fn line(app: Option<&str>, check: &str, status: Status, detail: impl Into<String>) -> CheckResult {
@@ -41,6 +51,7 @@ pub(crate) fn line(app: Option<&str>, check: &str, status: Status, detail: impl 
         check: check.into(),
         status,
         detail: detail.into(),
+        count: None,
     }
 }
 
@@ -577,6 +588,7 @@ fn standby_lines(
             Status::Ok,
             format!("{} images present on {sb_name}", images.len()),
         )
+        .counting(0)
     } else {
         line(
             Some(a),
@@ -584,6 +596,7 @@ fn standby_lines(
             Status::Fail,
             format!("missing on {sb_name}: {}", missing.join(", ")),
         )
+        .counting(missing.len())
     });
     // Drift (hot standby only: a cold one holds nothing until failover).
     if app.standby_mode == StandbyMode::Hot {
@@ -598,6 +611,7 @@ fn standby_lines(
                         Status::Ok,
                         format!("{} objects identical on {sb_name}", p.len()),
                     )
+                    .counting(0)
                 } else {
                     line(
                         Some(a),
@@ -605,6 +619,7 @@ fn standby_lines(
                         Status::Fail,
                         format!("{} (`lifeboat sync` corrects it)", d.join("; ")),
                     )
+                    .counting(d.len())
                 }
             }
             (Err(e), _) | (_, Err(e)) => line(Some(a), "drift", Status::Fail, e.to_string()),

@@ -70,9 +70,14 @@ pub fn history(repo: &Repository, plan: &Plan, app: &App) -> Result<Vec<DrillRec
         plan: plan.metadata.name.clone(),
         app: app.name.value.clone(),
     };
+    Ok(history_of(app, st.operations()?))
+}
+
+/// The drills among `ops` (the app's operations, as [`Store::operations`] reads them), newest
+/// first.
+pub fn history_of(app: &App, ops: Vec<Operation>) -> Vec<DrillRecord> {
     let (rto, rpo) = objectives(app);
-    let mut out: Vec<DrillRecord> = st
-        .operations()?
+    let mut out: Vec<DrillRecord> = ops
         .into_iter()
         .filter(|op| op.kind == Kind::Drill)
         .map(|op| {
@@ -90,7 +95,7 @@ pub fn history(repo: &Repository, plan: &Plan, app: &App) -> Result<Vec<DrillRec
         })
         .collect();
     out.sort_by(|a, b| b.op.trigger.cmp(&a.op.trigger).then_with(|| b.op.id.cmp(&a.op.id)));
-    Ok(out)
+    out
 }
 
 /// The newest drill that finished (passed or failed), from a [`history`].

@@ -21,9 +21,11 @@ pub mod leadership;
 pub mod ops;
 pub mod platform;
 pub mod probe;
+pub mod records;
 pub mod report;
 pub mod runbook;
 pub mod schedule;
+pub mod status;
 pub mod sync;
 #[cfg(test)]
 mod testing;

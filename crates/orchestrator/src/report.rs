@@ -333,8 +333,9 @@ impl DrillReport {
     }
 }
 
-/// A horizontal bar per step, from its start to its end, on a time axis from the trigger.
-fn timeline_svg(op: &Operation) -> String {
+/// The SVG timeline of an operation's steps (the drill report and the dashboard draw it): a
+/// horizontal bar per step, from its start to its end, on a time axis from the trigger.
+pub fn timeline_svg(op: &Operation) -> String {
     let end = op
         .steps
         .iter()

@@ -270,6 +270,38 @@ fn write_lock(backend: &dyn Backend, key: &MasterKey, dir: &str, info: &LockInfo
     Ok(name)
 }
 
+/// The holders of the lock files in `dir` as they describe themselves (one line each, or why a
+/// file does not read), without judging staleness and without writing anything: for status
+/// views. A file removed between listing and reading is left out.
+pub fn holders(backend: &dyn Backend, key: &MasterKey, dir: &str) -> Result<Vec<String>, RepoError> {
+    let mut out = Vec::new();
+    for l in backend.list(dir)? {
+        let Some(info) = read_info(backend, key, dir, &l.name)? else { continue };
+        out.push(info.map_or_else(|e| format!("an unreadable lock file {} ({e})", l.name), |i| i.describe()));
+    }
+    Ok(out)
+}
+
+/// The lock file `dir/name` read and opened: `None` when it went meanwhile; the inner error when
+/// it does not open or parse.
+fn read_info(
+    backend: &dyn Backend,
+    key: &MasterKey,
+    dir: &str,
+    name: &str,
+) -> Result<Option<Result<LockInfo, String>>, RepoError> {
+    let bytes = match backend.read(&format!("{dir}/{name}")) {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some(
+        key.open(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|p| serde_json::from_slice::<LockInfo>(&p).map_err(|e| e.to_string())),
+    ))
+}
+
 /// A lock file as found by a listing.
 struct Found {
     name: String,
@@ -297,15 +329,7 @@ fn scan(
         if l.name == own {
             continue;
         }
-        let bytes = match backend.read(&format!("{dir}/{}", l.name)) {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let info = key
-            .open(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|p| serde_json::from_slice::<LockInfo>(&p).map_err(|e| e.to_string()));
+        let Some(info) = read_info(backend, key, dir, &l.name)? else { continue };
         let stale = match &info {
             Ok(i) => staleness(i, l, reference, t),
             Err(_) => None,

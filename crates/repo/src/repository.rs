@@ -361,6 +361,13 @@ impl Repository {
         Ok(())
     }
 
+    /// Who holds the repository's locks (`locks/`) and, with `dr_dir`, the DR state lock of
+    /// `dr/DR_DIR/lock` (see [`lock::holders`]): reads only.
+    pub fn lock_holders(&self, dr_dir: Option<&str>) -> Result<Vec<String>, RepoError> {
+        let dir = dr_dir.map_or_else(|| "locks".to_string(), |d| format!("dr/{d}/lock"));
+        lock::holders(&*self.backend, &self.key, &dir)
+    }
+
     /// Removes stale and unreadable lock files (with `all`, every lock file) from `locks/` and from
     /// the DR state's lock directories (`dr/.../lock/`). Returns what was removed.
     pub fn unlock(&self, all: bool) -> Result<Vec<lock::Unlocked>, RepoError> {

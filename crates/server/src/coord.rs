@@ -191,12 +191,14 @@ pub fn check(plan: &Plan, plan_dir: &Path) -> Option<CheckResult> {
             check: "coordination".into(),
             status,
             detail,
+            count: None,
         },
         Err(e) => CheckResult {
             app: None,
             check: "coordination".into(),
             status: Status::Fail,
             detail: e.to_string(),
+            count: None,
         },
     })
 }

@@ -726,7 +726,7 @@ impl Server {
             every,
             first,
         });
-        Ok(Some(self.rounds(name, every, first, backup_round, |app, done| {
+        Ok(Some(self.rounds(name, every, first, |env, app| backup_round(env, app, "schedule"), |app, done| {
             Event::BackedUp {
                 summary: done.unwrap_or_else(|e| format!("{app}: backup task failed: {e}")),
                 app,
@@ -776,7 +776,7 @@ impl Server {
             every,
             first,
         });
-        Ok(Some(self.rounds(name, every, first, drill_round, |app, done| {
+        Ok(Some(self.rounds(name, every, first, |env, app| drill_round(env, app, "scheduled drill"), |app, done| {
             let (passed, summary) = done.unwrap_or_else(|e| (false, format!("{app}: drill task FAILED: {e}")));
             Event::Drilled { app, passed, summary }
         })))
@@ -877,9 +877,10 @@ fn verdict_max_age(watched: &[Watched]) -> Duration {
     (slowest * 3).max(Duration::from_secs(2))
 }
 
-/// One scheduled backup of `app` and its retention, in one line.
-fn backup_round(env: &Env, app: &str) -> String {
-    let mut line = match ops::backup_plan(env, Some(app), LOCK_WAIT) {
+/// One backup of `app` by plan and its retention, started `by` (`schedule`, `api:NAME`), in one
+/// line (a failure says FAILED).
+pub fn backup_round(env: &Env, app: &str, by: &str) -> String {
+    let mut line = match ops::backup_plan(env, Some(app), LOCK_WAIT, by) {
         Ok(items) => items
             .iter()
             .map(|i| match (&i.snapshot, &i.error) {
@@ -902,9 +903,9 @@ fn backup_round(env: &Env, app: &str) -> String {
 
 /// One scheduled drill of `app` (on its `drill.site`, else its standby): whether it passed, and
 /// what it found in one line. Its report is the drill's operation in the repository.
-fn drill_round(env: &Env, app: &str) -> (bool, String) {
+pub fn drill_round(env: &Env, app: &str, reason: &str) -> (bool, String) {
     let opts = ops::Options {
-        reason: "scheduled drill".into(),
+        reason: reason.into(),
         ..Default::default()
     };
     let Some(a) = env.plan.app(app) else {

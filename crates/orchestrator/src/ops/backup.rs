@@ -8,7 +8,9 @@ use lifeboat_repo::Repository;
 use super::{app, standby, store, tags, Env};
 use crate::journal::{AppState, Staged, Store};
 use crate::platform::Platform;
+use crate::records::{self, BackupAttempt};
 use crate::{hooks, verify, OrchestratorError};
+use time::OffsetDateTime;
 
 /// The result of backing up one app by plan.
 #[derive(Debug, serde::Serialize)]
@@ -25,8 +27,15 @@ pub struct PlanBackup {
 }
 
 /// Backs up each app of the plan (or `only`) from its active site; for a hot standby, then
-/// stages the snapshot on the standby (workloads created stopped, volume data written).
-pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result<Vec<PlanBackup>, OrchestratorError> {
+/// stages the snapshot on the standby (workloads created stopped, volume data written). Each
+/// app's attempt is recorded in the repository ([`crate::records`]) as started `by` (`cli`,
+/// `schedule`, `api:NAME`); one that fails to record is told in the item's error.
+pub fn backup_plan(
+    env: &Env,
+    only: Option<&str>,
+    lock_wait: Duration,
+    by: &str,
+) -> Result<Vec<PlanBackup>, OrchestratorError> {
     if let Some(a) = only {
         app(env.plan, a)?;
     }
@@ -42,6 +51,8 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
             hooks: Vec::new(),
             error: None,
         };
+        let started = OffsetDateTime::now_utc();
+        let clock = std::time::Instant::now();
         let result = (|| -> Result<(), OrchestratorError> {
             // Only the leader backs up (the others would take the same backup again).
             env.term()?;
@@ -118,8 +129,34 @@ pub fn backup_plan(env: &Env, only: Option<&str>, lock_wait: Duration) -> Result
             }
             Ok(())
         })();
+        // A follower's refusal is no attempt: the leader backs up.
+        let deposed = matches!(result, Err(OrchestratorError::Deposed { .. }));
         if let Err(e) = result {
             item.error = Some(e.to_string());
+        }
+        if !deposed {
+            let bytes_added = item
+                .snapshot
+                .as_deref()
+                .and_then(|h| h.parse::<Id>().ok())
+                .and_then(|id| env.repo.load_snapshot(&id).ok())
+                .map_or(0, |s| s.summary.bytes_added);
+            let attempt = BackupAttempt {
+                started,
+                seconds: clock.elapsed().as_secs_f64(),
+                site: active.clone(),
+                snapshot: item.snapshot.clone(),
+                bytes_added,
+                error: item.snapshot.is_none().then(|| item.error.clone()).flatten(),
+                by: by.to_string(),
+            };
+            if let Err(e) = records::record_attempt(env.repo, &env.plan.metadata.name, &app.name.value, &attempt) {
+                let line = format!("the attempt was not recorded: {e}");
+                item.error = Some(match item.error.take() {
+                    Some(err) => format!("{err}; {line}"),
+                    None => line,
+                });
+            }
         }
         out.push(item);
     }

@@ -228,7 +228,7 @@ fn a_failover_preempts_a_scheduled_backup_of_the_same_app() {
     // A scheduled backup of a (hot standby: it would stage on b afterwards) holds the app's lock.
     let backup = {
         let w = w.clone();
-        std::thread::spawn(move || backup_plan(&w.env(), Some("web"), Duration::ZERO).unwrap())
+        std::thread::spawn(move || backup_plan(&w.env(), Some("web"), Duration::ZERO, "test").unwrap())
     };
     while !w.log().contains(&"a backup".to_string()) {
         std::thread::sleep(Duration::from_millis(20));
@@ -251,7 +251,7 @@ fn a_failover_preempts_a_scheduled_backup_of_the_same_app() {
     assert_eq!(w.store().preempted(), None, "the request is withdrawn");
     // A backup that starts while a failover waits does not start its read.
     w.store().request_preemption("failover").unwrap();
-    let backed = backup_plan(&w.env(), Some("web"), Duration::ZERO).unwrap();
+    let backed = backup_plan(&w.env(), Some("web"), Duration::ZERO, "test").unwrap();
     assert!(
         backed[0]
             .error

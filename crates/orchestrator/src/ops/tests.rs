@@ -168,10 +168,10 @@ fn a_failback_from_a_standby_that_cannot_be_reached_is_refused_without_accept_da
 fn a_hot_standby_that_holds_the_recovery_point_is_not_written_again() {
     let mut w = World::new(false);
     w.a_backup_takes = Some(Duration::ZERO);
-    let first = backup_plan(&w.env(), None, Duration::ZERO).unwrap();
+    let first = backup_plan(&w.env(), None, Duration::ZERO, "test").unwrap();
     assert_eq!(first[0].error, None);
     assert_eq!(w.log(), ["a backup", "b stage"]);
-    let second = backup_plan(&w.env(), None, Duration::ZERO).unwrap();
+    let second = backup_plan(&w.env(), None, Duration::ZERO, "test").unwrap();
     let base = &first[0].snapshot.as_ref().unwrap()[..8];
     assert_eq!(w.log()[2..], ["a backup".to_string(), format!("b stage over {base}")]);
     assert!(
@@ -196,7 +196,7 @@ fn a_backup_by_plan_never_stages_over_a_standby_that_runs_the_app() {
     let mut w = World::new(false);
     w.a_backup_takes = Some(Duration::ZERO);
     w.b_runs.store(true, Ordering::SeqCst);
-    let r = backup_plan(&w.env(), None, Duration::ZERO).unwrap();
+    let r = backup_plan(&w.env(), None, Duration::ZERO, "test").unwrap();
     let e = r[0].error.as_deref().unwrap();
     assert!(e.contains("runs on the standby b") && e.contains("not staged"), "{e}");
     assert!(r[0].snapshot.is_some(), "the backup itself is kept");
@@ -338,7 +338,7 @@ fn a_deposed_leader_neither_backs_up_nor_stages() {
     let leader = FakeTerm::new(3);
     leader.depose_after(0);
     w.leadership = Some(leader);
-    let r = backup_plan(&w.env(), None, Duration::ZERO).unwrap();
+    let r = backup_plan(&w.env(), None, Duration::ZERO, "test").unwrap();
     assert!(
         r[0].error.as_deref().unwrap().contains("not the leader any more"),
         "{r:?}"
