@@ -35,9 +35,9 @@ fn q(s: &str) -> String {
 
 fn dur(d: Duration) -> String {
     let s = d.as_secs().max(1);
-    if s % 3600 == 0 {
+    if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
@@ -115,7 +115,10 @@ pub fn rules(plan: &Plan, o: &AlertOptions) -> String {
         let mut rules = Vec::new();
         if let Some(rpo) = app.objectives.as_ref().and_then(|o| o.rpo.as_ref()) {
             let secs = rpo.value.0.as_secs_f64();
-            for (name, x, severity) in [("LifeboatRpoAboveObjective", 1, "warning"), ("LifeboatRpoTwiceObjective", 2, "critical")] {
+            for (name, x, severity) in [
+                ("LifeboatRpoAboveObjective", 1, "warning"),
+                ("LifeboatRpoTwiceObjective", 2, "critical"),
+            ] {
                 rules.push(Rule {
                     name: name.into(),
                     expr: format!("lifeboat_app_rpo_seconds{{{sel}}} / {secs} > {x}"),
@@ -204,8 +207,14 @@ mod tests {
                 repository_check_every: Duration::from_secs(7 * 86400),
             },
         );
-        assert!(r.contains(r#"lifeboat_app_rpo_seconds{plan=\"p\",app=\"web\"} / 90 > 1"#), "{r}");
-        assert!(r.contains(r#"lifeboat_app_rpo_seconds{plan=\"p\",app=\"db\"} / 3600 > 2"#), "{r}");
+        assert!(
+            r.contains(r#"lifeboat_app_rpo_seconds{plan=\"p\",app=\"web\"} / 90 > 1"#),
+            "{r}"
+        );
+        assert!(
+            r.contains(r#"lifeboat_app_rpo_seconds{plan=\"p\",app=\"db\"} / 3600 > 2"#),
+            "{r}"
+        );
         assert!(r.contains("> 7200 or absent"), "web's drill.every: {r}");
         assert!(r.contains("> 2592000 or absent"), "db: the default drill interval: {r}");
         assert!(r.contains("for: 5m") && r.contains("severity: critical"));

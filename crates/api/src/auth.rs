@@ -122,13 +122,16 @@ impl Tokens {
         let mut entries = Vec::new();
         for e in f.tokens {
             if e.name.is_empty() || e.name.chars().any(|c| c.is_control()) {
-                return Err(invalid(format!("token name {:?} is empty or holds control characters", e.name)));
+                return Err(invalid(format!(
+                    "token name {:?} is empty or holds control characters",
+                    e.name
+                )));
             }
             if entries.iter().any(|(n, _, _)| *n == e.name) {
                 return Err(invalid(format!("two tokens are named {}", e.name)));
             }
-            let h = unhex(&e.sha256)
-                .ok_or_else(|| invalid(format!("token {}: sha256 is not 64 hex digits", e.name)))?;
+            let h =
+                unhex(&e.sha256).ok_or_else(|| invalid(format!("token {}: sha256 is not 64 hex digits", e.name)))?;
             entries.push((e.name, e.role, h));
         }
         Ok(Tokens { entries })
@@ -202,7 +205,13 @@ mod tests {
         assert!(!text.contains(&t1) && !text.contains(&t2), "the file holds no token");
         let tokens = Tokens::parse(Path::new("t.yaml"), &text).unwrap();
         assert_eq!(tokens.caller(&t1).unwrap().role, Role::Viewer);
-        assert_eq!(tokens.caller(&t2).unwrap(), Caller { name: "ops".into(), role: Role::Operator });
+        assert_eq!(
+            tokens.caller(&t2).unwrap(),
+            Caller {
+                name: "ops".into(),
+                role: Role::Operator
+            }
+        );
         assert_eq!(tokens.caller("lbt_wrong"), None);
         assert_eq!(tokens.caller(""), None);
     }

@@ -164,7 +164,9 @@ impl Board {
         };
         let mut out = BTreeMap::new();
         for a in &st.apps {
-            let Some(app) = self.server.plan.app(&a.app) else { continue };
+            let Some(app) = self.server.plan.app(&a.app) else {
+                continue;
+            };
             let Some(h) = app.health.first() else { continue };
             let w = l.apps.get(&a.app).cloned().unwrap_or_default();
             let site = a.active.get().cloned().unwrap_or_else(|| app.primary.value.clone());
@@ -232,11 +234,12 @@ impl Board {
                     counted.insert(a.app.clone(), n.unwrap_or(OffsetDateTime::UNIX_EPOCH));
                 }
                 (Some(s), Some(n)) if n > s => {
-                    let fresh: Vec<BackupAttempt> = records::attempts(&self.server.repo, plan, &a.app, records::KEEP_ATTEMPTS)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|x| x.started > s)
-                        .collect();
+                    let fresh: Vec<BackupAttempt> =
+                        records::attempts(&self.server.repo, plan, &a.app, records::KEEP_ATTEMPTS)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|x| x.started > s)
+                            .collect();
                     for x in &fresh {
                         self.counters.attempt(&a.app, x);
                     }
@@ -266,7 +269,9 @@ impl Board {
     /// One full check (sites, standby, capacity, readiness), kept for the refreshes that follow.
     fn check_once(&self) {
         let at = OffsetDateTime::now_utc();
-        let mut results = self.server.with_env(false, |env| check::run(env.plan, Ok(env.repo), &env.connect, env.router));
+        let mut results = self.server.with_env(false, |env| {
+            check::run(env.plan, Ok(env.repo), &env.connect, env.router)
+        });
         results.extend(lifeboat_server::coord::check(&self.server.plan, &self.server.plan_dir));
         *self.checks.lock().expect("poisoned") = Some((results, at));
     }

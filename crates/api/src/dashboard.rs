@@ -4,9 +4,21 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 const FILES: [(&str, &str, &str); 3] = [
-    ("index.html", "text/html; charset=utf-8", include_str!("../dashboard/index.html")),
-    ("app.js", "text/javascript; charset=utf-8", include_str!("../dashboard/app.js")),
-    ("style.css", "text/css; charset=utf-8", include_str!("../dashboard/style.css")),
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("../dashboard/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../dashboard/app.js"),
+    ),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../dashboard/style.css"),
+    ),
 ];
 
 /// The page's content security policy: its own files and API only.

@@ -85,8 +85,10 @@ impl IntoResponse for ApiError {
         }
         let mut r = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"lifeboat\""));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"lifeboat\""),
+            );
         }
         r
     }
@@ -108,13 +110,20 @@ async fn authenticate(State(api): Shared, mut req: Request, next: Next) -> Resul
         ));
     };
     let Some(caller) = api.tokens.caller(token) else {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the token is not known"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the token is not known",
+        ));
     };
     if req.method() != axum::http::Method::GET && caller.role < Role::Operator {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("token {} is a viewer: starting actions needs an operator token", caller.name),
+            format!(
+                "token {} is a viewer: starting actions needs an operator token",
+                caller.name
+            ),
         ));
     }
     req.extensions_mut().insert(caller);
@@ -150,7 +159,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/metrics", get(metrics))
         .route("/", get(|| async { crate::dashboard::page("index.html") }))
         .route("/app/{app}", get(|| async { crate::dashboard::page("index.html") }))
-        .route("/static/{file}", get(|Path(f): Path<String>| async move { crate::dashboard::page(&f) }))
+        .route(
+            "/static/{file}",
+            get(|Path(f): Path<String>| async move { crate::dashboard::page(&f) }),
+        )
         .with_state(api)
 }
 
@@ -170,7 +182,10 @@ async fn metrics(State(api): Shared) -> Response {
     let now = OffsetDateTime::now_utc();
     let body = crate::metrics::render(api.board.status(now).as_ref(), &api.board.counters, api.board.leads());
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         body,
     )
         .into_response()
@@ -211,7 +226,11 @@ fn app_named<'a>(api: &'a Api, plan: &str, app: &str) -> Result<&'a lifeboat_pla
             "not_found",
             format!(
                 "plan {plan} has no app {app:?} (apps: {})",
-                p.apps.iter().map(|a| a.name.value.as_str()).collect::<Vec<_>>().join(", ")
+                p.apps
+                    .iter()
+                    .map(|a| a.name.value.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
     })
@@ -319,8 +338,13 @@ async fn operation(
             "report": report::json(&op),
             "timeline": report::timeline_text(&op),
             "svg": report::timeline_svg(&op),
-        })).into_response()),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("app {app} has no such operation"))),
+        }))
+        .into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("app {app} has no such operation"),
+        )),
     }
 }
 
@@ -351,7 +375,11 @@ async fn drill_report(
     let a = app.clone();
     let op = read(&api, move |s| store(s, &a).operation(&id).map_err(|e| e.to_string())).await?;
     let Some(op) = op.filter(|o| o.kind == Kind::Drill) else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("app {app} has no such drill")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("app {app} has no such drill"),
+        ));
     };
     let r = report::DrillReport::new(&api.board.server().plan, vec![op], Vec::new());
     Ok(match ext.as_str() {
@@ -421,8 +449,13 @@ fn body<T: Default + serde::de::DeserializeOwned>(b: Result<Json<Value>, JsonRej
     if v.is_null() {
         return Ok(T::default());
     }
-    serde_json::from_value(v)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the body does not fit: {e}")))
+    serde_json::from_value(v).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the body does not fit: {e}"),
+        )
+    })
 }
 
 /// Writes the audit entry (on the blocking pool); a failure to write is logged, and fails the
@@ -430,6 +463,8 @@ fn body<T: Default + serde::de::DeserializeOwned>(b: Result<Json<Value>, JsonRej
 async fn write_audit(api: &Arc<Api>, e: AuditEntry) -> Result<(), String> {
     let server = api.board.server().clone();
     let r = tokio::task::spawn_blocking(move || {
+        // Never into a repository that went away (a local one would be made anew, empty).
+        server.repo.reachable().map_err(|x| x.to_string())?;
         records::audit(&server.repo, &server.plan.metadata.name, &e).map_err(|x| x.to_string())
     })
     .await
@@ -456,12 +491,23 @@ fn entry(caller: &Caller, action: &str, app: &str, status: StatusCode, result: i
 type Job = Box<dyn FnOnce(&ops::Env) -> (bool, String) + Send>;
 
 /// Checks, audits and starts an action; refused ones are audited with their answer.
-async fn act(api: Arc<Api>, caller: Caller, action: &'static str, plan: String, app: String, job: Result<Job, ApiError>) -> Response {
+async fn act(
+    api: Arc<Api>,
+    caller: Caller,
+    action: &'static str,
+    plan: String,
+    app: String,
+    job: Result<Job, ApiError>,
+) -> Response {
     let checked = (|| {
         app_named(&api, &plan, &app)?;
         let job = job?;
         if !api.board.leads() {
-            let leader = api.board.status(OffsetDateTime::now_utc()).and_then(|s| s.control).and_then(|c| c.leader);
+            let leader = api
+                .board
+                .status(OffsetDateTime::now_utc())
+                .and_then(|s| s.control)
+                .and_then(|c| c.leader);
             let mut e = ApiError::new(
                 StatusCode::CONFLICT,
                 "not_leader",
@@ -487,7 +533,11 @@ async fn act(api: Arc<Api>, caller: Caller, action: &'static str, plan: String, 
     let job = match checked {
         Ok(j) => j,
         Err(e) => {
-            let _ = write_audit(&api, entry(&caller, action, &app, e.status, format!("refused: {}", e.message))).await;
+            let _ = write_audit(
+                &api,
+                entry(&caller, action, &app, e.status, format!("refused: {}", e.message)),
+            )
+            .await;
             return e.into_response();
         }
     };
@@ -500,13 +550,22 @@ async fn act(api: Arc<Api>, caller: Caller, action: &'static str, plan: String, 
         )
         .into_response();
     }
-    tracing::info!(kind = "api_action", app = app.as_str(), "{action} of {app} started through the API by {}", caller.name);
+    tracing::info!(
+        kind = "api_action",
+        app = app.as_str(),
+        "{action} of {app} started through the API by {}",
+        caller.name
+    );
     let (a2, api2, c2) = (app.clone(), api.clone(), caller.clone());
     tokio::spawn(async move {
         let server = api2.board.server().clone();
         let ran = tokio::task::spawn_blocking(move || server.with_env(true, |env| job(env))).await;
         let (ok, line) = ran.unwrap_or_else(|e| (false, format!("the job failed: {e}")));
-        let status = if ok { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
+        let status = if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
         let _ = write_audit(&api2, entry(&c2, action, &a2, status, format!("finished: {line}"))).await;
         api2.busy.lock().expect("poisoned").retain(|a| *a != a2);
         api2.board.refresh_now().await;
@@ -533,7 +592,11 @@ async fn start_backup(
     let a = app.clone();
     let job = body::<ActionBody>(b).and_then(|x| {
         if x.site.is_some() {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "a backup reads the active site: no site"));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "a backup reads the active site: no site",
+            ));
         }
         Ok(Box::new(move |env: &ops::Env| {
             let line = lifeboat_server::backup_round(env, &a, &by);
@@ -570,7 +633,10 @@ async fn start_drill(
                     ..Default::default()
                 };
                 match ops::drill(env, &a, &opts) {
-                    Ok(op) => (op.status == lifeboat_orchestrator::journal::OpStatus::Done, format!("drill {} {}", op.id, op.status)),
+                    Ok(op) => (
+                        op.status == lifeboat_orchestrator::journal::OpStatus::Done,
+                        format!("drill {} {}", op.id, op.status),
+                    ),
                     Err(e) => (false, format!("drill FAILED: {e}")),
                 }
             }
@@ -594,11 +660,17 @@ fn switch_job(kind: Kind, app: &str, caller: &Caller, b: Result<Json<Value>, Jso
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "confirmation_required",
-                format!("a {} moves the app: give {{\"confirm\": \"{app}\"}} to confirm; nothing started", kind.as_str()),
+                format!(
+                    "a {} moves the app: give {{\"confirm\": \"{app}\"}} to confirm; nothing started",
+                    kind.as_str()
+                ),
             ))
         }
     }
-    let (a, reason) = (app.to_string(), format!("{} through the API by {}", kind.as_str(), caller.name));
+    let (a, reason) = (
+        app.to_string(),
+        format!("{} through the API by {}", kind.as_str(), caller.name),
+    );
     Ok(Box::new(move |env: &ops::Env| {
         let opts = Options {
             reason,
@@ -607,7 +679,10 @@ fn switch_job(kind: Kind, app: &str, caller: &Caller, b: Result<Json<Value>, Jso
             ..Default::default()
         };
         match ops::switch_over(env, &a, kind, &opts) {
-            Ok(Outcome::Done(op)) => (op.status == lifeboat_orchestrator::journal::OpStatus::Done, format!("{} {} {}", kind.as_str(), op.id, op.status)),
+            Ok(Outcome::Done(op)) => (
+                op.status == lifeboat_orchestrator::journal::OpStatus::Done,
+                format!("{} {} {}", kind.as_str(), op.id, op.status),
+            ),
             Ok(Outcome::AlreadyThere { site, .. }) => (true, format!("already on {site}")),
             Err(e) => (false, format!("{} FAILED: {e}", kind.as_str())),
         }

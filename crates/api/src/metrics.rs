@@ -192,18 +192,16 @@ pub fn render(status: Option<&PlanStatus>, counters: &Counters, leads: bool) -> 
                     set(&bytes, x.bytes_added as f64);
                 }
             }
-            if let Some(d) = a.drill.get() {
-                if let Some(d) = d {
-                    set(&drill_ts, ts(d.time));
-                    set(&drill_ok, if d.passed { 1.0 } else { 0.0 });
-                    if let Some(x) = d.rto_seconds {
-                        set(&drill_rto, x);
-                    }
-                    if let Some(x) = d.rpo_seconds {
-                        set(&drill_rpo, x);
-                    }
-                    set(&drill_int, d.interval_seconds);
+            if let Some(Some(d)) = a.drill.get() {
+                set(&drill_ts, ts(d.time));
+                set(&drill_ok, if d.passed { 1.0 } else { 0.0 });
+                if let Some(x) = d.rto_seconds {
+                    set(&drill_rto, x);
                 }
+                if let Some(x) = d.rpo_seconds {
+                    set(&drill_rpo, x);
+                }
+                set(&drill_int, d.interval_seconds);
             }
             if let Some(op) = a.operation.get() {
                 set(&in_progress, if op.is_some() { 1.0 } else { 0.0 });
@@ -253,33 +251,121 @@ pub fn render(status: Option<&PlanStatus>, counters: &Counters, leads: bool) -> 
         }
     }
     let mut gauge = |name: &str, help: &str, f: Family<AppLabels, FGauge>| reg.register(name, help, f);
-    gauge("lifeboat_app_rpo_seconds", "Age of the app's newest recovery point that checks against the repository", rpo);
-    gauge("lifeboat_app_rpo_objective_seconds", "The app's recovery point objective (objectives.rpo)", rpo_o);
-    gauge("lifeboat_app_rto_objective_seconds", "The app's recovery time objective (objectives.rto)", rto_o);
-    gauge("lifeboat_backup_last_success_timestamp_seconds", "When the app's newest successful backup by plan started", last_ok);
-    gauge("lifeboat_backup_bytes_added", "Bytes the app's newest successful backup added to the repository", bytes);
-    gauge("lifeboat_drill_last_timestamp_seconds", "When the app's newest finished drill started", drill_ts);
-    gauge("lifeboat_drill_last_success", "1 when the app's newest finished drill passed, else 0", drill_ok);
-    gauge("lifeboat_drill_rto_seconds", "The RTO the app's newest finished drill achieved", drill_rto);
-    gauge("lifeboat_drill_rpo_seconds", "The RPO the app's newest finished drill achieved", drill_rpo);
-    gauge("lifeboat_drill_interval_seconds", "The app's drill interval (drill.every, or the default)", drill_int);
-    gauge("lifeboat_operation_in_progress", "1 while a failover, failback or drill of the app is under way or stopped half way", in_progress);
-    gauge("lifeboat_standby_drift_objects", "Objects of the app that differ between its active site and its hot standby", drift);
-    gauge("lifeboat_app_readiness_level", "The app's readiness level: 0 none, 1 manual, 2 scripted, 3 automated", level);
-    gauge("lifeboat_app_health", "The app's health: 0 ok, 1 warning, 2 critical, 3 unknown", health);
-    gauge("lifeboat_traffic_agrees", "1 when the app's traffic goes where the journal says it is active", traffic_agrees);
-    reg.register("lifeboat_failover", "Failovers and failbacks of the app as the journal holds them, by kind and result", failovers);
-    reg.register("lifeboat_site_up", "0 when the health watch finds an app on the site down", site_up);
-    reg.register("lifeboat_repository_up", "1 when the status read the repository", repo_up);
+    gauge(
+        "lifeboat_app_rpo_seconds",
+        "Age of the app's newest recovery point that checks against the repository",
+        rpo,
+    );
+    gauge(
+        "lifeboat_app_rpo_objective_seconds",
+        "The app's recovery point objective (objectives.rpo)",
+        rpo_o,
+    );
+    gauge(
+        "lifeboat_app_rto_objective_seconds",
+        "The app's recovery time objective (objectives.rto)",
+        rto_o,
+    );
+    gauge(
+        "lifeboat_backup_last_success_timestamp_seconds",
+        "When the app's newest successful backup by plan started",
+        last_ok,
+    );
+    gauge(
+        "lifeboat_backup_bytes_added",
+        "Bytes the app's newest successful backup added to the repository",
+        bytes,
+    );
+    gauge(
+        "lifeboat_drill_last_timestamp_seconds",
+        "When the app's newest finished drill started",
+        drill_ts,
+    );
+    gauge(
+        "lifeboat_drill_last_success",
+        "1 when the app's newest finished drill passed, else 0",
+        drill_ok,
+    );
+    gauge(
+        "lifeboat_drill_rto_seconds",
+        "The RTO the app's newest finished drill achieved",
+        drill_rto,
+    );
+    gauge(
+        "lifeboat_drill_rpo_seconds",
+        "The RPO the app's newest finished drill achieved",
+        drill_rpo,
+    );
+    gauge(
+        "lifeboat_drill_interval_seconds",
+        "The app's drill interval (drill.every, or the default)",
+        drill_int,
+    );
+    gauge(
+        "lifeboat_operation_in_progress",
+        "1 while a failover, failback or drill of the app is under way or stopped half way",
+        in_progress,
+    );
+    gauge(
+        "lifeboat_standby_drift_objects",
+        "Objects of the app that differ between its active site and its hot standby",
+        drift,
+    );
+    gauge(
+        "lifeboat_app_readiness_level",
+        "The app's readiness level: 0 none, 1 manual, 2 scripted, 3 automated",
+        level,
+    );
+    gauge(
+        "lifeboat_app_health",
+        "The app's health: 0 ok, 1 warning, 2 critical, 3 unknown",
+        health,
+    );
+    gauge(
+        "lifeboat_traffic_agrees",
+        "1 when the app's traffic goes where the journal says it is active",
+        traffic_agrees,
+    );
+    reg.register(
+        "lifeboat_failover",
+        "Failovers and failbacks of the app as the journal holds them, by kind and result",
+        failovers,
+    );
+    reg.register(
+        "lifeboat_site_up",
+        "0 when the health watch finds an app on the site down",
+        site_up,
+    );
+    reg.register(
+        "lifeboat_repository_up",
+        "1 when the status read the repository",
+        repo_up,
+    );
     reg.register(
         "lifeboat_repository_last_check_timestamp_seconds",
         "When `lifeboat check` last passed on the repository",
         repo_check,
     );
-    reg.register("lifeboat_leader", "1 on the serve instance that leads (or runs alone)", leader);
-    reg.register("lifeboat_backup_attempts", "Backups by plan this process saw start", counters.attempts.clone());
-    reg.register("lifeboat_backup_failures", "Backups by plan this process saw fail", counters.failures.clone());
-    reg.register("lifeboat_backup_duration_seconds", "How long backups by plan took", counters.duration.clone());
+    reg.register(
+        "lifeboat_leader",
+        "1 on the serve instance that leads (or runs alone)",
+        leader,
+    );
+    reg.register(
+        "lifeboat_backup_attempts",
+        "Backups by plan this process saw start",
+        counters.attempts.clone(),
+    );
+    reg.register(
+        "lifeboat_backup_failures",
+        "Backups by plan this process saw fail",
+        counters.failures.clone(),
+    );
+    reg.register(
+        "lifeboat_backup_duration_seconds",
+        "How long backups by plan took",
+        counters.duration.clone(),
+    );
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg).expect("writing to a String");
     out

@@ -51,10 +51,16 @@ pub fn document() -> Value {
             ("400", "a body that does not parse or fit, or a missing confirmation"),
             ("403", "a viewer token"),
             ("404", "no such plan or app"),
-            ("409", "this instance does not lead, or an action on the app is under way"),
+            (
+                "409",
+                "this instance does not lead, or an action on the app is under way",
+            ),
             ("503", "the audit log cannot be written: nothing started"),
         ]);
-        responses.insert("202".into(), answer(accepted.clone(), "started (follow the app's status)"));
+        responses.insert(
+            "202".into(),
+            answer(accepted.clone(), "started (follow the app's status)"),
+        );
         json!({"post": {
             "summary": summary,
             "parameters": params_of(&["plan", "app"]),

@@ -56,7 +56,11 @@ fn file_err(path: &Path, reason: impl ToString) -> TlsError {
 /// SHA-256 of a certificate, colon-separated hex.
 pub fn fingerprint(der: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, der);
-    d.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    d.as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn generate(dir: &Path, names: &[String]) -> Result<(), TlsError> {
@@ -132,7 +136,10 @@ mod tests {
         let first = load(&src).unwrap();
         assert!(first.generated);
         assert_eq!(first.fingerprint.len(), 32 * 3 - 1);
-        let mode = std::fs::metadata(d.path().join("tls/key.pem")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.path().join("tls/key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let again = load(&src).unwrap();
         assert!(!again.generated);

@@ -393,7 +393,7 @@ pub fn serve(ctx: &Ctx, plan_path: &Path, args: &ServeArgs) -> Result<bool> {
             let _ = stop_tx.send(true);
         });
         if let Some(addr) = args.api.listen {
-            let api = start_api(&server, &args.api, addr, board).await?;
+            let api = start_api(&server, &args.api, addr, board, ctx.log_json).await?;
             tokio::spawn(api.0.clone().run(stop()));
             tokio::spawn(api.1.run(api.2, stop()));
         }
@@ -411,13 +411,20 @@ async fn start_api(
     server: &Arc<Server>,
     a: &crate::cli::ApiArgs,
     addr: std::net::SocketAddr,
-    board: Arc<std::sync::OnceLock<Arc<lifeboat_api::Board>>>,
-) -> Result<(Arc<lifeboat_api::Board>, lifeboat_api::Listener, Arc<lifeboat_api::http::Api>)> {
+    board: BoardSlot,
+    log_json: bool,
+) -> Result<(
+    Arc<lifeboat_api::Board>,
+    lifeboat_api::Listener,
+    Arc<lifeboat_api::http::Api>,
+)> {
     use lifeboat_api::tls::TlsSource;
     let tokens = match &a.tokens {
         Some(p) => lifeboat_api::auth::Tokens::load(p)?,
         None => {
-            tracing::warn!("serve --listen without --tokens: only /healthz, /readyz, /metrics and the dashboard's files answer");
+            tracing::warn!(
+                "serve --listen without --tokens: only /healthz, /readyz, /metrics and the dashboard's files answer"
+            );
             lifeboat_api::auth::Tokens::default()
         }
     };
@@ -429,7 +436,9 @@ async fn start_api(
         }),
         _ => {
             let dir = a.tls_dir.clone().unwrap_or_else(|| {
-                let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+                let home = std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("."));
                 home.join(".local/state/lifeboat/tls").join(&server.plan.metadata.name)
             });
             let mut names = vec!["localhost".to_string(), addr.ip().to_string()];
@@ -440,16 +449,20 @@ async fn start_api(
         }
     };
     let listener = lifeboat_api::Listener::bind(addr, tls.as_ref()).await?;
-    match &listener.tls {
-        Some(t) => tracing::info!(
-            kind = "api_listening",
+    let line = match &listener.tls {
+        Some(t) => format!(
             "API, dashboard and metrics on https://{} (certificate {}{}, SHA-256 {})",
             listener.addr,
             t.cert_path.display(),
             if t.generated { ", self-signed, made now" } else { "" },
             t.fingerprint
         ),
-        None => tracing::info!(kind = "api_listening", "API, dashboard and metrics on http://{} (no TLS)", listener.addr),
+        None => format!("API, dashboard and metrics on http://{} (no TLS)", listener.addr),
+    };
+    if log_json {
+        tracing::info!(kind = "api_listening", "{line}");
+    } else {
+        eprintln!("{} {line}", OffsetDateTime::now_utc().time());
     }
     let b = lifeboat_api::Board::new(server.clone(), a.status_every, a.check_every);
     b.counters.set_plan(&server.plan.metadata.name);
@@ -464,7 +477,11 @@ pub fn status(ctx: &Ctx, plan_path: &Path, app: Option<&str>, watch: bool, every
     if let Some(a) = app {
         apps(&plan_v, Some(a))?;
     }
-    let dir = plan_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let dir = plan_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     let repo = load(ctx, plan_path).map(|l| l.repo);
     let router = lifeboat_server::routers(dir.clone());
     let connect = platform::connector(&plan_v);
@@ -504,7 +521,12 @@ pub fn status(ctx: &Ctx, plan_path: &Path, app: Option<&str>, watch: bool, every
 }
 
 /// `alerts PLAN`: Prometheus alerting rules from the plan's objectives.
-pub fn alerts(plan_path: &Path, out: Option<&Path>, rpo_for: Duration, repository_check_every: Duration) -> Result<bool> {
+pub fn alerts(
+    plan_path: &Path,
+    out: Option<&Path>,
+    rpo_for: Duration,
+    repository_check_every: Duration,
+) -> Result<bool> {
     let plan_v = Plan::load(plan_path)?;
     let text = lifeboat_api::alerts::rules(
         &plan_v,
@@ -572,12 +594,15 @@ fn server(ctx: &Ctx, plan_path: &Path) -> Result<Arc<Server>> {
     Ok(server_with_board(ctx, plan_path)?.0)
 }
 
+/// Where the status board of `serve --listen` goes once it is made.
+type BoardSlot = Arc<std::sync::OnceLock<Arc<lifeboat_api::Board>>>;
+
 /// The server, and where its status board goes once `serve --listen` makes one: every event
 /// is shown to it first.
-fn server_with_board(ctx: &Ctx, plan_path: &Path) -> Result<(Arc<Server>, Arc<std::sync::OnceLock<Arc<lifeboat_api::Board>>>)> {
+fn server_with_board(ctx: &Ctx, plan_path: &Path) -> Result<(Arc<Server>, BoardSlot)> {
     let l = load(ctx, plan_path)?;
     let (json, log_json) = (ctx.json, ctx.log_json);
-    let board: Arc<std::sync::OnceLock<Arc<lifeboat_api::Board>>> = Arc::default();
+    let board: BoardSlot = Arc::default();
     let b = board.clone();
     let events = Arc::new(move |e: Event| {
         if let Some(b) = b.get() {

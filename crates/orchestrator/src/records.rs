@@ -43,8 +43,7 @@ impl BackupAttempt {
 }
 
 /// One action taken through the API, as the audit log holds it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[derive(schemars::JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct AuditEntry {
     /// RFC 3339.
     #[serde(with = "time::serde::rfc3339")]
@@ -126,7 +125,12 @@ pub fn record_attempt(repo: &Repository, plan: &str, app: &str, a: &BackupAttemp
 }
 
 /// The app's newest `limit` backup attempts, newest first.
-pub fn attempts(repo: &Repository, plan: &str, app: &str, limit: usize) -> Result<Vec<BackupAttempt>, OrchestratorError> {
+pub fn attempts(
+    repo: &Repository,
+    plan: &str,
+    app: &str,
+    limit: usize,
+) -> Result<Vec<BackupAttempt>, OrchestratorError> {
     newest(repo, &attempts_dir(plan, app), limit)
 }
 
@@ -190,7 +194,8 @@ mod tests {
             };
             audit(&repo, "p", &e).unwrap();
         }
-        repo.write_state("p/audit/29991231T000000.000000000Z-0000", b"not json").unwrap();
+        repo.write_state("p/audit/29991231T000000.000000000Z-0000", b"not json")
+            .unwrap();
         let log = audit_log(&repo, "p", 10).unwrap();
         let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
         assert_eq!(actions, ["failover", "drill", "backup"]);

@@ -99,7 +99,9 @@ impl<T> Fact<T> {
 
     /// Turns the fact unknown when observed more than twice its interval before `now`.
     pub fn age(&mut self, now: OffsetDateTime) {
-        let (Freshness::Fresh, Some(at)) = (self.state, self.at) else { return };
+        let (Freshness::Fresh, Some(at)) = (self.state, self.at) else {
+            return;
+        };
         let age = (now - at).as_seconds_f64();
         if age > 2.0 * self.refresh_seconds {
             self.state = Freshness::Unknown;
@@ -446,7 +448,14 @@ fn profile_name(p: Profile) -> &'static str {
 pub fn collect(src: &Sources, now: OffsetDateTime) -> PlanStatus {
     let refresh = src.refresh;
     let plan = src.plan;
-    let repository = match src.repo {
+    // A repository that does not answer (or whose disk went away) makes every fact read from
+    // it unknown, not empty.
+    let reached: Result<&Repository, String> = src.repo.as_ref().map_err(|e| e.clone()).and_then(|r| {
+        r.reachable()
+            .map(|()| *r)
+            .map_err(|e| format!("repository {}: {e}", r.location()))
+    });
+    let repository = match &reached {
         Ok(r) => Fact::from_result(
             r.lock_holders(None)
                 .map(|locks| Repo {
@@ -461,7 +470,7 @@ pub fn collect(src: &Sources, now: OffsetDateTime) -> PlanStatus {
         Err(ref e) => Fact::unknown(e.clone(), refresh),
     };
     // One listing of the snapshots for every app.
-    let snapshots = src.repo.as_ref().map_err(|e| e.clone()).and_then(|r| {
+    let snapshots = reached.and_then(|r| {
         r.snapshots()
             .map_err(|e| format!("the snapshots cannot be listed: {e}"))
             .map(|s| (r, s))
@@ -471,10 +480,16 @@ pub fn collect(src: &Sources, now: OffsetDateTime) -> PlanStatus {
         .iter()
         .filter(|a| src.only.is_none_or(|o| a.name.value == o))
         .map(|app| {
-            let mut s = app_status(plan, app, src, match &snapshots {
-                Ok((r, s)) => Ok((*r, s.as_slice())),
-                Err(e) => Err(e),
-            }, now);
+            let mut s = app_status(
+                plan,
+                app,
+                src,
+                match &snapshots {
+                    Ok((r, s)) => Ok((*r, s.as_slice())),
+                    Err(e) => Err(e),
+                },
+                now,
+            );
             judge(&mut s);
             s
         })
@@ -514,9 +529,7 @@ fn app_status(plan: &Plan, app: &App, src: &Sources, snaps: Snaps, now: OffsetDa
         refresh,
     );
     let backups = Fact::from_result(
-        repo.as_ref()
-            .map_err(|e| e.clone())
-            .and_then(|r| backups(r, plan, app)),
+        repo.as_ref().map_err(|e| e.clone()).and_then(|r| backups(r, plan, app)),
         now,
         refresh,
     );
@@ -535,12 +548,20 @@ fn app_status(plan: &Plan, app: &App, src: &Sources, snaps: Snaps, now: OffsetDa
         now,
         refresh,
     );
-    let staged = state.as_ref().ok().and_then(|s| s.staged.as_ref().map(|s| s.snapshot.to_hex()));
+    let staged = state
+        .as_ref()
+        .ok()
+        .and_then(|s| s.staged.as_ref().map(|s| s.snapshot.to_hex()));
     let standby_state = match (&app.standby, app.profile, &state) {
         (Some(sb), Profile::Dr, Ok(_)) => Fact::known(
             Some(Standby {
                 site: sb.value.clone(),
-                mode: if app.standby_mode == StandbyMode::Hot { "hot" } else { "cold" }.into(),
+                mode: if app.standby_mode == StandbyMode::Hot {
+                    "hot"
+                } else {
+                    "cold"
+                }
+                .into(),
                 staged,
                 drift: None,
                 images_missing: None,
@@ -561,7 +582,10 @@ fn app_status(plan: &Plan, app: &App, src: &Sources, snaps: Snaps, now: OffsetDa
         standby: app.standby.as_ref().map(|s| s.value.clone()),
         objectives: {
             let (rto_seconds, rpo_seconds) = report::objectives(app);
-            Objectives { rto_seconds, rpo_seconds }
+            Objectives {
+                rto_seconds,
+                rpo_seconds,
+            }
         },
         active: Fact::from_result(active, now, refresh),
         traffic,
@@ -585,7 +609,10 @@ fn traffic(app: &App, router: &RouterFn, active: Option<&String>) -> Result<Opti
     let standby = app.standby.as_ref().map(|s| s.value.clone());
     let route = r.current().map_err(|e| e.to_string())?;
     let (site, detail) = match route {
-        Route::On(Side::Primary) => (Some(app.primary.value.clone()), format!("{}: on the primary", r.describe())),
+        Route::On(Side::Primary) => (
+            Some(app.primary.value.clone()),
+            format!("{}: on the primary", r.describe()),
+        ),
         Route::On(Side::Standby) => (standby, format!("{}: on the standby", r.describe())),
         Route::Unknown(why) => (None, format!("{}: {why}", r.describe())),
     };
@@ -597,8 +624,17 @@ fn traffic(app: &App, router: &RouterFn, active: Option<&String>) -> Result<Opti
     Ok(Some(Traffic { site, detail, agrees }))
 }
 
-fn rpo(plan: &Plan, app: &App, repo: &Repository, snaps: &[(Id, lifeboat_model::Snapshot)], now: OffsetDateTime) -> Rpo {
-    let (p, a) = (format!("plan={}", plan.metadata.name), format!("app={}", app.name.value));
+fn rpo(
+    plan: &Plan,
+    app: &App,
+    repo: &Repository,
+    snaps: &[(Id, lifeboat_model::Snapshot)],
+    now: OffsetDateTime,
+) -> Rpo {
+    let (p, a) = (
+        format!("plan={}", plan.metadata.name),
+        format!("app={}", app.name.value),
+    );
     let newest = snaps
         .iter()
         .filter(|(_, s)| s.tags.contains(&p) && s.tags.contains(&a) && !s.is_quarantine() && s.is_complete())
@@ -683,17 +719,16 @@ fn last_drill(app: &App, ops: Vec<crate::journal::Operation>, now: OffsetDateTim
     })
 }
 
-fn in_flight(
-    app: &App,
-    st: &Store,
-    running: Option<&str>,
-    now: OffsetDateTime,
-) -> Result<Option<InFlight>, String> {
+fn in_flight(app: &App, st: &Store, running: Option<&str>, now: OffsetDateTime) -> Result<Option<InFlight>, String> {
     let Some(id) = running else { return Ok(None) };
     let Some(op) = st.operation(id).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
-    let all = if op.kind == Kind::Drill { DRILL_STEPS } else { FAILOVER_STEPS };
+    let all = if op.kind == Kind::Drill {
+        DRILL_STEPS
+    } else {
+        FAILOVER_STEPS
+    };
     let current = op.steps.iter().rev().find(|s| s.finished.is_none()).or(op.steps.last());
     let step_number = current
         .and_then(|c| all.iter().position(|s| *s == c.name))
@@ -703,7 +738,11 @@ fn in_flight(
         "lifeboat {} PLAN --app {}{}",
         op.kind.as_str(),
         app.name.value,
-        if op.kind == Kind::Drill { "" } else { "  (the same command resumes it)" }
+        if op.kind == Kind::Drill {
+            ""
+        } else {
+            "  (the same command resumes it)"
+        }
     );
     let blocked_by = match op.status {
         OpStatus::Failed => Some(op.error.clone().unwrap_or_else(|| "stopped".into())),
@@ -737,13 +776,17 @@ impl PlanStatus {
             if let Some(r) = levels.iter().find(|r| r.app == s.app) {
                 s.readiness = Fact::known(Level::from(r), at, refresh);
             }
-            let (Some(sb), Profile::Dr) = (&app.standby, app.profile) else { continue };
+            let (Some(sb), Profile::Dr) = (&app.standby, app.profile) else {
+                continue;
+            };
             let mine = |check: &str| {
                 results
                     .iter()
                     .find(|r| r.app.as_deref() == Some(s.app.as_str()) && r.check == check)
             };
-            let capacity = results.iter().find(|r| r.app.is_none() && r.check == format!("capacity {}", sb.value));
+            let capacity = results
+                .iter()
+                .find(|r| r.app.is_none() && r.check == format!("capacity {}", sb.value));
             let problems = results
                 .iter()
                 .filter(|r| r.status != Status::Ok)
@@ -756,11 +799,20 @@ impl PlanStatus {
                 })
                 .map(|r| format!("{}: {}", r.check, r.detail))
                 .collect();
-            let staged = s.standby_state.get().and_then(|x| x.as_ref()).and_then(|x| x.staged.clone());
+            let staged = s
+                .standby_state
+                .get()
+                .and_then(|x| x.as_ref())
+                .and_then(|x| x.staged.clone());
             s.standby_state = Fact::known(
                 Some(Standby {
                     site: sb.value.clone(),
-                    mode: if app.standby_mode == StandbyMode::Hot { "hot" } else { "cold" }.into(),
+                    mode: if app.standby_mode == StandbyMode::Hot {
+                        "hot"
+                    } else {
+                        "cold"
+                    }
+                    .into(),
                     staged,
                     drift: mine("drift").and_then(|r| r.count),
                     images_missing: mine("images on standby").and_then(|r| r.count),
@@ -837,21 +889,33 @@ fn judge(s: &mut AppStatus) {
         if !t.agrees {
             flag(
                 Health::Critical,
-                format!("traffic goes to {} but the journal says {}", t.site.as_deref().unwrap_or("?"), s.active.get().map_or("?", |a| a.as_str())),
+                format!(
+                    "traffic goes to {} but the journal says {}",
+                    t.site.as_deref().unwrap_or("?"),
+                    s.active.get().map_or("?", |a| a.as_str())
+                ),
                 &mut worst,
             );
         }
     }
     if let Some(Some(d)) = s.drill.get() {
         if !d.passed {
-            flag(Health::Critical, format!("last drill {} failed", d.operation), &mut worst);
+            flag(
+                Health::Critical,
+                format!("last drill {} failed", d.operation),
+                &mut worst,
+            );
         } else if d.overdue {
             flag(Health::Warning, "a drill is overdue".into(), &mut worst);
         }
     }
     if let Some(Some(sb)) = s.standby_state.get() {
         if sb.drift.is_some_and(|d| d > 0) {
-            flag(Health::Warning, format!("standby drift: {} objects", sb.drift.unwrap_or(0)), &mut worst);
+            flag(
+                Health::Warning,
+                format!("standby drift: {} objects", sb.drift.unwrap_or(0)),
+                &mut worst,
+            );
         }
         if sb.images_missing.is_some_and(|d| d > 0) || sb.capacity_fits == Some(false) {
             flag(Health::Warning, "the standby cannot take the load".into(), &mut worst);
@@ -859,12 +923,29 @@ fn judge(s: &mut AppStatus) {
     }
     if let Some(b) = s.backups.get() {
         if b.failures_in_a_row > 0 {
-            flag(Health::Warning, format!("{} backups failed in a row", b.failures_in_a_row), &mut worst);
+            flag(
+                Health::Warning,
+                format!("{} backups failed in a row", b.failures_in_a_row),
+                &mut worst,
+            );
         }
     }
     if let Some(Some(op)) = s.operation.get() {
-        let h = if op.blocked_by.is_some() { Health::Critical } else { Health::Warning };
-        flag(h, format!("{} {} at step {}", op.kind, op.status, op.step.as_deref().unwrap_or("?")), &mut worst);
+        let h = if op.blocked_by.is_some() {
+            Health::Critical
+        } else {
+            Health::Warning
+        };
+        flag(
+            h,
+            format!(
+                "{} {} at step {}",
+                op.kind,
+                op.status,
+                op.step.as_deref().unwrap_or("?")
+            ),
+            &mut worst,
+        );
     }
     if let Some(w) = s.watch.get() {
         if let Some(d) = w.sites.iter().find(|x| x.down) {
@@ -887,7 +968,9 @@ pub fn table(s: &PlanStatus) -> String {
         out,
         "plan {} at {}{}",
         s.plan,
-        s.generated.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        s.generated
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
         s.control
             .as_ref()
             .map(|c| format!(" (instance {}: {})", c.instance, c.role))
@@ -955,7 +1038,16 @@ pub fn table(s: &PlanStatus) -> String {
             ]
         })
         .collect();
-    let head = ["APP", "HEALTH", "ACTIVE", "TRAFFIC", "RPO", "BACKUP", "DRILL", "READINESS"];
+    let head = [
+        "APP",
+        "HEALTH",
+        "ACTIVE",
+        "TRAFFIC",
+        "RPO",
+        "BACKUP",
+        "DRILL",
+        "READINESS",
+    ];
     let mut width = head.map(str::len);
     for r in &rows {
         for (w, c) in width.iter_mut().zip(r) {
@@ -963,11 +1055,7 @@ pub fn table(s: &PlanStatus) -> String {
         }
     }
     let mut line = |cells: &[String]| {
-        let l: Vec<String> = cells
-            .iter()
-            .zip(width)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let l: Vec<String> = cells.iter().zip(width).map(|(c, w)| format!("{c:<w$}")).collect();
         let _ = writeln!(out, "{}", l.join("  ").trim_end());
     };
     line(&head.map(str::to_string));

@@ -164,8 +164,30 @@ fn the_check_fills_in_the_standby_and_the_readiness_level() {
     ];
     s.with_checks(&w.plan, &results, at(0), Duration::from_secs(60));
     let sb = s.apps[0].standby_state.get().unwrap().as_ref().unwrap();
-    assert_eq!((sb.drift, sb.images_missing, sb.capacity_fits), (Some(3), Some(0), Some(true)));
+    assert_eq!(
+        (sb.drift, sb.images_missing, sb.capacity_fits),
+        (Some(3), Some(0), Some(true))
+    );
     assert_eq!(sb.problems, ["drift: drift detail"]);
     assert_eq!(s.apps[0].readiness.get().unwrap().level, 0);
     assert!(s.apps[0].reasons.iter().any(|r| r.contains("drift: 3")));
+}
+
+/// Regression: a local repository whose disk went away lists as empty; the status must not
+/// take that for "no recovery point, no operation".
+#[test]
+fn a_repository_whose_files_went_away_reads_unknown_not_empty() {
+    let w = World::with_app_lines(false, "    objectives: {rpo: 1h}\n");
+    let dir = tempfile::tempdir().unwrap();
+    let repo = testing::repo(dir.path());
+    testing::snapshot(&repo, b"x", 10, &["plan=p", "app=web"], 0);
+    repo.flush().unwrap();
+    assert_eq!(status_of(&w, Ok(&repo), at(0)).apps[0].rpo.state, Freshness::Fresh);
+    std::fs::rename(dir.path(), dir.path().with_extension("gone")).unwrap();
+    let s = status_of(&w, Ok(&repo), at(0));
+    std::fs::rename(dir.path().with_extension("gone"), dir.path()).unwrap();
+    assert_eq!(s.repository.state, Freshness::Unknown);
+    assert_eq!(s.apps[0].rpo.state, Freshness::Unknown, "{:?}", s.apps[0].rpo);
+    assert_eq!(s.apps[0].operation.state, Freshness::Unknown);
+    assert_eq!(s.apps[0].health, Health::Unknown);
 }

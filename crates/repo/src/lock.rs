@@ -276,8 +276,13 @@ fn write_lock(backend: &dyn Backend, key: &MasterKey, dir: &str, info: &LockInfo
 pub fn holders(backend: &dyn Backend, key: &MasterKey, dir: &str) -> Result<Vec<String>, RepoError> {
     let mut out = Vec::new();
     for l in backend.list(dir)? {
-        let Some(info) = read_info(backend, key, dir, &l.name)? else { continue };
-        out.push(info.map_or_else(|e| format!("an unreadable lock file {} ({e})", l.name), |i| i.describe()));
+        let Some(info) = read_info(backend, key, dir, &l.name)? else {
+            continue;
+        };
+        out.push(info.map_or_else(
+            |e| format!("an unreadable lock file {} ({e})", l.name),
+            |i| i.describe(),
+        ));
     }
     Ok(out)
 }
@@ -295,11 +300,9 @@ fn read_info(
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    Ok(Some(
-        key.open(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|p| serde_json::from_slice::<LockInfo>(&p).map_err(|e| e.to_string())),
-    ))
+    Ok(Some(key.open(&bytes).map_err(|e| e.to_string()).and_then(|p| {
+        serde_json::from_slice::<LockInfo>(&p).map_err(|e| e.to_string())
+    })))
 }
 
 /// A lock file as found by a listing.
@@ -329,7 +332,9 @@ fn scan(
         if l.name == own {
             continue;
         }
-        let Some(info) = read_info(backend, key, dir, &l.name)? else { continue };
+        let Some(info) = read_info(backend, key, dir, &l.name)? else {
+            continue;
+        };
         let stale = match &info {
             Ok(i) => staleness(i, l, reference, t),
             Err(_) => None,

@@ -361,6 +361,19 @@ impl Repository {
         Ok(())
     }
 
+    /// Whether the repository is still there and answers: its config file exists (a local
+    /// repository whose disk went away lists as empty, so an empty listing alone proves nothing).
+    /// One cheap request; reads nothing sealed.
+    pub fn reachable(&self) -> Result<(), RepoError> {
+        if self.backend.exists("config")? {
+            Ok(())
+        } else {
+            Err(RepoError::NotARepository {
+                location: self.location().to_string(),
+            })
+        }
+    }
+
     /// Who holds the repository's locks (`locks/`) and, with `dr_dir`, the DR state lock of
     /// `dr/DR_DIR/lock` (see [`lock::holders`]): reads only.
     pub fn lock_holders(&self, dr_dir: Option<&str>) -> Result<Vec<String>, RepoError> {

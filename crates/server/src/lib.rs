@@ -726,12 +726,16 @@ impl Server {
             every,
             first,
         });
-        Ok(Some(self.rounds(name, every, first, |env, app| backup_round(env, app, "schedule"), |app, done| {
-            Event::BackedUp {
+        Ok(Some(self.rounds(
+            name,
+            every,
+            first,
+            |env, app| backup_round(env, app, "schedule"),
+            |app, done| Event::BackedUp {
                 summary: done.unwrap_or_else(|e| format!("{app}: backup task failed: {e}")),
                 app,
-            }
-        })))
+            },
+        )))
     }
 
     /// `job` of `app` on the blocking pool every `every`, first after `first`, each reported as
@@ -776,10 +780,16 @@ impl Server {
             every,
             first,
         });
-        Ok(Some(self.rounds(name, every, first, |env, app| drill_round(env, app, "scheduled drill"), |app, done| {
-            let (passed, summary) = done.unwrap_or_else(|e| (false, format!("{app}: drill task FAILED: {e}")));
-            Event::Drilled { app, passed, summary }
-        })))
+        Ok(Some(self.rounds(
+            name,
+            every,
+            first,
+            |env, app| drill_round(env, app, "scheduled drill"),
+            |app, done| {
+                let (passed, summary) = done.unwrap_or_else(|e| (false, format!("{app}: drill task FAILED: {e}")));
+                Event::Drilled { app, passed, summary }
+            },
+        )))
     }
 
     /// A sync round every `every`; a round that corrected nothing says nothing.
