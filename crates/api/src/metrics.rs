@@ -370,3 +370,89 @@ pub fn render(status: Option<&PlanStatus>, counters: &Counters, leads: bool) -> 
     prometheus_client::encoding::text::encode(&mut out, &reg).expect("writing to a String");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_orchestrator::status::{collect, Sources};
+    use lifeboat_plan::{App, Plan};
+    use time::OffsetDateTime;
+
+    fn plan(apps: &[&str]) -> Plan {
+        let mut y = String::from(
+            "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {name: p}\nrepository: repo\nsites:\n  \
+             a: {docker: {host: \"unix:///a.sock\", address: 127.0.0.1}}\n  b: {docker: {host: \"unix:///b.sock\", address: 127.0.0.1}}\napps:\n",
+        );
+        for a in apps {
+            y += &format!("  - {{name: {a}, primary: a, standby: b, select: {{labels: {{app: {a}}}}}, objectives: {{rpo: 1h}}}}\n");
+        }
+        Plan::parse("p.yaml", &y).unwrap()
+    }
+
+    fn status(p: &Plan) -> PlanStatus {
+        let router = |_: &App| Ok(None);
+        collect(
+            &Sources {
+                plan: p,
+                repo: Err("no repository in this test".into()),
+                router: &router,
+                refresh: std::time::Duration::from_secs(10),
+                only: None,
+            },
+            OffsetDateTime::now_utc(),
+        )
+    }
+
+    fn attempt(ok: bool) -> BackupAttempt {
+        BackupAttempt {
+            started: OffsetDateTime::now_utc(),
+            seconds: 3.0,
+            site: "a".into(),
+            snapshot: None,
+            bytes_added: 0,
+            error: (!ok).then(|| "failed".to_string()),
+            by: "schedule".into(),
+        }
+    }
+
+    #[test]
+    fn a_removed_apps_series_are_gone_at_the_next_scrape() {
+        let c = Counters::default();
+        c.set_plan("p");
+        let two = status(&plan(&["web", "db"]));
+        c.keep_only(two.apps.iter().map(|a| a.app.as_str()));
+        c.attempt("db", &attempt(false));
+        c.attempt("web", &attempt(true));
+        let m = render(Some(&two), &c, true);
+        assert!(m.contains("lifeboat_app_health{plan=\"p\",app=\"db\"} 3"), "unknown: {m}");
+        assert!(m.contains("lifeboat_app_rpo_objective_seconds{plan=\"p\",app=\"db\"} 3600"), "{m}");
+        assert!(m.contains("lifeboat_backup_attempts_total{plan=\"p\",app=\"db\"} 1"), "{m}");
+        assert!(!m.contains("lifeboat_app_rpo_seconds{"), "an unknown RPO gives no sample: {m}");
+        let one = status(&plan(&["web"]));
+        c.keep_only(one.apps.iter().map(|a| a.app.as_str()));
+        let m = render(Some(&one), &c, true);
+        assert!(!m.contains("app=\"db\""), "{m}");
+        assert!(m.contains("lifeboat_backup_attempts_total{plan=\"p\",app=\"web\"} 1"), "{m}");
+    }
+
+    #[test]
+    fn no_failure_counter_is_above_its_attempts() {
+        let c = Counters::default();
+        c.set_plan("p");
+        for i in 0..50 {
+            c.attempt("web", &attempt(i % 3 == 0));
+        }
+        let m = render(None, &c, false);
+        let v = |name: &str| -> f64 {
+            m.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let (attempts, failures) = (v("lifeboat_backup_attempts_total{"), v("lifeboat_backup_failures_total{"));
+        assert_eq!((attempts, failures), (50.0, 33.0));
+        assert_eq!(v("lifeboat_backup_duration_seconds_count{"), attempts);
+    }
+}

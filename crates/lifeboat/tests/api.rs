@@ -90,7 +90,7 @@ fn start(dir: &Path, plan: &Path, tokens: &Path) -> Serve {
     let base = loop {
         if let Some(l) = log.lock().unwrap().lines().find(|l| l.contains("on https://")) {
             let url = l.split("on https://").nth(1).unwrap().split(' ').next().unwrap();
-            assert!(l.contains("SHA-256 ") && l.contains("self-signed, made now"), "{l}");
+            assert!(l.contains("SHA-256 "), "{l}");
             break format!("https://{url}");
         }
         assert!(
@@ -167,6 +167,7 @@ fn the_api_answers_by_role_refuses_bad_requests_in_json_and_audits_every_post() 
     let viewer = token(&tokens, "grafana", "viewer");
     let operator = token(&tokens, "oncall", "operator");
     let s = start(d.path(), &plan, &tokens);
+    assert!(s.log.lock().unwrap().contains("self-signed, made now"));
     let agent = trusting(&s.cert);
     let url = |p: &str| format!("{}{p}", s.base);
 
@@ -290,12 +291,7 @@ fn the_api_answers_by_role_refuses_bad_requests_in_json_and_audits_every_post() 
     // The metrics: the objectives, the attempt and its failure, never more successes than attempts.
     let (_, m) = call(&agent, "GET", &url("/metrics"), None, None);
     let m = m.as_str().unwrap().to_string();
-    let sample = |name: &str| -> Option<f64> {
-        m.lines()
-            .find(|l| l.starts_with(name) && l.contains("app=\"web\""))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    };
+    let sample = |name: &str| sample(&m, name);
     assert_eq!(sample("lifeboat_app_rpo_objective_seconds{"), Some(3600.0), "{m}");
     assert_eq!(sample("lifeboat_app_rto_objective_seconds{"), Some(300.0), "{m}");
     // Counted since serve started: at least the API's backup; every one failed.
@@ -333,4 +329,61 @@ fn the_api_answers_by_role_refuses_bad_requests_in_json_and_audits_every_post() 
     let (code, body) = post("/api/v1/plans/shop/apps/web/backup", "{}");
     assert_eq!(code, 503, "{body}");
     drop(s);
+}
+
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l.contains("app=\"web\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn after_a_restart_the_gauges_come_back_from_the_repository_before_readyz_turns_true() {
+    let d = tempfile::tempdir().unwrap();
+    let plan = plan(d.path());
+    let repo = d.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    common::ok(repo, &["repo", "init"]);
+    // A recovery point of the app (a files snapshot with the plan's tags).
+    let data = d.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), "x").unwrap();
+    common::ok(
+        repo,
+        &["backup", "files", data.to_str().unwrap(), "--tag", "plan=shop", "--tag", "app=web"],
+    );
+    let tokens = d.path().join("tokens.yaml");
+    let viewer = token(&tokens, "v", "viewer");
+    let mut fingerprints = Vec::new();
+    for round in 0..2 {
+        let s = start(d.path(), &plan, &tokens);
+        let line = s.log.lock().unwrap().clone();
+        fingerprints.push(line.split("SHA-256 ").nth(1).unwrap().split(')').next().unwrap().to_string());
+        let agent = trusting(&s.cert);
+        let url = |p: &str| format!("{}{p}", s.base);
+        let start = Instant::now();
+        loop {
+            let (code, _) = call(&agent, "GET", &url("/readyz"), None, None);
+            let (_, m) = call(&agent, "GET", &url("/metrics"), None, None);
+            let m = m.as_str().unwrap().to_string();
+            if code == 200 {
+                // Ready: the gauges are there, read from the repository.
+                let rpo = sample(&m, "lifeboat_app_rpo_seconds{").unwrap_or_else(|| panic!("round {round}: {m}"));
+                assert!(rpo < 3600.0, "{rpo}");
+                assert_eq!(sample(&m, "lifeboat_app_rpo_objective_seconds{"), Some(3600.0));
+                break;
+            }
+            assert_eq!(code, 503);
+            assert_eq!(sample(&m, "lifeboat_app_rpo_seconds{"), None, "no gauge before ready: {m}");
+            assert!(start.elapsed() < Duration::from_secs(20), "not ready in 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (_, app) = call(&agent, "GET", &url("/api/v1/plans/shop/apps/web"), Some(&viewer), None);
+        let ratio = app["rpo"]["value"]["ratio"].as_f64().unwrap();
+        assert!(ratio < 1.0, "{app}");
+        drop(s);
+    }
+    assert_eq!(fingerprints[0], fingerprints[1], "the self-signed pair is kept across restarts");
 }
