@@ -5,158 +5,10 @@
 //! repository that goes away reading *unknown*, never green.
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::PASSWORD;
+use common::api::{call, plan, sample, start, token, trusting, wait_for};
 use serde_json::Value;
-
-struct Serve {
-    child: Child,
-    /// What serve printed (shown when a test fails).
-    log: Arc<std::sync::Mutex<String>>,
-    base: String,
-    cert: PathBuf,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("serve printed:\n{}", self.log.lock().unwrap());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn plan(dir: &Path) -> PathBuf {
-    let p = dir.join("plan.yaml");
-    std::fs::write(
-        &p,
-        format!(
-            "apiVersion: lifeboat.dev/v1\nkind: DRPlan\nmetadata: {{name: shop}}\nrepository: {repo}\nsites:\n  \
-             a: {{docker: {{host: \"unix:///nonexistent/a.sock\", address: 127.0.0.1}}}}\n  \
-             b: {{docker: {{host: \"unix:///nonexistent/b.sock\", address: 127.0.0.1}}}}\napps:\n  \
-             - name: web\n    primary: a\n    standby: b\n    select: {{labels: {{app: web}}}}\n    \
-             objectives: {{rpo: 1h, rto: 5m}}\n    backup: {{every: 1h}}\n",
-            repo = dir.join("repo").display(),
-        ),
-    )
-    .unwrap();
-    p
-}
-
-/// A token of `role` named `name`, added to `file` by `lifeboat token new`.
-fn token(file: &Path, name: &str, role: &str) -> String {
-    let o = Command::new(common::bin())
-        .args(["token", "new", name, "--role", role, "--file"])
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    let t = String::from_utf8(o.stdout).unwrap().trim().to_string();
-    assert!(t.starts_with("lbt_"), "{t}");
-    assert!(
-        !std::fs::read_to_string(file).unwrap().contains(&t),
-        "the file holds only the hash"
-    );
-    t
-}
-
-fn start(dir: &Path, plan: &Path, tokens: &Path) -> Serve {
-    let password = dir.join("password");
-    std::fs::write(&password, PASSWORD).unwrap();
-    std::fs::set_permissions(&password, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let mut child = Command::new(common::bin())
-        .arg("--password-file")
-        .arg(&password)
-        .args(["serve", "--no-watch", "--sync-every", "0", "--listen", "127.0.0.1:0"])
-        .arg("--tokens")
-        .arg(tokens)
-        .arg("--tls-dir")
-        .arg(dir.join("tls"))
-        .args(["--status-every", "1s", "--check-every", "3s"])
-        .arg(plan)
-        .env_remove("LIFEBOAT_PASSWORD")
-        .env_remove("LIFEBOAT_REPO")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = common::stderr_log(&mut child);
-    let start = Instant::now();
-    let base = loop {
-        if let Some(l) = log.lock().unwrap().lines().find(|l| l.contains("on https://")) {
-            let url = l.split("on https://").nth(1).unwrap().split(' ').next().unwrap();
-            assert!(l.contains("SHA-256 "), "{l}");
-            break format!("https://{url}");
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "serve ended: {}",
-            log.lock().unwrap()
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no API line: {}",
-            log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Serve {
-        child,
-        log,
-        base,
-        cert: dir.join("tls/cert.pem"),
-    }
-}
-
-/// A client that trusts only `cert`.
-fn trusting(cert: &Path) -> ureq::Agent {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    ureq::AgentBuilder::new()
-        .tls_config(Arc::new(config))
-        .timeout(Duration::from_secs(10))
-        .build()
-}
-
-/// Status code and body (JSON when it parses, else the text as a JSON string).
-fn call(agent: &ureq::Agent, method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
-    let mut r = agent.request(method, url);
-    if let Some(t) = token {
-        r = r.set("Authorization", &format!("Bearer {t}"));
-    }
-    let res = match body {
-        Some(b) => r.set("Content-Type", "application/json").send_string(b),
-        None => r.call(),
-    };
-    let (code, resp) = match res {
-        Ok(resp) => (resp.status(), resp),
-        Err(ureq::Error::Status(code, resp)) => (code, resp),
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let text = resp.into_string().unwrap();
-    (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 #[test]
 fn the_api_answers_by_role_refuses_bad_requests_in_json_and_audits_every_post() {
@@ -329,14 +181,6 @@ fn the_api_answers_by_role_refuses_bad_requests_in_json_and_audits_every_post() 
     let (code, body) = post("/api/v1/plans/shop/apps/web/backup", "{}");
     assert_eq!(code, 503, "{body}");
     drop(s);
-}
-
-fn sample(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name) && l.contains("app=\"web\""))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[test]

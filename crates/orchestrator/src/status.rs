@@ -451,7 +451,9 @@ pub fn collect(src: &Sources, now: OffsetDateTime) -> PlanStatus {
     // A repository that does not answer (or whose disk went away) makes every fact read from
     // it unknown, not empty.
     let reached: Result<&Repository, String> = src.repo.as_ref().map_err(|e| e.clone()).and_then(|r| {
+        // The index as it is now: recovery points written by other processes count.
         r.reachable()
+            .and_then(|()| r.refresh_index())
             .map(|()| *r)
             .map_err(|e| format!("repository {}: {e}", r.location()))
     });
