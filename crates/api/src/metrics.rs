@@ -424,15 +424,30 @@ mod tests {
         c.attempt("db", &attempt(false));
         c.attempt("web", &attempt(true));
         let m = render(Some(&two), &c, true);
-        assert!(m.contains("lifeboat_app_health{plan=\"p\",app=\"db\"} 3"), "unknown: {m}");
-        assert!(m.contains("lifeboat_app_rpo_objective_seconds{plan=\"p\",app=\"db\"} 3600"), "{m}");
-        assert!(m.contains("lifeboat_backup_attempts_total{plan=\"p\",app=\"db\"} 1"), "{m}");
-        assert!(!m.contains("lifeboat_app_rpo_seconds{"), "an unknown RPO gives no sample: {m}");
+        assert!(
+            m.contains("lifeboat_app_health{plan=\"p\",app=\"db\"} 3"),
+            "unknown: {m}"
+        );
+        assert!(
+            m.contains("lifeboat_app_rpo_objective_seconds{plan=\"p\",app=\"db\"} 3600"),
+            "{m}"
+        );
+        assert!(
+            m.contains("lifeboat_backup_attempts_total{plan=\"p\",app=\"db\"} 1"),
+            "{m}"
+        );
+        assert!(
+            !m.contains("lifeboat_app_rpo_seconds{"),
+            "an unknown RPO gives no sample: {m}"
+        );
         let one = status(&plan(&["web"]));
         c.keep_only(one.apps.iter().map(|a| a.app.as_str()));
         let m = render(Some(&one), &c, true);
         assert!(!m.contains("app=\"db\""), "{m}");
-        assert!(m.contains("lifeboat_backup_attempts_total{plan=\"p\",app=\"web\"} 1"), "{m}");
+        assert!(
+            m.contains("lifeboat_backup_attempts_total{plan=\"p\",app=\"web\"} 1"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -451,7 +466,10 @@ mod tests {
                 .parse()
                 .unwrap()
         };
-        let (attempts, failures) = (v("lifeboat_backup_attempts_total{"), v("lifeboat_backup_failures_total{"));
+        let (attempts, failures) = (
+            v("lifeboat_backup_attempts_total{"),
+            v("lifeboat_backup_failures_total{"),
+        );
         assert_eq!((attempts, failures), (50.0, 33.0));
         assert_eq!(v("lifeboat_backup_duration_seconds_count{"), attempts);
     }

@@ -196,7 +196,15 @@ fn after_a_restart_the_gauges_come_back_from_the_repository_before_readyz_turns_
     std::fs::write(data.join("f"), "x").unwrap();
     common::ok(
         repo,
-        &["backup", "files", data.to_str().unwrap(), "--tag", "plan=shop", "--tag", "app=web"],
+        &[
+            "backup",
+            "files",
+            data.to_str().unwrap(),
+            "--tag",
+            "plan=shop",
+            "--tag",
+            "app=web",
+        ],
     );
     let tokens = d.path().join("tokens.yaml");
     let viewer = token(&tokens, "v", "viewer");
@@ -204,7 +212,15 @@ fn after_a_restart_the_gauges_come_back_from_the_repository_before_readyz_turns_
     for round in 0..2 {
         let s = start(d.path(), &plan, &tokens);
         let line = s.log.lock().unwrap().clone();
-        fingerprints.push(line.split("SHA-256 ").nth(1).unwrap().split(')').next().unwrap().to_string());
+        fingerprints.push(
+            line.split("SHA-256 ")
+                .nth(1)
+                .unwrap()
+                .split(')')
+                .next()
+                .unwrap()
+                .to_string(),
+        );
         let agent = trusting(&s.cert);
         let url = |p: &str| format!("{}{p}", s.base);
         let start = Instant::now();
@@ -220,7 +236,11 @@ fn after_a_restart_the_gauges_come_back_from_the_repository_before_readyz_turns_
                 break;
             }
             assert_eq!(code, 503);
-            assert_eq!(sample(&m, "lifeboat_app_rpo_seconds{"), None, "no gauge before ready: {m}");
+            assert_eq!(
+                sample(&m, "lifeboat_app_rpo_seconds{"),
+                None,
+                "no gauge before ready: {m}"
+            );
             assert!(start.elapsed() < Duration::from_secs(20), "not ready in 20 s");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -229,5 +249,8 @@ fn after_a_restart_the_gauges_come_back_from_the_repository_before_readyz_turns_
         assert!(ratio < 1.0, "{app}");
         drop(s);
     }
-    assert_eq!(fingerprints[0], fingerprints[1], "the self-signed pair is kept across restarts");
+    assert_eq!(
+        fingerprints[0], fingerprints[1],
+        "the self-signed pair is kept across restarts"
+    );
 }

@@ -89,9 +89,10 @@ fn query(port: u16, path: &str) -> Value {
 
 fn firing(port: u16, alert: &str) -> bool {
     let v = query(port, "/api/v1/alerts");
-    v["data"]["alerts"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|x| x["labels"]["alertname"] == alert && x["state"] == "firing"))
+    v["data"]["alerts"].as_array().is_some_and(|a| {
+        a.iter()
+            .any(|x| x["labels"]["alertname"] == alert && x["state"] == "firing")
+    })
 }
 
 #[test]
@@ -111,7 +112,15 @@ fn a_real_prometheus_scrapes_serve_over_tls_and_the_rpo_alert_fires_and_clears_l
         std::fs::write(data.join("f"), n.to_string()).unwrap();
         common::ok(
             repo,
-            &["backup", "files", data.to_str().unwrap(), "--tag", "plan=shop", "--tag", "app=web"],
+            &[
+                "backup",
+                "files",
+                data.to_str().unwrap(),
+                "--tag",
+                "plan=shop",
+                "--tag",
+                "app=web",
+            ],
         );
     };
     backup(0);
@@ -151,8 +160,13 @@ fn a_real_prometheus_scrapes_serve_over_tls_and_the_rpo_alert_fires_and_clears_l
     assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
     // Backups stopped: the RPO passes its objective and the alert fires.
     let t = Instant::now();
-    wait_for("the RPO alert firing", Duration::from_secs(60), || firing(port, "LifeboatRpoAboveObjective"));
-    eprintln!("LifeboatRpoAboveObjective firing {:.1} s after the watch began", t.elapsed().as_secs_f64());
+    wait_for("the RPO alert firing", Duration::from_secs(60), || {
+        firing(port, "LifeboatRpoAboveObjective")
+    });
+    eprintln!(
+        "LifeboatRpoAboveObjective firing {:.1} s after the watch began",
+        t.elapsed().as_secs_f64()
+    );
     // Backups resume (one every second): the alert clears.
     let t = Instant::now();
     let mut n = 1;

@@ -900,6 +900,9 @@ fn judge(s: &mut AppStatus) {
             );
         }
     }
+    if s.drill.get().is_some_and(Option::is_none) && s.profile == "dr" && s.standby.is_some() {
+        flag(Health::Warning, "never drilled".into(), &mut worst);
+    }
     if let Some(Some(d)) = s.drill.get() {
         if !d.passed {
             flag(

@@ -70,10 +70,13 @@ fn the_rpo_is_the_age_of_the_newest_complete_recovery_point_against_its_objectiv
     assert_eq!(rpo.snapshot.as_deref(), Some(newest.to_hex().as_str()));
     assert_eq!(rpo.age_seconds, Some(50.0));
     assert_eq!(rpo.ratio, Some(0.5));
-    assert_eq!(s.apps[0].health, Health::Ok, "{:?}", s.apps[0].reasons);
+    // Within its RPO; only that it was never drilled holds it back.
+    assert_eq!(s.apps[0].reasons, ["never drilled"]);
+    assert_eq!(s.apps[0].health, Health::Warning);
     // 150 s later: 2x the objective (warning); 300 s later: critical.
     let s = status_of(&w, Ok(&w.repo), at(150));
     assert_eq!(s.apps[0].health, Health::Warning, "{:?}", s.apps[0].reasons);
+    assert!(s.apps[0].reasons[0].contains("2.0x"), "{:?}", s.apps[0].reasons);
     let s = status_of(&w, Ok(&w.repo), at(300));
     assert_eq!(s.apps[0].health, Health::Critical);
     assert!(s.apps[0].reasons[0].contains("3.5x"), "{:?}", s.apps[0].reasons);

@@ -174,4 +174,3 @@ pub fn sample(metrics: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
-

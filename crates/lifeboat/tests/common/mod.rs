@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests: run the real `lifeboat` binary, build source trees, compare trees.
 #![allow(dead_code)]
 pub mod api;
+pub mod cdp;
 pub mod lab;
 use std::collections::BTreeMap;
 use std::fs;
