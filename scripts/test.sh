@@ -15,6 +15,10 @@ command -v haproxy >/dev/null || need_apt+=(haproxy)
 command -v dig >/dev/null && command -v nsupdate >/dev/null || need_apt+=(dnsutils)
 # The shell scripts (the lab, these scripts, the benchmarks) are linted like the Rust code.
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)
+# The real Prometheus (and promtool) that scrapes `serve` and checks the alerting rules, and the
+# headless Chromium that loads the dashboard.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "scripts/test.sh: missing ${need_apt[*]}; install them or run as root" >&2; exit 1; fi
   # bind9 and haproxy would start machine-wide services when installed; the lab runs its own

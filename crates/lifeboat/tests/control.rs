@@ -147,6 +147,11 @@ impl App {
     /// `lifeboat serve` inside `site`'s network namespace as instance `site`, guarding it when
     /// `guards` (a witness elsewhere does not).
     fn serve_in(&self, site: &str, guards: bool) -> Serve {
+        self.serve_in_with(site, guards, &[])
+    }
+
+    /// [`App::serve_in`] with more arguments for serve.
+    fn serve_in_with(&self, site: &str, guards: bool, extra: &[String]) -> Serve {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/var/run/netns/lifeboat-{site}"))
             .arg(common::bin())
@@ -155,6 +160,7 @@ impl App {
             c.args(["--site", site]);
         }
         let mut child = c
+            .args(extra)
             .arg(&self.plan)
             .env("LIFEBOAT_PASSWORD", PASSWORD)
             .env_remove("LIFEBOAT_REPO")
@@ -606,6 +612,90 @@ fn probes_that_flap_on_a_minority_of_instances_never_fail_over() {
         eprintln!("--- a:\n{}\n--- b:\n{}\n--- c:\n{}", sa.log(), sb.log(), sc.log());
     }
     drop((sa, sb, sc));
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "lab"),
+    ignore = "lab test: needs root and the lab (run scripts/test.sh, which starts it and passes --features lab)"
+)]
+fn the_dashboard_on_the_standby_shows_the_failover_live_when_the_primary_site_dies() {
+    if !common::cdp::available() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    lab_up();
+    let sites = docker_sites(3);
+    let b = &sites[1];
+    let app = App::new(&sites[..2], "ctl6", 8196, "");
+    assert!(app.ok(&["backup", "--plan"]).contains("staged on b"));
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.yaml");
+    let operator = common::api::token(&tokens, "oncall", "operator");
+    // Each instance serves the API on its site's address (the one on b is what the page uses).
+    let api = |site: &str, addr: &str| -> Vec<String> {
+        vec![
+            "--listen".into(),
+            format!("{addr}:9443"),
+            "--tokens".into(),
+            tokens.display().to_string(),
+            "--tls-dir".into(),
+            dir.path().join(format!("tls-{site}")).display().to_string(),
+            "--status-every".into(),
+            "1s".into(),
+        ]
+    };
+    let mut sa = app.serve_in_with("a", true, &api("a", &sites[0].addr));
+    sa.until("a to lead", Duration::from_secs(30), "leading (term");
+    let sb = app.serve_in_with("b", true, &api("b", &b.addr));
+    let sc = app.serve_in("c", false);
+    for s in [&sb, &sc] {
+        s.until("the others to follow a", Duration::from_secs(30), "following a");
+    }
+    sb.until("b's API", Duration::from_secs(10), "on https://");
+    let mut browser = common::cdp::Browser::start();
+    let shots = common::cdp::artifacts();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        browser.navigate(&format!("https://{}:9443/#token={operator}", b.addr));
+        let active = "document.querySelector('#row-ctl6 [data-field=active]')?.textContent";
+        assert_eq!(browser.until("the app's row", Duration::from_secs(30), active), "a");
+        let rpo = browser.eval("document.querySelector('#row-ctl6 [data-field=rpo]').className");
+        assert_eq!(rpo, "rpo-green", "backed up a moment ago, RPO 5 m");
+        browser.screenshot(&shots.join("dashboard-before-failover.png"));
+        browser.eval("window.__marker = 1");
+        std::thread::sleep(Duration::from_secs(3));
+        let killed = Instant::now();
+        sa.kill9();
+        let o = Command::new(lab()).args(["kill", "a"]).output().unwrap();
+        assert!(o.status.success());
+        let shown = browser.until(
+            "b active on the page",
+            Duration::from_secs(120),
+            &format!("{active} === 'b' && {active}"),
+        );
+        assert_eq!(shown, "b");
+        eprintln!(
+            "site a killed to b shown active on the dashboard: {:.1} s (no reload)",
+            killed.elapsed().as_secs_f64()
+        );
+        assert_eq!(browser.eval("window.__marker"), 1, "the page was not reloaded");
+        let traffic = browser.until(
+            "the traffic on b",
+            Duration::from_secs(30),
+            "(t => t && t.startsWith('b') && t)(document.querySelector('#row-ctl6 [data-field=traffic]')?.textContent)",
+        );
+        assert_eq!(traffic, "b");
+        browser.screenshot(&shots.join("dashboard-after-failover.png"));
+        assert!(browser.errors.is_empty(), "console errors: {:?}", browser.errors);
+    }));
+    if result.is_err() {
+        eprintln!("--- b:\n{}\n--- c:\n{}", sb.log(), sc.log());
+    }
+    drop((sb, sc, browser));
+    lab_up();
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
