@@ -190,6 +190,8 @@
     $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
     $("#updated").setAttribute("data-generated", s.generated);
     if (detailApp) { $("#detail").hidden = false; await drawDetail(s, now); } else { $("#overview").hidden = false; drawOverview(s, now); }
+    // When the first full view was drawn (ms since navigation), for the dashboard benchmark.
+    if (window.lifeboatFirstDraw === undefined) window.lifeboatFirstDraw = performance.now();
   }
 
   refresh();

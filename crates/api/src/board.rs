@@ -37,6 +37,16 @@ struct Live {
     at: Option<OffsetDateTime>,
 }
 
+/// The status as answered: aged, with its JSON and metrics text made once and kept until a fact
+/// in it would turn unknown or a new refresh comes.
+pub struct View {
+    pub status: PlanStatus,
+    pub json: bytes::Bytes,
+    pub metrics: bytes::Bytes,
+    until: Option<OffsetDateTime>,
+    generation: u64,
+}
+
 /// The board.
 pub struct Board {
     server: Arc<Server>,
@@ -49,6 +59,9 @@ pub struct Board {
     counted: Mutex<HashMap<String, OffsetDateTime>>,
     pub counters: Counters,
     ready: std::sync::atomic::AtomicBool,
+    /// Bumped by every refresh and every change of leadership: a view of an older one is redone.
+    generation: std::sync::atomic::AtomicU64,
+    view: Mutex<Option<Arc<View>>>,
 }
 
 impl Board {
@@ -63,6 +76,8 @@ impl Board {
             counted: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            view: Mutex::new(None),
         })
     }
 
@@ -70,8 +85,18 @@ impl Board {
         &self.server
     }
 
+    fn bump(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Takes in one of the server's events (call it from the server's event callback).
     pub fn observe(&self, e: &Event) {
+        if matches!(
+            e,
+            Event::Leading { .. } | Event::Following { .. } | Event::CutOff { .. } | Event::StandingBy
+        ) {
+            self.bump();
+        }
         let mut l = self.live.lock().expect("poisoned");
         l.at = Some(OffsetDateTime::now_utc());
         match e {
@@ -117,8 +142,31 @@ impl Board {
 
     /// The status now: the last one read, aged at `now` (none before the first refresh).
     pub fn status(&self, now: OffsetDateTime) -> Option<PlanStatus> {
-        let s = self.current.read().expect("poisoned").clone()?;
-        Some(s.aged(now))
+        self.view(now).map(|v| v.status.clone())
+    }
+
+    /// The status now with its JSON and metrics (see [`View`]); none before the first refresh.
+    /// Made again only when a refresh or a change of leadership came since, or a fact in it has
+    /// turned unknown by now: what it answers is what [`PlanStatus::aged`] at `now` would be.
+    pub fn view(&self, now: OffsetDateTime) -> Option<Arc<View>> {
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let mut kept = self.view.lock().expect("poisoned");
+        if let Some(v) = kept.as_ref() {
+            if v.generation == generation && v.until.is_none_or(|u| now < u) {
+                return Some(v.clone());
+            }
+        }
+        let mut status = self.current.read().expect("poisoned").clone()?.aged(now);
+        let until = status.fresh_until();
+        let v = Arc::new(View {
+            json: serde_json::to_vec(&status).expect("a status serializes").into(),
+            metrics: crate::metrics::render(Some(&status), &self.counters, self.leads()).into(),
+            status,
+            until,
+            generation,
+        });
+        *kept = Some(v.clone());
+        Some(v)
     }
 
     fn control(&self) -> Control {
@@ -214,6 +262,7 @@ impl Board {
         self.count_attempts(&st);
         let read = st.repository.get().is_some();
         *self.current.write().expect("poisoned") = Some(st);
+        self.bump();
         if read {
             self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
         }

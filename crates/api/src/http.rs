@@ -179,8 +179,11 @@ async fn readyz(State(api): Shared) -> Response {
 }
 
 async fn metrics(State(api): Shared) -> Response {
-    let now = OffsetDateTime::now_utc();
-    let body = crate::metrics::render(api.board.status(now).as_ref(), &api.board.counters, api.board.leads());
+    let body = match api.board.view(OffsetDateTime::now_utc()) {
+        Some(v) => v.metrics.clone(),
+        // Before the first status: the counters (and no gauge).
+        None => crate::metrics::render(None, &api.board.counters, api.board.leads()).into(),
+    };
     (
         [(
             header::CONTENT_TYPE,
@@ -237,7 +240,14 @@ fn app_named<'a>(api: &'a Api, plan: &str, app: &str) -> Result<&'a lifeboat_pla
 }
 
 async fn status(State(api): Shared) -> Result<Response, ApiError> {
-    Ok(Json(current(&api)?).into_response())
+    let v = api.board.view(OffsetDateTime::now_utc()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the status is not read yet (see /readyz)",
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], v.json.clone()).into_response())
 }
 
 async fn plans(State(api): Shared) -> Json<Value> {
@@ -245,9 +255,9 @@ async fn plans(State(api): Shared) -> Json<Value> {
     Json(json!([{"name": p.metadata.name, "apps": p.apps.len()}]))
 }
 
-async fn plan(State(api): Shared, Path(plan): Path<String>) -> Result<Response, ApiError> {
-    plan_named(&api, &plan)?;
-    Ok(Json(current(&api)?).into_response())
+async fn plan(state: Shared, Path(plan): Path<String>) -> Result<Response, ApiError> {
+    plan_named(&state.0, &plan)?;
+    status(state).await
 }
 
 async fn apps(State(api): Shared, Path(plan): Path<String>) -> Result<Response, ApiError> {

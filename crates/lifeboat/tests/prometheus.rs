@@ -126,7 +126,7 @@ fn a_real_prometheus_scrapes_serve_over_tls_and_the_rpo_alert_fires_and_clears_l
     backup(0);
     let tokens = d.path().join("tokens.yaml");
     token(&tokens, "v", "viewer");
-    let s = start_with(d.path(), &plan, &tokens, &[]);
+    let s = start_with(d.path(), &plan, &tokens, &["--status-every", "1s"]);
     let target = s.base.trim_start_matches("https://").to_string();
     alerts(&plan, &d.path().join("rules.yaml"), &["--rpo-for", "1s"]);
     let port = free_port();

@@ -65,6 +65,14 @@ pub struct Fact<T> {
 }
 
 impl<T> Fact<T> {
+    /// When this fact turns unknown if it is not refreshed (none: it is unknown already).
+    pub fn fresh_until(&self) -> Option<OffsetDateTime> {
+        let (Freshness::Fresh, Some(at)) = (self.state, self.at) else {
+            return None;
+        };
+        Some(at + time::Duration::seconds_f64(2.0 * self.refresh_seconds))
+    }
+
     pub fn known(value: T, at: OffsetDateTime, refresh: Duration) -> Fact<T> {
         Fact {
             state: Freshness::Fresh,
@@ -843,23 +851,64 @@ impl PlanStatus {
         }
     }
 
+    /// The first moment a fact of this status turns unknown ([`PlanStatus::aged`] changes nothing
+    /// before it); none when no fact is fresh.
+    pub fn fresh_until(&mut self) -> Option<OffsetDateTime> {
+        let mut first = self.repository.fresh_until();
+        for s in &mut self.apps {
+            for f in s.facts() {
+                first = match (first, f.fresh_until()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        first
+    }
+
     /// Turns every fact observed too long before `now` unknown and judges the apps again.
     pub fn aged(mut self, now: OffsetDateTime) -> PlanStatus {
         self.repository.age(now);
         for s in &mut self.apps {
-            s.active.age(now);
-            s.traffic.age(now);
-            s.rpo.age(now);
-            s.backups.age(now);
-            s.standby_state.age(now);
-            s.drill.age(now);
-            s.watch.age(now);
-            s.operation.age(now);
-            s.operations.age(now);
-            s.readiness.age(now);
+            for f in s.facts() {
+                f.age(now);
+            }
             judge(s);
         }
         self
+    }
+}
+
+/// What every [`Fact`] does whatever its value.
+trait Aging {
+    fn age(&mut self, now: OffsetDateTime);
+    fn fresh_until(&self) -> Option<OffsetDateTime>;
+}
+
+impl<T> Aging for Fact<T> {
+    fn age(&mut self, now: OffsetDateTime) {
+        Fact::age(self, now)
+    }
+    fn fresh_until(&self) -> Option<OffsetDateTime> {
+        Fact::fresh_until(self)
+    }
+}
+
+impl AppStatus {
+    /// Every fact of the app.
+    fn facts(&mut self) -> [&mut dyn Aging; 10] {
+        [
+            &mut self.active,
+            &mut self.traffic,
+            &mut self.rpo,
+            &mut self.backups,
+            &mut self.standby_state,
+            &mut self.drill,
+            &mut self.watch,
+            &mut self.operation,
+            &mut self.operations,
+            &mut self.readiness,
+        ]
     }
 }
 

@@ -67,12 +67,13 @@ pub fn token(file: &Path, name: &str, role: &str) -> String {
     t
 }
 
-/// `serve --listen 127.0.0.1:0` with a self-signed pair in `dir/tls`, refreshing every second.
+/// `serve --listen 127.0.0.1:0` with a self-signed pair in `dir/tls`, refreshing every second
+/// (the full check every 3 s).
 pub fn start(dir: &Path, plan: &Path, tokens: &Path) -> Serve {
-    start_with(dir, plan, tokens, &[])
+    start_with(dir, plan, tokens, &["--status-every", "1s", "--check-every", "3s"])
 }
 
-/// [`start`] with more arguments for serve.
+/// `serve --listen` with these arguments (and serve's own refresh intervals unless they say).
 pub fn start_with(dir: &Path, plan: &Path, tokens: &Path, extra: &[&str]) -> Serve {
     let password = dir.join("password");
     std::fs::write(&password, PASSWORD).unwrap();
@@ -85,7 +86,6 @@ pub fn start_with(dir: &Path, plan: &Path, tokens: &Path, extra: &[&str]) -> Ser
         .arg(tokens)
         .arg("--tls-dir")
         .arg(dir.join("tls"))
-        .args(["--status-every", "1s", "--check-every", "3s"])
         .args(extra)
         .arg(plan)
         .env_remove("LIFEBOAT_PASSWORD")
