@@ -2,7 +2,7 @@
 # Lifeboat's main job, end to end, on the local lab (as root): two Docker sites in network
 # namespaces and a DNS server, a demo app (web app and PostgreSQL with data) on site a with a hot
 # standby on b, then: preflight, failover with measured RTO and RPO, failback, and a drill with its
-# reports. Everything it starts is torn down by `lab/lab down`.
+# reports, and the status it ends in. Everything it starts is torn down by `lab/lab down`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/lifeboat-target}
@@ -34,4 +34,6 @@ step "lifeboat failback"
 step "lifeboat drill (an isolated copy on b, measured, torn down; reports in /tmp/lifeboat-drill/)"
 "$L" drill "$LAB_DEMO_PLAN" --report /tmp/lifeboat-drill/report 2>/dev/null
 ls /tmp/lifeboat-drill/
+step "lifeboat status (where the app stands now: RPO, traffic, last drill, readiness)"
+"$L" status "$LAB_DEMO_PLAN" || true
 step "a runbook for doing it by hand: lifeboat runbook $LAB_DEMO_PLAN"

@@ -303,7 +303,16 @@ impl Board {
     /// The last full check: its lines and the readiness levels, with when it ran (none yet: an
     /// `unknown` state).
     pub fn checks_json(&self) -> serde_json::Value {
+        let now = OffsetDateTime::now_utc();
         match &*self.checks.lock().expect("poisoned") {
+            Some((_, at)) if (now - *at).unsigned_abs() > self.check_refresh * 2 => serde_json::json!({
+                "state": "unknown",
+                "why": format!(
+                    "the last full check finished {:.0} s ago; it runs every {:.0} s",
+                    (now - *at).as_seconds_f64(),
+                    self.check_refresh.as_secs_f64()
+                ),
+            }),
             Some((results, at)) => serde_json::json!({
                 "state": "fresh",
                 "at": at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
