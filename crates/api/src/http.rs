@@ -102,32 +102,41 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// The token check of every route under `/api`.
 async fn authenticate(State(api): Shared, mut req: Request, next: Next) -> Result<Response, ApiError> {
-    let Some(token) = bearer(req.headers()) else {
-        return Err(ApiError::new(
+    let refused = match bearer(req.headers()).map(|t| api.tokens.caller(t)) {
+        None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "a bearer token is needed (Authorization: Bearer TOKEN)",
-        ));
-    };
-    let Some(caller) = api.tokens.caller(token) else {
-        return Err(ApiError::new(
+        )),
+        Some(None) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "the token is not known",
-        ));
+        )),
+        Some(Some(caller)) if req.method() != axum::http::Method::GET && caller.role < Role::Operator => {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "token {} is a viewer: starting actions needs an operator token",
+                    caller.name
+                ),
+            ))
+        }
+        Some(Some(caller)) => Ok(caller),
     };
-    if req.method() != axum::http::Method::GET && caller.role < Role::Operator {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "token {} is a viewer: starting actions needs an operator token",
-                caller.name
-            ),
-        ));
+    match refused {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            Ok(next.run(req).await)
+        }
+        Err(e) => {
+            // Read the body of a refused request (up to 64 KiB), so the connection stays usable
+            // for the client's next request.
+            let _ = axum::body::to_bytes(req.into_body(), 64 << 10).await;
+            Err(e)
+        }
     }
-    req.extensions_mut().insert(caller);
-    Ok(next.run(req).await)
 }
 
 /// The routes.

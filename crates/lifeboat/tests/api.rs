@@ -7,14 +7,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::api::{call, plan, sample, start, token, trusting, wait_for};
+use common::api::{call, init_repo, plan, recovery_point, sample, start, token, trusting, wait_for};
 use serde_json::Value;
 
 #[test]
 fn the_api_answers_by_role_refuses_bad_requests_in_json_and_audits_every_post() {
     let d = tempfile::tempdir().unwrap();
     let plan = plan(d.path());
-    common::ok(d.path().join("repo").to_str().unwrap(), &["repo", "init"]);
+    init_repo(d.path());
     let tokens = d.path().join("tokens.yaml");
     let viewer = token(&tokens, "grafana", "viewer");
     let operator = token(&tokens, "oncall", "operator");
@@ -187,25 +187,8 @@ fn the_api_answers_by_role_refuses_bad_requests_in_json_and_audits_every_post() 
 fn after_a_restart_the_gauges_come_back_from_the_repository_before_readyz_turns_true() {
     let d = tempfile::tempdir().unwrap();
     let plan = plan(d.path());
-    let repo = d.path().join("repo");
-    let repo = repo.to_str().unwrap();
-    common::ok(repo, &["repo", "init"]);
-    // A recovery point of the app (a files snapshot with the plan's tags).
-    let data = d.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("f"), "x").unwrap();
-    common::ok(
-        repo,
-        &[
-            "backup",
-            "files",
-            data.to_str().unwrap(),
-            "--tag",
-            "plan=shop",
-            "--tag",
-            "app=web",
-        ],
-    );
+    init_repo(d.path());
+    recovery_point(d.path(), "x");
     let tokens = d.path().join("tokens.yaml");
     let viewer = token(&tokens, "v", "viewer");
     let mut fingerprints = Vec::new();

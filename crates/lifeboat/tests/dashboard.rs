@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::api::{call, plan, start, token, trusting, wait_for};
+use common::api::{call, init_repo, plan, recovery_point, start, token, trusting, wait_for};
 use common::cdp::{self, Browser};
 
 #[test]
@@ -17,24 +17,8 @@ fn the_dashboard_shows_each_app_live_and_starts_a_drill_only_for_an_operator() {
     }
     let d = tempfile::tempdir().unwrap();
     let plan = plan(d.path());
-    let repo = d.path().join("repo");
-    let repo = repo.to_str().unwrap();
-    common::ok(repo, &["repo", "init"]);
-    let data = d.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("f"), "x").unwrap();
-    common::ok(
-        repo,
-        &[
-            "backup",
-            "files",
-            data.to_str().unwrap(),
-            "--tag",
-            "plan=shop",
-            "--tag",
-            "app=web",
-        ],
-    );
+    init_repo(d.path());
+    recovery_point(d.path(), "x");
     let tokens = d.path().join("tokens.yaml");
     let viewer = token(&tokens, "viewer-1", "viewer");
     let operator = token(&tokens, "oncall", "operator");

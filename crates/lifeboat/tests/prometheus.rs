@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::api::{plan_rpo, start_with, token, wait_for};
+use common::api::{init_repo, plan_rpo, recovery_point, start_with, token, wait_for};
 use lifeboat_lab_support::etcd::free_port;
 use serde_json::Value;
 
@@ -103,26 +103,8 @@ fn a_real_prometheus_scrapes_serve_over_tls_and_the_rpo_alert_fires_and_clears_l
     let d = tempfile::tempdir().unwrap();
     // A small objective, so that backups stopping shows within seconds.
     let plan = plan_rpo(d.path(), "4s");
-    let repo = d.path().join("repo");
-    let repo = repo.to_str().unwrap();
-    common::ok(repo, &["repo", "init"]);
-    let data = d.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let backup = |n: u32| {
-        std::fs::write(data.join("f"), n.to_string()).unwrap();
-        common::ok(
-            repo,
-            &[
-                "backup",
-                "files",
-                data.to_str().unwrap(),
-                "--tag",
-                "plan=shop",
-                "--tag",
-                "app=web",
-            ],
-        );
-    };
+    init_repo(d.path());
+    let backup = |n: u32| recovery_point(d.path(), &n.to_string());
     backup(0);
     let tokens = d.path().join("tokens.yaml");
     token(&tokens, "v", "viewer");

@@ -174,3 +174,28 @@ pub fn sample(metrics: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// Creates the repository of [`plan`] in `dir/repo`.
+pub fn init_repo(dir: &Path) {
+    super::ok(dir.join("repo").to_str().unwrap(), &["repo", "init"]);
+}
+
+/// A recovery point of the app `web` of plan `shop`: a files snapshot of `dir/data` (its file
+/// holding `content`) with the plan's tags.
+pub fn recovery_point(dir: &Path, content: &str) {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), content).unwrap();
+    super::ok(
+        dir.join("repo").to_str().unwrap(),
+        &[
+            "backup",
+            "files",
+            data.to_str().unwrap(),
+            "--tag",
+            "plan=shop",
+            "--tag",
+            "app=web",
+        ],
+    );
+}
