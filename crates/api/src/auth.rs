@@ -73,6 +73,13 @@ pub enum TokenError {
     /// The file does not parse or holds a bad entry.
     #[error("token file {}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
+    /// The file cannot be written.
+    #[error("token file {}: cannot write: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The file can be read by others than its owner.
     #[error("token file {} can be read by group or others (mode {mode:o}); chmod 600 it", path.display())]
     Exposed { path: PathBuf, mode: u32 },
@@ -191,6 +198,56 @@ pub fn new_token(name: &str, role: Role) -> Result<(String, String), String> {
         hex(&digest(&token))
     );
     Ok((token, entry))
+}
+
+/// Makes a token and adds its entry to the token file `path` (created mode 0600 if absent;
+/// replaced whole, through a temporary file, never half written). An existing file must load as
+/// it is first, and the result must load too (a second token of one name is refused). Returns the
+/// token, which nothing keeps.
+pub fn add_token(path: &Path, name: &str, role: Role) -> Result<String, TokenError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let existing = match std::fs::read_to_string(path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(TokenError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if existing.is_some() {
+        Tokens::load(path)?;
+    }
+    let (token, entry) = new_token(name, role).map_err(|reason| TokenError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    let text = match existing {
+        Some(t) if !t.trim().is_empty() && t.trim() != "tokens: []" => {
+            format!("{t}{}{entry}", if t.ends_with('\n') { "" } else { "\n" })
+        }
+        _ => format!("tokens:\n{entry}"),
+    };
+    Tokens::parse(path, &text)?;
+    let write = |source| TokenError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(write)?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(write)?;
+    std::fs::rename(&tmp, path).map_err(write)?;
+    Ok(token)
 }
 
 #[cfg(test)]

@@ -157,8 +157,14 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/plans/{plan}/apps/{app}/drills/{file}", get(drill_report))
         .route("/plans/{plan}/apps/{app}/backup", post(start_backup))
         .route("/plans/{plan}/apps/{app}/drill", post(start_drill))
-        .route("/plans/{plan}/apps/{app}/failover", post(start_failover))
-        .route("/plans/{plan}/apps/{app}/failback", post(start_failback))
+        .route(
+            "/plans/{plan}/apps/{app}/failover",
+            post(|s, e, p, b| start_switch(Kind::Failover, s, e, p, b)),
+        )
+        .route(
+            "/plans/{plan}/apps/{app}/failback",
+            post(|s, e, p, b| start_switch(Kind::Failback, s, e, p, b)),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API path") })
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
     Router::new()
@@ -708,24 +714,15 @@ fn switch_job(kind: Kind, app: &str, caller: &Caller, b: Result<Json<Value>, Jso
     }))
 }
 
-async fn start_failover(
+/// A failover or failback POST.
+async fn start_switch(
+    kind: Kind,
     State(api): Shared,
     ext: axum::Extension<Caller>,
     Path((plan, app)): Path<(String, String)>,
     b: Result<Json<Value>, JsonRejection>,
 ) -> Response {
     let caller = ext.0;
-    let job = switch_job(Kind::Failover, &app, &caller, b);
-    act(api, caller, "failover", plan, app, job).await
-}
-
-async fn start_failback(
-    State(api): Shared,
-    ext: axum::Extension<Caller>,
-    Path((plan, app)): Path<(String, String)>,
-    b: Result<Json<Value>, JsonRejection>,
-) -> Response {
-    let caller = ext.0;
-    let job = switch_job(Kind::Failback, &app, &caller, b);
-    act(api, caller, "failback", plan, app, job).await
+    let job = switch_job(kind, &app, &caller, b);
+    act(api, caller, kind.as_str(), plan, app, job).await
 }

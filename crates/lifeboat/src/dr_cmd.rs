@@ -545,40 +545,11 @@ pub fn alerts(
 
 /// `token new NAME --role R --file F`: prints a new token once and adds its hash to the file.
 pub fn new_token(name: &str, role: crate::cli::TokenRole, file: &Path) -> Result<bool> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let role = match role {
         crate::cli::TokenRole::Viewer => lifeboat_api::auth::Role::Viewer,
         crate::cli::TokenRole::Operator => lifeboat_api::auth::Role::Operator,
     };
-    let existing = match std::fs::read_to_string(file) {
-        Ok(t) => Some(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
-    };
-    if existing.is_some() {
-        // An existing file must load as it is (its mode, its entries) before one is added.
-        lifeboat_api::auth::Tokens::load(file)?;
-    }
-    let (token, entry) = lifeboat_api::auth::new_token(name, role).map_err(anyhow::Error::msg)?;
-    let text = match existing {
-        Some(t) if t.trim().is_empty() || t.trim() == "tokens: []" => format!("tokens:\n{entry}"),
-        Some(t) => format!("{}{}{entry}", t, if t.ends_with('\n') { "" } else { "\n" }),
-        None => format!("tokens:\n{entry}"),
-    };
-    // Refused whole if the result would not load (a second token of the same name).
-    lifeboat_api::auth::Tokens::parse(file, &text)?;
-    let tmp = file.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, file).with_context(|| format!("cannot write {}", file.display()))?;
+    let token = lifeboat_api::auth::add_token(file, name, role)?;
     println!("{token}");
     eprintln!(
         "token {name} ({}) added to {}: the line above is the token, shown only now",
