@@ -82,6 +82,10 @@ pub enum Command {
         /// Report the drift, change nothing
         #[arg(long)]
         dry_run: bool,
+        /// On a plan with `coordination`: act without taking its leadership, when no etcd
+        /// endpoint answers (nobody can lead then); refused while etcd answers
+        #[arg(long)]
+        without_coordination: bool,
     },
     /// Run the plan: each app's backups on its `backup.every` schedule with its `backup.keep`
     /// retention, sync rounds, and the health watch, until interrupted
@@ -122,6 +126,10 @@ pub enum Command {
         /// Longest wait for the copy to become healthy, in seconds
         #[arg(long, default_value_t = 300)]
         health_timeout: u64,
+        /// On a plan with `coordination`: act without taking its leadership, when no etcd
+        /// endpoint answers (nobody can lead then); refused while etcd answers
+        #[arg(long)]
+        without_coordination: bool,
     },
     /// List the drills the repository holds for a plan's apps, newest first, with their result
     Drills {
@@ -244,6 +252,10 @@ pub struct BackupArgs {
     /// With --plan: only this app
     #[arg(long, requires = "plan")]
     pub app: Option<String>,
+    /// With --plan on a plan with `coordination`: back up without taking its leadership, when no
+    /// etcd endpoint answers (nobody can lead then); refused while etcd answers
+    #[arg(long, requires = "plan")]
+    pub without_coordination: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -330,6 +342,10 @@ pub struct OpArgs {
     /// Longest wait for the app to become healthy, in seconds
     #[arg(long, default_value_t = 300)]
     pub health_timeout: u64,
+    /// On a plan with `coordination`: act without taking its leadership, when no etcd endpoint
+    /// answers (nobody can lead then); refused while etcd answers
+    #[arg(long)]
+    pub without_coordination: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -213,7 +213,8 @@ pub fn run(args: Cli) -> Result<bool> {
             cmd: None,
             plan: Some(plan),
             app,
-        }) => dr_cmd::backup(&ctx, &plan, app.as_deref()),
+            without_coordination,
+        }) => dr_cmd::backup(&ctx, &plan, app.as_deref(), without_coordination),
         Command::Backup(BackupArgs {
             cmd: None, plan: None, ..
         }) => {
@@ -250,14 +251,34 @@ pub fn run(args: Cli) -> Result<bool> {
             once,
             every,
             dry_run,
-        } => dr_cmd::sync(&ctx, &plan, app.as_deref(), once, every, dry_run),
+            without_coordination,
+        } => dr_cmd::sync(
+            &ctx,
+            &plan,
+            app.as_deref(),
+            &dr_cmd::SyncArgs {
+                once,
+                every,
+                dry_run,
+                without_coordination,
+            },
+        ),
         Command::Drill {
             plan,
             app,
             site,
             report,
             health_timeout,
-        } => dr_cmd::drill(&ctx, &plan, app.as_deref(), site, report.as_deref(), health_timeout),
+            without_coordination,
+        } => dr_cmd::drill(
+            &ctx,
+            &plan,
+            app.as_deref(),
+            site,
+            report.as_deref(),
+            health_timeout,
+            without_coordination,
+        ),
         Command::Drills { plan, app } => dr_cmd::drills(&ctx, &plan, app.as_deref()),
         Command::Status {
             plan,

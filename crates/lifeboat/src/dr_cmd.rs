@@ -11,7 +11,7 @@ use lifeboat_orchestrator::ops::{self, Options, Outcome};
 use lifeboat_orchestrator::{check, platform, report, runbook};
 use lifeboat_plan::{App, Plan};
 use lifeboat_repo::Repository;
-use lifeboat_server::{Coordination, Event, Instance, ServeOptions, Server};
+use lifeboat_server::{ByHand, Coordination, Event, Instance, ServeOptions, Server};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -45,8 +45,8 @@ fn apps<'p>(plan: &'p Plan, only: Option<&str>) -> Result<Vec<&'p App>> {
     Ok(lifeboat_server::apps(plan, only)?)
 }
 
-pub fn backup(ctx: &Ctx, plan: &Path, app: Option<&str>) -> Result<bool> {
-    let s = server(ctx, plan)?;
+pub fn backup(ctx: &Ctx, plan: &Path, app: Option<&str>, without_coordination: bool) -> Result<bool> {
+    let s = acting(ctx, plan, without_coordination)?;
     s.with_env(true, |env| {
         let items = ops::backup_plan(env, app, ctx.lock_wait, "cli")?;
         let ok = items.iter().all(|i| i.error.is_none());
@@ -75,10 +75,38 @@ pub fn backup(ctx: &Ctx, plan: &Path, app: Option<&str>) -> Result<bool> {
     })
 }
 
+/// What `sync` was asked.
+pub struct SyncArgs {
+    pub once: bool,
+    pub every: Duration,
+    pub dry_run: bool,
+    pub without_coordination: bool,
+}
+
 /// `sync PLAN`: a round now, then one every `every` unless `once`. False when a round failed for
-/// some app (with `--once`); a long-running sync logs failures and goes on.
-pub fn sync(ctx: &Ctx, plan: &Path, app: Option<&str>, once: bool, every: Duration, dry_run: bool) -> Result<bool> {
-    let s = server(ctx, plan)?;
+/// some app (with `--once`); a long-running sync logs failures and goes on. On a plan with
+/// `coordination`, a sync that changes things runs one round (`--once`): the leading `serve`
+/// instance runs the rounds, and a long-running sync would hold the leadership from it.
+pub fn sync(ctx: &Ctx, plan: &Path, app: Option<&str>, a: &SyncArgs) -> Result<bool> {
+    let SyncArgs {
+        once,
+        every,
+        dry_run,
+        without_coordination,
+    } = *a;
+    let s = if dry_run {
+        server(ctx, plan)?
+    } else {
+        let p = Plan::load(plan)?;
+        if p.coordination.is_some() && !once {
+            bail!(
+                "plan {} has a coordination section: its leading serve instance runs the sync rounds (serve \
+                 --sync-every); run one round by hand with --once, or report with --dry-run",
+                p.metadata.name
+            );
+        }
+        acting(ctx, plan, without_coordination)?
+    };
     s.with_env(true, |env| loop {
         let items = lifeboat_orchestrator::sync::sync_plan(env, app, dry_run, ctx.lock_wait)?;
         let ok = items.iter().all(|i| i.error.is_none());
@@ -116,7 +144,7 @@ pub fn sync(ctx: &Ctx, plan: &Path, app: Option<&str>, once: bool, every: Durati
 }
 
 pub fn switch(ctx: &Ctx, args: &crate::cli::OpArgs, kind: Kind) -> Result<bool> {
-    let s = server(ctx, &args.plan)?;
+    let s = acting(ctx, &args.plan, args.without_coordination)?;
     s.with_env(true, |env| {
         let fenced_by_hand = match &args.fenced_by_hand {
             None => None,
@@ -195,8 +223,9 @@ pub fn drill(
     site: Option<String>,
     out: Option<&Path>,
     health_timeout: u64,
+    without_coordination: bool,
 ) -> Result<bool> {
-    let s = server(ctx, plan)?;
+    let s = acting(ctx, plan, without_coordination)?;
     s.with_env(true, |env| {
         let opts = Options {
             health_timeout: Duration::from_secs(health_timeout),
@@ -563,6 +592,37 @@ pub fn new_token(name: &str, role: crate::cli::TokenRole, file: &Path) -> Result
 /// on stdout with `--json` (a failover's step lines only without it).
 fn server(ctx: &Ctx, plan_path: &Path) -> Result<Arc<Server>> {
     Ok(server_with_board(ctx, plan_path)?.0)
+}
+
+/// The server of a command that acts (`backup --plan`, `failover`, `failback`, `drill`, `sync`).
+/// On a plan with `coordination` the command leads while it runs, its term the fencing token of
+/// every step (refused while a serve instance leads: [`ByHand::take`]); `without_coordination`
+/// acts without a term, only when no etcd endpoint answers ([`ByHand::without`]).
+fn acting(ctx: &Ctx, plan_path: &Path, without_coordination: bool) -> Result<Arc<Server>> {
+    let mut s = server(ctx, plan_path)?;
+    if s.plan.coordination.is_none() {
+        if without_coordination {
+            bail!(
+                "--without-coordination: plan {} has no coordination section (nothing to act without)",
+                s.plan.metadata.name
+            );
+        }
+        return Ok(s);
+    }
+    if without_coordination {
+        let line = ByHand::without(&s.plan, &s.plan_dir)?;
+        tracing::warn!("{line}");
+        return Ok(s);
+    }
+    let h = ByHand::take(&s.plan, &s.plan_dir, &operator())?;
+    if !ctx.json {
+        eprintln!(
+            "{} leads plan {} while this command runs (term {}); the serve instances follow until it ends",
+            h.holder, s.plan.metadata.name, h.term.revision
+        );
+    }
+    Arc::get_mut(&mut s).expect("not shared yet").by_hand = Some(Arc::new(h));
+    Ok(s)
 }
 
 /// Where the status board of `serve --listen` goes once it is made.

@@ -175,3 +175,132 @@ fn a_second_plan_of_the_same_name_on_one_etcd_is_refused_and_the_first_goes_on()
     let _ = running.kill();
     let _ = running.wait();
 }
+
+/// `lifeboat ARGS` as an operator runs it by hand beside the plan's serve instances.
+fn by_hand(args: &[&str]) -> Output {
+    Command::new(common::bin())
+        .args(args)
+        .env("LIFEBOAT_PASSWORD", PASSWORD)
+        .env("USER", "ops")
+        .env_remove("LIFEBOAT_REPO")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn commands_by_hand_are_refused_while_a_serve_instance_leads_and_lead_when_none_does() {
+    let Some(etcd) = Etcd::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    common::ok(repo.to_str().unwrap(), &["repo", "init"]);
+    let p = plan(dir.path(), "plan.yaml", "shop", "web", &etcd.url);
+    let ps = p.to_str().unwrap();
+    let mut running: Child = serve(&p, "one")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = common::stderr_log(&mut running);
+    let start = Instant::now();
+    while !log.lock().unwrap().contains("leading (term") {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Every command that acts is refused in one line naming the leader; nothing is acted on.
+    for args in [
+        vec!["failover", ps],
+        vec!["failback", ps],
+        vec!["drill", ps],
+        vec!["backup", "--plan", ps],
+        vec!["sync", "--once", ps],
+    ] {
+        let o = by_hand(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line, not:\n{err}");
+        assert!(
+            lines[0].contains("one leads plan shop (term") && lines[0].contains("nothing was done here"),
+            "{args:?}: {}",
+            lines[0]
+        );
+    }
+    // Acting without the coordination is only for an etcd that does not answer.
+    let o = by_hand(&["failover", "--without-coordination", ps]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("answers (one (term") && err.contains("--without-coordination is only for"),
+        "{err}"
+    );
+    // A long-running sync would hold the leadership from serve.
+    let o = by_hand(&["sync", ps]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("runs the sync rounds"),
+        "{o:?}"
+    );
+    let listing = || {
+        let mut all: Vec<String> = walk(&repo.join("dr"));
+        all.retain(|f| !f.contains("/backups/")); // the leader's own attempts at its schedule
+        all
+    };
+    assert_eq!(listing(), Vec::<String>::new(), "no journal, no state");
+    assert!(running.try_wait().unwrap().is_none(), "{}", log.lock().unwrap());
+    // SIGTERM: the instance resigns. A command now leads while it runs (its backup fails on the
+    // engine that does not exist), and the instance that starts after it leads at once.
+    let pid = rustix::process::Pid::from_raw(running.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let _ = running.wait();
+    let o = by_hand(&["backup", "--plan", ps]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("operator ops on ") && err.contains("leads plan shop while this command runs"),
+        "{err}"
+    );
+    assert!(
+        err.contains("web: FAILED on a") || String::from_utf8_lossy(&o.stdout).contains("FAILED on a"),
+        "{o:?}"
+    );
+    let mut again: Child = serve(&p, "one")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = common::stderr_log(&mut again);
+    let start = Instant::now();
+    while !log.lock().unwrap().contains("leading (term") {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the command's lease was left behind: {}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = again.kill();
+    let _ = again.wait();
+    // No etcd answers: a command cannot lead, and may act only when told to.
+    drop(etcd);
+    let o = by_hand(&["backup", "--plan", ps]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no etcd endpoint answers") && err.contains("--without-coordination"),
+        "{err}"
+    );
+    let o = by_hand(&["backup", "--plan", ps, "--without-coordination"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("acting on plan shop without coordination"), "{err}");
+}
+
+/// Every file under `dir`, by path.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}

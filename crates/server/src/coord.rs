@@ -48,11 +48,11 @@ pub struct Instance {
 
 /// An instance's record in etcd.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct Member {
-    name: String,
+pub(crate) struct Member {
+    pub(crate) name: String,
     site: Option<String>,
     /// A digest of the plan's sites and apps: two plans of one name are told apart by it.
-    plan: String,
+    pub(crate) plan: String,
     version: String,
 }
 
@@ -79,7 +79,7 @@ pub struct Coordination {
 }
 
 /// A digest of what makes two plans the same plan: its sites and its apps with their sites.
-fn plan_digest(plan: &Plan) -> String {
+pub(crate) fn plan_digest(plan: &Plan) -> String {
     let mut text = String::new();
     for name in plan.sites.keys() {
         text += &format!("site {name}\n");
@@ -93,7 +93,7 @@ fn plan_digest(plan: &Plan) -> String {
 }
 
 /// The running instances' records.
-fn members(coord: &Coordinator) -> Result<Vec<Member>, CoordError> {
+pub(crate) fn members(coord: &Coordinator) -> Result<Vec<Member>, CoordError> {
     Ok(coord
         .list("instances/")?
         .into_iter()
@@ -111,7 +111,11 @@ fn guards(coord: &Coordinator) -> Result<Vec<(String, Guard)>, CoordError> {
 }
 
 /// A client of the plan's coordination cluster (TLS files found from `plan_dir`).
-fn coordinator(plan: &Plan, c: &lifeboat_plan::Coordination, plan_dir: &Path) -> Result<Coordinator, CoordError> {
+pub(crate) fn coordinator(
+    plan: &Plan,
+    c: &lifeboat_plan::Coordination,
+    plan_dir: &Path,
+) -> Result<Coordinator, CoordError> {
     let file = |f: &Option<std::path::PathBuf>| f.as_ref().map(|p| plan_dir.join(p));
     let endpoints: Vec<Endpoint> = c
         .etcd
@@ -433,32 +437,35 @@ impl Leadership for Coordination {
     }
 
     fn site_fenced(&self, site: &str) -> Option<Result<String, String>> {
-        let read = || -> Result<Result<String, String>, CoordError> {
-            let Some((_, guard)) = guards(&self.coord)?.into_iter().find(|(s, _)| s == site) else {
-                return Ok(Err(format!(
-                    "no serve instance guards site {site} (none runs there with --site {site}), so nothing stopped the \
-                     app there"
-                )));
-            };
-            if let Some(m) = members(&self.coord)?
-                .into_iter()
-                .find(|m| m.site.as_deref() == Some(site))
-            {
-                return Ok(Err(format!(
-                    "instance {} on site {site} still holds its lease: it reaches etcd and has not fenced itself",
-                    m.name
-                )));
-            }
-            Ok(Ok(format!(
-                "instance {} that guards site {site} lost its lease ({:?} without a keep-alive) and stops the app there \
-                 {:?} after it is cut off, before its lease ends",
-                guard.instance,
-                self.ttl,
-                Duration::from_millis(guard.self_fence_after_ms)
-            )))
-        };
-        Some(read().unwrap_or_else(|e| Err(format!("the guards cannot be read: {e}"))))
+        Some(guard_evidence(&self.coord, self.ttl, site))
     }
+}
+
+/// Evidence that `site`, which cannot be reached, has stopped the app itself: it has a guard and
+/// no running instance on it holds a lease. `Err`: why there is no such evidence.
+pub(crate) fn guard_evidence(coord: &Coordinator, ttl: Duration, site: &str) -> Result<String, String> {
+    let read = || -> Result<Result<String, String>, CoordError> {
+        let Some((_, guard)) = guards(coord)?.into_iter().find(|(s, _)| s == site) else {
+            return Ok(Err(format!(
+                "no serve instance guards site {site} (none runs there with --site {site}), so nothing stopped the \
+                 app there"
+            )));
+        };
+        if let Some(m) = members(coord)?.into_iter().find(|m| m.site.as_deref() == Some(site)) {
+            return Ok(Err(format!(
+                "instance {} on site {site} still holds its lease: it reaches etcd and has not fenced itself",
+                m.name
+            )));
+        }
+        Ok(Ok(format!(
+            "instance {} that guards site {site} lost its lease ({:?} without a keep-alive) and stops the app there \
+             {:?} after it is cut off, before its lease ends",
+            guard.instance,
+            ttl,
+            Duration::from_millis(guard.self_fence_after_ms)
+        )))
+    };
+    read().unwrap_or_else(|e| Err(format!("the guards cannot be read: {e}")))
 }
 
 /// The quorum as the leader's watch asks it: a failover only on a majority of fresh "down"

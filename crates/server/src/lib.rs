@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod active;
+mod by_hand;
 pub mod coord;
 mod trigger;
 mod witness;
@@ -42,6 +43,7 @@ use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
 pub use active::{ActiveProbe, ActiveSites, REPO_DEADLINE};
+pub use by_hand::ByHand;
 pub use coord::{Coordination, Instance, QuorumWitness};
 pub use trigger::Failover;
 pub use witness::{repo_sink, report_loop, RepoWitness, Shared, Sink};
@@ -114,6 +116,31 @@ pub enum ServerError {
     /// An instance of this name already runs.
     #[error("a serve instance named {name} already runs for this plan; give each instance its own --instance name; serve did not start")]
     InstanceRunning { name: String },
+    /// A command run by hand on a coordinated plan could not take its leadership from etcd.
+    #[error(
+        "{source}; nothing was done: a command on plan {plan} acts only while it leads (when no etcd endpoint \
+         answers, `--without-coordination` acts without it)"
+    )]
+    ByHand {
+        plan: String,
+        #[source]
+        source: lifeboat_etcd::coord::CoordError,
+    },
+    /// A command run by hand while another holds the plan's leadership (a `serve` instance, or
+    /// another command).
+    #[error(
+        "{leader} leads plan {plan} (term {term}) and only the leader acts: nothing was done here; ask the leading \
+         serve instance through its API (POST /api/v1/apps/APP/backup, drill, failover or failback), or stop the \
+         plan's serve instances first"
+    )]
+    Led { plan: String, leader: String, term: i64 },
+    /// `--without-coordination` while etcd answers: there is a leadership to take or a leader to ask.
+    #[error(
+        "the etcd of plan {plan} answers ({}): --without-coordination is only for when no etcd endpoint answers; \
+         nothing was done",
+        leader.as_deref().map_or("nobody leads".to_string(), |l| format!("{l} leads"))
+    )]
+    CoordinationAnswers { plan: String, leader: Option<String> },
     /// `watch` or `watch --witness` of a plan whose instances coordinate: only their leader may act.
     #[error("plan {plan} has a coordination section: run `lifeboat serve` on each site instead (its instances probe, vote and elect the one that fails over)")]
     Coordinated { plan: String },
@@ -354,6 +381,8 @@ pub struct Server {
     pub events: Arc<dyn Fn(Event) + Send + Sync>,
     /// This instance's part in the plan's coordination (none: a single process).
     pub coordination: Option<Arc<Coordination>>,
+    /// The leadership of a command run by hand on a coordinated plan (see [`ByHand`]).
+    pub by_hand: Option<Arc<ByHand>>,
 }
 
 impl Server {
@@ -372,6 +401,7 @@ impl Server {
             repo: Arc::new(repo),
             events,
             coordination: None,
+            by_hand: None,
         })
     }
 
@@ -395,10 +425,11 @@ impl Server {
             connect: self.connect.clone(),
             router: &*self.routers,
             log: &log,
-            leadership: self
-                .coordination
-                .clone()
-                .map(|c| c as Arc<dyn lifeboat_orchestrator::leadership::Leadership>),
+            leadership: match (&self.coordination, &self.by_hand) {
+                (Some(c), _) => Some(c.clone() as Arc<dyn lifeboat_orchestrator::leadership::Leadership>),
+                (None, Some(h)) => Some(h.clone() as Arc<dyn lifeboat_orchestrator::leadership::Leadership>),
+                (None, None) => None,
+            },
         };
         f(&env)
     }
@@ -1020,6 +1051,7 @@ mod tests {
             repo: Arc::new(repo),
             events: Arc::new(move |e| seen.lock().unwrap().push(e)),
             coordination: None,
+            by_hand: None,
         });
         World { dir, server, events }
     }
@@ -1201,6 +1233,7 @@ mod tests {
                 events.lock().unwrap().push(e)
             }),
             coordination: None,
+            by_hand: None,
             plan: w.server.plan.clone(),
             plan_dir: w.server.plan_dir.clone(),
             repo: w.server.repo.clone(),

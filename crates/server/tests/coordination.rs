@@ -71,6 +71,7 @@ fn instance(plan: Plan, dir: &std::path::Path, name: &str, site: Option<&str>, s
         repo: Arc::new(repo(dir)),
         events: Arc::new(move |e| seen.lock().unwrap().push((tag.clone(), e))),
         coordination: Some(Arc::new(c)),
+        by_hand: None,
     })
 }
 
@@ -370,4 +371,101 @@ fn another_plan_of_the_same_name_a_second_instance_of_one_name_and_no_etcd_are_r
         "{line}"
     );
     assert!(!line.contains('\n'), "{line}");
+}
+
+#[test]
+fn a_command_by_hand_leads_while_it_runs_and_never_beside_a_serve_leader() {
+    use lifeboat_orchestrator::leadership::Leadership;
+    use lifeboat_server::ByHand;
+    let Some(etcd) = Etcd::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let seen: Seen = Arc::default();
+    let p = || plan(&[&etcd.url], WEB);
+    // Nobody leads: the command does, for longer than its lease (kept alive meanwhile).
+    let hand = ByHand::take(&p(), dir.path(), "operator o on h").unwrap();
+    let term = hand.check().unwrap();
+    assert_eq!(term, hand.term.revision);
+    assert!(
+        matches!(hand.site_fenced("a"), Some(Err(why)) if why.contains("no serve instance guards site a")),
+        "an unguarded site is no evidence"
+    );
+    let a = instance(p(), dir.path(), "a", Some("a"), &seen);
+    let c = a.coordination.clone().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let run = tokio::spawn(c.clone().run(a.events.clone()));
+        until(&seen, Duration::from_secs(5), "a following the command", |_, e| {
+            matches!(e, Event::Following { leader, .. } if leader == "operator o on h")
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(c.leads(), None, "a serve instance never leads beside the command");
+        let (second, checked, without) = tokio::task::block_in_place(|| {
+            let second = ByHand::take(&p(), dir.path(), "operator p on h").err().unwrap();
+            let checked = hand.check();
+            let without = ByHand::without(&p(), dir.path()).unwrap_err();
+            // Ending: another leads at once (no waiting for the lease).
+            hand.release();
+            (second, checked, without)
+        });
+        assert!(
+            matches!(&second, ServerError::Led { leader, term: t, .. } if leader == "operator o on h" && *t == term),
+            "{second}"
+        );
+        assert!(second.to_string().contains("nothing was done here"), "{second}");
+        assert_eq!(checked.unwrap(), term, "the lease outlived its TTL: kept alive");
+        assert!(
+            matches!(&without, ServerError::CoordinationAnswers { leader: Some(l), .. } if l.starts_with("operator o on h")),
+            "{without}"
+        );
+        let released = Instant::now();
+        until(&seen, Duration::from_secs(3), "a leading after the command", |_, e| {
+            matches!(e, Event::Leading { .. })
+        })
+        .await;
+        assert!(released.elapsed() < Duration::from_millis(1500), "{:?}", released.elapsed());
+        let led = tokio::task::block_in_place(|| ByHand::take(&p(), dir.path(), "operator o on h").err().unwrap());
+        assert!(matches!(&led, ServerError::Led { leader, .. } if leader == "a"), "{led}");
+        run.abort();
+    });
+    // No etcd answering: no command can lead, and only then may one act without.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let err = ByHand::take(&plan(&[&dead], WEB), dir.path(), "operator o on h")
+        .err()
+        .unwrap();
+    let line = err.to_string();
+    assert!(
+        line.starts_with("coordination: no etcd endpoint answers") && line.contains("--without-coordination"),
+        "{line}"
+    );
+    let warn = ByHand::without(&plan(&[&dead], WEB), dir.path()).unwrap();
+    assert!(warn.contains("without coordination"), "{warn}");
+}
+
+#[test]
+fn a_command_by_hand_whose_term_ended_is_refused_by_its_next_check() {
+    use lifeboat_orchestrator::leadership::Leadership;
+    use lifeboat_server::ByHand;
+    let Some(etcd) = Etcd::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let p = plan(&[&etcd.url], WEB);
+    let hand = ByHand::take(&p, dir.path(), "operator o on h").unwrap();
+    // Its lease ended (paused past it, or revoked): its term is over.
+    let other = lifeboat_etcd::coord::Coordinator::new(
+        &[lifeboat_etcd::Endpoint {
+            url: etcd.url.clone(),
+            cacert: None,
+            cert: None,
+            key: None,
+        }],
+        "lifeboat/p/",
+    )
+    .unwrap();
+    other.revoke(hand.term.lease).unwrap();
+    let err = hand.check().unwrap_err();
+    assert!(
+        matches!(&err, OrchestratorError::Deposed { term, .. } if *term == hand.term.revision),
+        "{err}"
+    );
 }
