@@ -135,17 +135,7 @@ fn a_second_plan_of_the_same_name_on_one_etcd_is_refused_and_the_first_goes_on()
     let dir = tempfile::tempdir().unwrap();
     common::ok(dir.path().join("repo").to_str().unwrap(), &["repo", "init"]);
     let first = plan(dir.path(), "first.yaml", "shop", "web", &etcd.url);
-    let mut running: Child = serve(&first, "one")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = common::stderr_log(&mut running);
-    let start = Instant::now();
-    while !log.lock().unwrap().contains("leading (term") {
-        assert!(start.elapsed() < Duration::from_secs(30), "{}", log.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut running, log) = leading(&first, Duration::from_secs(30));
     let other = plan(dir.path(), "other.yaml", "shop", "db", &etcd.url);
     let line = refused(&other, "two");
     assert!(
@@ -176,6 +166,26 @@ fn a_second_plan_of_the_same_name_on_one_etcd_is_refused_and_the_first_goes_on()
     let _ = running.wait();
 }
 
+/// `serve` of `plan` as instance `one`, once it leads (within `within`), with its stderr.
+fn leading(plan: &Path, within: Duration) -> (Child, std::sync::Arc<std::sync::Mutex<String>>) {
+    let mut child = serve(plan, "one")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = common::stderr_log(&mut child);
+    let start = Instant::now();
+    while !log.lock().unwrap().contains("leading (term") {
+        assert!(
+            start.elapsed() < within,
+            "not leading within {within:?}: {}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, log)
+}
+
 /// `lifeboat ARGS` as an operator runs it by hand beside the plan's serve instances.
 fn by_hand(args: &[&str]) -> Output {
     Command::new(common::bin())
@@ -195,17 +205,7 @@ fn commands_by_hand_are_refused_while_a_serve_instance_leads_and_lead_when_none_
     common::ok(repo.to_str().unwrap(), &["repo", "init"]);
     let p = plan(dir.path(), "plan.yaml", "shop", "web", &etcd.url);
     let ps = p.to_str().unwrap();
-    let mut running: Child = serve(&p, "one")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = common::stderr_log(&mut running);
-    let start = Instant::now();
-    while !log.lock().unwrap().contains("leading (term") {
-        assert!(start.elapsed() < Duration::from_secs(30), "{}", log.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut running, log) = leading(&p, Duration::from_secs(30));
     // Every command that acts is refused in one line naming the leader; nothing is acted on.
     for args in [
         vec!["failover", ps],
@@ -261,21 +261,8 @@ fn commands_by_hand_are_refused_while_a_serve_instance_leads_and_lead_when_none_
         err.contains("web: FAILED on a") || String::from_utf8_lossy(&o.stdout).contains("FAILED on a"),
         "{o:?}"
     );
-    let mut again: Child = serve(&p, "one")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = common::stderr_log(&mut again);
-    let start = Instant::now();
-    while !log.lock().unwrap().contains("leading (term") {
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "the command's lease was left behind: {}",
-            log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Within 3 s: the command's lease was not left behind for its TTL.
+    let (mut again, _) = leading(&p, Duration::from_secs(3));
     let _ = again.kill();
     let _ = again.wait();
     // No etcd answers: a command cannot lead, and may act only when told to.
